@@ -1,0 +1,3 @@
+from retinaslim.cli import app
+
+app(prog_name="retinaslim")

@@ -1,0 +1,296 @@
+"""The ``retinaslim`` command: typer commands that parse options, call one stage and render its result."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from retinaslim import console
+from retinaslim.config import (FILTER_SCORE_THRESH, PSEUDO_FUSION, PSEUDO_SCALES, PSEUDO_SCORE_FLOOR,
+                               TRAIN_DEFAULTS, WORKSPACE_FILE, WORKSPACE_TEMPLATE, Workspace)
+from retinaslim.errors import UserError
+
+app = typer.Typer(
+    help="Data distillation for object detection: a RetinaNet teacher labels unlabelled images, "
+    "a slim student learns from human + machine labels.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+
+DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.")]
+WorkersOpt = Annotated[int, typer.Option(min=0, help="DataLoader worker processes that decode images (0: in the main process).")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+ImagesOpt = Annotated[Optional[Path], typer.Option(help="Folder the COCO files' image names resolve against (default: each JSON file's own folder).")]
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """A user's mistake ends in one red line and exit code 1, never a traceback."""
+    try:
+        yield
+    except UserError as e:
+        console.error(str(e))
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        raise typer.Exit(130) from None
+
+
+def _workspace() -> Workspace | None:
+    return Workspace.find()
+
+
+def _pick(value, option: str, fallback, what: str):
+    """``value`` if given, else the workspace's ``fallback`` (announced), else a one-line error."""
+    if value is not None:
+        return value
+    if fallback is not None:
+        console.info(f"using {what}: {fallback} (from {WORKSPACE_FILE})")
+        return fallback
+    raise UserError(f"missing {option}: pass {option} or run in a folder with a {WORKSPACE_FILE} that names it "
+                    "(`retinaslim init` writes one)")
+
+
+def _parse_floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected comma-separated numbers, e.g. 0.75,1.0,1.25") from None
+
+
+@app.command()
+def init(
+    force: Annotated[bool, typer.Option(help="Overwrite an existing retinaslim.yaml.")] = False,
+) -> None:
+    """Write a retinaslim.yaml workspace file, every key commented, in the current folder."""
+    with _user_errors():
+        path = Path(WORKSPACE_FILE)
+        if path.exists() and not force:
+            raise UserError(f"{path}: already exists; pass --force to overwrite it")
+        path.write_text(WORKSPACE_TEMPLATE)
+        console.info(f"wrote {path}: uncomment and edit the keys, then run commands from this folder")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write the dataset to.")],
+    labeled: Annotated[int, typer.Option(help="Number of human-labelled training images.")] = 100,
+    unlabeled: Annotated[int, typer.Option(help="Number of unlabelled images (their truth goes to unlabeled.truth.json).")] = 900,
+    val: Annotated[int, typer.Option(help="Number of validation images.")] = 100,
+    size: Annotated[int, typer.Option(help="Image side in pixels (images are square).")] = 320,
+    seed: SeedOpt = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a dataset already in OUT.")] = False,
+) -> None:
+    """Make synthetic ID-card photographs with COCO labels (and a workspace file) in OUT."""
+    from retinaslim.stages.synth import SynthConfig, synth as run
+
+    with _user_errors(), console.RichReporter() as reporter:
+        result = run(SynthConfig(out, labeled, unlabeled, val, size, seed, overwrite=overwrite), reporter)
+    console.table("synth", ["split", "images", "boxes", "file"],
+                  [(s, result.num_images[s], result.num_boxes[s], result.files[s]) for s in result.num_images])
+    console.info(f"saved to {result.out}; `cd {result.out}` to use its {WORKSPACE_FILE}")
+
+
+def _train(role: str, labeled, val, pseudo, images, out, arch, norm, image_size, batch_size, epochs, optimizer,
+           lr, weight_decay, augment, pretrained, device, workers, seed) -> None:
+    from retinaslim.stages.train import TrainConfig, train
+
+    with _user_errors():
+        ws = _workspace()
+        labeled = _pick(labeled, "--labeled", ws and ws.labeled, "labelled data")
+        val = _pick(val, "--val", ws and ws.val, "validation data")
+        if out is None:
+            out = (ws.run_dir(role) if ws else Workspace(Path.cwd()).run_dir(role))
+        defaults = TRAIN_DEFAULTS[role]
+        config = TrainConfig(
+            role=role, labeled=labeled, val=val, out=out, pseudo=pseudo, images=images,
+            arch=arch or defaults["arch"], arch_options={"norm": norm} if norm else {},
+            image_size=image_size or defaults["image_size"], batch_size=batch_size or defaults["batch_size"],
+            epochs=epochs or defaults["epochs"], optimizer=optimizer or defaults["optimizer"],
+            lr=lr or defaults["lr"], weight_decay=defaults["weight_decay"] if weight_decay is None else weight_decay,
+            augment=augment or defaults["augment"], pretrained=pretrained, device=device, workers=workers, seed=seed,
+        )
+        if pseudo is not None:
+            console.info(f"training on human labels {labeled} + machine labels {pseudo}")
+        with console.RichReporter() as reporter:
+            result = train(config, reporter)
+    m = result.best_metrics
+    console.table(f"train-{role}: best epoch {result.best_epoch}", ["weights", "AP", "AP50", "AP75", "minutes"],
+                  [(result.best, m["ap"], m["ap50"], m["ap75"], result.seconds / 60)])
+    if result.num_skipped_images:
+        console.info(f"skipped {result.num_skipped_images} undecodable image(s) during training")
+    console.info(f"saved to {result.out} (best.pt, last.pt, results.csv, config.yaml)")
+
+
+LabeledOpt = Annotated[Optional[Path], typer.Option(help="Human-labelled COCO JSON (default: the workspace's).")]
+ValOpt = Annotated[Optional[Path], typer.Option(help="Validation COCO JSON (default: the workspace's).")]
+OutRunOpt = Annotated[Optional[Path], typer.Option(help="Run folder (default: a new runs/<role>[-N] folder).")]
+SizeOpt = Annotated[Optional[int], typer.Option(min=32, help="Input size: images are resized so their longer side is this many pixels.")]
+BatchOpt = Annotated[Optional[int], typer.Option(min=1, help="Images per batch.")]
+EpochsOpt = Annotated[Optional[int], typer.Option(min=1, help="Passes over the training images.")]
+OptimOpt = Annotated[Optional[str], typer.Option(help="sgd or adamw.")]
+LrOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate (after linear warm-up; cosine decay).")]
+WdOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Weight decay.")]
+AugOpt = Annotated[Optional[str], typer.Option(help="Augmentation preset: none or light (flip, brightness/contrast, hue).")]
+
+
+def _teacher_help() -> str:
+    t = TRAIN_DEFAULTS["teacher"]
+    return (f"Train the teacher, torchvision's ResNet50 RetinaNet, on human labels. Defaults: {t['arch']}, "
+            f"{t['image_size']} px, batch {t['batch_size']}, {t['epochs']} epochs, {t['optimizer']} lr {t['lr']}.")
+
+
+def _student_help() -> str:
+    s = TRAIN_DEFAULTS["student"]
+    return (f"Train the slim student on human labels (+ machine labels with --pseudo). Defaults: {s['arch']}, "
+            f"{s['image_size']} px, batch {s['batch_size']}, {s['epochs']} epochs, {s['optimizer']} lr {s['lr']}.")
+
+
+@app.command("train-teacher", help=_teacher_help())
+def train_teacher(
+    labeled: LabeledOpt = None, val: ValOpt = None, images: ImagesOpt = None, out: OutRunOpt = None,
+    arch: Annotated[Optional[str], typer.Option(help="retinanet_resnet50_fpn or retinanet_resnet50_fpn_v2.")] = None,
+    pretrained: Annotated[bool, typer.Option(help="Start from torchvision's ImageNet ResNet50 weights in the local torch cache (never downloaded).")] = False,
+    image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, optimizer: OptimOpt = None,
+    lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
+    device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
+) -> None:
+    _train("teacher", labeled, val, None, images, out, arch, None, image_size, batch_size, epochs, optimizer,
+           lr, weight_decay, augment, pretrained, device, workers, seed)
+
+
+@app.command("train-student", help=_student_help())
+def train_student(
+    labeled: LabeledOpt = None, val: ValOpt = None,
+    pseudo: Annotated[Optional[Path], typer.Option(help="Filtered machine labels (COCO JSON from `retinaslim filter`); default: the workspace's runs/pseudo.filtered.json if present, else human labels only.")] = None,
+    human_only: Annotated[bool, typer.Option(help="Ignore the workspace's machine labels and train on human labels only.")] = False,
+    images: ImagesOpt = None, out: OutRunOpt = None,
+    arch: Annotated[Optional[str], typer.Option(help="Student architecture: slim-s or slim-m.")] = None,
+    norm: Annotated[Optional[str], typer.Option(help="gn (GroupNorm, default) or bn (BatchNorm).")] = None,
+    image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, optimizer: OptimOpt = None,
+    lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
+    device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
+) -> None:
+    with _user_errors():
+        ws = _workspace()
+        if pseudo is None and not human_only and ws is not None and ws.filtered.is_file():
+            pseudo = _pick(None, "--pseudo", ws.filtered, "machine labels")
+    _train("student", labeled, val, pseudo, images, out, arch, norm, image_size, batch_size, epochs, optimizer,
+           lr, weight_decay, augment, False, device, workers, seed)
+
+
+@app.command("pseudo-label")
+def pseudo_label(
+    source: Annotated[Optional[Path], typer.Argument(help="Folder of unlabelled images (searched recursively) or a text file of image paths; default: the workspace's.")] = None,
+    teacher: Annotated[Optional[Path], typer.Option(help="Teacher checkpoint (default: the newest runs/teacher*/best.pt).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output COCO JSON (default: runs/pseudo.json).")] = None,
+    scales: Annotated[str, typer.Option(help="Comma-separated scales relative to the input size.")] = ",".join(f"{s:g}" for s in PSEUDO_SCALES),
+    hflip: Annotated[bool, typer.Option(help="Also run each scale horizontally flipped.")] = True,
+    fusion: Annotated[str, typer.Option(help="How transforms are fused: wbf (weighted boxes fusion), nms, or vote (NMS + box voting).")] = PSEUDO_FUSION,
+    score_floor: Annotated[float, typer.Option(help="Keep fused boxes scoring at least this (filter later).")] = PSEUDO_SCORE_FLOOR,
+    image_size: Annotated[Optional[int], typer.Option(min=32, help="Input size for scale 1.0 (default: the teacher's training size).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
+    device: DeviceOpt = "auto", workers: WorkersOpt = 2,
+) -> None:
+    """Label unlabelled images with the teacher, ensembling several transforms per image."""
+    from retinaslim.stages.pseudo_label import PseudoLabelConfig, pseudo_label as run
+
+    with _user_errors():
+        ws = _workspace()
+        source = _pick(source, "SOURCE", ws and ws.unlabeled, "unlabelled images")
+        teacher = _pick(teacher, "--teacher", ws and ws.newest_weights("teacher"), "teacher")
+        out = _pick(out, "--out", ws and ws.pseudo, "output")
+        config = PseudoLabelConfig(source, teacher, out, _parse_floats(scales, "--scales"), hflip, fusion,
+                                   score_floor, image_size, batch_size, device, workers)
+        with console.RichReporter() as reporter:
+            result = run(config, reporter)
+    console.table("pseudo-label", ["images", "skipped", "boxes", "boxes/image", "transforms", "seconds"],
+                  [(result.num_images, len(result.skipped), result.num_boxes,
+                    result.num_boxes / max(1, result.num_images), len(result.transforms), result.seconds)])
+    for item in result.skipped:
+        console.info(f"skipped {item['file']}: {item['reason']}")
+    console.info(f"saved to {result.out}")
+
+
+@app.command("filter")
+def filter_(
+    pseudo: Annotated[Optional[Path], typer.Argument(help="Raw machine labels from pseudo-label (default: runs/pseudo.json).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Filtered COCO JSON (default: runs/pseudo.filtered.json).")] = None,
+    score_thresh: Annotated[float, typer.Option(help="Keep boxes scoring at least this.")] = FILTER_SCORE_THRESH,
+) -> None:
+    """Keep the machine labels worth training on."""
+    from retinaslim.stages.filter import FilterConfig, filter_labels
+
+    with _user_errors():
+        ws = _workspace()
+        pseudo = _pick(pseudo, "PSEUDO", ws and ws.pseudo, "machine labels")
+        out = _pick(out, "--out", ws and ws.filtered, "output")
+        result = filter_labels(FilterConfig(pseudo, out, score_thresh))
+    console.table(f"filter (score >= {score_thresh:g})", ["images", "boxes in", "boxes kept", "images without boxes"],
+                  [(result.num_images, result.num_boxes_in, result.num_boxes_kept, result.num_empty_images)])
+    console.info(f"saved to {result.out}")
+
+
+@app.command("eval")
+def eval_(
+    weights: Annotated[list[Path], typer.Option(help="Checkpoint to evaluate; repeat for a side-by-side table.")],
+    data: Annotated[Optional[Path], typer.Option(help="COCO JSON with the truth (default: the workspace's val).")] = None,
+    images: ImagesOpt = None,
+    image_size: Annotated[Optional[int], typer.Option(min=32, help="Input size (default: each checkpoint's training size).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass for the AP run.")] = 8,
+    latency_runs: Annotated[int, typer.Option(min=1, help="Timed batch-1 forwards (after 3 warm-up runs); the median is reported.")] = 20,
+    predictions_out: Annotated[Optional[Path], typer.Option(help="Write COCO results (image_id, category_id, bbox xywh, score); with several --weights, NAME.1.json, NAME.2.json, ...")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as a JSON list, one object per checkpoint.")] = None,
+    device: DeviceOpt = "auto", workers: WorkersOpt = 2,
+) -> None:
+    """COCO AP, latency, FPS, parameters and size of one or more checkpoints."""
+    from retinaslim.stages.evaluate import EvalConfig, evaluate
+
+    with _user_errors():
+        ws = _workspace()
+        data = _pick(data, "--data", ws and ws.val, "evaluation data")
+        config = EvalConfig(weights, data, images, image_size, device, batch_size, workers, latency_runs,
+                            predictions_out=predictions_out, json_out=json_out)
+        with console.RichReporter() as reporter:
+            result = evaluate(config, reporter)
+    _render_eval(result)
+
+
+def _short(weights: str) -> str:
+    """runs/teacher/best.pt -> teacher/best.pt: the run folder names the model in a narrow table."""
+    path = Path(weights)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def _render_eval(result) -> None:
+    r0 = result.reports[0]
+    console.table(
+        f"eval on {r0.device}, {r0.threads} threads, {r0.image_size} px, latency = median of {result.latency_runs} batch-1 runs",
+        ["weights", "arch", "AP", "AP50", "AP75", "latency ms", "FPS", "params", "size MB"],
+        [(_short(r.weights), r.arch, r.ap, r.ap50, r.ap75, r.latency_ms, r.fps, r.params, r.size_mb) for r in result.reports],
+    )
+    for r in result.reports:
+        if r.predictions:
+            console.info(f"predictions of {r.weights} saved to {r.predictions}")
+    if result.json_out:
+        console.info(f"metrics saved to {result.json_out}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's data and runs.")] = Path("demo"),
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Run the whole pipeline at smoke scale on synthetic data and print teacher vs students."""
+    from retinaslim.stages.demo import demo as run
+
+    with _user_errors(), console.RichReporter() as reporter:
+        result = run(out, seed, device, reporter)
+    console.info(f"pseudo-label: {result.pseudo.num_images} images, {result.pseudo.num_boxes} boxes; "
+                 f"filter kept {result.filtered.num_boxes_kept}")
+    _render_eval(result.evaluation)
+    console.info(f"saved to {result.out}")

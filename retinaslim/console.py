@@ -1,0 +1,79 @@
+"""Everything that draws on the terminal: progress bars, result tables, error lines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from retinaslim.core.progress import Reporter
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class RichReporter(Reporter):
+    """Draws each task as a rich progress bar with rate and ETA; ``log`` lines scroll above the bars."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            console=console, transient=True,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def start(self, task: str, total: int) -> None:
+        self.finish(task)
+        self.tasks[task] = self.progress.add_task(task, total=total, rate="", info="")
+
+    def advance(self, task: str, steps: int = 1, **fields: str) -> None:
+        task_id = self.tasks[task]
+        speed = next(t.speed for t in self.progress.tasks if t.id == task_id)
+        rate = f"{speed:.1f} it/s" if speed else ""
+        info = "  ".join(f"{k} {v}" for k, v in fields.items())
+        self.progress.update(task_id, advance=steps, rate=rate, **({"info": info} if fields else {}))
+
+    def finish(self, task: str) -> None:
+        if task in self.tasks:
+            self.progress.remove_task(self.tasks.pop(task))
+
+    def log(self, message: str) -> None:
+        self.progress.console.print(message)
+
+
+def error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def info(message: str) -> None:
+    console.print(message, highlight=False, soft_wrap=True)
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A results table; columns of numbers right-aligned."""
+    t = Table(title=title, title_justify="left")
+    for i, name in enumerate(columns):
+        numeric = all(isinstance(row[i], (int, float)) for row in rows)
+        t.add_column(name, justify="right" if numeric else "left")
+    for row in rows:
+        t.add_row(*(_fmt(v) for v in row))
+    console.print(t)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,225 @@
+"""Read, validate and write COCO detection files; map category ids to model labels; score with pycocotools.
+
+Every artifact of the pipeline (human labels, raw teacher output, filtered labels, predictions) is a
+COCO file. A file's images resolve against an explicit image folder if given, else against the JSON
+file's own folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from retinaslim.core.boxes import xyxy_to_xywh
+from retinaslim.core.detections import Detections
+from retinaslim.errors import UserError
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """COCO ``category_id`` <-> contiguous model ``label`` (categories sorted by id), with names."""
+
+    category_ids: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def from_categories(cls, categories: list[dict[str, Any]]) -> ClassMap:
+        ordered = sorted(categories, key=lambda c: c["id"])
+        return cls(tuple(int(c["id"]) for c in ordered), tuple(str(c["name"]) for c in ordered))
+
+    def __len__(self) -> int:
+        return len(self.category_ids)
+
+    def label(self, category_id: int) -> int:
+        return self.category_ids.index(category_id)
+
+    def categories(self) -> list[dict[str, Any]]:
+        return [{"id": i, "name": n} for i, n in zip(self.category_ids, self.names)]
+
+
+@dataclass
+class CocoData:
+    """A validated COCO detection file.
+
+    ``annotations_per_image`` maps image id to that image's annotations; bboxes stay COCO xywh.
+    """
+
+    path: Path
+    image_root: Path
+    images: list[dict[str, Any]]
+    categories: list[dict[str, Any]]
+    annotations_per_image: dict[int, list[dict[str, Any]]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> ClassMap:
+        return ClassMap.from_categories(self.categories)
+
+    @property
+    def num_annotations(self) -> int:
+        return sum(len(a) for a in self.annotations_per_image.values())
+
+    def image_path(self, image: dict[str, Any]) -> Path:
+        return self.image_root / image["file_name"]
+
+    def to_dict(self) -> dict[str, Any]:
+        annotations = [a for image in self.images for a in self.annotations_per_image[image["id"]]]
+        return {"info": self.info, "images": self.images, "annotations": annotations, "categories": self.categories}
+
+
+def _fail(path: Path, problem: str) -> UserError:
+    return UserError(f"{path}: {problem}")
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def load_coco(path: Path, images_dir: Path | None = None, require_annotations: bool = True) -> CocoData:
+    """Read and validate a COCO detection file; any problem raises a ``UserError`` naming the file.
+
+    ``require_annotations=False`` accepts a file with no ``annotations`` key (an image list).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _fail(path, "file not found")
+    try:
+        data = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise _fail(path, "not a text file; expected COCO JSON") from None
+    except json.JSONDecodeError as e:
+        raise _fail(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise _fail(path, "not a COCO file: the top level must be an object with images, annotations, categories")
+    required = ("images", "annotations", "categories") if require_annotations else ("images", "categories")
+    for key in required:
+        if not isinstance(data.get(key), list):
+            raise _fail(path, f"not a COCO file: missing list '{key}'")
+
+    categories = data["categories"]
+    category_ids: set[int] = set()
+    for c in categories:
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
+            raise _fail(path, f"category {c!r} needs an integer 'id' and a string 'name'")
+        if c["id"] in category_ids:
+            raise _fail(path, f"duplicate category id {c['id']}")
+        category_ids.add(c["id"])
+    if not categories:
+        raise _fail(path, "no categories")
+
+    images = data["images"]
+    annotations_per_image: dict[int, list[dict[str, Any]]] = {}
+    for image in images:
+        if not isinstance(image, dict) or not isinstance(image.get("id"), int) or not isinstance(image.get("file_name"), str):
+            raise _fail(path, f"image {str(image)[:80]} needs an integer 'id' and a string 'file_name'")
+        if image["id"] in annotations_per_image:
+            raise _fail(path, f"duplicate image id {image['id']}")
+        for key in ("width", "height"):
+            if not (isinstance(image.get(key), int) and image[key] > 0):
+                raise _fail(path, f"image {image['id']} ({image['file_name']}) needs a positive integer '{key}'")
+        annotations_per_image[image["id"]] = []
+
+    annotation_ids: set[int] = set()
+    for a in data.get("annotations", []):
+        where = f"annotation {a.get('id') if isinstance(a, dict) else a!r}"
+        if not isinstance(a, dict) or not isinstance(a.get("id"), int):
+            raise _fail(path, f"{where} needs an integer 'id'")
+        if a["id"] in annotation_ids:
+            raise _fail(path, f"duplicate annotation id {a['id']}")
+        annotation_ids.add(a["id"])
+        if a.get("image_id") not in annotations_per_image:
+            raise _fail(path, f"{where} points at image id {a.get('image_id')!r}, which is not in 'images'")
+        if a.get("category_id") not in category_ids:
+            raise _fail(path, f"{where} has category id {a.get('category_id')!r}, which is not in 'categories'")
+        bbox = a.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)):
+            raise _fail(path, f"{where} needs 'bbox' as four finite numbers [x, y, width, height]")
+        if bbox[2] <= 0 or bbox[3] <= 0:
+            raise _fail(path, f"{where} has a box with width or height <= 0: {bbox}")
+        if "score" in a and not (_finite_number(a["score"]) and 0 <= a["score"] <= 1):
+            raise _fail(path, f"{where} has score {a['score']!r}; scores must be numbers in [0, 1]")
+        annotations_per_image[a["image_id"]].append(a)
+
+    info = data.get("info") if isinstance(data.get("info"), dict) else {}
+    root = Path(images_dir) if images_dir is not None else path.parent
+    return CocoData(path, root, images, categories, annotations_per_image, info)
+
+
+def check_same_classes(reference: CocoData, other: CocoData) -> None:
+    """Raise if ``other`` names different categories than ``reference`` (ids and names must match)."""
+    if reference.classes != other.classes:
+        raise UserError(
+            f"{other.path}: categories {other.classes.categories()} differ from "
+            f"{reference.path}'s {reference.classes.categories()}; both files must use the same ids and names"
+        )
+
+
+def image_targets(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image's boxes (N, 4) xyxy in its own pixels and labels (N,), crowd/ignore annotations excluded."""
+    kept = [a for a in coco.annotations_per_image[image["id"]] if not a.get("iscrowd", 0)]
+    boxes_xywh = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32).reshape(-1, 4)
+    boxes = torch.cat([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], dim=1)
+    labels = torch.tensor([classes.label(a["category_id"]) for a in kept], dtype=torch.int64)
+    return boxes, labels
+
+
+def detections_to_annotations(
+    dets: Detections, image_id: int, classes: ClassMap, first_id: int = 1
+) -> list[dict[str, Any]]:
+    """COCO annotations (with ``score`` and any extra per-box fields) for one image's detections."""
+    boxes_xywh = xyxy_to_xywh(dets.boxes).tolist()
+    extra = {k: v.tolist() for k, v in dets.extra.items()}
+    out = []
+    for i, (box, score, label) in enumerate(zip(boxes_xywh, dets.scores.tolist(), dets.labels.tolist())):
+        box = [round(v, 2) for v in box]
+        ann = {
+            "id": first_id + i,
+            "image_id": image_id,
+            "category_id": classes.category_ids[label],
+            "bbox": box,
+            "area": round(box[2] * box[3], 2),
+            "iscrowd": 0,
+            "score": round(score, 5),
+        }
+        ann.update({k: v[i] for k, v in extra.items()})
+        out.append(ann)
+    return out
+
+
+COCO_METRIC_NAMES = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100")
+
+
+def coco_metrics(gt: CocoData, results: list[dict[str, Any]]) -> dict[str, float]:
+    """pycocotools bbox metrics (0..1) of ``results`` (COCO result dicts) against ``gt``.
+
+    Keys: ap, ap50, ap75, ap_small, ap_medium, ap_large, ar100. All zero when there are no results.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not results or gt.num_annotations == 0:
+        return dict.fromkeys(COCO_METRIC_NAMES, 0.0)
+    gt_dict = gt.to_dict()
+    for a in gt_dict["annotations"]:
+        a.setdefault("area", a["bbox"][2] * a["bbox"][3])
+        a.setdefault("iscrowd", 0)
+    # pycocotools prints to stdout; the CLI owns the terminal.
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt_dict
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in results])
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = np.maximum(evaluator.stats, 0.0)  # pycocotools uses -1 for "no such objects"
+    return dict(zip(COCO_METRIC_NAMES, (float(stats[i]) for i in (0, 1, 2, 3, 4, 5, 8))))

@@ -1,0 +1,74 @@
+"""One self-describing checkpoint format for teacher and student.
+
+A checkpoint is a dict of plain types and tensors, loaded with ``torch.load(weights_only=True)`` so a
+file from a stranger cannot run code:
+
+    format        "retinaslim-checkpoint/1"
+    arch          registered builder name;  arch_options: its keyword options
+    classes       [{"id": COCO category id, "name": ...}] in label order
+    image_size    input size (longer side, px) the model was trained at
+    train_args    the resolved training configuration;  epoch; metrics (val AP etc.)
+    model         state dict
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from retinaslim.core.atomic import atomic_path
+from retinaslim.errors import UserError
+from retinaslim.models.registry import build_model
+
+FORMAT = "retinaslim-checkpoint/1"
+
+
+@dataclass
+class Checkpoint:
+    arch: str
+    arch_options: dict[str, Any]
+    classes: list[dict[str, Any]]
+    image_size: int
+    train_args: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    model: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        """The model with these weights, in eval mode, on the CPU."""
+        model = build_model(self.arch, len(self.classes), self.image_size, **self.arch_options)
+        model.load_state_dict(self.model)
+        return model.eval()
+
+
+def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
+    """Write atomically: a kill mid-write leaves the previous file intact."""
+    payload = {"format": FORMAT, **checkpoint.__dict__}
+    with atomic_path(Path(path)) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a retinaslim checkpoint; a missing, foreign or code-carrying file raises ``UserError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise UserError(f"{path}: refused to load: the file holds objects other than weights ({first_line})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable checkpoint ({e.__class__.__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path}: not a retinaslim checkpoint (no '{FORMAT}' format tag)")
+    fields = {k: payload[k] for k in Checkpoint.__dataclass_fields__ if k in payload}
+    try:
+        return Checkpoint(**fields)
+    except TypeError as e:
+        raise UserError(f"{path}: incomplete retinaslim checkpoint ({e})") from None

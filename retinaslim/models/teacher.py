@@ -1,0 +1,53 @@
+"""The teacher: torchvision's ResNet50-FPN RetinaNet (v1 or v2), anchors scaled to the input size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.models import ResNet50_Weights
+from torchvision.models.detection import retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+from retinaslim.errors import UserError
+from retinaslim.models.common import configure
+from retinaslim.models.registry import register
+
+
+def _anchor_generator(image_size: int) -> AnchorGenerator:
+    # torchvision's 32..512 px anchors are meant for 800-1333 px inputs; keep their ratio to the input.
+    bases = [32 * 2**i * image_size / 512 for i in range(5)]
+    sizes = tuple(tuple(b * 2 ** (k / 3) for k in range(3)) for b in bases)
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+
+
+def _imagenet_weights(pretrained: bool) -> ResNet50_Weights | None:
+    """ImageNet ResNet50 weights from the local torch cache only; a clear error when absent."""
+    if not pretrained:
+        return None
+    weights = ResNet50_Weights.IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file():
+        raise UserError(
+            f"--pretrained needs torchvision's ImageNet ResNet50 weights at {cached} (nothing is downloaded); "
+            "copy the file there or train without --pretrained"
+        )
+    return weights
+
+
+def _build(builder, num_classes: int, image_size: int, pretrained: bool):
+    model = builder(weights=None, weights_backbone=_imagenet_weights(pretrained), num_classes=num_classes)
+    model.anchor_generator = _anchor_generator(image_size)
+    return configure(model)
+
+
+@register("retinanet_resnet50_fpn", role="teacher")
+def retinanet_r50(num_classes: int, image_size: int, pretrained: bool = False):
+    """torchvision RetinaNet v1 (no head norm, L1 box loss)."""
+    return _build(retinanet_resnet50_fpn, num_classes, image_size, pretrained)
+
+
+@register("retinanet_resnet50_fpn_v2", role="teacher")
+def retinanet_r50_v2(num_classes: int, image_size: int, pretrained: bool = False):
+    """torchvision RetinaNet v2 (GroupNorm heads, GIoU box loss, P6 from P5)."""
+    return _build(retinanet_resnet50_fpn_v2, num_classes, image_size, pretrained)

@@ -1,0 +1,93 @@
+"""synth: built-in synthetic ID-card photographs, with COCO labels, for demos, tests and benchmarks.
+
+Writes ``labeled.json``, ``val.json`` (COCO), ``unlabeled/`` (images only), ``unlabeled.truth.json``
+(the hidden truth, to measure machine labels) and a workspace file, all under one folder. Every image
+is drawn from its own seed (split, index, --seed), so the same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retinaslim.config import WORKSPACE_FILE, write_workspace
+from retinaslim.core.atomic import atomic_path, write_json
+from retinaslim.core.progress import Reporter
+from retinaslim.data.scenes import CARD_CLASSES, render_scene
+from retinaslim.errors import UserError
+
+SPLITS = ("labeled", "val", "unlabeled")
+
+
+@dataclass
+class SynthConfig:
+    out: Path
+    num_labeled: int = 100
+    num_unlabeled: int = 900
+    num_val: int = 100
+    size: int = 320
+    seed: int = 0
+    max_cards: int = 3
+    overwrite: bool = False
+
+
+@dataclass
+class SynthResult:
+    out: Path
+    num_images: dict[str, int]
+    num_boxes: dict[str, int]
+    files: dict[str, Path]
+
+
+def _jpeg_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def synth(config: SynthConfig, reporter: Reporter | None = None) -> SynthResult:
+    reporter = reporter or Reporter()
+    out = Path(config.out)
+    if config.size < 32:
+        raise UserError(f"--size {config.size} is too small; use at least 32 px")
+    counts = {"labeled": config.num_labeled, "val": config.num_val, "unlabeled": config.num_unlabeled}
+    if any(n < 0 for n in counts.values()) or config.num_labeled == 0 or config.num_val == 0:
+        raise UserError("--labeled and --val must be at least 1, --unlabeled at least 0")
+    if (out / "labeled.json").exists() and not config.overwrite:
+        raise UserError(f"{out}: already holds a synthetic dataset; choose another folder or pass --overwrite")
+
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(CARD_CLASSES)]
+    files: dict[str, Path] = {}
+    num_boxes: dict[str, int] = {}
+    for split_index, split in enumerate(SPLITS):
+        images, annotations = [], []
+        (out / split).mkdir(parents=True, exist_ok=True)
+        reporter.start(f"synth {split}", counts[split])
+        for i in range(counts[split]):
+            scene = render_scene(np.random.default_rng([config.seed, split_index, i]), config.size, config.max_cards)
+            file_name = f"{split}/{split}_{i:06d}.jpg"
+            with atomic_path(out / file_name) as tmp:
+                tmp.write_bytes(_jpeg_bytes(scene.image))
+            image_id = i + 1
+            images.append({"id": image_id, "file_name": file_name, "width": config.size, "height": config.size})
+            for (x1, y1, x2, y2), label in zip(scene.boxes, scene.labels):
+                box = [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
+                                    "bbox": box, "area": round(box[2] * box[3], 2), "iscrowd": 0})
+            reporter.advance(f"synth {split}")
+        reporter.finish(f"synth {split}")
+        name = "unlabeled.truth.json" if split == "unlabeled" else f"{split}.json"
+        info = {"description": f"retinaslim synthetic ID cards ({split})", "seed": config.seed, "size": config.size}
+        write_json(out / name, {"info": info, "images": images, "annotations": annotations, "categories": categories})
+        files[split] = out / name
+        num_boxes[split] = len(annotations)
+
+    write_workspace(out / WORKSPACE_FILE, {
+        "labeled": "labeled.json", "val": "val.json", "unlabeled": "unlabeled",
+        "unlabeled_truth": "unlabeled.truth.json", "classes": list(CARD_CLASSES), "runs": "runs",
+    })
+    files["workspace"] = out / WORKSPACE_FILE
+    return SynthResult(out, counts, num_boxes, files)
