@@ -268,9 +268,9 @@ def _short(weights: str) -> str:
 def _render_eval(result) -> None:
     r0 = result.reports[0]
     console.table(
-        f"eval on {r0.device}, {r0.threads} threads, {r0.image_size} px, latency = median of {result.latency_runs} batch-1 runs",
-        ["weights", "arch", "AP", "AP50", "AP75", "latency ms", "FPS", "params", "size MB"],
-        [(_short(r.weights), r.arch, r.ap, r.ap50, r.ap75, r.latency_ms, r.fps, r.params, r.size_mb) for r in result.reports],
+        f"eval on {r0.device}, {r0.threads} threads, {r0.image_size} px; ms = median of {result.latency_runs} batch-1 runs",
+        ["weights", "AP", "AP50", "AP75", "ms", "FPS", "params M", "MB"],
+        [(_short(r.weights), r.ap, r.ap50, r.ap75, r.latency_ms, r.fps, r.params / 1e6, r.size_mb) for r in result.reports],
     )
     for r in result.reports:
         if r.predictions:

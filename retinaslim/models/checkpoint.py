@@ -63,7 +63,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except pickle.UnpicklingError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise UserError(f"{path}: refused to load: the file holds objects other than weights ({first_line})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # a damaged or foreign file can fail anywhere inside the unpickler
         raise UserError(f"{path}: not a readable checkpoint ({e.__class__.__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not a retinaslim checkpoint (no '{FORMAT}' format tag)")

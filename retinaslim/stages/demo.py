@@ -19,8 +19,8 @@ from retinaslim.stages.synth import SynthConfig, synth
 from retinaslim.stages.train import TrainConfig, train
 
 # Smoke scale: small images and short schedules so the demo ends in minutes on a laptop CPU.
-DEMO_SCALE = {"labeled": 48, "unlabeled": 192, "val": 48, "size": 160,
-              "teacher_epochs": 6, "student_epochs": 12, "latency_runs": 10}
+DEMO_SCALE = {"labeled": 96, "unlabeled": 240, "val": 48, "size": 128,
+              "teacher_epochs": 12, "student_epochs": 30, "latency_runs": 10}
 
 
 @dataclass

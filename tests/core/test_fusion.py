@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from retinaslim.core.detections import Detections
+from retinaslim.core.fusion import fuse
+
+
+def dets(boxes, scores, labels=None):
+    labels = labels or [0] * len(scores)
+    return Detections(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(scores),
+                      torch.tensor(labels, dtype=torch.int64))
+
+
+@pytest.fixture
+def two_transforms():
+    # Transform 0 finds one card; transform 1 finds it shifted by 1 px (IoU 81/119 = 0.68) and a second object.
+    return [dets([[0, 0, 10, 10]], [0.9]), dets([[1, 1, 11, 11], [50, 50, 60, 60]], [0.6, 0.8])]
+
+
+def test_wbf_averages_boxes_by_score_and_scales_score_by_agreement(two_transforms):
+    out = fuse(two_transforms, "wbf")
+    # (0.9 * [0,0,10,10] + 0.6 * [1,1,11,11]) / 1.5 = [0.4, 0.4, 10.4, 10.4]; score mean 0.75 x 2/2
+    # the lone box: score 0.8 x 1/2 = 0.4
+    assert torch.allclose(out.boxes, torch.tensor([[0.4, 0.4, 10.4, 10.4], [50, 50, 60, 60]]), atol=1e-5)
+    assert torch.allclose(out.scores, torch.tensor([0.75, 0.4]))
+    assert out.extra["agreement"].tolist() == [2, 1]
+
+
+def test_wbf_keeps_classes_apart():
+    out = fuse([dets([[0, 0, 10, 10]], [0.9], [0]), dets([[0, 0, 10, 10]], [0.7], [1])], "wbf")
+    assert sorted(out.labels.tolist()) == [0, 1]
+    assert torch.allclose(out.scores, torch.tensor([0.45, 0.35]))
+    assert out.extra["agreement"].tolist() == [1, 1]
+
+
+def test_wbf_iou_threshold_is_strict():
+    # IoU exactly 0.5: not above iou_thresh=0.5, so two clusters.
+    out = fuse([dets([[0, 0, 10, 10]], [0.9]), dets([[0, 0, 10, 5]], [0.8])], "wbf", iou_thresh=0.5)
+    assert len(out) == 2
+
+
+def test_nms_keeps_best_box_and_counts_agreeing_transforms(two_transforms):
+    out = fuse(two_transforms, "nms")
+    assert out.boxes.tolist() == [[0, 0, 10, 10], [50, 50, 60, 60]]
+    assert torch.allclose(out.scores, torch.tensor([0.9, 0.8]))
+    assert out.extra["agreement"].tolist() == [2, 1]
+
+
+def test_vote_averages_only_boxes_above_vote_iou(two_transforms):
+    strict = fuse(two_transforms, "vote", vote_iou_thresh=0.9)  # 0.68 < 0.9: the kept box votes alone
+    assert strict.boxes.tolist() == [[0, 0, 10, 10], [50, 50, 60, 60]]
+    loose = fuse(two_transforms, "vote", vote_iou_thresh=0.6)
+    assert torch.allclose(loose.boxes[0], torch.tensor([0.4, 0.4, 10.4, 10.4]), atol=1e-5)
+    assert torch.allclose(loose.scores, torch.tensor([0.9, 0.8]))
+
+
+@pytest.mark.parametrize("method", ["wbf", "nms", "vote"])
+def test_fusion_of_nothing_is_empty(method):
+    out = fuse([Detections.empty(), Detections.empty()], method)
+    assert len(out) == 0 and out.extra["agreement"].shape == (0,)
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="unknown fusion"):
+        fuse([Detections.empty()], "mean")

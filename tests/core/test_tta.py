@@ -1,0 +1,62 @@
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retinaslim.core.detections import Detections
+from retinaslim.core.tta import Transform, long_side_size, make_transforms
+
+
+def forward_boxes(transform: Transform, boxes, original_hw, transformed_hw):
+    """Map original-image boxes onto the transformed image (the inverse of Transform.invert)."""
+    (height, width), (h, w) = original_hw, transformed_hw
+    out = boxes.clone()
+    out[:, [0, 2]] *= w / width
+    out[:, [1, 3]] *= h / height
+    if transform.hflip:
+        out[:, [0, 2]] = w - out[:, [2, 0]]
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    height=st.integers(8, 2000), width=st.integers(8, 2000), scale=st.sampled_from([0.5, 0.75, 1.0, 1.25, 2.0]),
+    hflip=st.booleans(), image_size=st.integers(32, 800),
+    corners=st.lists(st.tuples(*[st.floats(0, 1)] * 4), min_size=1, max_size=5),
+)
+def test_invert_undoes_transform_for_random_boxes(height, width, scale, hflip, image_size, corners):
+    transform = Transform(scale, hflip)
+    boxes = torch.tensor([[min(a, c) * width, min(b, d) * height, max(a, c) * width, max(b, d) * height]
+                          for a, b, c, d in corners], dtype=torch.float64)
+    transformed_hw = long_side_size(height, width, round(scale * image_size))
+    there = forward_boxes(transform, boxes, (height, width), transformed_hw)
+    back = transform.invert(there, transformed_hw, (height, width))
+    assert torch.allclose(back, boxes, atol=1e-6 * max(height, width))
+
+
+def test_transform_moves_pixels_where_invert_says():
+    # A bright rectangle on a 90 x 160 image: find it in each transformed image, map it back.
+    image = torch.zeros(3, 90, 160)
+    image[:, 20:50, 30:90] = 1.0
+    truth = torch.tensor([[30.0, 20.0, 90.0, 50.0]])
+    for transform in make_transforms((0.75, 1.0, 1.25), hflip=True):
+        out = transform.apply(image, 128)
+        assert max(out.shape[-2:]) == round(transform.scale * 128)
+        ys, xs = torch.nonzero(out[0] > 0.5, as_tuple=True)
+        found = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+        back = transform.invert(found, out.shape[-2:], (90, 160))
+        assert torch.allclose(back, truth, atol=2.0), (transform.name, back)
+
+
+def test_make_transforms_and_names():
+    names = [t.name for t in make_transforms((0.75, 1.0), hflip=True)]
+    assert names == ["scale0.75", "scale0.75+hflip", "scale1", "scale1+hflip"]
+    assert len(make_transforms((1.0,), hflip=False)) == 1
+
+
+def test_detections_mask_selection_and_cat():
+    d = Detections(torch.tensor([[0.0, 0, 1, 1], [0, 0, 2, 2]]), torch.tensor([0.2, 0.9]), torch.tensor([0, 1]),
+                   {"agreement": torch.tensor([1, 3])})
+    kept = d[d.scores > 0.5]
+    assert len(kept) == 1 and kept.labels.tolist() == [1] and kept.extra["agreement"].tolist() == [3]
+    both = Detections.cat([d, Detections(d.boxes, d.scores, d.labels)])
+    assert len(both) == 4 and both.extra == {}

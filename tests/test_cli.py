@@ -1,0 +1,151 @@
+"""Every command through the CLI on tiny synthetic data, with and without a workspace file."""
+
+import json
+
+import pytest
+import torch
+
+from retinaslim.models.checkpoint import load_checkpoint
+from tests.conftest import assert_user_error, remap_categories, run_cli
+
+
+def test_help_lists_every_command_and_option():
+    result = run_cli("--help")
+    for command in ["init", "synth", "train-teacher", "train-student", "pseudo-label", "filter", "eval", "demo"]:
+        assert command in result.stdout
+    assert "--image-size" in run_cli("train-student", "--help").stdout
+
+
+def test_synth_same_seed_same_bytes(tmp_path):
+    for name in ("a", "b"):
+        assert run_cli("synth", tmp_path / name, "--labeled", 2, "--unlabeled", 2, "--val", 1, "--size", 64, "--seed", 5).exit_code == 0
+    for rel in ["labeled.json", "val.json", "unlabeled.truth.json", "unlabeled/unlabeled_000001.jpg", "labeled/labeled_000000.jpg"]:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    data = json.loads((tmp_path / "a" / "labeled.json").read_text())
+    assert [c["name"] for c in data["categories"]] == ["id_card", "bank_card", "passport"]
+    assert not (tmp_path / "a" / "unlabeled.json").exists()  # unlabelled images ship without labels
+    assert_user_error(run_cli("synth", tmp_path / "a", "--labeled", 2), "already holds")
+
+
+def test_pipeline_with_workspace_short_commands(tiny_cards, monkeypatch):
+    """The users' short commands work as typed inside a workspace made by synth."""
+    monkeypatch.chdir(tiny_cards.out)
+    fast = ["--image-size", 96, "--batch-size", 4, "--epochs", 1, "--workers", 0]
+
+    result = run_cli("train-teacher", *fast)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "using labelled data" in result.stdout
+    teacher = load_checkpoint(tiny_cards.out / "runs/teacher/best.pt")
+    assert teacher.arch == "retinanet_resnet50_fpn" and teacher.image_size == 96 and teacher.epoch == 1
+    assert [c["name"] for c in teacher.classes] == ["id_card", "bank_card", "passport"]
+    assert (tiny_cards.out / "runs/teacher/config.yaml").is_file()
+
+    result = run_cli("pseudo-label", "./unlabeled", "--score-floor", 0.0, "--workers", 0)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    pseudo = json.loads((tiny_cards.out / "runs/pseudo.json").read_text())
+    assert len(pseudo["images"]) == 6 and pseudo["skipped"] == []
+    assert len(pseudo["info"]["transforms"]) == 6 and pseudo["info"]["fusion"] == "wbf"
+    assert (tiny_cards.out / "runs" / pseudo["images"][0]["file_name"]).resolve().is_file()
+    for ann in pseudo["annotations"]:
+        assert 0 <= ann["score"] <= 1 and 1 <= ann["agreement"] <= 6
+
+    result = run_cli("filter", "--score-thresh", 0.0)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    filtered = json.loads((tiny_cards.out / "runs/pseudo.filtered.json").read_text())
+    assert filtered["info"]["filter"]["score_thresh"] == 0.0 and len(filtered["images"]) == 6
+
+    result = run_cli("train-student", *fast)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "machine labels" in result.stdout  # the workspace's filtered labels are picked up and announced
+    student = load_checkpoint(tiny_cards.out / "runs/student/best.pt")
+    assert student.train_args["pseudo"].endswith("pseudo.filtered.json")
+
+    result = run_cli("eval", "--weights", "runs/student/best.pt", "--weights", "runs/teacher/best.pt",
+                     "--latency-runs", 2, "--workers", 0, "--json", "metrics.json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    rows = json.loads((tiny_cards.out / "metrics.json").read_text())
+    assert [r["arch"] for r in rows] == ["slim-s", "retinanet_resnet50_fpn"]
+    for r in rows:
+        assert {"ap", "ap50", "ap75", "latency_ms", "fps", "params", "size_mb", "image_size", "device", "threads"} <= set(r)
+        assert r["latency_ms"] > 0 and r["fps"] == pytest.approx(1000 / r["latency_ms"]) and r["threads"] == torch.get_num_threads()
+    assert rows[0]["params"] < rows[1]["params"] / 50
+
+    # A second teacher run never overwrites the first.
+    assert run_cli("train-teacher", *fast).exit_code == 0
+    assert (tiny_cards.out / "runs/teacher-2/best.pt").is_file()
+
+
+def test_category_ids_survive_training_prediction_and_eval(one_card_set, tmp_path):
+    """A dataset whose category ids are 3 and 17 keeps those ids in every output."""
+    names = {3: "id_card", 17: "bank_card"}
+    src = one_card_set.files["labeled"]
+    labeled = remap_categories(src, src.parent / "ids_3_17.json", {1: 3, 2: 17, 3: 17}, names)
+    result = run_cli("train-student", "--labeled", labeled, "--val", labeled, "--out", tmp_path / "run",
+                     "--image-size", 128, "--batch-size", 8, "--epochs", 30, "--lr", 0.01, "--augment", "none", "--workers", 0)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    checkpoint = load_checkpoint(tmp_path / "run/best.pt")
+    assert checkpoint.classes == [{"id": 3, "name": "id_card"}, {"id": 17, "name": "bank_card"}]
+
+    result = run_cli("eval", "--weights", tmp_path / "run/best.pt", "--data", labeled, "--latency-runs", 1,
+                     "--workers", 0, "--predictions-out", tmp_path / "preds.json", "--json", tmp_path / "m.json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    predictions = json.loads((tmp_path / "preds.json").read_text())
+    assert predictions and {p["category_id"] for p in predictions} <= {3, 17}
+    assert {p["category_id"] for p in predictions if p["score"] > 0.3} == {
+        a["category_id"] for a in json.loads(labeled.read_text())["annotations"]}
+    assert json.loads((tmp_path / "m.json").read_text())[0]["ap50"] >= 0.5
+
+    result = run_cli("pseudo-label", one_card_set.out / "labeled", "--teacher", tmp_path / "run/best.pt",
+                     "--out", tmp_path / "pseudo.json", "--workers", 0)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    pseudo = json.loads((tmp_path / "pseudo.json").read_text())
+    assert pseudo["categories"] == checkpoint.classes and {a["category_id"] for a in pseudo["annotations"]} <= {3, 17}
+
+
+def test_bad_input_gives_one_line_errors(tiny_cards, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no workspace here
+    labeled = tiny_cards.files["labeled"]
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{oops")
+    unknown = tmp_path / "unknown.json"
+    data = json.loads(labeled.read_text())
+    data["annotations"][0]["category_id"] = 42
+    unknown.write_text(json.dumps(data))
+    (tmp_path / "empty").mkdir()
+
+    assert_user_error(run_cli("train-student", "--labeled", tmp_path / "missing.json", "--val", labeled),
+                      "missing.json", "not found")
+    assert_user_error(run_cli("train-student", "--labeled", bad_json, "--val", labeled), "bad.json", "not valid JSON")
+    assert_user_error(run_cli("train-student", "--labeled", unknown, "--val", labeled), "unknown.json", "category id 42")
+    assert_user_error(run_cli("train-teacher"), "--labeled", "retinaslim.yaml")
+    assert_user_error(run_cli("pseudo-label", tmp_path / "empty", "--teacher", tmp_path / "t.pt", "--out", "p.json"),
+                      "empty", "no images found")
+    assert_user_error(run_cli("pseudo-label", tiny_cards.out / "unlabeled", "--teacher", tmp_path / "t.pt", "--out", "p.json"),
+                      "t.pt", "not found")
+    assert_user_error(run_cli("filter", bad_json, "--out", "f.json"), "bad.json")
+    assert_user_error(run_cli("filter", labeled, "--out", "f.json", "--score-thresh", 1.5), "--score-thresh")
+    assert_user_error(run_cli("filter", labeled, "--out", labeled), "overwrite the input")
+    assert_user_error(run_cli("eval", "--weights", bad_json, "--data", labeled), "bad.json")
+    assert not (tmp_path / "f.json").exists() and not (tmp_path / "p.json").exists()
+
+
+def test_init_writes_commented_workspace(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("init").exit_code == 0
+    text = (tmp_path / "retinaslim.yaml").read_text()
+    for key in ["labeled", "val", "unlabeled", "classes", "runs"]:
+        assert f"# {key}:" in text
+    assert_user_error(run_cli("init"), "already exists")
+
+
+def test_demo_runs_every_stage(tmp_path, monkeypatch):
+    from retinaslim.stages import demo
+
+    tiny = {"labeled": 4, "unlabeled": 4, "val": 2, "size": 64, "teacher_epochs": 1, "student_epochs": 1, "latency_runs": 1}
+    monkeypatch.setattr(demo, "DEMO_SCALE", tiny)
+    result = run_cli("demo", "--out", tmp_path / "demo")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    rows = json.loads((tmp_path / "demo/metrics.json").read_text())
+    assert [r["weights"].split("/")[-2] for r in rows] == ["teacher", "student-human", "student"]
+    assert (tmp_path / "demo/runs/pseudo.filtered.json").is_file()
+    assert "teacher/best.pt" in result.stdout and "student/best.pt" in result.stdout
