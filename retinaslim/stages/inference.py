@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,41 +38,59 @@ class ImageResult:
     error: str | None = None
 
 
-def predict_paths(
+@dataclass
+class Timings:
+    """Seconds spent waiting for decoded images, in the model's forwards, and fusing transforms."""
+
+    data: float = 0.0
+    forward: float = 0.0
+    fusion: float = 0.0
+
+
+def chunks(indices: list[int], size: int) -> list[list[int]]:
+    return [indices[i:i + size] for i in range(0, len(indices), size)]
+
+
+def predict_batches(
     model: nn.Module,
     paths: list[Path],
+    batches: list[list[int]],
     image_size: int,
     transforms: list[Transform],
     device: torch.device,
-    on_image: Callable[[ImageResult], None],
+    on_batch: Callable[[list[ImageResult]], None],
     fusion: str = "wbf",
-    batch_size: int = 8,
     workers: int = 0,
     reporter: Reporter | None = None,
     task: str = "predict",
-) -> None:
-    """Detect objects in every image of ``paths``, fusing transforms when there are several.
+) -> Timings:
+    """Detect objects in the images ``paths[i]`` for each batch of indices, fusing transforms when there are several.
 
-    Calls ``on_image`` once per image, in order, with its detections or its decoding error.
+    Calls ``on_batch`` once per batch, in order, with each image's detections or decoding error. A
+    batch's detections depend only on its own images, so re-running a batch reproduces it exactly.
     Images are decoded in ``workers`` DataLoader processes.
     """
     reporter = reporter or Reporter()
-    loader = torch.utils.data.DataLoader(
-        ImageListDataset(paths), batch_size=batch_size, num_workers=workers, collate_fn=collate_list
-    )
-    reporter.start(task, len(paths))
+    timings = Timings()
+    loader = torch.utils.data.DataLoader(ImageListDataset(paths), batch_sampler=batches, num_workers=workers,
+                                         collate_fn=collate_list)
+    reporter.start(task, sum(len(b) for b in batches))
+    waited = time.perf_counter()
     for batch in loader:
+        started = time.perf_counter()
+        timings.data += started - waited
         good = [image for _, image, error in batch if error is None]
-        per_image = iter(detect(model, good, image_size, transforms, device) if good else [])
-        for i, image, error in batch:
-            if error is not None:
-                on_image(ImageResult(i, error=error))
-                continue
-            per_transform = next(per_image)
-            dets = per_transform[0] if len(transforms) == 1 else fuse(per_transform, fusion)
-            on_image(ImageResult(i, image.shape[1], image.shape[2], dets))
+        per_image = detect(model, good, image_size, transforms, device) if good else []
+        fused_at = time.perf_counter()
+        timings.forward += fused_at - started
+        fused = iter([p[0] if len(transforms) == 1 else fuse(p, fusion) for p in per_image])
+        timings.fusion += time.perf_counter() - fused_at
+        on_batch([ImageResult(i, error=error) if error is not None else
+                  ImageResult(i, image.shape[1], image.shape[2], next(fused)) for i, image, error in batch])
         reporter.advance(task, len(batch))
+        waited = time.perf_counter()
     reporter.finish(task)
+    return timings
 
 
 def evaluate_on_coco(
@@ -90,13 +109,14 @@ def evaluate_on_coco(
     """
     results: list[dict[str, Any]] = []
 
-    def collect(result: ImageResult) -> None:
-        if result.detections is not None:
-            image_id = coco.images[result.index]["id"]
-            for ann in detections_to_annotations(result.detections, image_id, classes):
-                results.append({k: ann[k] for k in ("image_id", "category_id", "bbox", "score")})
+    def collect(batch: list[ImageResult]) -> None:
+        for result in batch:
+            if result.detections is not None:
+                image_id = coco.images[result.index]["id"]
+                for ann in detections_to_annotations(result.detections, image_id, classes):
+                    results.append({k: ann[k] for k in ("image_id", "category_id", "bbox", "score")})
 
     paths = [coco.image_path(image) for image in coco.images]
-    predict_paths(model, paths, image_size, [Transform()], device, collect, batch_size=batch_size,
-                  workers=workers, reporter=reporter, task="validate")
+    predict_batches(model, paths, chunks(list(range(len(paths))), batch_size), image_size, [Transform()], device,
+                    collect, workers=workers, reporter=reporter, task="validate")
     return coco_metrics(coco, results), results

@@ -1,21 +1,34 @@
 """pseudo-label: the teacher labels unlabelled images with multi-transform ensembling.
 
-Each image is run through every transform (scales x horizontal flip), predictions are mapped back to
+Each image is run through every transform (scales x flips [x rotations]), predictions are mapped back to
 the original image and fused (WBF by default) into one box set with a ``score`` and an ``agreement``
 (how many transforms found the box). Every fused box above a low floor is kept, so thresholds can be
 chosen later (``retinaslim filter``) without running the teacher again.
+
+Work is never lost: each finished batch is appended to a journal beside the output (one JSON line per
+batch, flushed and fsynced), and ``resume=True`` skips the batches already there. Batches are fixed
+slices of the sorted image list, and a batch's detections depend only on its own images, so a resumed
+run writes exactly what an uninterrupted one would. The images can be split into shards (torchrun
+ranks, or ``shard=(i, n)`` for other schedulers): shard i takes batches i, i+n, ...; once every shard has
+finished, one process merges the journals into the output, written atomically.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
+import json
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from retinaslim.config import PSEUDO_FUSION, PSEUDO_SCALES, PSEUDO_SCORE_FLOOR
-from retinaslim.core.atomic import write_json
+from retinaslim.core.atomic import atomic_path
 from retinaslim.core.fusion import FUSION_METHODS
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import make_transforms
@@ -23,7 +36,7 @@ from retinaslim.data.coco import ClassMap, detections_to_annotations
 from retinaslim.data.images import list_images
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
-from retinaslim.stages.inference import ImageResult, predict_paths, resolve_device
+from retinaslim.stages.inference import ImageResult, Timings, chunks, predict_batches, resolve_device
 
 
 @dataclass
@@ -33,67 +46,246 @@ class PseudoLabelConfig:
     out: Path
     scales: tuple[float, ...] = PSEUDO_SCALES
     hflip: bool = True
+    vflip: bool = False
+    rot90: bool = False
     fusion: str = PSEUDO_FUSION
     score_floor: float = PSEUDO_SCORE_FLOOR
     image_size: int | None = None  # None: the teacher's training size
     batch_size: int = 8
     device: str = "auto"
     workers: int = 0
+    resume: bool = False
+    shard: tuple[int, int] | None = None  # (index, count); None: torchrun's RANK/WORLD_SIZE, else (0, 1)
 
 
 @dataclass
 class PseudoLabelResult:
     out: Path
-    num_images: int
-    num_boxes: int
-    skipped: list[dict[str, str]]
-    transforms: list[str]
-    seconds: float
+    merged: bool  # False: this shard finished, others are still running
+    shard: tuple[int, int]
+    num_images: int = 0
+    num_boxes: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    transforms: list[str] = field(default_factory=list)
+    num_images_this_run: int = 0
+    num_images_resumed: int = 0
+    timings: Timings = field(default_factory=Timings)
+    seconds: float = 0.0
 
 
-def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLabelResult:
-    started = time.perf_counter()
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _journal_path(out: Path, shard: tuple[int, int]) -> Path:
+    suffix = "" if shard[1] == 1 else f".shard{shard[0]}-of-{shard[1]}"
+    return out.with_name(f"{out.name}{suffix}.journal")
+
+
+def _read_journal(path: Path) -> tuple[dict[str, Any] | None, set[int], bool]:
+    """(header, finished batch numbers, done flag); a line cut short by a kill is dropped from the file."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    header, finished, done = None, set(), False
+    for line in data[:end].splitlines():
+        record = json.loads(line)
+        if "header" in record:
+            header = record["header"]
+        elif "batch" in record:
+            finished.add(record["batch"])
+        elif record.get("done"):
+            done = True
+    return header, finished, done
+
+
+def _journal_batches(path: Path) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            if "batch" in record:
+                yield record["batch"], record["images"]
+
+
+def _merged_records(journals: list[Path]) -> Iterator[dict[str, Any]]:
+    """Every image record of every shard, in image order (each journal is in batch order)."""
+    for _batch, records in heapq.merge(*(_journal_batches(p) for p in journals), key=lambda item: item[0]):
+        yield from records
+
+
+def _write_output(out: Path, journals: list[Path], info: dict[str, Any], categories: list[dict[str, Any]]) -> PseudoLabelResult:
+    """Stream the journals into one COCO file (memory stays flat however many images there are)."""
+    result = PseudoLabelResult(out, merged=True, shard=(0, 1))
+    with atomic_path(out) as tmp, open(tmp, "w") as f:
+        f.write('{"info": %s,\n"categories": %s,\n"images": [' % (json.dumps(info), json.dumps(categories)))
+        sep = "\n"
+        for record in _merged_records(journals):
+            if "annotations" in record:
+                image = {"id": record["index"] + 1, "file_name": record["file_name"],
+                         "width": record["width"], "height": record["height"]}
+                f.write(sep + json.dumps(image))
+                sep = ",\n"
+                result.num_images += 1
+        f.write('],\n"annotations": [')
+        sep = "\n"
+        for record in _merged_records(journals):
+            for ann in record.get("annotations", []):
+                result.num_boxes += 1
+                f.write(sep + json.dumps({"id": result.num_boxes, **ann}))
+                sep = ",\n"
+        f.write('],\n"skipped": [')
+        sep = "\n"
+        for record in _merged_records(journals):
+            if "reason" in record:
+                skipped = {"file": record["file"], "reason": record["reason"]}
+                result.skipped.append(skipped)
+                f.write(sep + json.dumps(skipped))
+                sep = ",\n"
+        f.write("]}\n")
+    return result
+
+
+def _resolve_shard(config: PseudoLabelConfig) -> tuple[int, int]:
+    if config.shard is not None:
+        index, count = config.shard
+        if not (count >= 1 and 0 <= index < count):
+            raise UserError(f"--shard {index}/{count}: expected I/N with 0 <= I < N, e.g. 0/4")
+        return index, count
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _validate(config: PseudoLabelConfig) -> None:
     if config.fusion not in FUSION_METHODS:
         raise UserError(f"--fusion {config.fusion!r} is unknown; choose one of {', '.join(FUSION_METHODS)}")
     if not 0 <= config.score_floor <= 1:
         raise UserError(f"--score-floor {config.score_floor} must be in [0, 1]")
     if not config.scales or any(s <= 0 for s in config.scales):
         raise UserError(f"--scales {config.scales} must be positive numbers, e.g. 0.75,1.0,1.25")
+    if Path(config.out).suffix.lower() != ".json":
+        raise UserError(f"--out {config.out}: expected a .json file name")
+
+
+def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLabelResult:
+    started = time.perf_counter()
+    _validate(config)
+    shard = _resolve_shard(config)
+    distributed = config.shard is None and shard[1] > 1  # launched by torchrun
     paths = list_images(config.source)
     checkpoint = load_checkpoint(config.teacher)
-    model = checkpoint.build()
-    device = resolve_device(config.device)
-    model.to(device)
     image_size = config.image_size or checkpoint.image_size
-    transforms = make_transforms(tuple(config.scales), config.hflip)
+    transforms = make_transforms(tuple(config.scales), config.hflip, config.vflip, config.rot90)
     classes = ClassMap.from_categories(checkpoint.classes)
     out = Path(config.out)
     out_dir = out.parent.resolve()
-
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
-
-    def collect(result: ImageResult) -> None:
-        path = paths[result.index]
-        if result.error is not None:
-            skipped.append({"file": str(path), "reason": result.error.split(": ", 1)[-1]})
-            return
-        image_id = len(images) + 1
-        # COCO file names resolve against the JSON file's own folder.
-        images.append({"id": image_id, "file_name": os.path.relpath(path.resolve(), out_dir),
-                       "width": result.width, "height": result.height})
-        dets = result.detections[result.detections.scores >= config.score_floor]
-        annotations.extend(detections_to_annotations(dets, image_id, classes, first_id=len(annotations) + 1))
-
-    predict_paths(model, paths, image_size, transforms, device, collect, fusion=config.fusion,
-                  batch_size=config.batch_size, workers=config.workers, reporter=reporter, task="pseudo-label")
+    out_dir.mkdir(parents=True, exist_ok=True)
     info = {
-        "description": "retinaslim pseudo-labels (raw teacher output, fused)",
-        "teacher": str(config.teacher), "image_size": image_size,
-        "transforms": [t.name for t in transforms], "fusion": config.fusion, "score_floor": config.score_floor,
+        "description": "retinaslim pseudo-labels (raw teacher output, fused)", "teacher": str(config.teacher),
+        "image_size": image_size, "transforms": [t.name for t in transforms], "fusion": config.fusion,
+        "score_floor": config.score_floor,
     }
-    write_json(out, {"info": info, "images": images, "annotations": annotations,
-                     "categories": classes.categories(), "skipped": skipped})
-    return PseudoLabelResult(out, len(images), len(annotations), skipped, info["transforms"],
-                             time.perf_counter() - started)
+    # Everything that decides the output; a journal made with other settings must not be continued.
+    header = {**info, "teacher_sha256": _sha256(Path(config.teacher)), "batch_size": config.batch_size,
+              "num_images": len(paths), "images_sha256": hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest(),
+              "shard": list(shard)}
+
+    journal = _journal_path(out, shard)
+    finished: set[int] = set()
+    done = False
+    if journal.exists():
+        if not config.resume:
+            raise UserError(f"{journal}: an interrupted run's journal is here; pass --resume to continue it, or delete it")
+        old_header, finished, done = _read_journal(journal)
+        changed = sorted(k for k in header if old_header is None or old_header.get(k) != header[k])
+        if changed:
+            raise UserError(f"{journal}: made with different settings ({', '.join(changed)}); "
+                            "rerun with the original ones, or delete the journal to start over")
+
+    all_batches = chunks(list(range(len(paths))), config.batch_size)
+    mine = [k for k in range(shard[0], len(all_batches), shard[1])]
+    todo = [k for k in mine if k not in finished]
+    timings = Timings()
+    num_resumed = sum(len(all_batches[k]) for k in mine if k in finished)
+    if not done:
+        device = resolve_device(config.device)
+        if distributed and device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        model = checkpoint.build().to(device)
+        with open(journal, "a") as log:
+            if not finished:
+                log.write(json.dumps({"header": header}) + "\n")
+
+            def record(result: ImageResult) -> dict[str, Any]:
+                path = paths[result.index]
+                if result.error is not None:
+                    return {"index": result.index, "file": str(path), "reason": result.error.split(": ", 1)[-1]}
+                dets = result.detections[result.detections.scores >= config.score_floor]
+                annotations = [{k: v for k, v in a.items() if k != "id"}
+                               for a in detections_to_annotations(dets, result.index + 1, classes)]
+                # COCO file names resolve against the JSON file's own folder.
+                return {"index": result.index, "file_name": os.path.relpath(path.resolve(), out_dir),
+                        "width": result.width, "height": result.height, "annotations": annotations}
+
+            batch_numbers = iter(todo)
+
+            def commit(results: list[ImageResult]) -> None:
+                line = {"batch": next(batch_numbers), "images": [record(r) for r in results]}
+                log.write(json.dumps(line) + "\n")
+                log.flush()
+                os.fsync(log.fileno())
+
+            timings = predict_batches(model, paths, [all_batches[k] for k in todo], image_size, transforms, device,
+                                      commit, fusion=config.fusion, workers=config.workers, reporter=reporter,
+                                      task=f"pseudo-label {shard[0] + 1}/{shard[1]}" if shard[1] > 1 else "pseudo-label")
+            log.write(json.dumps({"done": True}) + "\n")
+
+    partial = PseudoLabelResult(out, merged=False, shard=shard, transforms=info["transforms"],
+                                num_images_this_run=sum(len(all_batches[k]) for k in todo),
+                                num_images_resumed=num_resumed, timings=timings)
+    journals = [_journal_path(out, (i, shard[1])) for i in range(shard[1])]
+    if distributed:
+        _barrier()
+        if shard[0] != 0:
+            partial.seconds = time.perf_counter() - started
+            return partial
+    elif shard[1] > 1 and not _claim_merge(out, journals):
+        partial.seconds = time.perf_counter() - started
+        return partial  # the last shard to finish writes the output
+
+    result = _write_output(out, journals, info, classes.categories())
+    for j in journals:
+        j.unlink()
+    _merge_lock(out).unlink(missing_ok=True)
+    result.shard, result.transforms, result.timings = shard, info["transforms"], timings
+    result.num_images_this_run, result.num_images_resumed = partial.num_images_this_run, num_resumed
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _merge_lock(out: Path) -> Path:
+    return out.with_name(f"{out.name}.merging")
+
+
+def _claim_merge(out: Path, journals: list[Path]) -> bool:
+    """True for exactly one shard once every shard's journal is complete."""
+    if not all(j.exists() and _read_journal(j)[2] for j in journals):
+        return False
+    try:
+        os.close(os.open(_merge_lock(out), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _barrier() -> None:
+    """Wait for every torchrun process (gloo: a barrier needs no accelerator)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    dist.barrier()

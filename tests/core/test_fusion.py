@@ -63,3 +63,32 @@ def test_fusion_of_nothing_is_empty(method):
 def test_unknown_method():
     with pytest.raises(ValueError, match="unknown fusion"):
         fuse([Detections.empty()], "mean")
+
+
+def test_wbf_matches_reference_package_on_random_inputs():
+    import ensemble_boxes  # test-only reference implementation (dev extra)
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(50):
+        num_transforms = int(torch.randint(2, 7, (1,), generator=generator))
+        per_transform, boxes_list, scores_list, labels_list = [], [], [], []
+        for _ in range(num_transforms):
+            n = int(torch.randint(0, 12, (1,), generator=generator))
+            # Jittered copies of a few objects, so that clusters form, in normalised [0, 1] coordinates.
+            centres = torch.tensor([[0.3, 0.3], [0.6, 0.5], [0.5, 0.8]])[torch.randint(0, 3, (n,), generator=generator)]
+            centres = centres + 0.03 * torch.randn(n, 2, generator=generator)
+            sizes = 0.15 + 0.05 * torch.rand(n, 2, generator=generator)
+            boxes = torch.cat([centres - sizes / 2, centres + sizes / 2], dim=1).clamp(0, 1)
+            scores = torch.rand(n, generator=generator)
+            labels = torch.randint(0, 2, (n,), generator=generator)
+            per_transform.append(Detections(boxes * 640, scores, labels))
+            boxes_list.append(boxes.tolist())
+            scores_list.append(scores.tolist())
+            labels_list.append(labels.tolist())
+        ref_boxes, ref_scores, ref_labels = ensemble_boxes.weighted_boxes_fusion(
+            boxes_list, scores_list, labels_list, iou_thr=0.55, skip_box_thr=0.0)
+        ours = fuse(per_transform, "wbf")
+        order = torch.argsort(ours.scores, descending=True)
+        assert len(ours) == len(ref_scores), trial
+        assert torch.allclose(ours.scores[order], torch.tensor(ref_scores, dtype=torch.float32), atol=1e-5), trial
+        assert torch.allclose(ours.boxes[order] / 640, torch.tensor(ref_boxes, dtype=torch.float32), atol=1e-4), trial
+        assert ours.labels[order].tolist() == [int(v) for v in ref_labels], trial

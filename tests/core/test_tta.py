@@ -3,32 +3,38 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retinaslim.core.detections import Detections
-from retinaslim.core.tta import Transform, long_side_size, make_transforms
+from retinaslim.core.tta import Transform, make_transforms
 
 
-def forward_boxes(transform: Transform, boxes, original_hw, transformed_hw):
-    """Map original-image boxes onto the transformed image (the inverse of Transform.invert)."""
-    (height, width), (h, w) = original_hw, transformed_hw
+def forward_boxes(transform: Transform, boxes, original_hw, resized_hw):
+    """Map original-image boxes onto the transformed image, written independently of Transform.invert."""
+    (height, width), (h, w) = original_hw, resized_hw
     out = boxes.clone()
     out[:, [0, 2]] *= w / width
     out[:, [1, 3]] *= h / height
     if transform.hflip:
         out[:, [0, 2]] = w - out[:, [2, 0]]
-    return out
+    if transform.vflip:
+        out[:, [1, 3]] = h - out[:, [3, 1]]
+    for _ in range(transform.rot // 90):  # counter-clockwise: (x, y) -> (y, W - x), size (H, W) -> (W, H)
+        out = torch.stack([out[:, 1], w - out[:, 2], out[:, 3], w - out[:, 0]], dim=1)
+        h, w = w, h
+    return out, (h, w)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
-    height=st.integers(8, 2000), width=st.integers(8, 2000), scale=st.sampled_from([0.5, 0.75, 1.0, 1.25, 2.0]),
-    hflip=st.booleans(), image_size=st.integers(32, 800),
+    height=st.integers(8, 2000), width=st.integers(8, 2000),
+    size=st.one_of(st.sampled_from([0.5, 0.75, 1.0, 1.25, 2.0]), st.integers(100, 1200)),
+    hflip=st.booleans(), vflip=st.booleans(), rot=st.sampled_from([0, 90, 180, 270]), image_size=st.integers(32, 800),
     corners=st.lists(st.tuples(*[st.floats(0, 1)] * 4), min_size=1, max_size=5),
 )
-def test_invert_undoes_transform_for_random_boxes(height, width, scale, hflip, image_size, corners):
-    transform = Transform(scale, hflip)
+def test_invert_undoes_transform_for_random_boxes(height, width, size, hflip, vflip, rot, image_size, corners):
+    base = make_transforms((size,), hflip=False)[0]  # integers above 16 are absolute shorter sides
+    transform = Transform(base.scale, hflip, vflip, rot, base.short_side)
     boxes = torch.tensor([[min(a, c) * width, min(b, d) * height, max(a, c) * width, max(b, d) * height]
                           for a, b, c, d in corners], dtype=torch.float64)
-    transformed_hw = long_side_size(height, width, round(scale * image_size))
-    there = forward_boxes(transform, boxes, (height, width), transformed_hw)
+    there, transformed_hw = forward_boxes(transform, boxes, (height, width), transform.resized_size(height, width, image_size))
     back = transform.invert(there, transformed_hw, (height, width))
     assert torch.allclose(back, boxes, atol=1e-6 * max(height, width))
 
@@ -38,9 +44,14 @@ def test_transform_moves_pixels_where_invert_says():
     image = torch.zeros(3, 90, 160)
     image[:, 20:50, 30:90] = 1.0
     truth = torch.tensor([[30.0, 20.0, 90.0, 50.0]])
-    for transform in make_transforms((0.75, 1.0, 1.25), hflip=True):
+    transforms = make_transforms((0.75, 1.0, 1.25, 60), hflip=True, vflip=True, rot90=True)
+    assert len(transforms) == 4 * 2 * 2 * 3
+    for transform in transforms:
         out = transform.apply(image, 128)
-        assert max(out.shape[-2:]) == round(transform.scale * 128)
+        if transform.short_side:
+            assert min(out.shape[-2:]) == 60
+        else:
+            assert max(out.shape[-2:]) == round(transform.scale * 128)
         ys, xs = torch.nonzero(out[0] > 0.5, as_tuple=True)
         found = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
         back = transform.invert(found, out.shape[-2:], (90, 160))
@@ -50,6 +61,7 @@ def test_transform_moves_pixels_where_invert_says():
 def test_make_transforms_and_names():
     names = [t.name for t in make_transforms((0.75, 1.0), hflip=True)]
     assert names == ["scale0.75", "scale0.75+hflip", "scale1", "scale1+hflip"]
+    assert [t.name for t in make_transforms((800,), hflip=False, rot90=True)] == ["short800", "short800+rot90", "short800+rot270"]
     assert len(make_transforms((1.0,), hflip=False)) == 1
 
 

@@ -1,0 +1,131 @@
+"""pseudo-label: transforms and fusion end to end, skipped files, journal, kill -9 and resume, shards."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from retinaslim.config import TRAIN_DEFAULTS
+from retinaslim.errors import UserError
+from retinaslim.stages.pseudo_label import PseudoLabelConfig, pseudo_label
+from retinaslim.stages.synth import SynthConfig, synth
+from retinaslim.stages.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def labeller(one_card_set, tmp_path_factory):
+    """A quickly trained slim model that finds cards: any retinaslim checkpoint can label images."""
+    labeled = one_card_set.files["labeled"]
+    options = {**TRAIN_DEFAULTS["student"], "image_size": 128, "batch_size": 8, "epochs": 30, "augment": "none"}
+    out = tmp_path_factory.mktemp("labeller")
+    return train(TrainConfig(role="student", labeled=labeled, val=labeled, out=out, **options)).best
+
+
+@pytest.fixture(scope="module")
+def unlabeled(tmp_path_factory):
+    data = synth(SynthConfig(tmp_path_factory.mktemp("unl"), num_labeled=1, num_unlabeled=40, num_val=1, size=128, seed=3))
+    return data.out / "unlabeled"
+
+
+def config(unlabeled, labeller, out, **kw):
+    return PseudoLabelConfig(unlabeled, labeller, out, score_floor=0.0, batch_size=4, **kw)
+
+
+def test_output_has_scores_agreement_and_every_image(unlabeled, labeller, tmp_path):
+    result = pseudo_label(config(unlabeled, labeller, tmp_path / "p.json", rot90=True))
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert result.merged and result.num_images == 40 == len(data["images"])
+    assert len(data["info"]["transforms"]) == 3 * 2 * 3
+    assert result.num_boxes == len(data["annotations"]) > 0
+    assert [a["id"] for a in data["annotations"]] == list(range(1, result.num_boxes + 1))
+    assert all(1 <= a["agreement"] <= 18 and 0 <= a["score"] <= 1 for a in data["annotations"])
+    assert max(a["agreement"] for a in data["annotations"]) > 1
+    assert not list(tmp_path.glob("*.journal"))  # the journal goes once the output is complete
+
+
+def test_unreadable_files_are_skipped_counted_and_listed(unlabeled, labeller, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in sorted(os.listdir(unlabeled))[:3]:
+        (folder / name).write_bytes((unlabeled / name).read_bytes())
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.png").write_text("not an image")
+    (folder / "cut.jpg").write_bytes((unlabeled / sorted(os.listdir(unlabeled))[0]).read_bytes()[:300])
+    result = pseudo_label(config(folder, labeller, tmp_path / "p.json"))
+    assert result.num_images == 3
+    assert sorted(os.path.basename(s["file"]) for s in result.skipped) == ["cut.jpg", "empty.jpg", "text.png"]
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert len(data["skipped"]) == 3 and all(s["reason"] for s in data["skipped"])
+
+
+def run_cli_process(*args):
+    return subprocess.Popen([sys.executable, "-m", "retinaslim", "pseudo-label", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def journal_lines(path):
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_kill_9_then_resume_equals_uninterrupted_run(unlabeled, labeller, tmp_path):
+    common = ["--teacher", labeller, "--score-floor", 0.0, "--batch-size", 2, "--workers", 0]
+    reference = tmp_path / "reference.json"
+    assert run_cli_process(unlabeled, *common, "--out", reference).wait() == 0
+    for kill_after in (2, 7, 15):  # journal lines (header + batches) written before the kill
+        out = tmp_path / f"killed{kill_after}.json"
+        journal = out.with_name(out.name + ".journal")
+        process = run_cli_process(unlabeled, *common, "--out", out)
+        while journal_lines(journal) < kill_after and process.poll() is None:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL, "finished before it could be killed"
+        assert not out.exists() and journal.exists()
+        refused = run_cli_process(unlabeled, *common, "--out", out)
+        assert refused.wait() == 1 and b"--resume" in refused.stderr.read()
+        resumed = run_cli_process(unlabeled, *common, "--out", out, "--resume")
+        stdout = resumed.stdout.read().decode()
+        assert resumed.wait() == 0, resumed.stderr.read()
+        assert "resumed" in stdout
+        assert out.read_bytes() == reference.read_bytes()
+        assert not journal.exists()
+
+
+def test_resume_refuses_a_journal_made_with_other_settings(unlabeled, labeller, tmp_path):
+    out = tmp_path / "p.json"
+    journal = out.with_name("p.json.journal")
+    journal.write_text(json.dumps({"header": {"fusion": "nms"}}) + "\n")
+    with pytest.raises(UserError, match="different settings .*fusion"):
+        pseudo_label(config(unlabeled, labeller, out, resume=True))
+
+
+def test_shards_merge_into_the_single_process_output(unlabeled, labeller, tmp_path):
+    pseudo_label(config(unlabeled, labeller, tmp_path / "one.json"))
+    first = pseudo_label(config(unlabeled, labeller, tmp_path / "sharded.json", shard=(1, 3)))
+    assert not first.merged and not (tmp_path / "sharded.json").exists()
+    assert not pseudo_label(config(unlabeled, labeller, tmp_path / "sharded.json", shard=(0, 3))).merged
+    last = pseudo_label(config(unlabeled, labeller, tmp_path / "sharded.json", shard=(2, 3)))
+    assert last.merged and last.num_images == 40
+    assert (tmp_path / "sharded.json").read_bytes() == (tmp_path / "one.json").read_bytes()
+    assert not list(tmp_path.glob("*.journal")) and not list(tmp_path.glob("*.merging"))
+    with pytest.raises(UserError, match="--shard 3/3"):
+        pseudo_label(config(unlabeled, labeller, tmp_path / "x.json", shard=(3, 3)))
+
+
+def test_torchrun_two_cpu_processes(unlabeled, labeller, tmp_path):
+    pseudo_label(config(unlabeled, labeller, tmp_path / "one.json"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+               "-m", "retinaslim", "pseudo-label", unlabeled, "--teacher", labeller, "--out", tmp_path / "ddp.json",
+               "--score-floor", "0.0", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
+    done = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    # One thread per process here, two in this process: float sums may differ in the last digits.
+    ddp, one = (json.loads((tmp_path / name).read_text()) for name in ("ddp.json", "one.json"))
+    assert ddp["images"] == one["images"] and len(ddp["annotations"]) == len(one["annotations"])
+    for a, b in zip(ddp["annotations"], one["annotations"]):
+        assert (a["image_id"], a["category_id"], a["agreement"]) == (b["image_id"], b["category_id"], b["agreement"])
+        assert a["score"] == pytest.approx(b["score"], abs=1e-3) and a["bbox"] == pytest.approx(b["bbox"], abs=0.1)
