@@ -6,7 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from retinaslim.cli import app
+from retinaslim.config import TRAIN_DEFAULTS
 from retinaslim.stages.synth import SynthConfig, synth
+from retinaslim.stages.train import TrainConfig, train
 
 
 def run_cli(*args: str):
@@ -36,6 +38,15 @@ def one_card_set(tmp_path_factory):
     """8 images of 128 px with one card each: small enough to learn in a few dozen steps."""
     return synth(SynthConfig(tmp_path_factory.mktemp("one_card"), num_labeled=8, num_unlabeled=0, num_val=1,
                              size=128, seed=0, max_cards=1))
+
+
+@pytest.fixture(scope="session")
+def labeller(one_card_set, tmp_path_factory):
+    """A quickly trained slim model that finds cards: any retinaslim checkpoint can label images."""
+    labeled = one_card_set.files["labeled"]
+    options = {**TRAIN_DEFAULTS["student"], "image_size": 128, "batch_size": 8, "epochs": 30, "augment": "none"}
+    out = tmp_path_factory.mktemp("labeller")
+    return train(TrainConfig(role="student", labeled=labeled, val=labeled, out=out, **options)).best
 
 
 def remap_categories(src, dst, mapping: dict[int, int], names: dict[int, str]):

@@ -56,6 +56,18 @@ class Transform:
         size = f"short{self.short_side}" if self.short_side else f"scale{self.scale:g}"
         return size + "+hflip" * self.hflip + "+vflip" * self.vflip + (f"+rot{self.rot}" if self.rot else "")
 
+    @classmethod
+    def from_name(cls, name: str) -> Transform:
+        """The transform a ``name`` describes ('scale0.75+hflip', 'short800+vflip+rot90')."""
+        size, *flags = name.split("+")
+        options: dict = {"short_side": int(size[5:])} if size.startswith("short") else {"scale": float(size[5:])}
+        for flag in flags:
+            if flag in ("hflip", "vflip"):
+                options[flag] = True
+            else:
+                options["rot"] = int(flag.removeprefix("rot"))
+        return cls(**options)
+
     def resized_size(self, height: int, width: int, image_size: int) -> tuple[int, int]:
         if self.short_side:
             ratio = self.short_side / min(height, width)

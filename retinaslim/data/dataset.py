@@ -7,7 +7,7 @@ import torch
 
 from retinaslim.core.tta import Transform
 from retinaslim.data.augment import apply_augment, build_augment
-from retinaslim.data.coco import ClassMap, CocoData, image_targets
+from retinaslim.data.coco import ClassMap, CocoData, image_ignore_regions, image_targets
 from retinaslim.data.images import ImageError, read_image
 from retinaslim.errors import UserError
 
@@ -15,6 +15,7 @@ from retinaslim.errors import UserError
 class DetectionDataset(torch.utils.data.Dataset):
     """(image, target) pairs; image (3, h, w) float with longer side ``image_size``, target boxes xyxy in its pixels.
 
+    ``target["ignore"]`` holds the image's ignore regions (COCO ``iscrowd``), which give no loss.
     An image that cannot be decoded yields None, which ``collate_skip`` drops and counts.
     """
 
@@ -40,6 +41,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         except ImageError:
             return None
         boxes, labels = image_targets(self.coco, info, self.classes)
+        ignore = image_ignore_regions(self.coco, info)
+        # Ignore regions travel with the boxes through resizing and augmentation, marked by label -1.
+        boxes = torch.cat([boxes, ignore])
+        labels = torch.cat([labels, torch.full((len(ignore),), -1, dtype=torch.int64)])
         image = self.resize.apply(original, self.image_size)
         # Boxes are in the size the file declares; scale them to the resized image.
         sy, sx = image.shape[1] / info["height"], image.shape[2] / info["width"]
@@ -51,8 +56,9 @@ class DetectionDataset(torch.utils.data.Dataset):
             array, boxes_np, labels_np = apply_augment(self.augment, array, boxes.numpy(), labels.numpy())
             image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
             boxes, labels = torch.from_numpy(boxes_np), torch.from_numpy(labels_np)
-        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-        return image, {"boxes": boxes[keep], "labels": labels[keep]}
+        valid = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        real = valid & (labels >= 0)
+        return image, {"boxes": boxes[real], "labels": labels[real], "ignore": boxes[valid & (labels < 0)]}
 
 
 def collate_skip(batch: list) -> tuple[list, list, int]:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import torch
+from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import box_area, box_iou
+
+# Anchors lying mostly inside an ignore region (intersection / anchor area above this) give no loss.
+IGNORE_COVERAGE = 0.5
 
 
 class NoResizeTransform(GeneralizedRCNNTransform):
@@ -18,6 +23,31 @@ class NoResizeTransform(GeneralizedRCNNTransform):
 
     def resize(self, image: torch.Tensor, target=None):
         return image, target
+
+
+class IgnoreAwareRetinaNet(RetinaNet):
+    """torchvision's RetinaNet whose targets may carry ``ignore`` boxes (COCO ``iscrowd`` regions).
+
+    Background anchors mostly covered by an ignore region are left out of the classification loss,
+    as the matcher's between-thresholds anchors are; everything else is torchvision's loss.
+    """
+
+    def compute_loss(self, targets, head_outputs, anchors):
+        matched_idxs = []
+        for anchors_per_image, target in zip(anchors, targets):
+            if target["boxes"].numel() == 0:
+                matched = torch.full((anchors_per_image.size(0),), -1, dtype=torch.int64, device=anchors_per_image.device)
+            else:
+                matched = self.proposal_matcher(box_iou(target["boxes"], anchors_per_image))
+            ignore = target.get("ignore")
+            if ignore is not None and ignore.numel():
+                lt = torch.maximum(anchors_per_image[:, None, :2], ignore[None, :, :2])
+                rb = torch.minimum(anchors_per_image[:, None, 2:], ignore[None, :, 2:])
+                inter = (rb - lt).clamp(min=0).prod(dim=2)  # (num_anchors, num_ignore)
+                covered = (inter / box_area(anchors_per_image)[:, None].clamp(min=1e-6)).amax(dim=1) > IGNORE_COVERAGE
+                matched = torch.where(covered & (matched < 0), self.proposal_matcher.BETWEEN_THRESHOLDS, matched)
+            matched_idxs.append(matched)
+        return self.head.compute_loss(targets, head_outputs, anchors, matched_idxs)
 
 
 def configure(model, detections_per_image: int = 100):

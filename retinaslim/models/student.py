@@ -15,12 +15,11 @@ from functools import partial
 
 import torch
 from torch import nn
-from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork
 
-from retinaslim.models.common import configure
+from retinaslim.models.common import IgnoreAwareRetinaNet, configure
 from retinaslim.models.registry import register
 
 
@@ -136,7 +135,7 @@ def _slim_retinanet(num_classes: int, image_size: int, *, stem: int, widths, rep
     backbone = SlimBackbone(stem, tuple(widths), tuple(repeats), fpn_channels, norm)
     anchors = _student_anchors(image_size)
     head = _slim_head(fpn_channels, anchors.num_anchors_per_location()[0], num_classes, head_hidden, head_layers, norm)
-    return configure(RetinaNet(backbone, num_classes, anchor_generator=anchors, head=head))
+    return configure(IgnoreAwareRetinaNet(backbone, num_classes, anchor_generator=anchors, head=head))
 
 
 @register("slim-s", role="student")

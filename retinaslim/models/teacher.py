@@ -10,7 +10,7 @@ from torchvision.models.detection import retinanet_resnet50_fpn, retinanet_resne
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from retinaslim.errors import UserError
-from retinaslim.models.common import configure
+from retinaslim.models.common import IgnoreAwareRetinaNet, configure
 from retinaslim.models.registry import register
 
 
@@ -36,8 +36,9 @@ def _imagenet_weights(pretrained: bool) -> ResNet50_Weights | None:
 
 
 def _build(builder, num_classes: int, image_size: int, pretrained: bool):
-    model = builder(weights=None, weights_backbone=_imagenet_weights(pretrained), num_classes=num_classes)
-    model.anchor_generator = _anchor_generator(image_size)
+    stock = builder(weights=None, weights_backbone=_imagenet_weights(pretrained), num_classes=num_classes)
+    # torchvision's backbone and head (v1 or v2), in the RetinaNet that honours ignore regions.
+    model = IgnoreAwareRetinaNet(stock.backbone, num_classes, anchor_generator=_anchor_generator(image_size), head=stock.head)
     return configure(model)
 
 

@@ -1,57 +1,411 @@
 """filter: turn raw machine labels into the ones the student trains on.
 
-Reads the ``pseudo.json`` that pseudo-label wrote and keeps boxes whose score reaches the threshold.
-Images left with no box stay in the file as background images (they teach the student what is not a
-card). The output's ``info`` records the rule and threshold used.
+Reads the ``pseudo.json`` that pseudo-label wrote and applies combinable rules, in this order, each
+counted per class:
+
+1. geometry: ``min_size`` (shorter box side, px), ``max_size_frac`` (box area / image area),
+   ``aspect_range`` (width / height), boxes outside are removed;
+2. ``min_agreement``: boxes found by fewer transforms are removed;
+3. score threshold per class: fixed (``score_thresh``: one value or per class name), or automatic:
+   ``instances`` (Data Distillation: as many machine boxes per unlabelled image as there are human boxes
+   per labelled image) or ``precision`` (the lowest threshold whose precision at IoU 0.5 reaches a
+   target on human-labelled calibration images, running the teacher with pseudo-label's settings);
+4. ``max_per_image``: the best-scoring boxes only;
+5. doubtful images, holding a box scored between ``ambiguous_low`` and the threshold: ``keep``,
+   ``drop`` the image, or ``ignore`` (those boxes become ``iscrowd`` ignore regions that give no loss);
+6. images left without a box: kept as background images, or dropped.
+
+The output's ``info.filter`` records every rule and the threshold used per class.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from retinaslim.config import FILTER_SCORE_THRESH
 from retinaslim.core.atomic import write_json
-from retinaslim.data.coco import load_coco
+from retinaslim.core.detections import Detections
+from retinaslim.core.matching import lowest_threshold_for_precision, match
+from retinaslim.core.progress import Reporter
+from retinaslim.core.tta import Transform
+from retinaslim.data.coco import ClassMap, CocoData, check_same_classes, coco_metrics, image_targets, load_coco
 from retinaslim.errors import UserError
+from retinaslim.models.checkpoint import load_checkpoint
+from retinaslim.stages.inference import ImageResult, chunks, predict_batches, resolve_device
+
+AUTO_RULES = ("instances", "precision")
+AMBIGUOUS_ACTIONS = ("keep", "drop", "ignore")
 
 
 @dataclass
 class FilterConfig:
     pseudo: Path
     out: Path
-    score_thresh: float = FILTER_SCORE_THRESH
+    score_thresh: float | dict[str, float] | None = None  # None: FILTER_SCORE_THRESH unless auto_thresh
+    auto_thresh: str | None = None
+    labeled: Path | None = None  # auto "instances"
+    calib: Path | None = None  # auto "precision"
+    calib_images: Path | None = None
+    teacher: Path | None = None  # auto "precision"; default: the teacher named in pseudo.json
+    target_precision: float = 0.95
+    min_agreement: int = 1
+    min_size: float = 0.0
+    max_size_frac: float = 1.0
+    aspect_range: tuple[float, float] | None = None
+    max_per_image: int | None = None
+    ambiguous: str = "keep"
+    ambiguous_low: float = 0.2
+    keep_empty: bool = True
+    truth: Path | None = None
+    review_out: Path | None = None
+    review_count: int = 100
+    device: str = "auto"
+    batch_size: int = 8
+    workers: int = 0
+
+
+@dataclass
+class RuleCount:
+    rule: str
+    boxes_removed: dict[str, int]  # per class name
+    images_removed: int = 0
+
+
+@dataclass
+class Calibration:
+    """What the precision rule found per class on the calibration images."""
+
+    class_name: str
+    threshold: float
+    precision: float
+    recall: float
+    reached: bool
 
 
 @dataclass
 class FilterResult:
     out: Path
-    num_images: int
-    num_boxes_in: int
-    num_boxes_kept: int
+    thresholds: dict[str, float]
+    num_images_in: int
+    num_images_out: int
+    num_boxes_in: dict[str, int]
+    num_boxes_kept: dict[str, int]
+    num_ignore_regions: int
     num_empty_images: int
+    rules: list[RuleCount]
+    histogram: list[dict[str, Any]]  # score bins: lo, hi, boxes in, boxes kept
+    calibration: list[Calibration] = field(default_factory=list)
+    truth_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # "before" / "after"
+    review_out: Path | None = None
+    num_review: int = 0
 
 
-def filter_labels(config: FilterConfig) -> FilterResult:
-    if not 0 <= config.score_thresh <= 1:
-        raise UserError(f"--score-thresh {config.score_thresh} must be in [0, 1]")
+def parse_class_thresholds(text: str) -> float | dict[str, float]:
+    """'0.5' -> 0.5; 'id_card=0.6,passport=0.7' -> {class name: value} (classes not named keep the default)."""
+    try:
+        if "=" not in text:
+            return float(text)
+        pairs = dict(item.split("=", 1) for item in text.split(","))
+        return {name.strip(): float(v) for name, v in pairs.items()}
+    except ValueError:
+        raise UserError(f"--score-thresh {text!r}: expected a number or NAME=VALUE pairs, e.g. id_card=0.6,passport=0.7") from None
+
+
+def _validate(config: FilterConfig) -> None:
     if Path(config.out).resolve() == Path(config.pseudo).resolve():
         raise UserError(f"{config.out}: the output would overwrite the input; choose another --out")
-    coco = load_coco(config.pseudo)
-    missing_scores = [a["id"] for anns in coco.annotations_per_image.values() for a in anns if "score" not in a]
+    if config.auto_thresh is not None and config.auto_thresh not in AUTO_RULES:
+        raise UserError(f"--auto-thresh {config.auto_thresh!r}: choose {' or '.join(AUTO_RULES)}")
+    if config.auto_thresh and config.score_thresh is not None:
+        raise UserError("--score-thresh and --auto-thresh both set the threshold; pass one of them")
+    if config.auto_thresh == "instances" and config.labeled is None:
+        raise UserError("--auto-thresh instances needs --labeled (the human-labelled COCO file)")
+    if config.auto_thresh == "precision" and config.calib is None:
+        raise UserError("--auto-thresh precision needs --calib (human-labelled COCO images to calibrate on)")
+    if config.ambiguous not in AMBIGUOUS_ACTIONS:
+        raise UserError(f"--ambiguous {config.ambiguous!r}: choose {', '.join(AMBIGUOUS_ACTIONS)}")
+    for name, value in [("--target-precision", config.target_precision), ("--ambiguous-low", config.ambiguous_low),
+                        ("--max-size-frac", config.max_size_frac)]:
+        if not 0 <= value <= 1:
+            raise UserError(f"{name} {value} must be in [0, 1]")
+    thresholds = config.score_thresh.values() if isinstance(config.score_thresh, dict) else [config.score_thresh]
+    if any(t is not None and not 0 <= t <= 1 for t in thresholds):
+        raise UserError(f"--score-thresh {config.score_thresh} must be in [0, 1]")
+    if config.aspect_range is not None and not 0 < config.aspect_range[0] <= config.aspect_range[1]:
+        raise UserError(f"--aspect-range {config.aspect_range}: expected LO,HI with 0 < LO <= HI")
+
+
+def _as_detections(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> Detections:
+    """An image's machine boxes as Detections (xyxy, score, label, agreement)."""
+    anns = coco.annotations_per_image[image["id"]]
+    boxes_xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+    return Detections(
+        torch.cat([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], dim=1),
+        torch.tensor([a["score"] for a in anns], dtype=torch.float32),
+        torch.tensor([classes.label(a["category_id"]) for a in anns], dtype=torch.int64),
+        {"index": torch.arange(len(anns)), "agreement": torch.tensor([a.get("agreement", 1) for a in anns])},
+    )
+
+
+def instances_thresholds(scores_per_class: dict[int, torch.Tensor], human_per_image: dict[int, float],
+                         num_unlabeled: int, floor: float) -> dict[int, float]:
+    """Data Distillation's rule: per class, the score of the k-th best machine box, where
+    k = (human boxes of the class per labelled image) x (unlabelled images). ``floor`` when fewer boxes."""
+    thresholds = {}
+    for label, scores in scores_per_class.items():
+        wanted = round(human_per_image.get(label, 0.0) * num_unlabeled)
+        ordered = torch.sort(scores, descending=True).values
+        if wanted <= 0:
+            thresholds[label] = 1.0 + 1e-6  # no human instances of this class: keep none
+        elif wanted >= len(ordered):
+            thresholds[label] = floor
+        else:
+            thresholds[label] = float(ordered[wanted - 1])
+    return thresholds
+
+
+def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, reporter: Reporter) -> list[Calibration]:
+    """Run the teacher with pseudo-label's transforms and fusion on the calibration images, per-class thresholds."""
+    calib = load_coco(config.calib, config.calib_images)
+    check_same_classes(pseudo, calib)
+    teacher_path = config.teacher or (Path(pseudo.info["teacher"]) if pseudo.info.get("teacher") else None)
+    if teacher_path is None:
+        raise UserError(f"{pseudo.path}: names no teacher; pass --teacher")
+    checkpoint = load_checkpoint(teacher_path)
+    try:
+        transforms = [Transform.from_name(n) for n in pseudo.info["transforms"]]
+        fusion, image_size = pseudo.info["fusion"], int(pseudo.info["image_size"])
+    except (KeyError, ValueError, TypeError):
+        raise UserError(f"{pseudo.path}: its info lacks pseudo-label's transforms/fusion/image_size; "
+                        "the precision rule needs them to run the teacher the same way") from None
+    device = resolve_device(config.device)
+    model = checkpoint.build().to(device)
+    paths = [calib.image_path(im) for im in calib.images]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"{calib.path}: image {missing[0]} not found; pass --calib-images DIR")
+    scores: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(classes))}
+    hits: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(classes))}
+    num_true: Counter[int] = Counter()
+
+    def collect(batch: list[ImageResult]) -> None:
+        for result in batch:
+            if result.detections is None:
+                continue
+            boxes, labels = image_targets(calib, calib.images[result.index], classes)
+            num_true.update(labels.tolist())
+            dets = result.detections
+            is_tp = match(dets, boxes, labels)
+            for k in range(len(classes)):
+                scores[k].append(dets.scores[dets.labels == k])
+                hits[k].append(is_tp[dets.labels == k])
+
+    predict_batches(model, paths, chunks(list(range(len(paths))), config.batch_size), image_size, transforms, device,
+                    collect, fusion=fusion, workers=config.workers, reporter=reporter, task="calibrate")
+    found = []
+    for k, name in enumerate(classes.names):
+        chosen = lowest_threshold_for_precision(torch.cat(scores[k]), torch.cat(hits[k]), num_true[k], config.target_precision)
+        found.append(Calibration(name, *chosen, True) if chosen else Calibration(name, 1.0 + 1e-6, 0.0, 0.0, False))
+    return found
+
+
+def _truth_metrics(truth_path: Path, coco_images: list[dict[str, Any]], root: Path,
+                   annotations: list[dict[str, Any]]) -> dict[str, float]:
+    """AP, and precision/recall at IoU 0.5, of ``annotations`` (on ``coco_images`` under ``root``) against a truth file."""
+    truth = load_coco(truth_path)
+    by_path = {os.path.normpath(truth.image_path(im).resolve()): im for im in truth.images}
+    classes = truth.classes
+    results, num_tp, num_true = [], 0, 0
+    per_image: dict[int, list[dict[str, Any]]] = {}
+    for a in annotations:
+        per_image.setdefault(a["image_id"], []).append(a)
+    matched = 0
+    for image in coco_images:
+        truth_image = by_path.get(os.path.normpath((root / image["file_name"]).resolve()))
+        if truth_image is None:
+            continue
+        matched += 1
+        anns = [a for a in per_image.get(image["id"], []) if not a.get("iscrowd", 0)]
+        results += [{**a, "image_id": truth_image["id"]} for a in anns]
+        boxes, labels = image_targets(truth, truth_image, classes)
+        boxes_xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        dets = Detections(torch.cat([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], dim=1),
+                          torch.tensor([a["score"] for a in anns]), torch.tensor([classes.label(a["category_id"]) for a in anns], dtype=torch.int64))
+        num_tp += int(match(dets, boxes, labels).sum())
+        num_true += len(boxes)
+    if matched == 0:
+        raise UserError(f"{truth_path}: none of its images are in the machine labels (matched by file path)")
+    metrics = coco_metrics(truth, results)
+    return {"ap": metrics["ap"], "ap50": metrics["ap50"], "precision": num_tp / max(1, len(results)),
+            "recall": num_tp / max(1, num_true), "boxes": len(results)}
+
+
+def _doubt(scores: torch.Tensor, thresholds: torch.Tensor) -> float:
+    """How much an image needs a person: each box's closeness to its class threshold (1 at it), summed."""
+    spread = torch.maximum(thresholds, 1 - thresholds).clamp(min=1e-6)
+    return float((1 - (scores - thresholds).abs() / spread).clamp(min=0).sum())
+
+
+def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> FilterResult:
+    reporter = reporter or Reporter()
+    _validate(config)
+    pseudo = load_coco(config.pseudo)
+    missing_scores = [a["id"] for anns in pseudo.annotations_per_image.values() for a in anns if "score" not in a]
     if missing_scores:
-        raise UserError(f"{coco.path}: annotation {missing_scores[0]} has no 'score'; filter reads pseudo-label output")
+        raise UserError(f"{pseudo.path}: annotation {missing_scores[0]} has no 'score'; filter reads pseudo-label output")
+    classes = pseudo.classes
+    names = classes.names
+    unknown = sorted(set(config.score_thresh) - set(names)) if isinstance(config.score_thresh, dict) else []
+    if unknown:
+        raise UserError(f"--score-thresh: unknown class {unknown[0]!r}; {pseudo.path} has {', '.join(names)}")
+    score_thresh = config.score_thresh if config.score_thresh is not None or config.auto_thresh else FILTER_SCORE_THRESH
+    dets_per_image = {im["id"]: _as_detections(pseudo, im, classes) for im in pseudo.images}
+    removed = {rule: Counter() for rule in ("geometry", "agreement", "threshold", "max_per_image", "ambiguous")}
+
+    def apply(rule: str, keep: torch.Tensor, dets: Detections) -> Detections:
+        removed[rule].update(names[k] for k in dets.labels[~keep].tolist())
+        return dets[keep]
+
+    # Rules 1-2 decide which boxes are candidates; the automatic thresholds are chosen among those.
+    candidates = {}
+    for image in pseudo.images:
+        dets = dets_per_image[image["id"]]
+        w, h = (dets.boxes[:, 2] - dets.boxes[:, 0]), (dets.boxes[:, 3] - dets.boxes[:, 1])
+        keep = (torch.minimum(w, h) >= config.min_size) & (w * h <= config.max_size_frac * image["width"] * image["height"])
+        if config.aspect_range is not None:
+            aspect = w / h.clamp(min=1e-6)
+            keep &= (aspect >= config.aspect_range[0]) & (aspect <= config.aspect_range[1])
+        dets = apply("geometry", keep, dets)
+        candidates[image["id"]] = apply("agreement", dets.extra["agreement"] >= config.min_agreement, dets)
+
+    calibration: list[Calibration] = []
+    if config.auto_thresh == "instances":
+        labeled = load_coco(config.labeled)
+        check_same_classes(pseudo, labeled)
+        human = Counter(classes.label(a["category_id"]) for anns in labeled.annotations_per_image.values()
+                        for a in anns if not a.get("iscrowd", 0))
+        per_image = {k: n / max(1, len(labeled.images)) for k, n in human.items()}
+        all_dets = Detections.cat(list(candidates.values()))
+        scores_per_class = {k: all_dets.scores[all_dets.labels == k] for k in range(len(classes))}
+        floor = float(pseudo.info.get("score_floor", 0.0))
+        by_label = instances_thresholds(scores_per_class, per_image, len(pseudo.images), floor)
+    elif config.auto_thresh == "precision":
+        calibration = _calibrate(config, pseudo, classes, reporter)
+        by_label = {k: c.threshold for k, c in enumerate(calibration)}
+    elif isinstance(score_thresh, dict):
+        by_label = {k: score_thresh.get(name, FILTER_SCORE_THRESH) for k, name in enumerate(names)}
+    else:
+        by_label = dict.fromkeys(range(len(classes)), float(score_thresh))
+    thresholds = torch.tensor([by_label[k] for k in range(len(classes))])
 
     out = Path(config.out)
     # File names resolve against each JSON file's own folder: rebase them when the folder changes.
-    rebase = os.path.relpath(coco.path.parent.resolve(), out.parent.resolve())
-    images, annotations, num_empty = [], [], 0
-    for image in coco.images:
-        kept = [a for a in coco.annotations_per_image[image["id"]] if a["score"] >= config.score_thresh]
-        num_empty += not kept
+    rebase = os.path.relpath(pseudo.path.parent.resolve(), out.parent.resolve())
+    images, annotations, review = [], [], []
+    num_ignore = num_empty = num_dropped_ambiguous = num_dropped_empty = 0
+    for image in pseudo.images:
+        dets = candidates[image["id"]]
+        image_thresh = thresholds[dets.labels]
+        confident = dets.scores >= image_thresh
+        doubtful = (dets.scores >= config.ambiguous_low) & ~confident
+        if (dets.scores >= config.ambiguous_low).any():
+            review.append((_doubt(dets.scores, image_thresh), image, dets))
+        kept = apply("threshold", confident, dets)
+        if config.max_per_image is not None:
+            order = torch.argsort(kept.scores, descending=True)
+            keep = torch.zeros(len(kept), dtype=torch.bool)
+            keep[order[:config.max_per_image]] = True
+            kept = apply("max_per_image", keep, kept)
+        ignore = dets[doubtful]
+        if doubtful.any() and config.ambiguous == "drop":
+            removed["ambiguous"].update(names[k] for k in kept.labels.tolist())
+            num_dropped_ambiguous += 1
+            continue
+        if len(kept) == 0 and (config.ambiguous != "ignore" or len(ignore) == 0):
+            num_empty += 1
+            if not config.keep_empty:
+                num_dropped_empty += 1
+                continue
+        source = pseudo.annotations_per_image[image["id"]]
+        annotations += [source[i] for i in kept.extra["index"].tolist()]
+        if config.ambiguous == "ignore":
+            annotations += [{**source[i], "iscrowd": 1} for i in ignore.extra["index"].tolist()]
+            num_ignore += len(ignore)
         images.append({**image, "file_name": os.path.normpath(os.path.join(rebase, image["file_name"]))})
-        annotations.extend(kept)
-    info = {**coco.info, "filter": {"source": str(coco.path), "score_thresh": config.score_thresh}}
-    write_json(out, {"info": info, "images": images, "annotations": annotations, "categories": coco.categories})
-    return FilterResult(out, len(images), coco.num_annotations, len(annotations), num_empty)
+
+    rules = {
+        "min_size": config.min_size, "max_size_frac": config.max_size_frac,
+        "aspect_range": list(config.aspect_range) if config.aspect_range else None,
+        "min_agreement": config.min_agreement, "threshold_rule": config.auto_thresh or "fixed",
+        "thresholds": {name: float(by_label[k]) for k, name in enumerate(names)},
+        "target_precision": config.target_precision if config.auto_thresh == "precision" else None,
+        "max_per_image": config.max_per_image, "ambiguous": config.ambiguous, "ambiguous_low": config.ambiguous_low,
+        "keep_empty": config.keep_empty, "source": str(pseudo.path),
+    }
+    write_json(out, {"info": {**pseudo.info, "filter": rules}, "images": images, "annotations": annotations,
+                     "categories": pseudo.categories})
+
+    boxes_in = Counter(names[k] for d in dets_per_image.values() for k in d.labels.tolist())
+    boxes_kept = Counter(names[classes.label(a["category_id"])] for a in annotations if not a.get("iscrowd", 0))
+    all_scores = torch.cat([d.scores for d in dets_per_image.values()]) if dets_per_image else torch.zeros(0)
+    kept_scores = torch.tensor([a["score"] for a in annotations if not a.get("iscrowd", 0)])
+    histogram = [{"lo": lo / 10, "hi": (lo + 1) / 10,
+                  "boxes_in": int(((all_scores >= lo / 10) & (all_scores < (lo + 1) / 10 + (lo == 9))).sum()),
+                  "boxes_kept": int(((kept_scores >= lo / 10) & (kept_scores < (lo + 1) / 10 + (lo == 9))).sum())}
+                 for lo in range(10)]
+    result = FilterResult(
+        out=out, thresholds=rules["thresholds"], num_images_in=len(pseudo.images), num_images_out=len(images),
+        num_boxes_in={n: boxes_in[n] for n in names}, num_boxes_kept={n: boxes_kept[n] for n in names},
+        num_ignore_regions=num_ignore, num_empty_images=num_empty,
+        rules=[RuleCount(rule, {n: counts[n] for n in names},
+                         {"ambiguous": num_dropped_ambiguous}.get(rule, 0)) for rule, counts in removed.items()]
+        + [RuleCount("empty images", dict.fromkeys(names, 0), num_dropped_empty)],
+        histogram=histogram, calibration=calibration,
+    )
+    if config.truth is not None:
+        all_annotations = [a for anns in pseudo.annotations_per_image.values() for a in anns]
+        result.truth_metrics = {
+            "before": _truth_metrics(config.truth, pseudo.images, pseudo.image_root, all_annotations),
+            "after": _truth_metrics(config.truth, images, out.parent, annotations),
+        }
+    if config.review_out is not None:
+        result.review_out = config.review_out
+        result.num_review = _write_review(config.review_out, sorted(review, key=lambda r: -r[0])[:config.review_count],
+                                          pseudo, classes)
+    return result
+
+
+def _write_review(path: Path, ranked: list[tuple[float, dict[str, Any], Detections]], pseudo: CocoData,
+                  classes: ClassMap) -> int:
+    """The most doubtful images, machine boxes as pre-annotations: Label Studio import JSON at ``path``,
+    and the same images as COCO beside it (``NAME.coco.json``)."""
+    tasks, images, annotations = [], [], []
+    for rank, (doubt, image, dets) in enumerate(ranked, start=1):
+        image_path = (pseudo.image_root / image["file_name"]).resolve()
+        width, height = image["width"], image["height"]
+        results = []
+        for i, (box, score, label) in enumerate(zip(dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist())):
+            x1, y1, x2, y2 = box
+            results.append({
+                "id": f"r{rank}_{i}", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
+                "original_width": width, "original_height": height, "image_rotation": 0,
+                "value": {"x": 100 * x1 / width, "y": 100 * y1 / height, "width": 100 * (x2 - x1) / width,
+                          "height": 100 * (y2 - y1) / height, "rotation": 0, "rectanglelabels": [classes.names[label]]},
+                "score": round(score, 5),
+            })
+            annotations.append({"id": len(annotations) + 1, "image_id": image["id"], "category_id": classes.category_ids[label],
+                                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                                "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0, "score": round(score, 5)})
+        tasks.append({"data": {"image": str(image_path)}, "meta": {"rank": rank, "doubt": round(doubt, 4)},
+                      "predictions": [{"model_version": "retinaslim-teacher", "score": round(doubt, 4), "result": results}]})
+        images.append({**image, "file_name": os.path.relpath(image_path, Path(path).parent.resolve())})
+    write_json(Path(path), tasks)
+    write_json(Path(path).with_suffix(".coco.json"), {"info": {"description": "retinaslim review: most doubtful images first"},
+                                                      "images": images, "annotations": annotations, "categories": pseudo.categories})
+    return len(tasks)

@@ -62,6 +62,8 @@ def test_make_transforms_and_names():
     names = [t.name for t in make_transforms((0.75, 1.0), hflip=True)]
     assert names == ["scale0.75", "scale0.75+hflip", "scale1", "scale1+hflip"]
     assert [t.name for t in make_transforms((800,), hflip=False, rot90=True)] == ["short800", "short800+rot90", "short800+rot270"]
+    for t in make_transforms((0.75, 1.0, 600), hflip=True, vflip=True, rot90=True):
+        assert Transform.from_name(t.name) == t
     assert len(make_transforms((1.0,), hflip=False)) == 1
 
 

@@ -9,20 +9,9 @@ import time
 
 import pytest
 
-from retinaslim.config import TRAIN_DEFAULTS
 from retinaslim.errors import UserError
 from retinaslim.stages.pseudo_label import PseudoLabelConfig, pseudo_label
 from retinaslim.stages.synth import SynthConfig, synth
-from retinaslim.stages.train import TrainConfig, train
-
-
-@pytest.fixture(scope="module")
-def labeller(one_card_set, tmp_path_factory):
-    """A quickly trained slim model that finds cards: any retinaslim checkpoint can label images."""
-    labeled = one_card_set.files["labeled"]
-    options = {**TRAIN_DEFAULTS["student"], "image_size": 128, "batch_size": 8, "epochs": 30, "augment": "none"}
-    out = tmp_path_factory.mktemp("labeller")
-    return train(TrainConfig(role="student", labeled=labeled, val=labeled, out=out, **options)).best
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,49 @@
+"""Match detections to ground truth, and the precision/recall they give."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.ops import box_iou
+
+from retinaslim.core.detections import Detections
+
+
+def match(dets: Detections, boxes: torch.Tensor, labels: torch.Tensor, iou_thresh: float = 0.5) -> torch.Tensor:
+    """(N,) bool: which detections are true positives.
+
+    Greedy in descending score, as in COCO/VOC evaluation: a detection is a true positive when it
+    overlaps a not yet matched same-class truth box by IoU >= ``iou_thresh``; it takes the best such box.
+    boxes: (M, 4) xyxy truth in the same pixels as ``dets.boxes``; labels: (M,).
+    """
+    is_tp = torch.zeros(len(dets), dtype=torch.bool)
+    if len(dets) == 0 or len(boxes) == 0:
+        return is_tp
+    ious = box_iou(dets.boxes, boxes)  # (N, M)
+    taken = torch.zeros(len(boxes), dtype=torch.bool)
+    for i in torch.argsort(dets.scores, descending=True).tolist():
+        candidates = (ious[i] >= iou_thresh) & ~taken & (labels == dets.labels[i])
+        if candidates.any():
+            taken[int(torch.argmax(ious[i] * candidates))] = True
+            is_tp[i] = True
+    return is_tp
+
+
+def lowest_threshold_for_precision(scores: torch.Tensor, is_tp: torch.Tensor, num_true: int,
+                                   target: float) -> tuple[float, float, float] | None:
+    """The lowest score threshold whose precision (of detections scoring >= it) reaches ``target``.
+
+    scores, is_tp: (N,) for one class over a calibration set; num_true: that class's truth boxes.
+    Returns (threshold, precision, recall) at it, or None when no threshold reaches the target.
+    """
+    order = torch.argsort(scores, descending=True)
+    scores, is_tp = scores[order], is_tp[order].float()
+    precision = is_tp.cumsum(0) / torch.arange(1, len(scores) + 1)
+    recall = is_tp.cumsum(0) / max(1, num_true)
+    # Only the last of equal scores is a real cut: a threshold keeps every box scoring at or above it.
+    cut = torch.ones(len(scores), dtype=torch.bool)
+    cut[:-1] = scores[:-1] != scores[1:]
+    reached = torch.nonzero((precision >= target) & cut).flatten()
+    if len(reached) == 0:
+        return None
+    k = int(reached[-1])
+    return float(scores[k]), float(precision[k]), float(recall[k])

@@ -1,0 +1,148 @@
+"""filter: each rule on hand-made machine labels where the right answer is known."""
+
+import json
+
+import pytest
+import torch
+
+from retinaslim.errors import UserError
+from retinaslim.models.registry import build_model
+from retinaslim.stages.filter import FilterConfig, filter_labels, instances_thresholds, parse_class_thresholds
+
+CATEGORIES = [{"id": 1, "name": "id_card"}, {"id": 2, "name": "passport"}]
+
+
+def ann(i, image_id, score, box=(10, 10, 40, 25), category_id=1, agreement=6):
+    return {"id": i, "image_id": image_id, "category_id": category_id, "bbox": list(box), "area": box[2] * box[3],
+            "iscrowd": 0, "score": score, "agreement": agreement}
+
+
+@pytest.fixture
+def pseudo(tmp_path):
+    images = [{"id": i, "file_name": f"img{i}.jpg", "width": 100, "height": 100} for i in (1, 2, 3, 4)]
+    annotations = [
+        ann(1, 1, 0.9), ann(2, 1, 0.6, category_id=2), ann(3, 1, 0.3),             # image 1: one doubtful box
+        ann(4, 2, 0.8, agreement=1), ann(5, 2, 0.7, box=(0, 0, 3, 30)),            # low agreement; 3 px wide
+        ann(6, 3, 0.95, box=(0, 0, 95, 95)), ann(7, 3, 0.55, box=(0, 0, 60, 10)),  # huge; aspect 6
+        ann(8, 4, 0.1),                                                              # only a weak box
+    ]
+    path = tmp_path / "pseudo.json"
+    info = {"teacher": "t.pt", "score_floor": 0.05, "transforms": ["scale1"], "fusion": "wbf", "image_size": 100}
+    path.write_text(json.dumps({"info": info, "images": images, "annotations": annotations, "categories": CATEGORIES}))
+    return path
+
+
+def kept_ids(path):
+    data = json.loads(path.read_text())
+    return sorted(a["id"] for a in data["annotations"] if not a["iscrowd"]), sorted(im["id"] for im in data["images"])
+
+
+def test_fixed_threshold_per_class_and_recorded_rules(pseudo, tmp_path):
+    out = tmp_path / "f.json"
+    result = filter_labels(FilterConfig(pseudo, out, score_thresh={"passport": 0.65}))
+    assert kept_ids(out) == ([1, 4, 5, 6, 7], [1, 2, 3, 4])  # id_card keeps the 0.5 default; passport 0.6 < 0.65
+    assert result.thresholds == {"id_card": 0.5, "passport": 0.65}
+    assert result.num_boxes_in == {"id_card": 7, "passport": 1} and result.num_boxes_kept == {"id_card": 5, "passport": 0}
+    assert result.num_empty_images == 1
+    info = json.loads(out.read_text())["info"]["filter"]
+    assert info["thresholds"] == {"id_card": 0.5, "passport": 0.65} and info["threshold_rule"] == "fixed"
+    assert sum(h["boxes_in"] for h in result.histogram) == 8 and sum(h["boxes_kept"] for h in result.histogram) == 5
+
+
+def test_agreement_geometry_and_max_per_image(pseudo, tmp_path):
+    out = tmp_path / "f.json"
+    result = filter_labels(FilterConfig(pseudo, out, score_thresh=0.5, min_agreement=2, min_size=5,
+                                        max_size_frac=0.5, aspect_range=(0.3, 3.0), max_per_image=1))
+    assert kept_ids(out)[0] == [1]  # 2 and 1: max 1 per image; 4 agreement; 5 small; 6 huge; 7 aspect
+    removed = {r.rule: r.boxes_removed for r in result.rules}
+    assert removed["agreement"]["id_card"] == 1 and removed["geometry"]["id_card"] == 3
+    assert removed["max_per_image"] == {"id_card": 0, "passport": 1}
+
+
+def test_ambiguous_images_drop_or_ignore_and_empty_images(pseudo, tmp_path):
+    dropped = filter_labels(FilterConfig(pseudo, tmp_path / "d.json", score_thresh=0.5, ambiguous="drop",
+                                         ambiguous_low=0.2, keep_empty=False))
+    assert kept_ids(tmp_path / "d.json") == ([4, 5, 6, 7], [2, 3])  # image 1 is doubtful, image 4 empty
+    assert {r.rule: r.images_removed for r in dropped.rules} == {
+        "geometry": 0, "agreement": 0, "threshold": 0, "max_per_image": 0, "ambiguous": 1, "empty images": 1}
+    filter_labels(FilterConfig(pseudo, tmp_path / "i.json", score_thresh=0.5, ambiguous="ignore", ambiguous_low=0.2))
+    data = json.loads((tmp_path / "i.json").read_text())
+    assert [(a["id"], a["iscrowd"]) for a in data["annotations"] if a["image_id"] == 1] == [(1, 0), (2, 0), (3, 1)]
+
+
+def test_instances_rule_on_hand_made_scores():
+    scores = {0: torch.tensor([0.5, 0.9, 0.7, 0.8, 0.6]), 1: torch.tensor([0.4]), 2: torch.tensor([0.9])}
+    # class 0: 1.5 human boxes per labelled image x 2 unlabelled images = 3 -> the 3rd best score, 0.7
+    # class 1: wants 2 but has 1 -> the floor; class 2: no human boxes -> keeps none
+    thresholds = instances_thresholds(scores, {0: 1.5, 1: 1.0}, num_unlabeled=2, floor=0.05)
+    assert thresholds[0] == pytest.approx(0.7) and thresholds[1] == 0.05 and thresholds[2] > 1
+
+
+def test_auto_instances_end_to_end(pseudo, tmp_path):
+    labeled = tmp_path / "labeled.json"
+    images = [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100}, {"id": 2, "file_name": "b.jpg", "width": 100, "height": 100}]
+    annotations = [ann(i, 1 + i % 2, 1.0) for i in range(1, 4)] + [ann(4, 1, 1.0, category_id=2)]
+    for a in annotations:
+        a.pop("score"), a.pop("agreement")
+    labeled.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
+    # id_card: 3 boxes / 2 images x 4 unlabelled images = 6 -> 6th best id_card score (0.3); passport: 2 wanted, 1 there
+    result = filter_labels(FilterConfig(pseudo, tmp_path / "f.json", auto_thresh="instances", labeled=labeled))
+    assert result.thresholds == pytest.approx({"id_card": 0.3, "passport": 0.05})
+    assert result.num_boxes_kept == {"id_card": 6, "passport": 1}
+
+
+def test_truth_metrics_and_review_file(pseudo, tmp_path):
+    truth = tmp_path / "truth.json"
+    images = [{"id": 10 + i, "file_name": f"img{i}.jpg", "width": 100, "height": 100} for i in (1, 2, 3, 4)]
+    truth.write_text(json.dumps({"images": images, "categories": CATEGORIES,
+                                 "annotations": [{**ann(1, 11, 1.0), "score": 1.0}, {**ann(2, 14, 1.0), "score": 1.0}]}))
+    result = filter_labels(FilterConfig(pseudo, tmp_path / "f.json", score_thresh=0.5, truth=truth,
+                                        review_out=tmp_path / "review.json", review_count=2))
+    before, after = result.truth_metrics["before"], result.truth_metrics["after"]
+    assert before["boxes"] == 8 and before["recall"] == 1.0 and before["precision"] == pytest.approx(2 / 8)
+    assert after["boxes"] == 6 and after["recall"] == 0.5 and after["precision"] == pytest.approx(1 / 6)
+    tasks = json.loads((tmp_path / "review.json").read_text())
+    assert len(tasks) == 2 and [t["meta"]["rank"] for t in tasks] == [1, 2]
+    assert tasks[0]["meta"]["doubt"] >= tasks[1]["meta"]["doubt"]
+    first = tasks[0]["predictions"][0]["result"][0]
+    assert first["type"] == "rectanglelabels" and 0 <= first["value"]["x"] <= 100 and first["value"]["rectanglelabels"]
+    assert (tmp_path / "review.coco.json").is_file()
+
+
+def test_bad_options(pseudo, tmp_path):
+    with pytest.raises(UserError, match="unknown class 'visa'"):
+        filter_labels(FilterConfig(pseudo, tmp_path / "f.json", score_thresh=parse_class_thresholds("visa=0.3")))
+    with pytest.raises(UserError, match="needs --labeled"):
+        filter_labels(FilterConfig(pseudo, tmp_path / "f.json", auto_thresh="instances"))
+    with pytest.raises(UserError, match="both set the threshold"):
+        filter_labels(FilterConfig(pseudo, tmp_path / "f.json", score_thresh=0.5, auto_thresh="instances", labeled=pseudo))
+    with pytest.raises(UserError, match="expected a number"):
+        parse_class_thresholds("id_card:0.5")
+
+
+def test_ignore_regions_give_no_classification_loss():
+    model = build_model("slim-s", num_classes=1, image_size=64)
+    model.head.classification_head.cls_logits.bias.data.zero_()  # p = 0.5 everywhere: background costs loss
+    image = [torch.rand(3, 64, 64)]
+    no_boxes = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    plain = model(image, [no_boxes])["classification"]
+    # Anchors near the border reach outside the image; a region around it all covers every anchor.
+    ignored = model(image, [{**no_boxes, "ignore": torch.tensor([[-200.0, -200.0, 264.0, 264.0]])}])["classification"]
+    assert plain > 1 and ignored == 0
+    half = model(image, [{**no_boxes, "ignore": torch.tensor([[-200.0, -200.0, 264.0, 32.0]])}])["classification"]
+    assert 0.3 * plain < half < 0.7 * plain
+
+
+def test_auto_precision_calibrates_on_human_labels(one_card_set, labeller, tmp_path):
+    from retinaslim.stages.pseudo_label import PseudoLabelConfig, pseudo_label
+
+    labeled = one_card_set.files["labeled"]
+    pseudo_label(PseudoLabelConfig(one_card_set.out / "labeled", labeller, tmp_path / "p.json", batch_size=4))
+    result = filter_labels(FilterConfig(tmp_path / "p.json", tmp_path / "f.json", auto_thresh="precision",
+                                        calib=labeled, target_precision=0.9))
+    assert [c.class_name for c in result.calibration] == ["id_card", "bank_card", "passport"]
+    for c in result.calibration:
+        assert not c.reached or (c.precision >= 0.9 and 0 < c.threshold <= 1 and 0 < c.recall <= 1)
+        assert result.thresholds[c.class_name] == pytest.approx(c.threshold)
+    assert any(c.reached for c in result.calibration)
+    assert json.loads((tmp_path / "f.json").read_text())["info"]["filter"]["target_precision"] == 0.9
