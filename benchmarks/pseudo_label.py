@@ -35,6 +35,7 @@ from retinaslim.data.coco import ClassMap, coco_metrics, detections_to_annotatio
 from retinaslim.data.images import read_image
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.predict import detect
+from retinaslim.models.registry import list_archs
 from retinaslim.stages.pseudo_label import PseudoLabelConfig, pseudo_label
 from retinaslim.stages.synth import SynthConfig, synth
 from retinaslim.stages.train import TrainConfig, train
@@ -136,6 +137,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench/pseudo"))
     parser.add_argument("--teacher", type=Path, help="use this teacher instead of training one")
+    parser.add_argument("--arch", default=TRAIN_DEFAULTS["teacher"]["arch"],
+                        help="architecture of the teacher trained here (any registered one can label images)")
+    parser.add_argument("--lr", type=float, help="learning rate for the teacher trained here (default: its role's)")
     parser.add_argument("--size", type=int, default=160)
     parser.add_argument("--labeled", type=int, default=300)
     parser.add_argument("--unlabeled", type=int, default=300)
@@ -146,11 +150,14 @@ def main() -> None:
     data = synth(SynthConfig(args.out / "data", args.labeled, args.unlabeled, 100, args.size, args.seed, overwrite=True))
     teacher = args.teacher
     if teacher is None:
-        options = {**TRAIN_DEFAULTS["teacher"], "image_size": args.size, "epochs": args.teacher_epochs}
-        result = train(TrainConfig(role="teacher", labeled=data.files["labeled"], val=data.files["val"],
+        role = "teacher" if args.arch in list_archs("teacher") else "student"
+        options = {**TRAIN_DEFAULTS[role], "arch": args.arch, "image_size": args.size, "epochs": args.teacher_epochs}
+        if args.lr:
+            options["lr"] = args.lr
+        result = train(TrainConfig(role=role, labeled=data.files["labeled"], val=data.files["val"],
                                    out=args.out / "teacher", workers=2, seed=args.seed, **options))
         teacher = result.best
-        print(f"teacher: val AP {result.best_metrics['ap']:.3f} AP50 {result.best_metrics['ap50']:.3f} "
+        print(f"teacher ({args.arch}): val AP {result.best_metrics['ap']:.3f} AP50 {result.best_metrics['ap50']:.3f} "
               f"after {args.teacher_epochs} epochs, {result.seconds / 60:.1f} min")
     labeller_options = {**TRAIN_DEFAULTS["student"], "image_size": 128, "epochs": 1}
     labeller = train(TrainConfig(role="student", labeled=data.files["labeled"], val=data.files["val"],
@@ -160,7 +167,8 @@ def main() -> None:
         "setup": {"machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                   "threads": torch.get_num_threads(), "torch": torch.__version__, "image_size": args.size,
                   "labeled": args.labeled, "unlabeled": args.unlabeled, "seed": args.seed,
-                  "teacher": str(teacher), "teacher_metrics": load_checkpoint(teacher).metrics},
+                  "teacher": str(teacher), "teacher_arch": load_checkpoint(teacher).arch,
+                  "teacher_metrics": load_checkpoint(teacher).metrics},
         "quality": quality(teacher, data.files["unlabeled"], data.out / "unlabeled"),
         "speed": speed(teacher, data.out / "unlabeled", args.out),
         "memory": memory(labeller, args.out),

@@ -86,28 +86,42 @@ def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-12)
 
 
+def _wbf_clusters(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> tuple[np.ndarray, list[list[int]]]:
+    """Greedy clustering of one class's boxes, best score first -> (K, 4) fused boxes, member indices per cluster.
+
+    A box joins the cluster whose running fused box it overlaps most, if that IoU is above ``iou_thresh``.
+    The fused box is kept as running score-weighted sums, so each step costs one vectorised IoU.
+    """
+    fused = np.empty((len(boxes), 4))
+    weight_sum = np.empty(len(boxes))
+    weighted_box_sum = np.empty((len(boxes), 4))
+    members: list[list[int]] = []
+    for i in np.argsort(-scores, kind="stable"):
+        k = len(members)
+        if k:
+            ious = _iou_one_to_many(boxes[i], fused[:k])
+            best = int(np.argmax(ious))
+            if ious[best] > iou_thresh:
+                members[best].append(i)
+                weight_sum[best] += scores[i]
+                weighted_box_sum[best] += scores[i] * boxes[i]
+                fused[best] = weighted_box_sum[best] / weight_sum[best]
+                continue
+        members.append([i])
+        fused[k], weight_sum[k], weighted_box_sum[k] = boxes[i], scores[i], scores[i] * boxes[i]
+    return fused[:len(members)], members
+
+
 def wbf(per_transform: list[Detections], iou_thresh: float = 0.55) -> Detections:
     num_transforms = max(len(per_transform), 1)
     pooled, source = _pool(per_transform)
     boxes, scores, labels, sources = (t.numpy().astype(np.float64) for t in (pooled.boxes, pooled.scores, pooled.labels, source))
     out_boxes, out_scores, out_labels, out_agreement = [], [], [], []
     for label in np.unique(labels):
-        order = np.flatnonzero(labels == label)
-        order = order[np.argsort(-scores[order], kind="stable")]
-        fused: list[np.ndarray] = []  # running fused box per cluster
-        members: list[list[int]] = []  # pooled indices per cluster
-        for i in order:
-            if fused:
-                ious = _iou_one_to_many(boxes[i], np.stack(fused))
-                best = int(np.argmax(ious))
-                if ious[best] > iou_thresh:
-                    members[best].append(i)
-                    w = scores[members[best]]
-                    fused[best] = (w[:, None] * boxes[members[best]]).sum(0) / w.sum()
-                    continue
-            members.append([i])
-            fused.append(boxes[i].copy())
+        in_class = np.flatnonzero(labels == label)
+        fused, members = _wbf_clusters(boxes[in_class], scores[in_class], iou_thresh)
         for box, idx in zip(fused, members):
+            idx = in_class[idx]
             out_boxes.append(box)
             out_scores.append(scores[idx].mean() * min(len(idx), num_transforms) / num_transforms)
             out_labels.append(label)
