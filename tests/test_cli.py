@@ -52,7 +52,8 @@ def test_pipeline_with_workspace_short_commands(tiny_cards, monkeypatch):
     result = run_cli("filter", "--score-thresh", 0.0)
     assert result.exit_code == 0, result.stdout + result.stderr
     filtered = json.loads((tiny_cards.out / "runs/pseudo.filtered.json").read_text())
-    assert filtered["info"]["filter"]["score_thresh"] == 0.0 and len(filtered["images"]) == 6
+    assert filtered["info"]["filter"]["thresholds"] == dict.fromkeys(["id_card", "bank_card", "passport"], 0.0)
+    assert len(filtered["images"]) == 6
 
     result = run_cli("train-student", *fast)
     assert result.exit_code == 0, result.stdout + result.stderr
