@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,35 +95,41 @@ def synth(
     console.info(f"saved to {result.out}; `cd {result.out}` to use its {WORKSPACE_FILE}")
 
 
-def _train(role: str, labeled, val, pseudo, images, out, arch, norm, image_size, batch_size, epochs, optimizer,
-           lr, weight_decay, augment, pretrained, device, workers, seed) -> None:
+def _train(role: str, labeled, val, pseudo, images, out, arch, norm, image_size, batch_size, epochs, iterations,
+           optimizer, lr, weight_decay, augment, pseudo_ratio, pseudo_weight, pretrained, resume, device, workers, seed) -> None:
     from retinaslim.stages.train import TrainConfig, train
 
     with _user_errors():
-        ws = _workspace()
-        labeled = _pick(labeled, "--labeled", ws and ws.labeled, "labelled data")
-        val = _pick(val, "--val", ws and ws.val, "validation data")
-        if out is None:
-            out = (ws.run_dir(role) if ws else Workspace(Path.cwd()).run_dir(role))
-        defaults = TRAIN_DEFAULTS[role]
-        config = TrainConfig(
-            role=role, labeled=labeled, val=val, out=out, pseudo=pseudo, images=images,
-            arch=arch or defaults["arch"], arch_options={"norm": norm} if norm else {},
-            image_size=image_size or defaults["image_size"], batch_size=batch_size or defaults["batch_size"],
-            epochs=epochs or defaults["epochs"], optimizer=optimizer or defaults["optimizer"],
-            lr=lr or defaults["lr"], weight_decay=defaults["weight_decay"] if weight_decay is None else weight_decay,
-            augment=augment or defaults["augment"], pretrained=pretrained, device=device, workers=workers, seed=seed,
-        )
-        if pseudo is not None:
-            console.info(f"training on human labels {labeled} + machine labels {pseudo}")
+        config = None
+        if resume is None:
+            ws = _workspace()
+            labeled = _pick(labeled, "--labeled", ws and ws.labeled, "labelled data")
+            val = _pick(val, "--val", ws and ws.val, "validation data")
+            if out is None:
+                out = (ws.run_dir(role) if ws else Workspace(Path.cwd()).run_dir(role))
+            defaults = TRAIN_DEFAULTS[role]
+            config = TrainConfig(
+                role=role, labeled=labeled, val=val, out=out, pseudo=pseudo, images=images,
+                arch=arch or defaults["arch"], arch_options={"norm": norm} if norm else {},
+                image_size=image_size or defaults["image_size"], batch_size=batch_size or defaults["batch_size"],
+                epochs=epochs or defaults["epochs"], iterations=iterations, optimizer=optimizer or defaults["optimizer"],
+                lr=lr or defaults["lr"], weight_decay=defaults["weight_decay"] if weight_decay is None else weight_decay,
+                augment=augment or defaults["augment"], pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight,
+                pretrained=pretrained, device=device, workers=workers, seed=seed,
+            )
+            if pseudo is not None:
+                console.info(f"training on human labels {labeled} + machine labels {pseudo} "
+                             f"({pseudo_ratio:.0%} of each batch, loss weight {pseudo_weight:g})")
         with console.RichReporter() as reporter:
-            result = train(config, reporter)
+            result = train(config, reporter, resume=resume)
+    if int(os.environ.get("RANK", 0)) != 0:
+        return  # under torchrun, rank 0 reports
     m = result.best_metrics
     console.table(f"train-{role}: best epoch {result.best_epoch}", ["weights", "AP", "AP50", "AP75", "minutes"],
-                  [(result.best, m["ap"], m["ap50"], m["ap75"], result.seconds / 60)])
+                  [(result.best, m.get("ap", 0.0), m.get("ap50", 0.0), m.get("ap75", 0.0), result.seconds / 60)])
     if result.num_skipped_images:
         console.info(f"skipped {result.num_skipped_images} undecodable image(s) during training")
-    console.info(f"saved to {result.out} (best.pt, last.pt, results.csv, config.yaml)")
+    console.info(f"saved to {result.out} (best.pt, last.pt, results.csv, results.png, config.yaml)")
 
 
 LabeledOpt = Annotated[Optional[Path], typer.Option(help="Human-labelled COCO JSON (default: the workspace's).")]
@@ -130,11 +137,13 @@ ValOpt = Annotated[Optional[Path], typer.Option(help="Validation COCO JSON (defa
 OutRunOpt = Annotated[Optional[Path], typer.Option(help="Run folder (default: a new runs/<role>[-N] folder).")]
 SizeOpt = Annotated[Optional[int], typer.Option(min=32, help="Input size: images are resized so their longer side is this many pixels.")]
 BatchOpt = Annotated[Optional[int], typer.Option(min=1, help="Images per batch.")]
-EpochsOpt = Annotated[Optional[int], typer.Option(min=1, help="Passes over the training images.")]
+EpochsOpt = Annotated[Optional[int], typer.Option(min=1, help="Passes over the (human-labelled) training images.")]
+ItersOpt = Annotated[Optional[int], typer.Option(min=1, help="Total optimiser steps; replaces --epochs when given.")]
+ResumeOpt = Annotated[Optional[Path], typer.Option(help="Continue the run whose last.pt this is (its own settings are used; other options are ignored).")]
 OptimOpt = Annotated[Optional[str], typer.Option(help="sgd or adamw.")]
 LrOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate (after linear warm-up; cosine decay).")]
 WdOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Weight decay.")]
-AugOpt = Annotated[Optional[str], typer.Option(help="Augmentation preset: none or light (flip, brightness/contrast, hue).")]
+AugOpt = Annotated[Optional[str], typer.Option(help="Augmentation preset: none; light (flip, brightness/contrast, hue); strong (+ scale, shift, rotation, perspective, blur, JPEG).")]
 
 
 def _teacher_help() -> str:
@@ -154,12 +163,12 @@ def train_teacher(
     labeled: LabeledOpt = None, val: ValOpt = None, images: ImagesOpt = None, out: OutRunOpt = None,
     arch: Annotated[Optional[str], typer.Option(help="retinanet_resnet50_fpn or retinanet_resnet50_fpn_v2.")] = None,
     pretrained: Annotated[bool, typer.Option(help="Start from torchvision's ImageNet ResNet50 weights in the local torch cache (never downloaded).")] = False,
-    image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, optimizer: OptimOpt = None,
-    lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
-    device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
+    image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, iterations: ItersOpt = None,
+    optimizer: OptimOpt = None, lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
+    resume: ResumeOpt = None, device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
 ) -> None:
-    _train("teacher", labeled, val, None, images, out, arch, None, image_size, batch_size, epochs, optimizer,
-           lr, weight_decay, augment, pretrained, device, workers, seed)
+    _train("teacher", labeled, val, None, images, out, arch, None, image_size, batch_size, epochs, iterations, optimizer,
+           lr, weight_decay, augment, 0.0, 1.0, pretrained, resume, device, workers, seed)
 
 
 @app.command("train-student", help=_student_help())
@@ -167,19 +176,21 @@ def train_student(
     labeled: LabeledOpt = None, val: ValOpt = None,
     pseudo: Annotated[Optional[Path], typer.Option(help="Filtered machine labels (COCO JSON from `retinaslim filter`); default: the workspace's runs/pseudo.filtered.json if present, else human labels only.")] = None,
     human_only: Annotated[bool, typer.Option(help="Ignore the workspace's machine labels and train on human labels only.")] = False,
+    pseudo_ratio: Annotated[float, typer.Option(help="Share of machine-labelled images in every batch (Data Distillation used about 0.4).")] = 0.4,
+    pseudo_weight: Annotated[float, typer.Option(min=0.0, help="Scales the loss of machine-labelled images.")] = 1.0,
     images: ImagesOpt = None, out: OutRunOpt = None,
     arch: Annotated[Optional[str], typer.Option(help="Student architecture: slim-s or slim-m.")] = None,
     norm: Annotated[Optional[str], typer.Option(help="gn (GroupNorm, default) or bn (BatchNorm).")] = None,
-    image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, optimizer: OptimOpt = None,
-    lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
-    device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
+    image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, iterations: ItersOpt = None,
+    optimizer: OptimOpt = None, lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
+    resume: ResumeOpt = None, device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
 ) -> None:
     with _user_errors():
         ws = _workspace()
-        if pseudo is None and not human_only and ws is not None and ws.filtered.is_file():
+        if pseudo is None and not human_only and resume is None and ws is not None and ws.filtered.is_file():
             pseudo = _pick(None, "--pseudo", ws.filtered, "machine labels")
-    _train("student", labeled, val, pseudo, images, out, arch, norm, image_size, batch_size, epochs, optimizer,
-           lr, weight_decay, augment, False, device, workers, seed)
+    _train("student", labeled, val, pseudo, images, out, arch, norm, image_size, batch_size, epochs, iterations, optimizer,
+           lr, weight_decay, augment, pseudo_ratio, pseudo_weight, False, resume, device, workers, seed)
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:

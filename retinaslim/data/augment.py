@@ -5,22 +5,34 @@ from __future__ import annotations
 import albumentations as A
 import numpy as np
 
-AUGMENT_PRESETS = ("none", "light")
+AUGMENT_PRESETS = ("none", "light", "strong")
 
 
 def build_augment(preset: str) -> A.Compose | None:
     """The named preset; ``none`` returns None. Works on HWC uint8 images with xyxy pixel boxes."""
     if preset == "none":
         return None
+    colour = [
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=15, val_shift_limit=0, p=0.3),
+    ]
     if preset == "light":
+        transforms = [A.HorizontalFlip(p=0.5), *colour]
+    elif preset == "strong":
+        # Phone photos: cards at any scale and position, tilted, seen at an angle, blurred, recompressed.
         transforms = [
             A.HorizontalFlip(p=0.5),
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
-            A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=15, val_shift_limit=0, p=0.3),
+            A.Affine(scale=(0.6, 1.4), translate_percent=(-0.15, 0.15), rotate=(-20, 20), border_mode=0, p=0.7),
+            A.Perspective(scale=(0.02, 0.06), p=0.3),
+            *colour,
+            A.GaussianBlur(sigma_limit=(0.3, 1.5), p=0.2),
+            A.ImageCompression(quality_range=(40, 90), p=0.3),
         ]
     else:
         raise ValueError(f"unknown augment preset {preset!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
-    bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, min_width=1, min_height=1)
+    # Boxes that leave the frame are clipped; ones left under 1 px (or 20% of their area) are dropped.
+    bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, min_width=1, min_height=1,
+                               min_visibility=0.2)
     return A.Compose(transforms, bbox_params=bbox_params)
 
 

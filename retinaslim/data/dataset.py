@@ -15,11 +15,13 @@ from retinaslim.errors import UserError
 class DetectionDataset(torch.utils.data.Dataset):
     """(image, target) pairs; image (3, h, w) float with longer side ``image_size``, target boxes xyxy in its pixels.
 
-    ``target["ignore"]`` holds the image's ignore regions (COCO ``iscrowd``), which give no loss.
+    ``target["ignore"]`` holds the image's ignore regions (COCO ``iscrowd``), which give no loss;
+    ``target["weight"]`` scales the image's loss; ``target["machine"]`` says whether its labels are machine-made.
     An image that cannot be decoded yields None, which ``collate_skip`` drops and counts.
     """
 
-    def __init__(self, coco: CocoData, classes: ClassMap, image_size: int, augment: str = "none"):
+    def __init__(self, coco: CocoData, classes: ClassMap, image_size: int, augment: str = "none", weight: float = 1.0,
+                 machine: bool = False, seed: int = 0):
         missing = [coco.image_path(im) for im in coco.images if not coco.image_path(im).is_file()]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -30,6 +32,11 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.image_size = image_size
         self.augment_name = augment
         self.augment = build_augment(augment)
+        self.weight = weight  # scales this image's loss (machine labels: --pseudo-weight)
+        self.machine = machine  # machine-labelled images are counted apart in the training log
+        # An image's augmentation depends only on (seed, epoch, index): the same in any worker process
+        # and after --resume. The training loop sets ``epoch`` before each pass.
+        self.seed, self.epoch = seed, 0
 
     def __len__(self) -> int:
         return len(self.coco.images)
@@ -52,16 +59,60 @@ class DetectionDataset(torch.utils.data.Dataset):
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image.shape[2])
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image.shape[1])
         if self.augment is not None:
+            self.augment.set_random_seed((self.seed * 1_000_003 + self.epoch * 100_003 + index) % 2**32)
             array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (h, w, 3)
             array, boxes_np, labels_np = apply_augment(self.augment, array, boxes.numpy(), labels.numpy())
             image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
             boxes, labels = torch.from_numpy(boxes_np), torch.from_numpy(labels_np)
         valid = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
         real = valid & (labels >= 0)
-        return image, {"boxes": boxes[real], "labels": labels[real], "ignore": boxes[valid & (labels < 0)]}
+        return image, {"boxes": boxes[real], "labels": labels[real], "ignore": boxes[valid & (labels < 0)],
+                       "weight": torch.tensor(self.weight), "machine": torch.tensor(self.machine)}
 
 
 def collate_skip(batch: list) -> tuple[list, list, int]:
     """(images, targets, number of undecodable images dropped from this batch)."""
     good = [item for item in batch if item is not None]
     return [item[0] for item in good], [item[1] for item in good], len(batch) - len(good)
+
+
+class MixedBatchSampler(torch.utils.data.Sampler):
+    """Batches of indices into ConcatDataset([human, machine]) with a fixed share of machine images.
+
+    Each batch holds ``round(pseudo_ratio * batch_size)`` machine images (at least one when the ratio is
+    above 0) and human images for the rest; an epoch is one shuffled pass over the human images, machine
+    images are drawn without replacement, reshuffled when used up. With no machine images it is a plain
+    shuffled batching. ``rank``/``world_size`` keep every world_size-th batch for DDP. The order depends
+    only on (seed, epoch), so a resumed run sees the batches an uninterrupted one would.
+    """
+
+    def __init__(self, num_human: int, num_machine: int, batch_size: int, pseudo_ratio: float, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.num_human, self.num_machine = num_human, num_machine
+        machine = round(pseudo_ratio * batch_size) if num_machine else 0
+        self.machine_per_batch = max(machine, 1 if num_machine and pseudo_ratio > 0 else 0)
+        self.human_per_batch = max(batch_size - self.machine_per_batch, 1)
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        human = torch.randperm(self.num_human, generator=generator).tolist()
+        batches, machine = [], []
+        for start in range(0, self.num_human, self.human_per_batch):
+            batch = human[start:start + self.human_per_batch]
+            for _ in range(self.machine_per_batch):
+                if not machine:
+                    machine = (torch.randperm(self.num_machine, generator=generator) + self.num_human).tolist()
+                batch.append(machine.pop())
+            batches.append(batch)
+        return batches
+
+    def __iter__(self):
+        return iter(self._batches()[self.rank::self.world_size])
+
+    def __len__(self) -> int:
+        num = -(-self.num_human // self.human_per_batch)
+        return len(range(self.rank, num, self.world_size))

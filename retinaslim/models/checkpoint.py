@@ -8,7 +8,8 @@ file from a stranger cannot run code:
     classes       [{"id": COCO category id, "name": ...}] in label order
     image_size    input size (longer side, px) the model was trained at
     train_args    the resolved training configuration;  epoch; metrics (val AP etc.)
-    model         state dict
+    model         state dict (the EMA weights when training kept an EMA)
+    training_state  last.pt only: what --resume needs (raw weights, optimiser, scheduler, EMA, RNG, history)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Checkpoint:
     epoch: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     model: dict[str, torch.Tensor] = field(default_factory=dict)
+    training_state: dict[str, Any] | None = None
 
     def build(self) -> nn.Module:
         """The model with these weights, in eval mode, on the CPU."""

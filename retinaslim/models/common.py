@@ -26,10 +26,11 @@ class NoResizeTransform(GeneralizedRCNNTransform):
 
 
 class IgnoreAwareRetinaNet(RetinaNet):
-    """torchvision's RetinaNet whose targets may carry ``ignore`` boxes (COCO ``iscrowd`` regions).
+    """torchvision's RetinaNet whose targets may carry ``ignore`` boxes (COCO ``iscrowd`` regions) and a ``weight``.
 
     Background anchors mostly covered by an ignore region are left out of the classification loss,
-    as the matcher's between-thresholds anchors are; everything else is torchvision's loss.
+    as the matcher's between-thresholds anchors are. Each image's losses are scaled by its ``weight``
+    (machine-labelled images can count less). Everything else is torchvision's loss.
     """
 
     def compute_loss(self, targets, head_outputs, anchors):
@@ -47,7 +48,16 @@ class IgnoreAwareRetinaNet(RetinaNet):
                 covered = (inter / box_area(anchors_per_image)[:, None].clamp(min=1e-6)).amax(dim=1) > IGNORE_COVERAGE
                 matched = torch.where(covered & (matched < 0), self.proposal_matcher.BETWEEN_THRESHOLDS, matched)
             matched_idxs.append(matched)
-        return self.head.compute_loss(targets, head_outputs, anchors, matched_idxs)
+        if all("weight" not in t for t in targets):
+            return self.head.compute_loss(targets, head_outputs, anchors, matched_idxs)
+        # torchvision averages per-image losses over the batch; weight each image's share.
+        losses: dict[str, torch.Tensor] = {}
+        for i, target in enumerate(targets):
+            one = self.head.compute_loss([target], {k: v[i:i + 1] for k, v in head_outputs.items()},
+                                         [anchors[i]], [matched_idxs[i]])
+            for name, value in one.items():
+                losses[name] = losses.get(name, 0) + target.get("weight", 1.0) * value / len(targets)
+        return losses
 
 
 def configure(model, detections_per_image: int = 100):

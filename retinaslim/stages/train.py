@@ -1,17 +1,22 @@
 """train-teacher / train-student: one plain training loop for both.
 
-Per epoch: train on human (+ machine) labels, measure val AP with pycocotools, write ``last.pt`` and,
-when AP improved, ``best.pt``, append a row to ``results.csv``. The resolved configuration is saved
-as ``config.yaml`` in the run folder before training starts.
+Human labels (``labeled``) and optionally machine labels (``pseudo``) are mixed with a fixed share of
+machine images in every batch; machine images' losses can be scaled down; ignore regions and empty
+(background) images from the filter stage are honoured. Per epoch: train, measure val AP of the EMA
+weights with pycocotools, write ``last.pt`` (with everything ``--resume`` needs) and, when AP improved,
+``best.pt``; append a row to ``results.csv`` and redraw ``results.png``. The resolved configuration is
+saved as ``config.yaml`` first. Under torchrun, each process trains on its share of the batches (DDP);
+only rank 0 validates and writes.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +28,14 @@ from retinaslim.config import WARMUP_ITERS, save_run_config
 from retinaslim.core.atomic import atomic_path
 from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import check_same_classes, load_coco
-from retinaslim.data.dataset import DetectionDataset, collate_skip
+from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, collate_skip
 from retinaslim.errors import UserError
-from retinaslim.models.checkpoint import Checkpoint, save_checkpoint
+from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from retinaslim.models.ema import ModelEMA
 from retinaslim.models.registry import build_model
 from retinaslim.stages.inference import evaluate_on_coco, resolve_device
+
+PATH_FIELDS = ("labeled", "val", "out", "pseudo", "images")
 
 
 @dataclass
@@ -45,12 +53,25 @@ class TrainConfig:
     weight_decay: float
     augment: str
     pseudo: Path | None = None
+    pseudo_ratio: float = 0.4  # share of machine-labelled images in every batch (Data Distillation: ~6:4)
+    pseudo_weight: float = 1.0  # scales the loss of machine-labelled images
     images: Path | None = None
     arch_options: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
+    iterations: int | None = None  # total optimiser steps; replaces epochs when set
+    ema_decay: float = 0.9998
     device: str = "auto"
     workers: int = 0
     seed: int = 0
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, path: Path) -> TrainConfig:
+        """The configuration a checkpoint was trained with (for --resume)."""
+        args = {f.name: checkpoint.train_args[f.name] for f in fields(cls) if f.name in checkpoint.train_args}
+        try:
+            return cls(**{k: Path(v) if k in PATH_FIELDS and v is not None else v for k, v in args.items()})
+        except TypeError as e:
+            raise UserError(f"{path}: its training arguments are incomplete ({e}); it cannot be resumed") from None
 
 
 @dataclass
@@ -63,12 +84,26 @@ class TrainResult:
     num_images: dict[str, int]
     num_skipped_images: int
     seconds: float
+    resumed_from_epoch: int = 0
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
 
 def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -92,102 +127,207 @@ def warmup_cosine(total_iters: int, warmup_iters: int):
     return factor
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, device, reporter: Reporter, epoch: int) -> tuple[dict[str, float], int]:
-    """One pass over ``loader`` -> (mean losses, number of undecodable images skipped)."""
+@dataclass
+class EpochStats:
+    losses: dict[str, float]
+    steps: int
+    num_skipped: int
+    human_images: int
+    machine_images: int
+    machine_boxes: int
+    data_wait_fraction: float  # share of the epoch spent waiting for the data loader
+
+
+def train_one_epoch(model, ema: ModelEMA, loader, optimizer, scheduler, scaler, device, reporter: Reporter,
+                    epoch: int, max_steps: int) -> EpochStats:
+    """Up to ``max_steps`` optimiser steps over ``loader``."""
     model.train()
     totals: dict[str, float] = {}
-    num_steps = num_skipped = 0
-    reporter.start("train", len(loader))
+    stats = EpochStats({}, 0, 0, 0, 0, 0, 0.0)
+    waited = 0.0
+    started = time.perf_counter()
+    reporter.start("train", min(len(loader), max_steps))
+    tick = time.perf_counter()
     for images, targets, skipped in loader:
-        num_skipped += skipped
+        waited += time.perf_counter() - tick
+        stats.num_skipped += skipped
         if not images:
             reporter.advance("train")
+            tick = time.perf_counter()
             continue
-        images = [im.to(device) for im in images]
+        machine = [t for t in targets if t["machine"]]
+        stats.machine_images += len(machine)
+        stats.machine_boxes += sum(len(t["boxes"]) for t in machine)
+        stats.human_images += len(targets) - len(machine)
+        images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        losses = model(images, targets)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            losses = model(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise UserError(f"training loss became non-finite in epoch {epoch} ({ {k: float(v) for k, v in losses.items()} }); "
                             "lower --lr; the last good checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
-        num_steps += 1
+        ema.update(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model)
+        stats.steps += 1
         for k, v in losses.items():
             totals[k] = totals.get(k, 0.0) + v.item()
         totals["loss"] = totals.get("loss", 0.0) + loss.item()
-        reporter.advance("train", loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        # Report machine boxes per batch: when none pass the filter, the machine-label loss is silently zero.
+        reporter.advance("train", loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                         machine_boxes=str(sum(len(t["boxes"]) for t in machine)))
+        if stats.steps >= max_steps:
+            break
+        tick = time.perf_counter()
     reporter.finish("train")
-    return {k: v / max(1, num_steps) for k, v in totals.items()}, num_skipped
+    stats.losses = {k: v / max(1, stats.steps) for k, v in totals.items()}
+    stats.data_wait_fraction = waited / max(time.perf_counter() - started, 1e-9)
+    return stats
 
 
-def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
-    """Train a model per ``config``; returns where the best checkpoint is and its metrics."""
-    reporter = reporter or Reporter()
+class _Distributed:
+    """torchrun's RANK/WORLD_SIZE, with the process group set up when there are several processes."""
+
+    def __init__(self, device: torch.device):
+        self.rank, self.world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.device = device
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.world_size == 1:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | None = None) -> TrainResult:
+    """Train a model per ``config`` (or continue the run ``resume`` names); returns the best checkpoint and metrics."""
     started = time.perf_counter()
+    previous = load_checkpoint(resume) if resume is not None else None
+    if previous is not None:
+        if previous.training_state is None:
+            raise UserError(f"{resume}: holds no training state; resume from the run's last.pt")
+        config = TrainConfig.from_checkpoint(previous, resume)
+    distributed = _Distributed(resolve_device(config.device))
+    device = distributed.device
+    reporter = (reporter or Reporter()) if distributed.main else Reporter()
     _seed_everything(config.seed)
-    device = resolve_device(config.device)
     if config.image_size < 32:
         raise UserError(f"--image-size {config.image_size} is too small; use at least 32 px")
+    if not 0 <= config.pseudo_ratio < 1:
+        raise UserError(f"--pseudo-ratio {config.pseudo_ratio} must be in [0, 1)")
 
     labeled = load_coco(config.labeled, config.images)
     val = load_coco(config.val, config.images)
     check_same_classes(labeled, val)
+    if not labeled.images:
+        raise UserError(f"{labeled.path}: no images to train on")
     classes = labeled.classes
-    datasets = [DetectionDataset(labeled, classes, config.image_size, config.augment)]
+    datasets = [DetectionDataset(labeled, classes, config.image_size, config.augment, seed=config.seed)]
     num_images = {"labeled": len(labeled.images)}
     if config.pseudo is not None:
         pseudo = load_coco(config.pseudo)
         check_same_classes(labeled, pseudo)
-        datasets.append(DetectionDataset(pseudo, classes, config.image_size, config.augment))
+        datasets.append(DetectionDataset(pseudo, classes, config.image_size, config.augment,
+                                         weight=config.pseudo_weight, machine=True, seed=config.seed + 1))
         num_images["pseudo"] = len(pseudo.images)
-    if not labeled.images:
-        raise UserError(f"{labeled.path}: no images to train on")
-
-    generator = torch.Generator().manual_seed(config.seed)
+    sampler = MixedBatchSampler(len(labeled.images), num_images.get("pseudo", 0), config.batch_size,
+                                config.pseudo_ratio, config.seed, distributed.rank, distributed.world_size)
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.ConcatDataset(datasets), batch_size=config.batch_size, shuffle=True,
-        num_workers=config.workers, collate_fn=collate_skip, generator=generator,
-        persistent_workers=config.workers > 0,
+        torch.utils.data.ConcatDataset(datasets), batch_sampler=sampler, num_workers=config.workers,
+        collate_fn=collate_skip, pin_memory=device.type == "cuda",  # workers restart per epoch: they see its number
     )
-    init_options = {"pretrained": True} if config.pretrained else {}
-    model = build_model(config.arch, len(classes), config.image_size, **config.arch_options, **init_options)
-    model.to(device)
+    init_options = {"pretrained": True} if config.pretrained and previous is None else {}
+    model = build_model(config.arch, len(classes), config.image_size, **config.arch_options, **init_options).to(device)
+    ema = ModelEMA(model, config.ema_decay)
     optimizer = _make_optimizer(config, model)
-    total_iters = config.epochs * len(loader)
-    warmup = min(WARMUP_ITERS, total_iters // 5)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_iters, warmup))
+    total_iters = config.iterations or config.epochs * len(loader)
+    num_epochs = math.ceil(total_iters / len(loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_iters, min(WARMUP_ITERS, total_iters // 5)))
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
 
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_run_config(out / "config.yaml", asdict(config))
     history: list[dict[str, float]] = []
-    best_ap, best_epoch, best_metrics, num_skipped = -1.0, 0, {}, 0
-    for epoch in range(1, config.epochs + 1):
-        losses, skipped = train_one_epoch(model, loader, optimizer, scheduler, device, reporter, epoch)
-        num_skipped += skipped
-        metrics, _ = evaluate_on_coco(model, val, classes, config.image_size, device, config.batch_size,
-                                      config.workers, reporter)
-        row = {"epoch": epoch, **losses, **metrics, "lr": scheduler.get_last_lr()[0]}
-        history.append(row)
-        checkpoint = Checkpoint(
-            arch=config.arch, arch_options=dict(config.arch_options), classes=classes.categories(),
-            image_size=config.image_size, train_args={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-            epoch=epoch, metrics=metrics, model={k: v.detach().cpu() for k, v in model.state_dict().items()},
-        )
-        save_checkpoint(out / "last.pt", checkpoint)
-        improved = metrics["ap"] > best_ap
-        if improved:
-            best_ap, best_epoch, best_metrics = metrics["ap"], epoch, metrics
-            save_checkpoint(out / "best.pt", checkpoint)
-        _write_history(out / "results.csv", history)
-        reporter.log(f"epoch {epoch}/{config.epochs}  loss {losses.get('loss', float('nan')):.3f}  "
-                     f"val AP {metrics['ap']:.3f}  AP50 {metrics['ap50']:.3f}" + ("  (best)" if improved else ""))
+    best_ap, best_epoch, best_metrics, num_skipped, step, start_epoch = -1.0, 0, {}, 0, 0, 1
+    if previous is not None:
+        state = previous.training_state
+        model.load_state_dict(state["raw_model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        history, step, start_epoch = state["history"], state["step"], previous.epoch + 1
+        best_ap, best_epoch = state["best_ap"], state["best_epoch"]
+        best_metrics = next((h for h in history if h["epoch"] == best_epoch), {})
+        reporter.log(f"resuming {out} after epoch {previous.epoch}")
+    elif distributed.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_run_config(out / "config.yaml", asdict(config))
+    train_model = distributed.wrap(model)
+    for epoch in range(start_epoch, num_epochs + 1):
+        sampler.set_epoch(epoch)
+        for dataset in datasets:
+            dataset.epoch = epoch
+        stats = train_one_epoch(train_model, ema, loader, optimizer, scheduler, scaler, device, reporter, epoch,
+                                total_iters - step)
+        step += stats.steps
+        num_skipped += stats.num_skipped
+        if distributed.main:
+            metrics, _ = evaluate_on_coco(ema.module, val, classes, config.image_size, device, config.batch_size,
+                                          config.workers, reporter)
+            row = {"epoch": epoch, "step": step, **stats.losses, **metrics, "lr": scheduler.get_last_lr()[0],
+                   "human_images": stats.human_images, "machine_images": stats.machine_images,
+                   "machine_boxes": stats.machine_boxes, "data_wait": stats.data_wait_fraction}
+            history.append(row)
+            improved = metrics["ap"] > best_ap
+            if improved:
+                best_ap, best_epoch, best_metrics = metrics["ap"], epoch, metrics
+            checkpoint = Checkpoint(
+                arch=config.arch, arch_options=dict(config.arch_options), classes=classes.categories(),
+                image_size=config.image_size, epoch=epoch, metrics=metrics,
+                train_args={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+                model={k: v.detach().cpu() for k, v in ema.module.state_dict().items()},
+            )
+            if improved:
+                save_checkpoint(out / "best.pt", checkpoint)
+            checkpoint.training_state = {
+                "raw_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_state(), "history": history, "step": step,
+                "best_ap": best_ap, "best_epoch": best_epoch,
+            }
+            save_checkpoint(out / "last.pt", checkpoint)
+            _write_history(out / "results.csv", history)
+            _plot_history(out / "results.png", history)
+            reporter.log(f"epoch {epoch}/{num_epochs}  loss {stats.losses.get('loss', float('nan')):.3f}  "
+                         f"val AP {metrics['ap']:.3f}  AP50 {metrics['ap50']:.3f}  "
+                         f"machine boxes {stats.machine_boxes}  data wait {100 * stats.data_wait_fraction:.0f}%"
+                         + ("  (best)" if improved else ""))
+        distributed.barrier()
     return TrainResult(out, out / "best.pt", best_epoch, best_metrics, history, num_images, num_skipped,
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, resumed_from_epoch=previous.epoch if previous else 0)
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
@@ -196,3 +336,26 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(history)
+
+
+def _plot_history(path: Path, history: list[dict[str, float]]) -> None:
+    """Loss and validation AP per epoch, as a PNG beside results.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in ("loss", "classification", "bbox_regression"):
+        left.plot(epochs, [row.get(key, float("nan")) for row in history], marker=".", label=key)
+    left.set(xlabel="epoch", title="training loss")
+    left.legend()
+    for key in ("ap", "ap50", "ap75"):
+        right.plot(epochs, [row[key] for row in history], marker=".", label=key.upper())
+    right.set(xlabel="epoch", title="validation (EMA weights)", ylim=(0, 1))
+    right.legend()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=90)
+    plt.close(figure)

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from retinaslim.errors import UserError
 from retinaslim.stages.pseudo_label import PseudoLabelConfig, pseudo_label
@@ -109,12 +110,8 @@ def test_torchrun_two_cpu_processes(unlabeled, labeller, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
                "-m", "retinaslim", "pseudo-label", unlabeled, "--teacher", labeller, "--out", tmp_path / "ddp.json",
                "--score-floor", "0.0", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
+    # As many threads per process as this process uses: float sums, hence boxes, then match exactly.
     done = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     assert done.returncode == 0, done.stderr[-2000:]
-    # One thread per process here, two in this process: float sums may differ in the last digits.
-    ddp, one = (json.loads((tmp_path / name).read_text()) for name in ("ddp.json", "one.json"))
-    assert ddp["images"] == one["images"] and len(ddp["annotations"]) == len(one["annotations"])
-    for a, b in zip(ddp["annotations"], one["annotations"]):
-        assert (a["image_id"], a["category_id"], a["agreement"]) == (b["image_id"], b["category_id"], b["agreement"])
-        assert a["score"] == pytest.approx(b["score"], abs=1e-3) and a["bbox"] == pytest.approx(b["bbox"], abs=0.1)
+    assert (tmp_path / "ddp.json").read_bytes() == (tmp_path / "one.json").read_bytes()

@@ -1,0 +1,126 @@
+"""Training: mixing of human and machine labels, loss weights, resume after kill -9, DDP on CPU, outputs."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from retinaslim.data.dataset import MixedBatchSampler
+from retinaslim.models.checkpoint import load_checkpoint
+from retinaslim.models.registry import build_model
+
+
+def test_mixed_batches_hold_the_requested_share_of_machine_images():
+    sampler = MixedBatchSampler(num_human=30, num_machine=100, batch_size=10, pseudo_ratio=0.4, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 5  # 30 human images, 6 per batch
+    for batch in batches:
+        assert sum(i >= 30 for i in batch) == 4 and sum(i < 30 for i in batch) == 6
+    assert sorted(i for b in batches for i in b if i < 30) == list(range(30))  # every human image once
+    machine = [i for b in batches for i in b if i >= 30]
+    assert len(set(machine)) == len(machine)  # without replacement
+    sampler.set_epoch(2)
+    assert list(sampler) != batches  # a new order each epoch ...
+    sampler.set_epoch(0)
+    assert list(sampler) == batches  # ... that depends only on (seed, epoch)
+    ranks = [list(MixedBatchSampler(30, 100, 10, 0.4, seed=1, rank=r, world_size=2)) for r in (0, 1)]
+    assert ranks[0] + ranks[1] != [] and sorted(map(tuple, ranks[0] + ranks[1])) == sorted(map(tuple, batches))
+
+
+def test_no_machine_images_is_plain_batching():
+    batches = list(MixedBatchSampler(num_human=10, num_machine=0, batch_size=4, pseudo_ratio=0.4))
+    assert [len(b) for b in batches] == [4, 4, 2] and sorted(sum(batches, [])) == list(range(10))
+
+
+def test_pseudo_weight_scales_an_images_loss():
+    model = build_model("slim-s", num_classes=1, image_size=64)
+    image = [torch.rand(3, 64, 64)]
+    target = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 30.0]]), "labels": torch.tensor([0])}
+    full = model(image, [{**target, "weight": torch.tensor(1.0)}])
+    half = model(image, [{**target, "weight": torch.tensor(0.5)}])
+    plain = model(image, [target])
+    for k in full:
+        assert torch.allclose(half[k], 0.5 * full[k]) and torch.allclose(plain[k], full[k])
+
+
+def cli(*args):
+    return [sys.executable, "-m", "retinaslim", *map(str, args)]
+
+
+def rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_kill_9_then_resume_finishes_the_same_run(tiny_cards, tmp_path):
+    data = tiny_cards.files
+    common = ["--labeled", data["labeled"], "--val", data["val"], "--pseudo", tiny_cards.out / "unlabeled.truth.json",
+              "--image-size", 64, "--batch-size", 2, "--epochs", 3, "--workers", 0, "--arch", "slim-s"]
+    reference = subprocess.run(cli("train-student", *common, "--out", tmp_path / "whole"), capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+    killed = subprocess.Popen(cli("train-student", *common, "--out", tmp_path / "killed"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    csv_path = tmp_path / "killed" / "results.csv"
+    while killed.poll() is None and not (csv_path.exists() and len(rows(csv_path)) >= 1):
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL, "finished before it could be killed"
+    assert load_checkpoint(tmp_path / "killed" / "last.pt").epoch == 1
+    resumed = subprocess.run(cli("train-student", "--resume", tmp_path / "killed" / "last.pt"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    final = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert final.epoch == 3 and load_checkpoint(tmp_path / "killed" / "best.pt").classes
+    whole, again = rows(tmp_path / "whole" / "results.csv"), rows(tmp_path / "killed" / "results.csv")
+    assert [r["epoch"] for r in again] == ["1", "2", "3"]
+    for a, b in zip(whole, again):  # same data order, same RNG: the same numbers
+        assert abs(float(a["loss"]) - float(b["loss"])) < 1e-4 and a["machine_images"] == b["machine_images"]
+
+
+def test_run_folder_outputs_and_mixing_log(tiny_cards, tmp_path):
+    data = tiny_cards.files
+    done = subprocess.run(cli("train-student", "--labeled", data["labeled"], "--val", data["val"],
+                              "--pseudo", tiny_cards.out / "unlabeled.truth.json", "--pseudo-ratio", 0.5,
+                              "--pseudo-weight", 0.5, "--image-size", 64, "--batch-size", 4, "--epochs", 2,
+                              "--workers", 0, "--augment", "strong", "--out", tmp_path / "run"),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    history = rows(tmp_path / "run" / "results.csv")
+    assert len(history) == 2
+    for row in history:  # 8 human images, 2 per batch of 4 -> 4 batches with 2 machine images each
+        assert (int(row["human_images"]), int(row["machine_images"])) == (8, 8)
+        assert int(row["machine_boxes"]) > 0 and 0 <= float(row["data_wait"]) < 1
+    assert (tmp_path / "run" / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert load_checkpoint(tmp_path / "run" / "best.pt").training_state is None  # small: weights only
+    assert load_checkpoint(tmp_path / "run" / "last.pt").training_state["step"] == 8
+
+
+def test_iterations_replace_epochs(tiny_cards, tmp_path):
+    data = tiny_cards.files
+    done = subprocess.run(cli("train-student", "--labeled", data["labeled"], "--val", data["val"], "--image-size", 64,
+                              "--batch-size", 4, "--iterations", 5, "--workers", 0, "--out", tmp_path / "run"),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    history = rows(tmp_path / "run" / "results.csv")
+    assert [int(r["step"]) for r in history] == [2, 4, 5]  # 2 steps per epoch, stopped at 5
+
+
+def test_ddp_two_cpu_processes(tiny_cards, tmp_path):
+    data = tiny_cards.files
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518",
+               "-m", "retinaslim", "train-student", "--labeled", data["labeled"], "--val", data["val"],
+               "--image-size", 64, "--batch-size", 2, "--epochs", 2, "--workers", 0, "--device", "cpu",
+               "--out", tmp_path / "ddp"]
+    done = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = rows(tmp_path / "ddp" / "results.csv")
+    assert len(history) == 2
+    # 8 labelled images in batches of 2 -> 4 batches per epoch, 2 per process; rank 0 logs its own share
+    assert [int(r["step"]) for r in history] == [2, 4] and all(int(r["human_images"]) == 4 for r in history)
+    assert load_checkpoint(tmp_path / "ddp" / "last.pt").epoch == 2
+    assert done.stdout.count("saved to") == 1  # only rank 0 reports
