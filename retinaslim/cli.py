@@ -96,7 +96,8 @@ def synth(
 
 
 def _train(role: str, labeled, val, pseudo, images, out, arch, norm, image_size, batch_size, epochs, iterations,
-           optimizer, lr, weight_decay, augment, pseudo_ratio, pseudo_weight, pretrained, resume, device, workers, seed) -> None:
+           optimizer, lr, weight_decay, augment, pseudo_ratio, pseudo_weight, pretrained, resume, device, workers,
+           seed) -> None:
     from retinaslim.stages.train import TrainConfig, train
 
     with _user_errors():

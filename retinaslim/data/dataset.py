@@ -35,16 +35,17 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.weight = weight  # scales this image's loss (machine labels: --pseudo-weight)
         self.machine = machine  # machine-labelled images are counted apart in the training log
         # An image's augmentation depends only on (seed, epoch, index): the same in any worker process
-        # and after --resume. The training loop sets ``epoch`` before each pass.
-        self.seed, self.epoch = seed, 0
-
+        # and after --resume. The epoch comes with each index (see MixedBatchSampler).
+        self.seed = seed
     def __len__(self) -> int:
         return len(self.coco.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """``key``: an image index, or (index, epoch)."""
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
         info = self.coco.images[index]
         try:
-            original = read_image(self.coco.image_path(info))
+            image = self.resize.apply(read_image(self.coco.image_path(info)), self.image_size)
         except ImageError:
             return None
         boxes, labels = image_targets(self.coco, info, self.classes)
@@ -52,14 +53,13 @@ class DetectionDataset(torch.utils.data.Dataset):
         # Ignore regions travel with the boxes through resizing and augmentation, marked by label -1.
         boxes = torch.cat([boxes, ignore])
         labels = torch.cat([labels, torch.full((len(ignore),), -1, dtype=torch.int64)])
-        image = self.resize.apply(original, self.image_size)
         # Boxes are in the size the file declares; scale them to the resized image.
         sy, sx = image.shape[1] / info["height"], image.shape[2] / info["width"]
         boxes = boxes * torch.tensor([sx, sy, sx, sy])
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image.shape[2])
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image.shape[1])
         if self.augment is not None:
-            self.augment.set_random_seed((self.seed * 1_000_003 + self.epoch * 100_003 + index) % 2**32)
+            self.augment.set_random_seed((self.seed * 1_000_003 + epoch * 100_003 + index) % 2**32)
             array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (h, w, 3)
             array, boxes_np, labels_np = apply_augment(self.augment, array, boxes.numpy(), labels.numpy())
             image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
@@ -76,8 +76,24 @@ def collate_skip(batch: list) -> tuple[list, list, int]:
     return [item[0] for item in good], [item[1] for item in good], len(batch) - len(good)
 
 
+class MixedDataset(torch.utils.data.Dataset):
+    """Human then machine DetectionDatasets behind one index space; items are fetched by (index, epoch)."""
+
+    def __init__(self, datasets: list[DetectionDataset]):
+        self.datasets = datasets
+        self.offsets = [sum(len(d) for d in datasets[:k]) for k in range(len(datasets))]
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        k = max(k for k, offset in enumerate(self.offsets) if index >= offset)
+        return self.datasets[k][index - self.offsets[k], epoch]
+
+
 class MixedBatchSampler(torch.utils.data.Sampler):
-    """Batches of indices into ConcatDataset([human, machine]) with a fixed share of machine images.
+    """Batches of (index, epoch) keys into MixedDataset([human, machine]) with a fixed share of machine images.
 
     Each batch holds ``round(pseudo_ratio * batch_size)`` machine images (at least one when the ratio is
     above 0) and human images for the rest; an epoch is one shuffled pass over the human images, machine
@@ -111,7 +127,8 @@ class MixedBatchSampler(torch.utils.data.Sampler):
         return batches
 
     def __iter__(self):
-        return iter(self._batches()[self.rank::self.world_size])
+        # The epoch travels with each index, so persistent workers augment for the right epoch.
+        return iter([[(i, self.epoch) for i in batch] for batch in self._batches()[self.rank::self.world_size]])
 
     def __len__(self) -> int:
         num = -(-self.num_human // self.human_per_batch)

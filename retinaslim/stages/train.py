@@ -28,7 +28,7 @@ from retinaslim.config import WARMUP_ITERS, save_run_config
 from retinaslim.core.atomic import atomic_path
 from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import check_same_classes, load_coco
-from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, collate_skip
+from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, MixedDataset, collate_skip
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from retinaslim.models.ema import ModelEMA
@@ -255,8 +255,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     sampler = MixedBatchSampler(len(labeled.images), num_images.get("pseudo", 0), config.batch_size,
                                 config.pseudo_ratio, config.seed, distributed.rank, distributed.world_size)
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.ConcatDataset(datasets), batch_sampler=sampler, num_workers=config.workers,
-        collate_fn=collate_skip, pin_memory=device.type == "cuda",  # workers restart per epoch: they see its number
+        MixedDataset(datasets), batch_sampler=sampler, num_workers=config.workers, collate_fn=collate_skip,
+        persistent_workers=config.workers > 0, pin_memory=device.type == "cuda",
     )
     init_options = {"pretrained": True} if config.pretrained and previous is None else {}
     model = build_model(config.arch, len(classes), config.image_size, **config.arch_options, **init_options).to(device)
@@ -288,8 +288,6 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     train_model = distributed.wrap(model)
     for epoch in range(start_epoch, num_epochs + 1):
         sampler.set_epoch(epoch)
-        for dataset in datasets:
-            dataset.epoch = epoch
         stats = train_one_epoch(train_model, ema, loader, optimizer, scheduler, scaler, device, reporter, epoch,
                                 total_iters - step)
         step += stats.steps

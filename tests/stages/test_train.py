@@ -17,7 +17,8 @@ from retinaslim.models.registry import build_model
 
 def test_mixed_batches_hold_the_requested_share_of_machine_images():
     sampler = MixedBatchSampler(num_human=30, num_machine=100, batch_size=10, pseudo_ratio=0.4, seed=1)
-    batches = list(sampler)
+    batches = [[i for i, epoch in batch] for batch in sampler]
+    assert {epoch for batch in sampler for _, epoch in batch} == {0}
     assert len(batches) == len(sampler) == 5  # 30 human images, 6 per batch
     for batch in batches:
         assert sum(i >= 30 for i in batch) == 4 and sum(i < 30 for i in batch) == 6
@@ -25,15 +26,16 @@ def test_mixed_batches_hold_the_requested_share_of_machine_images():
     machine = [i for b in batches for i in b if i >= 30]
     assert len(set(machine)) == len(machine)  # without replacement
     sampler.set_epoch(2)
-    assert list(sampler) != batches  # a new order each epoch ...
+    assert [[i for i, _ in b] for b in sampler] != batches  # a new order each epoch ...
+    assert {epoch for batch in sampler for _, epoch in batch} == {2}
     sampler.set_epoch(0)
-    assert list(sampler) == batches  # ... that depends only on (seed, epoch)
-    ranks = [list(MixedBatchSampler(30, 100, 10, 0.4, seed=1, rank=r, world_size=2)) for r in (0, 1)]
+    assert [[i for i, _ in b] for b in sampler] == batches  # ... that depends only on (seed, epoch)
+    ranks = [[[i for i, _ in b] for b in MixedBatchSampler(30, 100, 10, 0.4, seed=1, rank=r, world_size=2)] for r in (0, 1)]
     assert ranks[0] + ranks[1] != [] and sorted(map(tuple, ranks[0] + ranks[1])) == sorted(map(tuple, batches))
 
 
 def test_no_machine_images_is_plain_batching():
-    batches = list(MixedBatchSampler(num_human=10, num_machine=0, batch_size=4, pseudo_ratio=0.4))
+    batches = [[i for i, _ in b] for b in MixedBatchSampler(num_human=10, num_machine=0, batch_size=4, pseudo_ratio=0.4)]
     assert [len(b) for b in batches] == [4, 4, 2] and sorted(sum(batches, [])) == list(range(10))
 
 
