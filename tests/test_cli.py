@@ -150,3 +150,16 @@ def test_demo_runs_every_stage(tmp_path, monkeypatch):
     assert [r["weights"].split("/")[-2] for r in rows] == ["teacher", "student-human", "student"]
     assert (tmp_path / "demo/runs/pseudo.filtered.json").is_file()
     assert "teacher" in result.stdout and "student-human" in result.stdout
+
+
+def test_profile_json(tmp_path, labeller):
+    result = run_cli("profile", "--weights", labeller, "--image-size", 128, "--runs", 3, "--per-layer", "--depth", 2,
+                     "--json", tmp_path / "p.json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "backbone.fpn" in result.stdout
+    data = json.loads((tmp_path / "p.json").read_text())
+    for key in ("arch", "params", "macs", "size_mb", "latency_ms", "network_latency_ms", "image_size", "threads", "device"):
+        assert key in data
+    assert data["arch"] == "slim-s" and 0 < data["network_latency_ms"] and data["size_mb"] < 2.5
+    assert sum(m["macs"] for m in data["modules"]) == data["macs"]
+    assert_user_error(run_cli("profile"), "--arch", "--weights")

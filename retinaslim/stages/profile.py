@@ -1,0 +1,105 @@
+"""profile: parameters, MACs (total and per module), checkpoint size and latency of a model.
+
+Latency is measured twice at batch 1 on a square image of ``image_size``: the network alone (backbone,
+FPN, head on a normalised tensor) and end to end (normalise, pad, network, anchors, decode, NMS), each
+the median of ``runs`` timed runs after ``warmup`` runs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from retinaslim.core.atomic import write_json
+from retinaslim.errors import UserError
+from retinaslim.models.checkpoint import load_checkpoint
+from retinaslim.models.macs import count_macs, group_by_prefix, network_forward
+from retinaslim.models.registry import build_model
+from retinaslim.stages.inference import resolve_device
+
+
+@dataclass
+class ProfileConfig:
+    arch: str | None = None
+    weights: Path | None = None
+    image_size: int = 320
+    num_classes: int = 1  # with --arch; a checkpoint has its own
+    runs: int = 50
+    warmup: int = 5
+    depth: int = 3  # module-tree depth of the per-module table
+    device: str = "cpu"
+    json_out: Path | None = None
+
+
+@dataclass
+class ModuleCost:
+    name: str
+    params: int
+    macs: int
+    share: float  # of the total MACs
+
+
+@dataclass
+class ProfileResult:
+    arch: str
+    params: int
+    macs: int
+    size_mb: float | None
+    latency_ms: float
+    network_latency_ms: float
+    image_size: int
+    threads: int
+    device: str
+    runs: int
+    modules: list[ModuleCost] = field(default_factory=list)
+
+
+def _median_ms(fn, runs: int, warmup: int, device: torch.device) -> float:
+    timings = []
+    for i in range(warmup + runs):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            timings.append((time.perf_counter() - start) * 1000)
+    return statistics.median(timings)
+
+
+def profile(config: ProfileConfig) -> ProfileResult:
+    if (config.arch is None) == (config.weights is None):
+        raise UserError("pass exactly one of --arch NAME or --weights W.pt")
+    if config.runs < 1 or config.image_size < 32:
+        raise UserError("--runs must be at least 1 and --image-size at least 32")
+    if config.weights is not None:
+        checkpoint = load_checkpoint(config.weights)
+        model, arch, size_mb = checkpoint.build(), checkpoint.arch, config.weights.stat().st_size / 1e6
+    else:
+        model, arch, size_mb = build_model(config.arch, config.num_classes, config.image_size).eval(), config.arch, None
+    per_module = count_macs(model, config.image_size)
+    total = sum(per_module.values())
+    params = dict(model.named_parameters())
+    modules = [
+        ModuleCost(name, sum(p.numel() for n, p in params.items() if n.startswith(name + ".")), macs, macs / max(total, 1))
+        for name, macs in group_by_prefix(per_module, config.depth).items()
+    ]
+    device = resolve_device(config.device)
+    model.to(device).eval()
+    image = torch.rand(3, config.image_size, config.image_size, device=device)
+    with torch.no_grad():
+        batch = model.transform([image])[0].tensors  # normalised and padded, as the network sees it
+        network = _median_ms(lambda: network_forward(model, batch), config.runs, config.warmup, device)
+        end_to_end = _median_ms(lambda: model([image]), config.runs, config.warmup, device)
+    result = ProfileResult(arch, sum(p.numel() for p in model.parameters()), total, size_mb, end_to_end, network,
+                           config.image_size, torch.get_num_threads(), str(device), config.runs, modules)
+    if config.json_out is not None:
+        from dataclasses import asdict
+
+        write_json(config.json_out, asdict(result))
+    return result
