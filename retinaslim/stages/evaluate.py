@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from retinaslim.data.coco import ClassMap, load_coco
 from retinaslim.data.images import ImageError, read_image
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
-from retinaslim.stages.inference import evaluate_on_coco, resolve_device
+from retinaslim.stages.inference import evaluate_on_coco, median_ms, resolve_device
 
 
 @dataclass
@@ -71,17 +69,7 @@ def measure_latency(model, image: torch.Tensor, image_size: int, device: torch.d
     """Median milliseconds of one end-to-end forward (normalise, network, decode, NMS) at batch 1."""
     batch = [Transform().apply(image, image_size).to(device)]
     model.eval()
-    timings = []
-    for i in range(warmup + runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            timings.append((time.perf_counter() - start) * 1000)
-    return statistics.median(timings)
+    return median_ms(lambda: model(batch), runs, warmup, device)
 
 
 def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult:

@@ -7,9 +7,7 @@ the median of ``runs`` timed runs after ``warmup`` runs.
 
 from __future__ import annotations
 
-import statistics
-import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,7 +17,7 @@ from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.macs import count_macs, group_by_prefix, network_forward
 from retinaslim.models.registry import build_model
-from retinaslim.stages.inference import resolve_device
+from retinaslim.stages.inference import median_ms, resolve_device
 
 
 @dataclass
@@ -58,20 +56,6 @@ class ProfileResult:
     modules: list[ModuleCost] = field(default_factory=list)
 
 
-def _median_ms(fn, runs: int, warmup: int, device: torch.device) -> float:
-    timings = []
-    for i in range(warmup + runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            timings.append((time.perf_counter() - start) * 1000)
-    return statistics.median(timings)
-
-
 def profile(config: ProfileConfig) -> ProfileResult:
     if (config.arch is None) == (config.weights is None):
         raise UserError("pass exactly one of --arch NAME or --weights W.pt")
@@ -94,12 +78,10 @@ def profile(config: ProfileConfig) -> ProfileResult:
     image = torch.rand(3, config.image_size, config.image_size, device=device)
     with torch.no_grad():
         batch = model.transform([image])[0].tensors  # normalised and padded, as the network sees it
-        network = _median_ms(lambda: network_forward(model, batch), config.runs, config.warmup, device)
-        end_to_end = _median_ms(lambda: model([image]), config.runs, config.warmup, device)
+        network = median_ms(lambda: network_forward(model, batch), config.runs, config.warmup, device)
+        end_to_end = median_ms(lambda: model([image]), config.runs, config.warmup, device)
     result = ProfileResult(arch, sum(p.numel() for p in model.parameters()), total, size_mb, end_to_end, network,
                            config.image_size, torch.get_num_threads(), str(device), config.runs, modules)
     if config.json_out is not None:
-        from dataclasses import asdict
-
         write_json(config.json_out, asdict(result))
     return result
