@@ -98,17 +98,27 @@ class MixedBatchSampler(torch.utils.data.Sampler):
     Each batch holds ``round(pseudo_ratio * batch_size)`` machine images (at least one when the ratio is
     above 0) and human images for the rest; an epoch is one shuffled pass over the human images, machine
     images are drawn without replacement, reshuffled when used up. With no machine images it is a plain
-    shuffled batching. ``rank``/``world_size`` keep every world_size-th batch for DDP. The order depends
-    only on (seed, epoch), so a resumed run sees the batches an uninterrupted one would.
+    shuffled batching. Images carry an orientation group (``portrait_human``/``portrait_machine``: height
+    > width) and a batch holds one orientation only, so letterboxed images are not padded to a square.
+    ``rank``/``world_size`` keep every world_size-th batch for DDP. The order depends only on (seed,
+    epoch), so a resumed run sees the batches an uninterrupted one would.
     """
 
     def __init__(self, num_human: int, num_machine: int, batch_size: int, pseudo_ratio: float, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, portrait_human: list[bool] | None = None,
+                 portrait_machine: list[bool] | None = None):
         self.num_human, self.num_machine = num_human, num_machine
         machine = round(pseudo_ratio * batch_size) if num_machine else 0
         self.machine_per_batch = max(machine, 1 if num_machine and pseudo_ratio > 0 else 0)
         self.human_per_batch = max(batch_size - self.machine_per_batch, 1)
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        self.human_group = [int(p) for p in portrait_human] if portrait_human else [0] * num_human
+        machine_group = [int(p) for p in portrait_machine] if portrait_machine else [0] * num_machine
+        # Machine images of each orientation; a group without any borrows from all of them.
+        everyone = list(range(num_human, num_human + num_machine))
+        self.machine_of_group = {g: [num_human + i for i, mg in enumerate(machine_group) if mg == g] or everyone
+                                 for g in (0, 1)}
+        self.num_batches = sum(-(-self.human_group.count(g) // self.human_per_batch) for g in (0, 1))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -116,14 +126,28 @@ class MixedBatchSampler(torch.utils.data.Sampler):
     def _batches(self) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         human = torch.randperm(self.num_human, generator=generator).tolist()
-        batches, machine = [], []
-        for start in range(0, self.num_human, self.human_per_batch):
-            batch = human[start:start + self.human_per_batch]
+        batches: list[list[int]] = []
+        pending: dict[int, list[int]] = {0: [], 1: []}  # human images waiting for a batch, per orientation
+        pools: dict[int, list[int]] = {0: [], 1: []}  # machine images left to draw this round, per orientation
+
+        def emit(group: int) -> None:
+            batch = pending[group]
             for _ in range(self.machine_per_batch):
-                if not machine:
-                    machine = (torch.randperm(self.num_machine, generator=generator) + self.num_human).tolist()
-                batch.append(machine.pop())
+                if not pools[group]:
+                    candidates = self.machine_of_group[group]
+                    pools[group] = [candidates[k] for k in torch.randperm(len(candidates), generator=generator).tolist()]
+                batch.append(pools[group].pop())
             batches.append(batch)
+            pending[group] = []
+
+        for index in human:
+            group = self.human_group[index]
+            pending[group].append(index)
+            if len(pending[group]) == self.human_per_batch:
+                emit(group)
+        for group in (0, 1):
+            if pending[group]:
+                emit(group)
         return batches
 
     def __iter__(self):
@@ -131,5 +155,4 @@ class MixedBatchSampler(torch.utils.data.Sampler):
         return iter([[(i, self.epoch) for i in batch] for batch in self._batches()[self.rank::self.world_size]])
 
     def __len__(self) -> int:
-        num = -(-self.num_human // self.human_per_batch)
-        return len(range(self.rank, num, self.world_size))
+        return len(range(self.rank, self.num_batches, self.world_size))

@@ -252,8 +252,10 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         datasets.append(DetectionDataset(pseudo, classes, config.image_size, config.augment,
                                          weight=config.pseudo_weight, machine=True, seed=config.seed + 1))
         num_images["pseudo"] = len(pseudo.images)
+    portrait = [[image["height"] > image["width"] for image in d.coco.images] for d in datasets]
     sampler = MixedBatchSampler(len(labeled.images), num_images.get("pseudo", 0), config.batch_size,
-                                config.pseudo_ratio, config.seed, distributed.rank, distributed.world_size)
+                                config.pseudo_ratio, config.seed, distributed.rank, distributed.world_size,
+                                portrait[0], portrait[1] if len(portrait) > 1 else None)
     loader = torch.utils.data.DataLoader(
         MixedDataset(datasets), batch_sampler=sampler, num_workers=config.workers, collate_fn=collate_skip,
         persistent_workers=config.workers > 0, pin_memory=device.type == "cuda",

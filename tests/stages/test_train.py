@@ -34,6 +34,19 @@ def test_mixed_batches_hold_the_requested_share_of_machine_images():
     assert ranks[0] + ranks[1] != [] and sorted(map(tuple, ranks[0] + ranks[1])) == sorted(map(tuple, batches))
 
 
+def test_batches_hold_one_orientation():
+    portrait_human = [i % 3 == 0 for i in range(30)]  # 10 portrait, 20 landscape
+    portrait_machine = [i % 2 == 0 for i in range(20)]
+    sampler = MixedBatchSampler(30, 20, batch_size=6, pseudo_ratio=0.5, seed=3,
+                                portrait_human=portrait_human, portrait_machine=portrait_machine)
+    batches = [[i for i, _ in b] for b in sampler]
+    assert len(batches) == len(sampler) == 4 + 7  # ceil(10 / 3) + ceil(20 / 3)
+    assert sorted(i for b in batches for i in b if i < 30) == list(range(30))
+    for batch in batches:
+        kinds = {portrait_human[i] if i < 30 else portrait_machine[i - 30] for i in batch}
+        assert len(kinds) == 1, batch
+
+
 def test_no_machine_images_is_plain_batching():
     batches = [[i for i, _ in b] for b in MixedBatchSampler(num_human=10, num_machine=0, batch_size=4, pseudo_ratio=0.4)]
     assert [len(b) for b in batches] == [4, 4, 2] and sorted(sum(batches, [])) == list(range(10))
