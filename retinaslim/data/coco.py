@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from retinaslim.core.boxes import xyxy_to_xywh
+from retinaslim.core.boxes import xywh_to_xyxy, xyxy_to_xywh
 from retinaslim.core.detections import Detections
 from retinaslim.errors import UserError
 
@@ -162,20 +162,20 @@ def check_same_classes(reference: CocoData, other: CocoData) -> None:
         )
 
 
-def _xyxy(annotations: list[dict[str, Any]]) -> torch.Tensor:
-    boxes_xywh = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
-    return torch.cat([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], dim=1)
+def annotation_boxes(annotations: list[dict[str, Any]]) -> torch.Tensor:
+    """(N, 4) xyxy boxes of COCO annotations (whose bboxes are xywh)."""
+    return xywh_to_xyxy(torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4))
 
 
 def image_targets(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> tuple[torch.Tensor, torch.Tensor]:
     """An image's boxes (N, 4) xyxy in its own pixels and labels (N,), crowd/ignore annotations excluded."""
     kept = [a for a in coco.annotations_per_image[image["id"]] if not a.get("iscrowd", 0)]
-    return _xyxy(kept), torch.tensor([classes.label(a["category_id"]) for a in kept], dtype=torch.int64)
+    return annotation_boxes(kept), torch.tensor([classes.label(a["category_id"]) for a in kept], dtype=torch.int64)
 
 
 def image_ignore_regions(coco: CocoData, image: dict[str, Any]) -> torch.Tensor:
     """(M, 4) xyxy boxes of an image's ``iscrowd`` annotations: regions that give no training loss."""
-    return _xyxy([a for a in coco.annotations_per_image[image["id"]] if a.get("iscrowd", 0)])
+    return annotation_boxes([a for a in coco.annotations_per_image[image["id"]] if a.get("iscrowd", 0)])
 
 
 def detections_to_annotations(

@@ -34,7 +34,8 @@ from retinaslim.core.detections import Detections
 from retinaslim.core.matching import lowest_threshold_for_precision, match
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
-from retinaslim.data.coco import ClassMap, CocoData, check_same_classes, coco_metrics, image_targets, load_coco
+from retinaslim.data.coco import (ClassMap, CocoData, annotation_boxes, check_same_classes, coco_metrics, image_targets,
+                                  load_coco)
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.stages.inference import ImageResult, chunks, predict_batches, resolve_device
@@ -144,9 +145,8 @@ def _validate(config: FilterConfig) -> None:
 def _as_detections(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> Detections:
     """An image's machine boxes as Detections (xyxy, score, label, agreement)."""
     anns = coco.annotations_per_image[image["id"]]
-    boxes_xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
     return Detections(
-        torch.cat([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], dim=1),
+        annotation_boxes(anns),
         torch.tensor([a["score"] for a in anns], dtype=torch.float32),
         torch.tensor([classes.label(a["category_id"]) for a in anns], dtype=torch.int64),
         {"index": torch.arange(len(anns)), "agreement": torch.tensor([a.get("agreement", 1) for a in anns])},
@@ -234,9 +234,7 @@ def _truth_metrics(truth_path: Path, coco_images: list[dict[str, Any]], root: Pa
         anns = [a for a in per_image.get(image["id"], []) if not a.get("iscrowd", 0)]
         results += [{**a, "image_id": truth_image["id"]} for a in anns]
         boxes, labels = image_targets(truth, truth_image, classes)
-        boxes_xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-        dets = Detections(torch.cat([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], dim=1),
-                          torch.tensor([a["score"] for a in anns]), torch.tensor([classes.label(a["category_id"]) for a in anns], dtype=torch.int64))
+        dets = Detections(annotation_boxes(anns), torch.tensor([a["score"] for a in anns]), torch.tensor([classes.label(a["category_id"]) for a in anns], dtype=torch.int64))
         num_tp += int(match(dets, boxes, labels).sum())
         num_true += len(boxes)
     if matched == 0:
