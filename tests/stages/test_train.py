@@ -1,7 +1,6 @@
 """Training: mixing of human and machine labels, loss weights, resume after kill -9, DDP on CPU, outputs."""
 
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -92,7 +91,7 @@ def test_kill_9_then_resume_finishes_the_same_run(tiny_cards, tmp_path):
     assert final.epoch == 3 and load_checkpoint(tmp_path / "killed" / "best.pt").classes
     whole, again = rows(tmp_path / "whole" / "results.csv"), rows(tmp_path / "killed" / "results.csv")
     assert [r["epoch"] for r in again] == ["1", "2", "3"]
-    for a, b in zip(whole, again):  # same data order, same RNG: the same numbers
+    for a, b in zip(whole, again, strict=True):  # same data order, same RNG: the same numbers
         assert abs(float(a["loss"]) - float(b["loss"])) < 1e-4 and a["machine_images"] == b["machine_images"]
 
 
