@@ -97,11 +97,13 @@ def synth(
 
 def _train(role: str, labeled, val, pseudo, images, out, arch, norm, image_size, batch_size, epochs, iterations,
            optimizer, lr, weight_decay, augment, pseudo_ratio, pseudo_weight, pretrained, resume, device, workers,
-           seed) -> None:
+           seed, anchors: str = "default") -> None:
     from retinaslim.stages.train import TrainConfig, train
 
     with _user_errors():
         config = None
+        if anchors not in ("fit", "default"):
+            raise UserError(f"--anchors {anchors!r}: choose fit or default")
         if resume is None:
             ws = _workspace()
             labeled = _pick(labeled, "--labeled", ws and ws.labeled, "labelled data")
@@ -116,7 +118,7 @@ def _train(role: str, labeled, val, pseudo, images, out, arch, norm, image_size,
                 epochs=epochs or defaults["epochs"], iterations=iterations, optimizer=optimizer or defaults["optimizer"],
                 lr=lr or defaults["lr"], weight_decay=defaults["weight_decay"] if weight_decay is None else weight_decay,
                 augment=augment or defaults["augment"], pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight,
-                pretrained=pretrained, device=device, workers=workers, seed=seed,
+                pretrained=pretrained, fit_anchors=anchors == "fit", device=device, workers=workers, seed=seed,
             )
             if pseudo is not None:
                 console.info(f"training on human labels {labeled} + machine labels {pseudo} "
@@ -180,8 +182,9 @@ def train_student(
     pseudo_ratio: Annotated[float, typer.Option(help="Share of machine-labelled images in every batch (Data Distillation used about 0.4).")] = 0.4,
     pseudo_weight: Annotated[float, typer.Option(min=0.0, help="Scales the loss of machine-labelled images.")] = 1.0,
     images: ImagesOpt = None, out: OutRunOpt = None,
-    arch: Annotated[Optional[str], typer.Option(help="Student architecture: slim-s or slim-m.")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Student architecture: slim-s or slim-m (or a baseline: retinanet_resnet18_fpn, retinanet_mobilenet_v2_fpn, retinanet_shufflenet_v2_fpn).")] = None,
     norm: Annotated[Optional[str], typer.Option(help="gn (GroupNorm, default) or bn (BatchNorm).")] = None,
+    anchors: Annotated[str, typer.Option(help="fit: anchor sizes and aspect ratios by k-means on the human-labelled boxes (kept when they match the boxes better than the defaults); default: the built-in card anchors.")] = "fit",
     image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, iterations: ItersOpt = None,
     optimizer: OptimOpt = None, lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
     resume: ResumeOpt = None, device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
@@ -191,7 +194,7 @@ def train_student(
         if pseudo is None and not human_only and resume is None and ws is not None and ws.filtered.is_file():
             pseudo = _pick(None, "--pseudo", ws.filtered, "machine labels")
     _train("student", labeled, val, pseudo, images, out, arch, norm, image_size, batch_size, epochs, iterations, optimizer,
-           lr, weight_decay, augment, pseudo_ratio, pseudo_weight, False, resume, device, workers, seed)
+           lr, weight_decay, augment, pseudo_ratio, pseudo_weight, False, resume, device, workers, seed, anchors)
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import torch
 from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_area, box_iou
 
 # Anchors lying mostly inside an ignore region (intersection / anchor area above this) give no loss.
 IGNORE_COVERAGE = 0.5
+
+
+def scaled_anchor_generator(image_size: int) -> AnchorGenerator:
+    """torchvision RetinaNet's anchors (P3-P7, 3 sizes x 3 ratios) scaled to the input size.
+
+    Its 32..512 px anchors are meant for 800-1333 px inputs; keep their ratio to the input.
+    """
+    bases = [32 * 2**i * image_size / 512 for i in range(5)]
+    sizes = tuple(tuple(b * 2 ** (k / 3) for k in range(3)) for b in bases)
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
 
 
 class NoResizeTransform(GeneralizedRCNNTransform):

@@ -7,6 +7,7 @@ A builder takes ``num_classes``, ``image_size`` and its own keyword options, and
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -37,3 +38,8 @@ def build_model(arch: str, num_classes: int, image_size: int, **options) -> nn.M
     if arch not in _BUILDERS:
         raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(list_archs())}")
     return _BUILDERS[arch](num_classes=num_classes, image_size=image_size, **options)
+
+
+def takes_option(arch: str, option: str) -> bool:
+    """Whether the builder ``arch`` has the keyword option ``option`` (e.g. a student's ``anchors``)."""
+    return arch in _BUILDERS and option in inspect.signature(_BUILDERS[arch]).parameters

@@ -7,18 +7,10 @@ from pathlib import Path
 import torch
 from torchvision.models import ResNet50_Weights
 from torchvision.models.detection import retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from retinaslim.errors import UserError
-from retinaslim.models.common import IgnoreAwareRetinaNet, configure
+from retinaslim.models.common import IgnoreAwareRetinaNet, configure, scaled_anchor_generator
 from retinaslim.models.registry import register
-
-
-def _anchor_generator(image_size: int) -> AnchorGenerator:
-    # torchvision's 32..512 px anchors are meant for 800-1333 px inputs; keep their ratio to the input.
-    bases = [32 * 2**i * image_size / 512 for i in range(5)]
-    sizes = tuple(tuple(b * 2 ** (k / 3) for k in range(3)) for b in bases)
-    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
 
 
 def _imagenet_weights(pretrained: bool) -> ResNet50_Weights | None:
@@ -38,7 +30,7 @@ def _imagenet_weights(pretrained: bool) -> ResNet50_Weights | None:
 def _build(builder, num_classes: int, image_size: int, pretrained: bool):
     stock = builder(weights=None, weights_backbone=_imagenet_weights(pretrained), num_classes=num_classes)
     # torchvision's backbone and head (v1 or v2), in the RetinaNet that honours ignore regions.
-    model = IgnoreAwareRetinaNet(stock.backbone, num_classes, anchor_generator=_anchor_generator(image_size), head=stock.head)
+    model = IgnoreAwareRetinaNet(stock.backbone, num_classes, anchor_generator=scaled_anchor_generator(image_size), head=stock.head)
     return configure(model)
 
 

@@ -14,6 +14,7 @@ from retinaslim.data.coco import ClassMap, load_coco
 from retinaslim.data.images import ImageError, read_image
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
+from retinaslim.models.lean import LeanDetector
 from retinaslim.stages.inference import evaluate_on_coco, median_ms, resolve_device
 
 
@@ -68,8 +69,8 @@ def _predictions_path(base: Path, index: int, count: int) -> Path:
 def measure_latency(model, image: torch.Tensor, image_size: int, device: torch.device, runs: int, warmup: int) -> float:
     """Median milliseconds of one end-to-end forward (normalise, network, decode, NMS) at batch 1."""
     batch = [Transform().apply(image, image_size).to(device)]
-    model.eval()
-    return median_ms(lambda: model(batch), runs, warmup, device)
+    detector = LeanDetector(model).to(device)
+    return median_ms(lambda: detector(batch), runs, warmup, device)
 
 
 def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult:

@@ -18,6 +18,7 @@ from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
 from retinaslim.data.coco import ClassMap, CocoData, coco_metrics, detections_to_annotations
 from retinaslim.data.images import ImageListDataset, collate_list
+from retinaslim.models.lean import LeanDetector
 from retinaslim.models.predict import detect
 
 
@@ -88,6 +89,7 @@ def predict_batches(
     """
     reporter = reporter or Reporter()
     timings = Timings()
+    detector = LeanDetector(model).to(device)
     loader = torch.utils.data.DataLoader(ImageListDataset(paths), batch_sampler=batches, num_workers=workers,
                                          collate_fn=collate_list)
     reporter.start(task, sum(len(b) for b in batches))
@@ -96,7 +98,7 @@ def predict_batches(
         started = time.perf_counter()
         timings.data += started - waited
         good = [image for _, image, error in batch if error is None]
-        per_image = detect(model, good, image_size, transforms, device) if good else []
+        per_image = detect(detector, good, image_size, transforms, device) if good else []
         fused_at = time.perf_counter()
         timings.forward += fused_at - started
         fused = iter([p[0] if len(transforms) == 1 else fuse(p, fusion) for p in per_image])

@@ -1,8 +1,9 @@
 """profile: parameters, MACs (total and per module), checkpoint size and latency of a model.
 
-Latency is measured twice at batch 1 on a square image of ``image_size``: the network alone (backbone,
-FPN, head on a normalised tensor) and end to end (normalise, pad, network, anchors, decode, NMS), each
-the median of ``runs`` timed runs after ``warmup`` runs.
+Latency is measured twice at batch 1 on a square image of ``image_size``, through the lean inference
+path every command uses (``models.lean``): the network alone (backbone, FPN, head on a normalised
+tensor) and end to end (normalise, pad, network, cached anchors, decode, NMS), each the median of
+``runs`` timed runs after ``warmup`` runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 from retinaslim.core.atomic import write_json
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
-from retinaslim.models.macs import count_macs, group_by_prefix, network_forward
+from retinaslim.models.lean import LeanDetector
+from retinaslim.models.macs import count_macs, group_by_prefix
 from retinaslim.models.registry import build_model
 from retinaslim.stages.inference import median_ms, resolve_device
 
@@ -74,12 +76,12 @@ def profile(config: ProfileConfig) -> ProfileResult:
         for name, macs in group_by_prefix(per_module, config.depth).items()
     ]
     device = resolve_device(config.device)
-    model.to(device).eval()
+    detector = LeanDetector(model).to(device)
     image = torch.rand(3, config.image_size, config.image_size, device=device)
     with torch.no_grad():
-        batch = model.transform([image])[0].tensors  # normalised and padded, as the network sees it
-        network = median_ms(lambda: network_forward(model, batch), config.runs, config.warmup, device)
-        end_to_end = median_ms(lambda: model([image]), config.runs, config.warmup, device)
+        batch = detector.batch([image])  # normalised and padded, as the network sees it
+        network = median_ms(lambda: detector.raw(batch), config.runs, config.warmup, device)
+        end_to_end = median_ms(lambda: detector([image]), config.runs, config.warmup, device)
     result = ProfileResult(arch, sum(p.numel() for p in model.parameters()), total, size_mb, end_to_end, network,
                            config.image_size, torch.get_num_threads(), str(device), config.runs, modules)
     if config.json_out is not None:

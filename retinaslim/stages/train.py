@@ -27,12 +27,13 @@ from torch import nn
 from retinaslim.config import WARMUP_ITERS, save_run_config
 from retinaslim.core.atomic import atomic_path
 from retinaslim.core.progress import Reporter
-from retinaslim.data.coco import check_same_classes, load_coco
+from retinaslim.data.coco import CocoData, check_same_classes, load_coco
 from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, MixedDataset, collate_skip
 from retinaslim.errors import UserError
+from retinaslim.models.anchors import DEFAULT_ANCHORS, fit_anchors, shape_iou
 from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from retinaslim.models.ema import ModelEMA
-from retinaslim.models.registry import build_model
+from retinaslim.models.registry import build_model, takes_option
 from retinaslim.stages.inference import evaluate_on_coco, resolve_device
 
 PATH_FIELDS = ("labeled", "val", "out", "pseudo", "images")
@@ -58,6 +59,7 @@ class TrainConfig:
     images: Path | None = None
     arch_options: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
+    fit_anchors: bool = False  # students: fit anchor sizes and ratios to the human-labelled boxes
     iterations: int | None = None  # total optimiser steps; replaces epochs when set
     ema_decay: float = 0.9998
     device: str = "auto"
@@ -221,6 +223,30 @@ class _Distributed:
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def _box_shapes(coco: CocoData) -> torch.Tensor:
+    """(M, 2) widths and heights of the non-crowd boxes as fractions of their image's longer side (the resized side)."""
+    shapes = [(a["bbox"][2] / side, a["bbox"][3] / side)
+              for image in coco.images for side in [max(image["width"], image["height"])]
+              for a in coco.annotations_per_image[image["id"]] if not a.get("iscrowd") and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+    return torch.tensor(shapes, dtype=torch.float64).reshape(-1, 2)
+
+
+def _fitted_anchors(labeled: CocoData, reporter: Reporter) -> dict[str, Any]:
+    """Anchors fitted to the human boxes, kept only when they match the boxes better than the defaults."""
+    shapes = _box_shapes(labeled)
+    if len(shapes) < 20:
+        reporter.log(f"anchors: default ({len(shapes)} boxes are too few to fit)")
+        return DEFAULT_ANCHORS
+    fitted = fit_anchors(shapes)
+    fitted_iou, default_iou = shape_iou(shapes, fitted).mean().item(), shape_iou(shapes, DEFAULT_ANCHORS).mean().item()
+    if fitted_iou <= default_iou:
+        reporter.log(f"anchors: default (mean best IoU with {len(shapes)} boxes {default_iou:.3f}, fitted {fitted_iou:.3f})")
+        return DEFAULT_ANCHORS
+    reporter.log(f"anchors fitted to {len(shapes)} boxes: mean best IoU {fitted_iou:.3f} (default {default_iou:.3f}); "
+                 f"sizes {fitted['scales']} of the input side, ratios {fitted['ratios']}")
+    return fitted
+
+
 def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | None = None) -> TrainResult:
     """Train a model per ``config`` (or continue the run ``resume`` names); returns the best checkpoint and metrics."""
     started = time.perf_counter()
@@ -260,6 +286,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         MixedDataset(datasets), batch_sampler=sampler, num_workers=config.workers, collate_fn=collate_skip,
         persistent_workers=config.workers > 0, pin_memory=device.type == "cuda",
     )
+    if config.fit_anchors and previous is None and takes_option(config.arch, "anchors") and "anchors" not in config.arch_options:
+        config.arch_options["anchors"] = _fitted_anchors(labeled, reporter)
     init_options = {"pretrained": True} if config.pretrained and previous is None else {}
     model = build_model(config.arch, len(classes), config.image_size, **config.arch_options, **init_options).to(device)
     ema = ModelEMA(model, config.ema_decay)

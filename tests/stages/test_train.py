@@ -89,6 +89,9 @@ def test_kill_9_then_resume_finishes_the_same_run(tiny_cards, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     final = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert final.epoch == 3 and load_checkpoint(tmp_path / "killed" / "best.pt").classes
+    # the student's anchors (fitted or default) live in the checkpoint, so it rebuilds with them
+    assert final.arch_options["anchors"] == load_checkpoint(tmp_path / "whole" / "best.pt").arch_options["anchors"]
+    assert final.build().anchor_generator.num_anchors_per_location() == [6, 6, 6]
     whole, again = rows(tmp_path / "whole" / "results.csv"), rows(tmp_path / "killed" / "results.csv")
     assert [r["epoch"] for r in again] == ["1", "2", "3"]
     for a, b in zip(whole, again, strict=True):  # same data order, same RNG: the same numbers

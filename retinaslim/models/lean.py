@@ -1,0 +1,128 @@
+"""A lean inference path for any registered RetinaNet: the same detections as ``model(images)``, less Python.
+
+torchvision's generic path normalises and pads image by image, rebuilds anchors on every call and
+decodes, thresholds and suppresses per image and per level. For a small network that costs more than
+the network itself (PITFALLS.md). ``LeanDetector`` keeps torchvision's network and rules but:
+
+- normalises the whole batch in one op and pads it to a multiple of 32, as torchvision does;
+- caches anchors per padded input size;
+- thresholds and takes the top-k candidates of every level for the whole batch at once;
+- decodes only the kept candidates, clips them to each image, and runs one batched NMS for the batch.
+
+BatchNorm layers are folded into their convolutions and the network runs channels-last (oneDNN's
+preferred layout on CPU), on a copy of the model: the original is untouched. ``raw`` is the network
+alone (normalised batch -> head outputs), the part ONNX exports; ``decode`` is the postprocess that
+turns head outputs into detections.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import batched_nms
+
+SIZE_DIVISIBLE = 32
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d that directly follows a Conv2d inside an ``nn.Sequential`` into the conv (in place)."""
+    for child in module.children():
+        fold_batchnorm(child)
+    if isinstance(module, nn.Sequential):
+        for i in range(len(module) - 1):
+            conv, norm = module[i], module[i + 1]
+            if isinstance(conv, nn.Conv2d) and type(norm) is nn.BatchNorm2d:
+                module[i] = fuse_conv_bn_eval(conv, norm)
+                module[i + 1] = nn.Identity()
+    return module
+
+
+class LeanDetector(nn.Module):
+    """Wraps a torchvision RetinaNet for inference. Call it like the model: a list of (3, H, W) images
+    in [0, 1] -> a list of dicts with ``boxes`` (xyxy, pixels of each image), ``scores`` and ``labels``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        model = fold_batchnorm(copy.deepcopy(model).eval()).to(memory_format=torch.channels_last)
+        self.backbone, self.head = model.backbone, model.head
+        self.anchor_generator, self.box_coder = model.anchor_generator, model.box_coder
+        self.num_classes = model.head.classification_head.num_classes
+        self.score_thresh, self.nms_thresh = model.score_thresh, model.nms_thresh
+        self.topk_candidates, self.detections_per_img = model.topk_candidates, model.detections_per_img
+        self.register_buffer("mean", torch.tensor(model.transform.image_mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(model.transform.image_std).view(1, 3, 1, 1))
+        self._anchors: dict[tuple, tuple[torch.Tensor, list[int]]] = {}
+
+    def batch(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Images -> (N, 3, H, W) normalised batch, zero-padded (after normalising) to a multiple of 32."""
+        height = math.ceil(max(i.shape[1] for i in images) / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
+        width = math.ceil(max(i.shape[2] for i in images) / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
+        if all(i.shape[1:] == (height, width) for i in images):
+            batch = (torch.stack(images) - self.mean) / self.std
+        else:
+            batch = images[0].new_zeros(len(images), 3, height, width)
+            for out, image in zip(batch, images):
+                out[:, :image.shape[1], :image.shape[2]] = (image - self.mean[0]) / self.std[0]
+        return batch.contiguous(memory_format=torch.channels_last)
+
+    def raw(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network: (N, 3, H, W) normalised batch -> class logits (N, HWA, K), box deltas (N, HWA, 4)."""
+        outputs = self.head(list(self.backbone(batch).values()))
+        return outputs["cls_logits"], outputs["bbox_regression"]
+
+    def anchors(self, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, list[int]]:
+        """Anchors (HWA, 4) for a padded input size, and the number of anchors per FPN level; cached."""
+        key = (height, width, str(device))
+        if key not in self._anchors:
+            probe = torch.zeros(1, 3, height, width, device=device)
+            features = list(self.backbone(probe).values())
+            anchors = self.anchor_generator(ImageList(probe, [(height, width)]), features)[0]
+            per_location = self.anchor_generator.num_anchors_per_location()[0]
+            self._anchors[key] = (anchors, [f.shape[-2] * f.shape[-1] * per_location for f in features])
+        return self._anchors[key]
+
+    @torch.no_grad()
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        batch = self.batch(images)
+        cls_logits, bbox_regression = self.raw(batch)
+        anchors, per_level = self.anchors(batch.shape[-2], batch.shape[-1], batch.device)
+        sizes = torch.tensor([i.shape[1:] for i in images], device=batch.device)
+        return self.decode(cls_logits, bbox_regression, anchors, per_level, sizes)
+
+    def decode(self, cls_logits: torch.Tensor, bbox_regression: torch.Tensor, anchors: torch.Tensor,
+               per_level: list[int], sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Head outputs -> detections per image, by torchvision's rules.
+
+        cls_logits (N, HWA, K), bbox_regression (N, HWA, 4), anchors (HWA, 4) xyxy in input pixels,
+        per_level: anchors per FPN level, sizes (N, 2): each image's (height, width) before padding.
+        Per level, scores above ``score_thresh`` and among the top ``topk_candidates``; boxes clipped
+        to each image; class-wise NMS per image; at most ``detections_per_img`` per image.
+        """
+        num_images, num_classes = cls_logits.shape[0], cls_logits.shape[-1]
+        image_idx, scores, anchor_idx, labels = [], [], [], []
+        start = 0
+        for count in per_level:
+            level_scores = torch.sigmoid(cls_logits[:, start:start + count].float()).flatten(1)  # (N, count*K)
+            top_scores, top_idx = level_scores.topk(min(self.topk_candidates, level_scores.shape[1]), dim=1)
+            keep = top_scores > self.score_thresh
+            image_idx.append(keep.nonzero()[:, 0])
+            scores.append(top_scores[keep])
+            anchor_idx.append(start + torch.div(top_idx[keep], num_classes, rounding_mode="floor"))
+            labels.append(top_idx[keep] % num_classes)
+            start += count
+        image_idx, scores = torch.cat(image_idx), torch.cat(scores)
+        anchor_idx, labels = torch.cat(anchor_idx), torch.cat(labels)
+        boxes = self.box_coder.decode_single(bbox_regression[image_idx, anchor_idx].float(), anchors[anchor_idx])
+        limits = sizes[image_idx].flip(1).repeat(1, 2).to(boxes.dtype)  # (M, 4): w, h, w, h
+        boxes = torch.minimum(boxes.clamp(min=0), limits)
+        keep = batched_nms(boxes, scores, image_idx * num_classes + labels, self.nms_thresh)
+        detections = []
+        for i in range(num_images):
+            mine = keep[image_idx[keep] == i][:self.detections_per_img]
+            detections.append({"boxes": boxes[mine], "scores": scores[mine], "labels": labels[mine]})
+        return detections

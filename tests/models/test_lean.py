@@ -1,0 +1,68 @@
+import torch
+
+from retinaslim.core.tta import Transform
+from retinaslim.data.images import read_image
+from retinaslim.models.checkpoint import load_checkpoint
+from retinaslim.models.lean import LeanDetector, fold_batchnorm
+from retinaslim.models.registry import build_model
+
+
+def _assert_same_detections(expected: list[dict], actual: list[dict]) -> None:
+    """Same count, same scores in order, and every box matched by one of the same label within 0.01 px
+    (near-equal scores may swap places when convolutions round differently)."""
+    for want, got in zip(expected, actual, strict=True):
+        assert len(want["boxes"]) == len(got["boxes"])
+        assert torch.allclose(want["scores"], got["scores"], atol=1e-4)
+        if len(want["boxes"]):
+            distance = (want["boxes"][:, None] - got["boxes"][None]).abs().amax(dim=2)  # (N, N)
+            distance[want["labels"][:, None] != got["labels"][None]] = float("inf")
+            assert distance.amin(dim=1).max() < 1e-2
+
+
+def _busy(model):
+    """Random weights score ~0.01 (the focal prior), below the threshold: raise the prior so there is work."""
+    model.head.classification_head.cls_logits.bias.data.fill_(-1.5)
+    return model.eval()
+
+
+def test_lean_path_matches_torchvision_on_a_mixed_size_batch():
+    torch.manual_seed(0)
+    images = [torch.rand(3, 128, 96), torch.rand(3, 80, 128), torch.rand(3, 128, 128)]
+    for arch, options in [("slim-s", {"norm": "gn"}), ("slim-m", {"norm": "bn"}), ("retinanet_resnet18_fpn", {})]:
+        model = _busy(build_model(arch, 3, 128, **options))
+        with torch.no_grad():
+            expected = model(images)
+        actual = LeanDetector(model)(images)
+        assert sum(len(d["boxes"]) for d in actual) > 100  # the comparison is not vacuous
+        _assert_same_detections(expected, actual)
+        for image, dets in zip(images, actual):  # clipped to each image, not to the padded batch
+            assert dets["boxes"][:, 2].max() <= image.shape[2] and dets["boxes"][:, 3].max() <= image.shape[1]
+
+
+def test_lean_path_matches_a_trained_model(labeller, one_card_set):
+    model = load_checkpoint(labeller).build()
+    images = [Transform().apply(read_image(p), 128) for p in sorted(one_card_set.files["labeled"].parent.glob("labeled/*.jpg"))[:4]]
+    with torch.no_grad():
+        expected = model(images)
+    actual = LeanDetector(model)(images)
+    assert all(len(d["boxes"]) for d in expected)
+    _assert_same_detections(expected, actual)
+
+
+def test_folding_batchnorm_keeps_outputs_and_removes_the_norms():
+    torch.manual_seed(0)
+    model = build_model("slim-s", 1, 128, norm="bn")
+    for module in model.modules():  # non-trivial statistics, as after training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    backbone = model.eval().backbone
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        expected = backbone(x)
+        folded = fold_batchnorm(backbone)
+        actual = folded(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    for key in expected:
+        assert torch.allclose(expected[key], actual[key], atol=1e-4)
