@@ -426,3 +426,34 @@ def demo(
                  f"filter kept {sum(result.filtered.num_boxes_kept.values())}")
     _render_eval(result.evaluation)
     console.info(f"saved to {result.out}")
+
+
+# --- formats, predictions and pictures (issue 9) ---
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="COCO or Label Studio JSON file, VOC folder (with Annotations/), or YOLO folder (or its data.yaml).")],
+    from_format: Annotated[str, typer.Option("--from", help="Format of SRC: coco, voc, yolo or labelstudio.")],
+    to_format: Annotated[str, typer.Option("--to", help="Format to write: coco, yolo or labelstudio.")],
+    out: Annotated[Path, typer.Option(help="Output: a .json file (coco, labelstudio) or a folder (yolo).")],
+    images: Annotated[Optional[Path], typer.Option(help="Folder the image names of a COCO or Label Studio file resolve against.")] = None,
+) -> None:
+    """Convert labels between COCO, Pascal VOC, YOLO and Label Studio; report what was skipped and why."""
+    from retinaslim.stages.convert import ConvertConfig, convert as run
+
+    with _user_errors():
+        result = run(ConvertConfig(src, from_format, to_format, out, images))
+    console.table(f"convert {from_format} -> {to_format}", ["class", "boxes"],
+                  [*result.num_boxes.items(), ("all", sum(result.num_boxes.values()))])
+    console.info(f"{result.num_images:,} images")
+    if result.skipped:
+        console.table("skipped", ["what", "reason", "count"], result.skipped_by_reason())
+        for item in result.skipped[:10]:
+            console.info(f"skipped {item.kind} {item.where}: {item.reason}")
+        if len(result.skipped) > 10:
+            console.info(f"... and {len(result.skipped) - 10} more")
+    if result.num_clipped:
+        console.info(f"{result.num_clipped} boxes reached outside their image and were clipped to it")
+    if result.num_machine_boxes:
+        console.info(f"{result.num_machine_boxes} boxes carry a score (machine labels)")
+    console.info(f"saved to {result.out}")
