@@ -4,8 +4,9 @@ Label Studio stores a rectangle as ``value: {x, y, width, height}`` in percent o
 (``original_width`` x ``original_height`` pixels), its top-left corner at (x, y), plus ``rotation`` in
 degrees and ``rectanglelabels: [class name]``. An export lists tasks with ``data.image`` and the people's
 ``annotations``; an import may also carry ``predictions`` (pre-annotations, with scores) that a person then
-corrects. Writing puts human boxes into ``annotations`` and scored (machine) boxes into ``predictions``
-whose task-level score is the lowest box score, so Label Studio can sort the doubtful tasks first.
+corrects. Reading takes a task's first annotation that was not cancelled, else its first prediction.
+Writing makes an image whose boxes are all human an annotation, and an image with machine (scored) boxes
+a prediction scored by its lowest box score, so Label Studio can sort the doubtful tasks first.
 """
 
 from __future__ import annotations
@@ -40,17 +41,16 @@ def region(box_xyxy: list[float], width: int, height: int, name: str, score: flo
 
 def task(image_ref: str, width: int, height: int, boxes_xyxy: list[list[float]], names: list[str],
          scores: list[float | None], model_version: str = "retinaslim") -> dict[str, Any]:
-    """A Label Studio import task: boxes without a score as an annotation, scored boxes as a prediction."""
-    human, machine = [], []
-    for i, (box, name, score) in enumerate(zip(boxes_xyxy, names, scores)):
-        (human if score is None else machine).append(region(box, width, height, name, score, f"r{i}"))
-    out: dict[str, Any] = {"data": {"image": image_ref}}
-    if human:
-        out["annotations"] = [{"result": human}]
-    if machine:
-        out["predictions"] = [{"model_version": model_version, "score": min(r["score"] for r in machine),
-                               "result": machine}]
-    return out
+    """A Label Studio import task. Boxes all without a score: a finished annotation. Any scored (machine)
+    box: every box goes into one prediction, a pre-annotation for a person to accept or correct, scored
+    by its lowest box score (human boxes in it carry no score)."""
+    regions = [region(box, width, height, name, score, f"r{i}")
+               for i, (box, name, score) in enumerate(zip(boxes_xyxy, names, scores))]
+    known = [s for s in scores if s is not None]
+    if not known:
+        return {"data": {"image": image_ref}, **({"annotations": [{"result": regions}]} if regions else {})}
+    return {"data": {"image": image_ref},
+            "predictions": [{"model_version": model_version, "score": round(min(known), 5), "result": regions}]}
 
 
 def write_labelstudio(labels: LabelSet, out: Path) -> None:
@@ -82,15 +82,11 @@ def _resolve(ref: str, json_dir: Path, images_dir: Path | None) -> Path | None:
 
 
 def _results(t: dict[str, Any]) -> list[dict[str, Any]]:
-    """The first annotation a person did not cancel; a task without one gives its first prediction."""
-    for a in t.get("annotations") or []:
-        if isinstance(a, dict) and not a.get("was_cancelled"):
-            return a.get("result") or []
-    predictions = t.get("predictions") or []
-    if predictions and isinstance(predictions[0], dict):
-        score = predictions[0].get("score")
-        return [{"score": score, **r} for r in predictions[0].get("result") or []]
-    return []
+    """The first annotation a person did not cancel; a task without one gives its first prediction, where
+    a region with its own ``score`` is a machine box."""
+    candidates = [a for a in t.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+    candidates += [p for p in t.get("predictions") or [] if isinstance(p, dict)]
+    return (candidates[0].get("result") or []) if candidates else []
 
 
 def read_labelstudio(src: Path, images_dir: Path | None = None) -> LabelSet:
