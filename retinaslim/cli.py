@@ -485,3 +485,28 @@ def predict(
     if result.draw is not None:
         console.info(f"drawings saved to {result.draw}")
     console.info(f"saved to {result.out}")
+
+
+@app.command()
+def show(
+    labels: Annotated[Path, typer.Argument(help="A COCO file: human labels, pseudo.json, filtered labels or predictions.")],
+    out: Annotated[Path, typer.Option(help="sheet.png (or .jpg): a contact sheet; report.html: a self-contained, sortable report.")],
+    images: ImagesOpt = None,
+    sort: Annotated[Optional[str], typer.Option(help="score (lowest machine score first; default when there are machine labels), disagreement (most transforms missing a box first) or file.")] = None,
+    max_images: Annotated[int, typer.Option("--max", min=1, help="Show at most this many images (the first in sort order).")] = 48,
+    thumb_size: Annotated[int, typer.Option(min=32, help="Thumbnail side in pixels.")] = 256,
+    columns: Annotated[int, typer.Option(min=1, help="Thumbnails per row of the contact sheet.")] = 6,
+) -> None:
+    """Pictures to audit labels in a minute: boxes coloured by class, machine labels dashed with their scores."""
+    from retinaslim.stages.show import ShowConfig, show as run
+
+    with _user_errors():
+        result = run(ShowConfig(labels, out, images, sort, max_images, thumb_size, columns))
+    rows = result.rows[:10]
+    console.table(f"show: {len(result.rows)} of {result.num_images:,} images, sorted by {result.sort} (first {len(rows)})",
+                  ["#", "image", "human", "machine", "lowest score", "disagreement"],
+                  [(k, Path(r.file_name).name, r.num_human, r.num_machine, "-" if r.lowest_score is None else r.lowest_score,
+                    "-" if r.disagreement is None else r.disagreement) for k, r in enumerate(rows, start=1)])
+    for item in result.skipped:
+        console.info(f"skipped {item['file']}: {item['reason']}")
+    console.info(f"saved to {result.out}")
