@@ -43,11 +43,15 @@ def draw_boxes(image: Image.Image, boxes_xyxy: list[list[float]], labels: list[i
     boxes_xyxy: x1, y1, x2, y2 in ``image``'s pixels; labels: contiguous class index (its colour);
     names: the caption per box; scores: None for a human label (solid outline), a number for a machine
     label (dashed outline, the score in the caption). The outline lies inside the box: its outer pixels
-    are the box's first and last pixel rows and columns.
+    are the box's first and last pixel rows and columns. Higher scores are drawn over lower ones, human
+    labels over machine labels.
     """
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=font_size)
-    for (x1, y1, x2, y2), label, name, score in zip(boxes_xyxy, labels, names, scores):
+    # Lowest scores first, human labels last: where boxes overlap, the surest one stays visible on top.
+    order = sorted(range(len(scores)), key=lambda i: 2.0 if scores[i] is None else scores[i])
+    for i in order:
+        (x1, y1, x2, y2), label, name, score = boxes_xyxy[i], labels[i], names[i], scores[i]
         colour = class_colour(label)
         # Box edges lie between pixels: x1 = 10, x2 = 40 covers pixel columns 10..39.
         left, top = round(x1), round(y1)
@@ -63,7 +67,8 @@ def draw_boxes(image: Image.Image, boxes_xyxy: list[list[float]], labels: list[i
 
 
 def save_image(image: Image.Image, path: Path) -> None:
-    """Write atomically, in the format the file name's suffix names (JPEG at quality 90)."""
+    """Write atomically, in the format the file name's suffix names (JPEG: quality 90, no chroma subsampling,
+    which would smear thin coloured lines)."""
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
     with atomic_path(path) as tmp:
-        image.save(tmp, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        image.save(tmp, format=fmt, **({"quality": 90, "subsampling": 0} if fmt == "JPEG" else {}))

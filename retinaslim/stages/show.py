@@ -99,7 +99,7 @@ def _thumbnail(coco: CocoData, image: dict[str, Any], size: int) -> Image.Image:
     scale = min(size / picture.width, size / picture.height)
     picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
                              Image.Resampling.BILINEAR)
-    anns = sorted(coco.annotations_per_image[image["id"]], key=lambda a: -a.get("score", 2.0))  # best drawn first
+    anns = coco.annotations_per_image[image["id"]]
     classes = coco.classes
     labels = [classes.label(a["category_id"]) for a in anns]
     boxes = [[v * scale for v in (x, y, x + w, y + h)] for x, y, w, h in (a["bbox"] for a in anns)]
