@@ -429,3 +429,90 @@ def demo(
                  f"filter kept {sum(result.filtered.num_boxes_kept.values())}")
     _render_eval(result.evaluation)
     console.info(f"saved to {result.out}")
+
+
+# --- formats, predictions and pictures (issue 9) ---
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="COCO or Label Studio JSON file, VOC folder (with Annotations/), or YOLO folder (or its data.yaml).")],
+    from_format: Annotated[str, typer.Option("--from", help="Format of SRC: coco, voc, yolo or labelstudio.")],
+    to_format: Annotated[str, typer.Option("--to", help="Format to write: coco, yolo or labelstudio.")],
+    out: Annotated[Path, typer.Option(help="Output: a .json file (coco, labelstudio) or a folder (yolo).")],
+    images: Annotated[Path | None, typer.Option(help="Folder the image names of a COCO or Label Studio file resolve against.")] = None,
+) -> None:
+    """Convert labels between COCO, Pascal VOC, YOLO and Label Studio; report what was skipped and why."""
+    from retinaslim.stages.convert import ConvertConfig
+    from retinaslim.stages.convert import convert as run
+
+    with _user_errors():
+        result = run(ConvertConfig(src, from_format, to_format, out, images))
+    console.table(f"convert {from_format} -> {to_format}", ["class", "boxes"],
+                  [*result.num_boxes.items(), ("all", sum(result.num_boxes.values()))])
+    console.info(f"{result.num_images:,} images")
+    if result.skipped:
+        console.table("skipped", ["what", "reason", "count"], result.skipped_by_reason())
+        for item in result.skipped[:10]:
+            console.info(f"skipped {item.kind} {item.where}: {item.reason}")
+        if len(result.skipped) > 10:
+            console.info(f"... and {len(result.skipped) - 10} more")
+    if result.num_clipped:
+        console.info(f"{result.num_clipped} boxes reached outside their image and were clipped to it")
+    if result.num_machine_boxes:
+        console.info(f"{result.num_machine_boxes} boxes carry a score (machine labels)")
+    console.info(f"saved to {result.out}")
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files, folders (searched recursively) or text files listing images.")],
+    weights: Annotated[Path, typer.Option(help="A retinaslim checkpoint (.pt).")],
+    out: Annotated[Path, typer.Option(help="Output COCO JSON: images, scored boxes, categories.")] = Path("preds.json"),
+    draw: Annotated[Path | None, typer.Option(help="Folder for copies of the images with their boxes, class names and scores drawn.")] = None,
+    score_thresh: Annotated[float, typer.Option(help="Keep boxes scoring at least this (0.05 for an AP evaluation).")] = 0.3,
+    tta: Annotated[bool, typer.Option(help="Ensemble pseudo-label's transforms (3 scales x flip, fused by WBF); boxes gain an agreement count.")] = False,
+    image_size: Annotated[int | None, typer.Option(min=32, help="Input size (default: the model's training size).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
+    device: DeviceOpt = "auto", workers: WorkersOpt = 2,
+) -> None:
+    """Detect objects in images with a trained model: COCO JSON out, optional drawings."""
+    from retinaslim.stages.predict import PredictConfig
+    from retinaslim.stages.predict import predict as run
+
+    with _user_errors(), console.RichReporter() as reporter:
+        result = run(PredictConfig(weights, images, out, draw, score_thresh, tta, image_size, batch_size, device, workers),
+                     reporter)
+    console.table("predict", ["class", "boxes"], [*result.num_boxes.items(), ("all", sum(result.num_boxes.values()))])
+    console.info(f"{result.num_images:,} images, {len(result.transforms)} transform(s), "
+                 f"{result.num_images / max(result.seconds, 1e-9):.1f} images/s")
+    for item in result.skipped:
+        console.info(f"skipped {item['file']}: {item['reason']}")
+    if result.draw is not None:
+        console.info(f"drawings saved to {result.draw}")
+    console.info(f"saved to {result.out}")
+
+
+@app.command()
+def show(
+    labels: Annotated[Path, typer.Argument(help="A COCO file: human labels, pseudo.json, filtered labels or predictions.")],
+    out: Annotated[Path, typer.Option(help="sheet.png (or .jpg): a contact sheet; report.html: a self-contained, sortable report.")],
+    images: ImagesOpt = None,
+    sort: Annotated[str | None, typer.Option(help="score (lowest machine score first; default when there are machine labels), disagreement (most transforms missing a box first) or file.")] = None,
+    max_images: Annotated[int, typer.Option("--max", min=1, help="Show at most this many images (the first in sort order).")] = 48,
+    thumb_size: Annotated[int, typer.Option(min=32, help="Thumbnail side in pixels.")] = 256,
+    columns: Annotated[int, typer.Option(min=1, help="Thumbnails per row of the contact sheet.")] = 6,
+) -> None:
+    """Pictures to audit labels in a minute: boxes coloured by class, machine labels dashed with their scores."""
+    from retinaslim.stages.show import ShowConfig
+    from retinaslim.stages.show import show as run
+
+    with _user_errors():
+        result = run(ShowConfig(labels, out, images, sort, max_images, thumb_size, columns))
+    rows = result.rows[:10]
+    console.table(f"show: {len(result.rows)} of {result.num_images:,} images, sorted by {result.sort} (first {len(rows)})",
+                  ["#", "image", "human", "machine", "lowest score", "disagreement"],
+                  [(k, Path(r.file_name).name, r.num_human, r.num_machine, "-" if r.lowest_score is None else r.lowest_score,
+                    "-" if r.disagreement is None else r.disagreement) for k, r in enumerate(rows, start=1)])
+    for item in result.skipped:
+        console.info(f"skipped {item['file']}: {item['reason']}")
+    console.info(f"saved to {result.out}")

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from retinaslim.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+EXIF_ORIENTATION = 0x0112
 
 
 class ImageError(Exception):
@@ -36,16 +37,32 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """Decode ``path`` -> (3, H, W) float32 in [0, 1], EXIF orientation applied; raises ``ImageError``."""
+def read_rgb(path: Path) -> Image.Image:
+    """Decode ``path`` -> an RGB PIL image in its displayed orientation (EXIF applied); raises ``ImageError``."""
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
-            rgb = _to_rgb(image)
+            return _to_rgb(image)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
         raise ImageError(f"{path}: cannot decode image ({e.__class__.__name__}: {e})") from None
-    array = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """Decode ``path`` -> (3, H, W) float32 in [0, 1], EXIF orientation applied; raises ``ImageError``."""
+    array = np.asarray(read_rgb(path), dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def displayed_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image as displayed (EXIF rotation applied), read from its header only."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # a quarter turn swaps the sides
+                return height, width
+            return width, height
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        raise ImageError(f"{path}: cannot read image size ({e.__class__.__name__}: {e})") from None
 
 
 def list_images(source: Path) -> list[Path]:

@@ -36,6 +36,7 @@ from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
 from retinaslim.data.coco import (ClassMap, CocoData, annotation_boxes, check_same_classes, coco_metrics, image_targets,
                                   load_coco)
+from retinaslim.data.formats import labelstudio
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.stages.inference import ImageResult, chunks, predict_batches, resolve_device
@@ -386,22 +387,15 @@ def _write_review(path: Path, ranked: list[tuple[float, dict[str, Any], Detectio
     tasks, images, annotations = [], [], []
     for rank, (doubt, image, dets) in enumerate(ranked, start=1):
         image_path = (pseudo.image_root / image["file_name"]).resolve()
-        width, height = image["width"], image["height"]
-        results = []
-        for i, (box, score, label) in enumerate(zip(dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist())):
-            x1, y1, x2, y2 = box
-            results.append({
-                "id": f"r{rank}_{i}", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
-                "original_width": width, "original_height": height, "image_rotation": 0,
-                "value": {"x": 100 * x1 / width, "y": 100 * y1 / height, "width": 100 * (x2 - x1) / width,
-                          "height": 100 * (y2 - y1) / height, "rotation": 0, "rectanglelabels": [classes.names[label]]},
-                "score": round(score, 5),
-            })
+        boxes, scores, labels = dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist()
+        for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels):
             annotations.append({"id": len(annotations) + 1, "image_id": image["id"], "category_id": classes.category_ids[label],
                                 "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                                 "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0, "score": round(score, 5)})
-        tasks.append({"data": {"image": str(image_path)}, "meta": {"rank": rank, "doubt": round(doubt, 4)},
-                      "predictions": [{"model_version": "retinaslim-teacher", "score": round(doubt, 4), "result": results}]})
+        review_task = labelstudio.task(str(image_path), image["width"], image["height"], boxes,
+                                       [classes.names[k] for k in labels], scores, model_version="retinaslim-teacher")
+        review_task["predictions"][0]["score"] = round(doubt, 4)
+        tasks.append({**review_task, "meta": {"rank": rank, "doubt": round(doubt, 4)}})
         images.append({**image, "file_name": os.path.relpath(image_path, Path(path).parent.resolve())})
     write_json(Path(path), tasks)
     write_json(Path(path).with_suffix(".coco.json"), {"info": {"description": "retinaslim review: most doubtful images first"},

@@ -1,0 +1,142 @@
+"""Label Studio JSON <-> LabelSet.
+
+Label Studio stores a rectangle as ``value: {x, y, width, height}`` in percent of the image
+(``original_width`` x ``original_height`` pixels), its top-left corner at (x, y), plus ``rotation`` in
+degrees and ``rectanglelabels: [class name]``. An export lists tasks with ``data.image`` and the people's
+``annotations``; an import may also carry ``predictions`` (pre-annotations, with scores) that a person then
+corrects. Reading takes a task's first annotation that was not cancelled, else its first prediction.
+Writing makes an image whose boxes are all human an annotation, and an image with machine (scored) boxes
+a prediction scored by its lowest box score, so Label Studio can sort the doubtful tasks first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+from retinaslim.core.atomic import write_json
+from retinaslim.data.formats.labelset import LabelSet
+from retinaslim.data.images import ImageError, displayed_size
+from retinaslim.errors import UserError
+
+UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio prefixes uploaded files with 8 hex digits
+
+
+def region(box_xyxy: list[float], width: int, height: int, name: str, score: float | None, region_id: str) -> dict[str, Any]:
+    """One ``rectanglelabels`` result: a box in image pixels -> percent of the image."""
+    x1, y1, x2, y2 = box_xyxy
+    out = {
+        "id": region_id, "type": "rectanglelabels", "from_name": "label", "to_name": "image",
+        "original_width": width, "original_height": height, "image_rotation": 0,
+        "value": {"x": 100 * x1 / width, "y": 100 * y1 / height, "width": 100 * (x2 - x1) / width,
+                  "height": 100 * (y2 - y1) / height, "rotation": 0, "rectanglelabels": [name]},
+    }
+    if score is not None:
+        out["score"] = round(score, 5)
+    return out
+
+
+def task(image_ref: str, width: int, height: int, boxes_xyxy: list[list[float]], names: list[str],
+         scores: list[float | None], model_version: str = "retinaslim") -> dict[str, Any]:
+    """A Label Studio import task. Boxes all without a score: a finished annotation. Any scored (machine)
+    box: every box goes into one prediction, a pre-annotation for a person to accept or correct, scored
+    by its lowest box score (human boxes in it carry no score)."""
+    regions = [region(box, width, height, name, score, f"r{i}")
+               for i, (box, name, score) in enumerate(zip(boxes_xyxy, names, scores))]
+    known = [s for s in scores if s is not None]
+    if not known:
+        return {"data": {"image": image_ref}, **({"annotations": [{"result": regions}]} if regions else {})}
+    return {"data": {"image": image_ref},
+            "predictions": [{"model_version": model_version, "score": round(min(known), 5), "result": regions}]}
+
+
+def write_labelstudio(labels: LabelSet, out: Path) -> None:
+    """Label Studio import JSON: one task per image, ``data.image`` the image's absolute path."""
+    names = {c["id"]: c["name"] for c in labels.categories}
+    per_image = labels.annotations_per_image()
+    tasks = []
+    for image in labels.images:
+        anns = [a for a in per_image[image["id"]] if not a.get("iscrowd", 0)]
+        for a in per_image[image["id"]]:
+            if a.get("iscrowd", 0):
+                labels.skip("box", f"{image['file_name']}: annotation {a['id']}",
+                            "ignore region (iscrowd): Label Studio has none")
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+        tasks.append(task(image["file_name"], image["width"], image["height"], boxes,
+                          [names[a["category_id"]] for a in anns], [a.get("score") for a in anns]))
+    write_json(out, tasks)
+
+
+def _resolve(ref: str, json_dir: Path, images_dir: Path | None) -> Path | None:
+    """A task's image reference (a path, a local-files URL, an upload URL) -> an existing file, if any."""
+    parsed = urlparse(ref)
+    local = parse_qs(parsed.query).get("d", [None])[0] if parsed.path.endswith("/data/local-files/") else None
+    path = Path(unquote(local or parsed.path))
+    candidates = [path, json_dir / path]
+    if images_dir is not None:
+        candidates += [images_dir / path, images_dir / path.name, images_dir / UPLOAD_PREFIX.sub("", path.name)]
+    return next((c for c in candidates if str(c) and c.is_file()), None)
+
+
+def _results(t: dict[str, Any]) -> list[dict[str, Any]]:
+    """The first annotation a person did not cancel; a task without one gives its first prediction, where
+    a region with its own ``score`` is a machine box."""
+    candidates = [a for a in t.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+    candidates += [p for p in t.get("predictions") or [] if isinstance(p, dict)]
+    return (candidates[0].get("result") or []) if candidates else []
+
+
+def read_labelstudio(src: Path, images_dir: Path | None = None) -> LabelSet:
+    src = Path(src)
+    if not src.is_file():
+        raise UserError(f"{src}: file not found; expected a Label Studio JSON export")
+    try:
+        tasks = json.loads(src.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{src}: not valid JSON ({e.__class__.__name__}); expected a Label Studio JSON export") from None
+    if not isinstance(tasks, list):
+        raise UserError(f"{src}: expected a list of tasks (Label Studio's JSON export), got {type(tasks).__name__}")
+    labels = LabelSet()
+    for n, t in enumerate(tasks, start=1):
+        where = f"{src}: task {t.get('id', n) if isinstance(t, dict) else n}"
+        data = t.get("data") if isinstance(t, dict) else None
+        ref = data.get("image") if isinstance(data, dict) else None
+        if not isinstance(ref, str):
+            labels.skip("image", where, "no data.image")
+            continue
+        path = _resolve(ref, src.parent, images_dir)
+        if path is None:
+            labels.skip("image", where, f"image {ref} not found (pass --images DIR, the folder holding the images)")
+            continue
+        results = [r for r in _results(t) if isinstance(r, dict)]
+        boxes = [r for r in results if r.get("type") == "rectanglelabels" and isinstance(r.get("value"), dict)]
+        try:
+            width, height = (int(boxes[0]["original_width"]), int(boxes[0]["original_height"])) if boxes \
+                else displayed_size(path)
+        except (KeyError, TypeError, ValueError, ImageError):
+            labels.skip("image", where, "no original_width/original_height and the image size cannot be read")
+            continue
+        image = labels.add_image(path, width, height)
+        for k, r in enumerate(results, start=1):
+            box_where = f"{where} result {r.get('id', k)}"
+            value = r.get("value")
+            if r not in boxes:
+                labels.skip("box", box_where, f"result type {r.get('type')!r} is not a rectangle")
+                continue
+            try:
+                x, y, w, h = (float(value[key]) for key in ("x", "y", "width", "height"))
+                name = str(value["rectanglelabels"][0])
+                score = None if r.get("score") is None else float(r["score"])
+            except (KeyError, IndexError, TypeError, ValueError):
+                labels.skip("box", box_where, "needs value.x, y, width, height and rectanglelabels")
+                continue
+            if float(value.get("rotation") or 0) != 0:
+                labels.skip("box", box_where, "rotated rectangle")
+                continue
+            x1, y1 = x * width / 100, y * height / 100
+            labels.add_box(image, (x1, y1, x1 + w * width / 100, y1 + h * height / 100), labels.category_id(name),
+                           box_where, score)
+    return labels

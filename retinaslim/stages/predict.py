@@ -1,0 +1,139 @@
+"""predict: run a trained model on images or folders -> a COCO file with scored boxes, optional drawings.
+
+The output is a whole COCO file (images, annotations with ``score``, categories), not just a results
+list, so ``load_coco``, ``retinaslim show`` and ``retinaslim convert`` read it directly; its
+``annotations`` are valid COCO results for pycocotools too. Images that cannot be decoded are listed
+under ``skipped`` with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from retinaslim.config import PSEUDO_FUSION, PSEUDO_SCALES
+from retinaslim.core.atomic import write_json
+from retinaslim.core.progress import Reporter
+from retinaslim.core.tta import Transform, make_transforms
+from retinaslim.data.coco import ClassMap, detections_to_annotations
+from retinaslim.data.draw import draw_boxes, save_image
+from retinaslim.data.images import IMAGE_SUFFIXES, ImageError, list_images, read_rgb
+from retinaslim.errors import UserError
+from retinaslim.models.checkpoint import load_checkpoint
+from retinaslim.stages.inference import (
+    ImageResult,
+    chunks,
+    predict_batches,
+    resolve_device,
+)
+
+
+@dataclass
+class PredictConfig:
+    weights: Path
+    sources: list[Path]  # image files, folders (searched recursively) or text files listing images
+    out: Path
+    draw: Path | None = None  # folder for copies of the images with their boxes drawn
+    score_thresh: float = 0.3
+    tta: bool = False  # pseudo-label's transforms (scales x horizontal flip), fused; boxes gain ``agreement``
+    image_size: int | None = None  # None: the model's training size
+    batch_size: int = 8
+    device: str = "auto"
+    workers: int = 0
+
+
+@dataclass
+class PredictResult:
+    out: Path
+    num_images: int
+    num_boxes: dict[str, int]  # per class name
+    skipped: list[dict[str, str]] = field(default_factory=list)  # file, reason
+    transforms: list[str] = field(default_factory=list)
+    draw: Path | None = None
+    seconds: float = 0.0
+
+
+def load_detector(weights: Path) -> tuple[nn.Module, ClassMap, int]:
+    """The one place a weights file becomes a detector: (model, classes, input size).
+
+    The model takes a list of (3, H, W) images in [0, 1] and returns one dict per image with ``boxes``
+    (xyxy in the input's pixels), ``scores`` and ``labels``: the call every retinaslim model answers, and
+    the one another backend (an ONNX session with its decode + NMS) implements to be used here.
+    """
+    weights = Path(weights)
+    if weights.suffix.lower() != ".pt":
+        raise UserError(f"{weights}: expected a retinaslim checkpoint (.pt, from train-teacher or train-student)")
+    checkpoint = load_checkpoint(weights)
+    return checkpoint.build(), ClassMap.from_categories(checkpoint.classes), checkpoint.image_size
+
+
+def gather_images(sources: list[Path]) -> list[Path]:
+    """Image files as given, folders searched recursively, text files read as lists; duplicates once."""
+    paths: list[Path] = []
+    for source in sources:
+        source = Path(source)
+        if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
+            paths.append(source)
+        else:
+            paths += list_images(source)
+    return list(dict.fromkeys(p.absolute() for p in paths))
+
+
+def predict(config: PredictConfig, reporter: Reporter | None = None) -> PredictResult:
+    started = time.perf_counter()
+    if not 0 <= config.score_thresh <= 1:
+        raise UserError(f"--score-thresh {config.score_thresh} must be in [0, 1]")
+    if Path(config.out).suffix.lower() != ".json":
+        raise UserError(f"--out {config.out}: expected a .json file name")
+    if not config.sources:
+        raise UserError("no images given: pass image files or folders")
+    paths = gather_images(config.sources)
+    model, classes, trained_size = load_detector(config.weights)
+    image_size = config.image_size or trained_size
+    transforms = make_transforms(PSEUDO_SCALES, True, False, False) if config.tta else [Transform()]
+    device = resolve_device(config.device)
+    model = model.to(device)
+    out = Path(config.out)
+    base = out.parent.absolute()
+    common = Path(os.path.commonpath([p.parent for p in paths]))
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+
+    def collect(batch: list[ImageResult]) -> None:
+        for result in batch:
+            path = paths[result.index]
+            if result.error is not None:
+                skipped.append({"file": str(path), "reason": result.error.split(": ", 1)[-1]})
+                continue
+            image_id = result.index + 1
+            images.append({"id": image_id, "file_name": os.path.relpath(path, base), "width": result.width,
+                           "height": result.height})
+            dets = result.detections[result.detections.scores >= config.score_thresh]
+            annotations.extend(detections_to_annotations(dets, image_id, classes, first_id=len(annotations) + 1))
+            if config.draw is not None:
+                try:
+                    picture = read_rgb(path)
+                except ImageError as e:  # decoded a moment ago; changed since
+                    skipped.append({"file": str(path), "reason": f"drawing: {str(e).split(': ', 1)[-1]}"})
+                    continue
+                labels = dets.labels.tolist()
+                draw_boxes(picture, dets.boxes.tolist(), labels, [classes.names[k] for k in labels], dets.scores.tolist())
+                save_image(picture, Path(config.draw) / path.relative_to(common))
+
+    predict_batches(model, paths, chunks(list(range(len(paths))), config.batch_size), image_size, transforms, device,
+                    collect, fusion=PSEUDO_FUSION, workers=config.workers, reporter=reporter, task="predict")
+    info = {"description": "retinaslim predictions", "weights": str(config.weights), "image_size": image_size,
+            "transforms": [t.name for t in transforms], "score_thresh": config.score_thresh}
+    write_json(out, {"info": info, "images": images, "annotations": annotations, "categories": classes.categories(),
+                     "skipped": skipped})
+    per_class = Counter(classes.names[classes.label(a["category_id"])] for a in annotations)
+    return PredictResult(out=out, num_images=len(images), num_boxes={n: per_class[n] for n in classes.names},
+                         skipped=skipped, transforms=info["transforms"], draw=config.draw,
+                         seconds=time.perf_counter() - started)
