@@ -371,13 +371,15 @@ def _short(weights: str) -> str:
 def _render_eval(result) -> None:
     reports = result.reports
     r0 = reports[0]
-    sizes = sorted({r.image_size for r in reports})
+    sizes = "/".join(str(s) for s in sorted({r.image_size for r in reports}))
+    console.table(f"eval on {r0.device}, {r0.threads} threads, {sizes} px (FPS: batch 1)",
+                  ["weights", "AP", "AP50", "FPS", "params M", "size MB"],
+                  [(_short(r.weights), r.ap, r.ap50, r.fps, r.params / 1e6, r.size_mb) for r in reports])
     console.table(
-        f"eval on {r0.device}, {r0.threads} threads, {'/'.join(map(str, sizes))} px; ms = batch 1, median and p90 of "
-        f"{result.latency_runs} runs after {result.warmup_runs} warm-up; img/s at batch {result.batch_size}",
-        ["weights", "AP", "AP50", "FPS", "ms", "p90 ms", f"img/s b{result.batch_size}", "params M", "GMACs", "MB"],
-        [(_short(r.weights), r.ap, r.ap50, r.fps, r.latency_ms, r.latency_p90_ms, r.throughput, r.params / 1e6,
-          r.macs / 1e9, r.size_mb) for r in reports],
+        f"speed: ms at batch 1, median and p90 of {result.latency_runs} runs after {result.warmup_runs} warm-up; "
+        f"img/s at batch {result.batch_size}",
+        ["weights", "ms", "p90 ms", f"img/s b{result.batch_size}", "GMACs"],
+        [(_short(r.weights), r.latency_ms, r.latency_p90_ms, r.throughput, r.macs / 1e9) for r in reports],
     )
     names = list(r0.per_class_ap)
 

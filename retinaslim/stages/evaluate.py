@@ -133,7 +133,7 @@ def plot_precision_recall(path: Path, evaluation: CocoEvaluation, title: str) ->
         defined = per_class[:, (per_class > -1).all(axis=0)]
         if defined.shape[1]:
             axes.plot(recall, defined.mean(axis=1), "k" + style, lw=2,
-                      label=f"all classes, IoU {iou:.2f} (AP {defined.mean():.3f})")
+                      label=f"all classes, IoU {iou:.2f} (AP{round(100 * iou)} {defined.mean():.3f})")
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     axes.legend(fontsize=8, loc="lower left")
     figure.tight_layout()
@@ -174,7 +174,8 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
             predictions = str(path)
         if config.plots_dir is not None:
             path = Path(config.plots_dir) / f"pr_{index + 1}_{Path(weights).parent.name or 'model'}.png"
-            plot_precision_recall(path, evaluation, f"{weights} on {data.path.name}")
+            name = f"{Path(weights).parent.name}/{Path(weights).name}"
+            plot_precision_recall(path, evaluation, f"{name} on {data.path.name}")
             plots.append(path)
             pr_plot = str(path)
         single = measure_latency(model, samples[:1], image_size, device, config.latency_runs, config.warmup_runs)
