@@ -34,6 +34,7 @@ from retinaslim.core.tta import make_transforms
 from retinaslim.data.coco import ClassMap, coco_metrics, detections_to_annotations, image_targets, load_coco
 from retinaslim.data.images import read_image
 from retinaslim.models.checkpoint import load_checkpoint
+from retinaslim.models.lean import LeanDetector
 from retinaslim.models.predict import detect
 from retinaslim.models.registry import list_archs
 from retinaslim.stages.pseudo_label import PseudoLabelConfig, pseudo_label
@@ -62,7 +63,7 @@ def precision_recall(truth, predictions_per_image, classes, score_thresh):
 
 def quality(teacher_path: Path, truth_path: Path, unlabeled: Path) -> list[dict]:
     checkpoint = load_checkpoint(teacher_path)
-    model = checkpoint.build()
+    detector = LeanDetector(checkpoint.build())
     truth = load_coco(truth_path, unlabeled.parent)
     classes = ClassMap.from_categories(checkpoint.classes)
     transforms = make_transforms((0.75, 1.0, 1.25), hflip=True)
@@ -70,7 +71,7 @@ def quality(teacher_path: Path, truth_path: Path, unlabeled: Path) -> list[dict]
     raw = {}  # image id -> detections per transform
     started = time.perf_counter()
     for image in truth.images:
-        raw[image["id"]] = detect(model, [read_image(truth.image_path(image))], checkpoint.image_size, transforms,
+        raw[image["id"]] = detect(detector, [read_image(truth.image_path(image))], checkpoint.image_size, transforms,
                                   torch.device("cpu"))[0]
     print(f"teacher forwards: {len(truth.images)} images x {len(transforms)} transforms in {time.perf_counter() - started:.0f} s")
     variants = {

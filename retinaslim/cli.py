@@ -341,20 +341,23 @@ def eval_(
     data: Annotated[Optional[Path], typer.Option(help="COCO JSON with the truth (default: the workspace's val).")] = None,
     images: ImagesOpt = None,
     image_size: Annotated[Optional[int], typer.Option(min=32, help="Input size (default: each checkpoint's training size).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass for the AP run.")] = 8,
-    latency_runs: Annotated[int, typer.Option(min=1, help="Timed batch-1 forwards (after 3 warm-up runs); the median is reported.")] = 20,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass for the AP run and the throughput measurement.")] = 8,
+    latency_runs: Annotated[int, typer.Option(min=1, help="Timed forwards at batch 1 (median and p90 reported) and at --batch-size (throughput).")] = 20,
+    warmup_runs: Annotated[int, typer.Option(min=0, help="Untimed forwards before each timing.")] = 3,
     predictions_out: Annotated[Optional[Path], typer.Option(help="Write COCO results (image_id, category_id, bbox xywh, score); with several --weights, NAME.1.json, NAME.2.json, ...")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the metrics as a JSON list, one object per checkpoint.")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Folder for a precision-recall curve PNG per checkpoint.")] = None,
     device: DeviceOpt = "auto", workers: WorkersOpt = 2,
 ) -> None:
-    """COCO AP, latency, FPS, parameters and size of one or more checkpoints."""
+    """COCO AP (overall, by size, per class), latency, throughput, parameters, MACs and size of one or more checkpoints."""
     from retinaslim.stages.evaluate import EvalConfig, evaluate
 
     with _user_errors():
         ws = _workspace()
         data = _pick(data, "--data", ws and ws.val, "evaluation data")
-        config = EvalConfig(weights, data, images, image_size, device, batch_size, workers, latency_runs,
-                            predictions_out=predictions_out, json_out=json_out)
+        config = EvalConfig(weights, data, images=images, image_size=image_size, device=device, batch_size=batch_size,
+                            workers=workers, latency_runs=latency_runs, warmup_runs=warmup_runs,
+                            predictions_out=predictions_out, json_out=json_out, plots_dir=plots)
         with console.RichReporter() as reporter:
             result = evaluate(config, reporter)
     _render_eval(result)
@@ -369,15 +372,34 @@ def _short(weights: str) -> str:
 
 
 def _render_eval(result) -> None:
-    r0 = result.reports[0]
+    reports = result.reports
+    r0 = reports[0]
+    sizes = "/".join(str(s) for s in sorted({r.image_size for r in reports}))
+    console.table(f"eval on {r0.device}, {r0.threads} threads, {sizes} px (FPS: batch 1)",
+                  ["weights", "AP", "AP50", "FPS", "params M", "size MB"],
+                  [(_short(r.weights), r.ap, r.ap50, r.fps, r.params / 1e6, r.size_mb) for r in reports])
     console.table(
-        f"eval on {r0.device}, {r0.threads} threads, {r0.image_size} px; ms = median of {result.latency_runs} batch-1 runs",
-        ["weights", "AP", "AP50", "AP75", "ms", "FPS", "params M", "MB"],
-        [(_short(r.weights), r.ap, r.ap50, r.ap75, r.latency_ms, r.fps, r.params / 1e6, r.size_mb) for r in result.reports],
+        f"speed: ms at batch 1, median and p90 of {result.latency_runs} runs after {result.warmup_runs} warm-up; "
+        f"img/s at batch {result.batch_size}",
+        ["weights", "ms", "p90 ms", f"img/s b{result.batch_size}", "GMACs"],
+        [(_short(r.weights), r.latency_ms, r.latency_p90_ms, r.throughput, r.macs / 1e9) for r in reports],
     )
-    for r in result.reports:
+    names = list(r0.per_class_ap)
+
+    def value(v):
+        return "-" if v is None else v  # pycocotools has no truth of that size or class
+
+    console.table(
+        "accuracy (pycocotools; AP per class at IoU 0.50:0.95)",
+        ["weights", "AP75", "AP small", "AP medium", "AP large", "AR@100", *names],
+        [(_short(r.weights), r.ap75, value(r.ap_small), value(r.ap_medium), value(r.ap_large), r.ar100,
+          *(value(r.per_class_ap[n]) for n in names)) for r in reports],
+    )
+    for r in reports:
         if r.predictions:
             console.info(f"predictions of {r.weights} saved to {r.predictions}")
+    if result.plots:
+        console.info(f"precision-recall curves saved to {', '.join(map(str, result.plots))}")
     if result.json_out:
         console.info(f"metrics saved to {result.json_out}")
 

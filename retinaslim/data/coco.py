@@ -204,16 +204,29 @@ def detections_to_annotations(
 COCO_METRIC_NAMES = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100")
 
 
-def coco_metrics(gt: CocoData, results: list[dict[str, Any]]) -> dict[str, float]:
-    """pycocotools bbox metrics (0..1) of ``results`` (COCO result dicts) against ``gt``.
+@dataclass
+class CocoEvaluation:
+    """pycocotools' bbox evaluation: summary metrics, AP per class and the precision-recall curves.
 
-    Keys: ap, ap50, ap75, ap_small, ap_medium, ap_large, ar100. All zero when there are no results.
+    ``metrics``: COCO_METRIC_NAMES -> 0..1, or None where pycocotools reports -1 (no truth of that kind,
+    e.g. no small objects). ``per_class_ap``: class name -> AP at IoU 0.50:0.95 (None: no truth of that
+    class). ``precision``: (T, R, K) precision at the IoU thresholds ``iou_thresholds`` (T), the recall
+    thresholds ``recall_thresholds`` (R) and the classes (K, sorted by category id), for all areas and
+    100 detections per image; -1 where undefined.
     """
+
+    metrics: dict[str, float | None]
+    per_class_ap: dict[str, float | None]
+    iou_thresholds: np.ndarray
+    recall_thresholds: np.ndarray
+    precision: np.ndarray
+
+
+def coco_evaluate(gt: CocoData, results: list[dict[str, Any]]) -> CocoEvaluation:
+    """Score ``results`` (COCO result dicts with the dataset's category ids) against ``gt`` with pycocotools."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    if not results or gt.num_annotations == 0:
-        return dict.fromkeys(COCO_METRIC_NAMES, 0.0)
     gt_dict = gt.to_dict()
     for a in gt_dict["annotations"]:
         a.setdefault("area", a["bbox"][2] * a["bbox"][3])
@@ -223,10 +236,35 @@ def coco_metrics(gt: CocoData, results: list[dict[str, Any]]) -> dict[str, float
         coco_gt = COCO()
         coco_gt.dataset = gt_dict
         coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in results])
+        if results:
+            coco_dt = coco_gt.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in results])
+        else:  # loadRes refuses an empty list; no detections is a valid answer scoring 0
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": gt_dict["images"], "categories": gt_dict["categories"], "annotations": []}
+            coco_dt.createIndex()
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    stats = np.maximum(evaluator.stats, 0.0)  # pycocotools uses -1 for "no such objects"
-    return dict(zip(COCO_METRIC_NAMES, (float(stats[i]) for i in (0, 1, 2, 3, 4, 5, 8))))
+    stats = [float(evaluator.stats[i]) for i in (0, 1, 2, 3, 4, 5, 8)]
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K, area, max dets) -> all areas, 100 dets
+    names = {c["id"]: c["name"] for c in gt_dict["categories"]}
+    per_class_ap = {}
+    for k, category_id in enumerate(evaluator.params.catIds):
+        defined = precision[:, :, k][precision[:, :, k] > -1]
+        per_class_ap[names[category_id]] = float(defined.mean()) if defined.size else None
+    return CocoEvaluation(
+        dict(zip(COCO_METRIC_NAMES, (s if s >= 0 else None for s in stats))), per_class_ap,
+        evaluator.params.iouThrs.copy(), evaluator.params.recThrs.copy(), precision.copy(),
+    )
+
+
+def coco_metrics(gt: CocoData, results: list[dict[str, Any]]) -> dict[str, float]:
+    """pycocotools bbox metrics (0..1) of ``results`` (COCO result dicts) against ``gt``.
+
+    Keys: ap, ap50, ap75, ap_small, ap_medium, ap_large, ar100. All zero when there are no results;
+    a metric pycocotools cannot define (no truth of that size) is 0.
+    """
+    if not results or gt.num_annotations == 0:
+        return dict.fromkeys(COCO_METRIC_NAMES, 0.0)
+    return {k: v or 0.0 for k, v in coco_evaluate(gt, results).metrics.items()}

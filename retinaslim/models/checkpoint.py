@@ -44,7 +44,12 @@ class Checkpoint:
     def build(self) -> nn.Module:
         """The model with these weights, in eval mode, on the CPU."""
         model = build_model(self.arch, len(self.classes), self.image_size, **self.arch_options)
-        model.load_state_dict(self.model)
+        try:
+            model.load_state_dict(self.model)
+        except RuntimeError as e:  # e.g. a checkpoint from an older layout of the same architecture
+            first_line = str(e).strip().splitlines()[-1].strip()[:200]
+            raise UserError(f"the weights do not fit {self.arch} as this version builds it ({first_line}); "
+                            "retrain, or use the retinaslim version that wrote them") from None
         return model.eval()
 
 

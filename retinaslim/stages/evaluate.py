@@ -1,21 +1,33 @@
-"""eval: accuracy (pycocotools AP), speed (latency, FPS) and size of one or more checkpoints, side by side."""
+"""eval: accuracy (pycocotools AP), speed (latency, throughput) and size of one or more checkpoints, side by side.
+
+Accuracy: one single-pass prediction per image at the checkpoint's input size, scored by pycocotools
+(AP, AP50, AP75, AP small/medium/large, AR@100, AP per class, precision-recall curves).
+Speed: ``measure_latency`` times end-to-end forwards (resized image tensors in, final detections out:
+normalise, network, decode, NMS) after ``warmup_runs`` untimed ones: ``latency_runs`` forwards of one
+image (median and 90th percentile) and ``latency_runs`` forwards of ``batch_size`` images (throughput =
+images / median batch time), on ``device`` with the process's torch thread count.
+Size: parameters, MACs of the network for a square ``image_size`` input (``models.macs``), checkpoint bytes.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import statistics
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from retinaslim.core.atomic import write_json
+from retinaslim.core.atomic import atomic_path, write_json
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
-from retinaslim.data.coco import ClassMap, load_coco
+from retinaslim.data.coco import ClassMap, CocoEvaluation, coco_evaluate, load_coco
 from retinaslim.data.images import ImageError, read_image
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.lean import LeanDetector
-from retinaslim.stages.inference import evaluate_on_coco, median_ms, resolve_device
+from retinaslim.models.macs import count_macs
+from retinaslim.stages.inference import predict_on_coco, resolve_device, time_ms
 
 
 @dataclass
@@ -25,12 +37,13 @@ class EvalConfig:
     images: Path | None = None
     image_size: int | None = None  # None: each checkpoint's training size
     device: str = "auto"
-    batch_size: int = 8
+    batch_size: int = 8  # AP run, and the throughput measurement
     workers: int = 0
     latency_runs: int = 20
     warmup_runs: int = 3
     predictions_out: Path | None = None
     json_out: Path | None = None
+    plots_dir: Path | None = None
 
 
 @dataclass
@@ -40,80 +53,147 @@ class ModelReport:
     ap: float
     ap50: float
     ap75: float
-    ap_small: float
-    ap_medium: float
-    ap_large: float
+    ap_small: float | None  # None: the data has no objects of that size
+    ap_medium: float | None
+    ap_large: float | None
     ar100: float
-    latency_ms: float
-    fps: float
+    per_class_ap: dict[str, float | None]  # class name -> AP (None: no truth of that class)
+    latency_ms: float  # median, batch 1
+    latency_p90_ms: float
+    fps: float  # 1000 / median batch-1 latency
+    throughput: float  # images/s at batch_size
+    batch_size: int
     params: int
-    size_mb: float
+    macs: int
+    size_mb: float  # checkpoint file, 10^6 bytes
     image_size: int
     device: str
     threads: int
     predictions: str | None
+    pr_plot: str | None
 
 
 @dataclass
 class EvalResult:
     reports: list[ModelReport]
     latency_runs: int
+    warmup_runs: int
+    batch_size: int
     json_out: Path | None
+    plots: list[Path] = field(default_factory=list)
 
 
-def _predictions_path(base: Path, index: int, count: int) -> Path:
+def _numbered(base: Path, index: int, count: int) -> Path:
     return base if count == 1 else base.with_name(f"{base.stem}.{index + 1}{base.suffix}")
 
 
 @torch.no_grad()
-def measure_latency(model, image: torch.Tensor, image_size: int, device: torch.device, runs: int, warmup: int) -> float:
-    """Median milliseconds of one end-to-end forward (normalise, network, decode, NMS) at batch 1."""
-    batch = [Transform().apply(image, image_size).to(device)]
+def measure_latency(model, images: list[torch.Tensor], image_size: int, device: torch.device, runs: int,
+                    warmup: int) -> list[float]:
+    """Milliseconds of each timed end-to-end forward of ``images`` as one batch (normalise, network, decode, NMS).
+
+    images: original (3, H, W) float images in [0, 1], resized here (longer side ``image_size``) before timing.
+    The one place eval runs a model for speed.
+    """
+    batch = [Transform().apply(image, image_size).to(device) for image in images]
     detector = LeanDetector(model).to(device)
-    return median_ms(lambda: detector(batch), runs, warmup, device)
+    return time_ms(lambda: detector(batch), runs, warmup, device)
+
+
+def _sample_images(data, count: int) -> list[torch.Tensor]:
+    """The first ``count`` decodable images of ``data`` (repeated when it has fewer)."""
+    found = []
+    for image in data.images:
+        try:
+            found.append(read_image(data.image_path(image)))
+        except ImageError:
+            continue
+        if len(found) == count:
+            break
+    if not found:
+        raise UserError(f"{data.path}: none of its images could be read from {data.image_root}")
+    return [found[i % len(found)] for i in range(count)]
+
+
+def plot_precision_recall(path: Path, evaluation: CocoEvaluation, title: str) -> None:
+    """Precision against recall per class at IoU 0.50, and over all classes at IoU 0.50 and 0.75, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recall = evaluation.recall_thresholds
+    at = {round(float(t), 2): i for i, t in enumerate(evaluation.iou_thresholds)}
+    figure, axes = plt.subplots(figsize=(5.5, 4.5))
+    for k, (name, ap) in enumerate(evaluation.per_class_ap.items()):
+        if ap is not None:  # a class without truth has no curve
+            curve = evaluation.precision[at[0.5], :, k]
+            axes.plot(recall, curve, lw=1, label=f"{name} (AP50 {curve.mean():.3f})")
+    for iou, style in ((0.5, "-"), (0.75, "--")):
+        per_class = evaluation.precision[at[iou]]  # (R, K)
+        defined = per_class[:, (per_class > -1).all(axis=0)]
+        if defined.shape[1]:
+            axes.plot(recall, defined.mean(axis=1), "k" + style, lw=2,
+                      label=f"all classes, IoU {iou:.2f} (AP{round(100 * iou)} {defined.mean():.3f})")
+    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    axes.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=90)
+    plt.close(figure)
 
 
 def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult:
     if not config.weights:
         raise UserError("no checkpoint to evaluate; pass --weights W.pt")
-    if config.latency_runs < 1:
-        raise UserError(f"--latency-runs {config.latency_runs} must be at least 1")
+    if config.latency_runs < 1 or config.warmup_runs < 0 or config.batch_size < 1:
+        raise UserError(f"--latency-runs {config.latency_runs} and --batch-size {config.batch_size} must be at least 1, "
+                        f"--warmup-runs {config.warmup_runs} at least 0")
     data = load_coco(config.data, config.images)
     if not data.images:
         raise UserError(f"{data.path}: no images to evaluate on")
     device = resolve_device(config.device)
-    sample = None
-    for image in data.images:  # the first decodable image times the model
-        try:
-            sample = read_image(data.image_path(image))
-            break
-        except ImageError:
-            continue
-    if sample is None:
-        raise UserError(f"{data.path}: none of its images could be read from {data.image_root}")
+    samples = _sample_images(data, config.batch_size)
 
-    reports = []
+    reports, plots = [], []
     for index, weights in enumerate(config.weights):
         checkpoint = load_checkpoint(weights)
         classes = ClassMap.from_categories(checkpoint.classes)
         if classes != data.classes:
             raise UserError(f"{weights}: the model's classes {classes.categories()} differ from "
                             f"{data.path}'s {data.classes.categories()}")
-        model = checkpoint.build().to(device)
         image_size = config.image_size or checkpoint.image_size
-        metrics, results = evaluate_on_coco(model, data, classes, image_size, device, config.batch_size,
-                                            config.workers, reporter)
-        predictions = None
+        model = checkpoint.build()
+        macs = sum(count_macs(model, image_size).values())
+        model.to(device)
+        results = predict_on_coco(model, data, classes, image_size, device, config.batch_size, config.workers, reporter)
+        evaluation = coco_evaluate(data, results)
+        predictions = pr_plot = None
         if config.predictions_out is not None:
-            path = _predictions_path(Path(config.predictions_out), index, len(config.weights))
+            path = _numbered(Path(config.predictions_out), index, len(config.weights))
             write_json(path, results)
             predictions = str(path)
-        latency = measure_latency(model, sample, image_size, device, config.latency_runs, config.warmup_runs)
+        if config.plots_dir is not None:
+            path = Path(config.plots_dir) / f"pr_{index + 1}_{Path(weights).parent.name or 'model'}.png"
+            name = f"{Path(weights).parent.name}/{Path(weights).name}"
+            plot_precision_recall(path, evaluation, f"{name} on {data.path.name}")
+            plots.append(path)
+            pr_plot = str(path)
+        single = measure_latency(model, samples[:1], image_size, device, config.latency_runs, config.warmup_runs)
+        batched = measure_latency(model, samples, image_size, device, config.latency_runs, config.warmup_runs)
+        median = statistics.median(single)
+        metrics = evaluation.metrics
         reports.append(ModelReport(
-            weights=str(weights), arch=checkpoint.arch, **metrics, latency_ms=latency, fps=1000.0 / latency,
-            params=sum(p.numel() for p in model.parameters()), size_mb=Path(weights).stat().st_size / 1e6,
+            weights=str(weights), arch=checkpoint.arch,
+            ap=metrics["ap"] or 0.0, ap50=metrics["ap50"] or 0.0, ap75=metrics["ap75"] or 0.0,
+            ap_small=metrics["ap_small"], ap_medium=metrics["ap_medium"], ap_large=metrics["ap_large"],
+            ar100=metrics["ar100"] or 0.0, per_class_ap=evaluation.per_class_ap,
+            latency_ms=median, latency_p90_ms=float(np.percentile(single, 90)), fps=1000.0 / median,
+            throughput=1000.0 * config.batch_size / statistics.median(batched), batch_size=config.batch_size,
+            params=sum(p.numel() for p in model.parameters()), macs=macs, size_mb=Path(weights).stat().st_size / 1e6,
             image_size=image_size, device=str(device), threads=torch.get_num_threads(), predictions=predictions,
+            pr_plot=pr_plot,
         ))
     if config.json_out is not None:
         write_json(Path(config.json_out), [asdict(r) for r in reports])
-    return EvalResult(reports, config.latency_runs, config.json_out)
+    return EvalResult(reports, config.latency_runs, config.warmup_runs, config.batch_size, config.json_out, plots)

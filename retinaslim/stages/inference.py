@@ -29,8 +29,8 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def median_ms(fn: Callable[[], object], runs: int, warmup: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``runs`` calls after ``warmup`` untimed ones."""
+def time_ms(fn: Callable[[], object], runs: int, warmup: int, device: torch.device) -> list[float]:
+    """Wall time of each of ``runs`` calls of ``fn()`` in milliseconds, after ``warmup`` untimed ones."""
     timings = []
     for i in range(warmup + runs):
         if device.type == "cuda":
@@ -41,7 +41,12 @@ def median_ms(fn: Callable[[], object], runs: int, warmup: int, device: torch.de
             torch.cuda.synchronize()
         if i >= warmup:
             timings.append((time.perf_counter() - start) * 1000)
-    return statistics.median(timings)
+    return timings
+
+
+def median_ms(fn: Callable[[], object], runs: int, warmup: int, device: torch.device) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``runs`` calls after ``warmup`` untimed ones."""
+    return statistics.median(time_ms(fn, runs, warmup, device))
 
 
 @dataclass
@@ -111,7 +116,7 @@ def predict_batches(
     return timings
 
 
-def evaluate_on_coco(
+def predict_on_coco(
     model: nn.Module,
     coco: CocoData,
     classes: ClassMap,
@@ -120,10 +125,11 @@ def evaluate_on_coco(
     batch_size: int = 8,
     workers: int = 0,
     reporter: Reporter | None = None,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Single-pass predictions on every image of ``coco`` -> (pycocotools metrics, COCO result dicts).
+) -> list[dict[str, Any]]:
+    """Single-pass predictions on every image of ``coco`` as COCO result dicts (``image_id``,
+    ``category_id`` in ``coco``'s own ids, ``bbox`` xywh in original pixels, ``score``).
 
-    Result dicts use ``coco``'s own category ids; an undecodable image simply has no predictions.
+    An undecodable image simply has no predictions.
     """
     results: list[dict[str, Any]] = []
 
@@ -137,4 +143,19 @@ def evaluate_on_coco(
     paths = [coco.image_path(image) for image in coco.images]
     predict_batches(model, paths, chunks(list(range(len(paths))), batch_size), image_size, [Transform()], device,
                     collect, workers=workers, reporter=reporter, task="validate")
+    return results
+
+
+def evaluate_on_coco(
+    model: nn.Module,
+    coco: CocoData,
+    classes: ClassMap,
+    image_size: int,
+    device: torch.device,
+    batch_size: int = 8,
+    workers: int = 0,
+    reporter: Reporter | None = None,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Single-pass predictions on every image of ``coco`` -> (pycocotools metrics, COCO result dicts)."""
+    results = predict_on_coco(model, coco, classes, image_size, device, batch_size, workers, reporter)
     return coco_metrics(coco, results), results

@@ -63,3 +63,11 @@ def test_pretrained_without_local_weights_is_a_clear_error(tmp_path, monkeypatch
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(UserError, match="nothing is downloaded"):
         build_model("retinanet_resnet50_fpn", 1, 64, pretrained=True)
+
+
+def test_weights_of_another_layout_are_a_clear_error(tmp_path):
+    state = build_model("slim-s", num_classes=1, image_size=96).state_dict()
+    state["backbone.fpn.layer_blocks.0.0.weight"] = torch.zeros(64, 64, 3, 3)  # the dense FPN conv of older versions
+    save_checkpoint(tmp_path / "old.pt", Checkpoint("slim-s", {}, [{"id": 1, "name": "card"}], 96, model=state))
+    with pytest.raises(UserError, match="do not fit slim-s"):
+        load_checkpoint(tmp_path / "old.pt").build()

@@ -1,0 +1,353 @@
+"""Benchmark data distillation: a ResNet50 teacher, a slim student on human labels, and students on
+human + machine labels, side by side (AP, latency, FPS, size), with the issue's targets checked.
+
+    python benchmarks/distill.py --out bench/distill                  # full size: hours on a 2-core CPU
+    python benchmarks/distill.py --out bench/distill_quick --quick    # smoke test: minutes, numbers mean nothing
+
+Every step is a `retinaslim` command run as a subprocess: it is printed before it runs, its output goes
+to OUT/logs/<step>.log, and OUT/steps/<step>.json records it with its wall time once it succeeded. A
+recorded step is skipped, so an interrupted run continues where it stopped (an interrupted training
+resumes from its last.pt, an interrupted pseudo-label from its journal). OUT/setup.json pins the size
+knobs: rerunning with other sizes into the same OUT is refused.
+
+Steps on `retinaslim synth` data (L human-labelled, U unlabelled with hidden truth, V validation images,
+and C extra human-labelled images that only the precision-calibrated filter variant uses):
+1. train-teacher (ResNet50 RetinaNet) on the human labels;
+2. train-student (slim-s) on the human labels only;
+3. pseudo-label the unlabelled images with the default ensemble (scales 0.75/1/1.25 x flip, WBF), and
+   with a single pass (scale 1, no flip) for the variant;
+4. filter the machine labels (scored against the hidden truth): the default (fixed 0.5) and one
+   variant per rule;
+5. train-student on human + each set of machine labels (default settings otherwise);
+6. eval every checkpoint on the validation images in one side-by-side table (+ precision-recall PNGs).
+
+Outputs: the `synthetic` and `setup` objects merged into --results-json (other sections are kept), a
+markdown section (table, targets, exact commands) written between the `<!-- distill:begin -->` and
+`<!-- distill:end -->` markers of --markdown, and the targets printed as holding or not.
+
+Real photographs (BCCD, ../shared/data/bccd) are not run here yet: they need `retinaslim convert --from
+voc` (issue 9). Once it exists, a `bccd` preparation (convert the train split, hold part of it out as
+unlabelled with its truth, convert the test split for eval) feeds `comparison_steps` unchanged and the
+results go under a `bccd` key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from retinaslim import config
+
+THRESH = config.FILTER_SCORE_THRESH  # filter's default rule: a fixed score threshold
+MARK_BEGIN, MARK_END = "<!-- distill:begin -->", "<!-- distill:end -->"
+
+# Size presets: `full` is what docs/results.md reports; `quick` proves the script works end to end.
+PRESETS = {
+    "full": {"size": 256, "labeled": 200, "unlabeled": 1800, "val": 200, "calib": 100, "teacher_epochs": 40,
+             "student_epochs": 60, "latency_runs": 50, "workers": 2},
+    "quick": {"size": 96, "labeled": 16, "unlabeled": 32, "val": 12, "calib": 8, "teacher_epochs": 1,
+              "student_epochs": 2, "latency_runs": 3, "workers": 0},
+}
+
+# Machine-label sets: name -> (pseudo-label run, filter options, what it tests). `default` is the
+# student_distilled of the results; every other set changes one thing from it.
+LABEL_SETS = {
+    "default": ("ensemble", [], f"default ensemble ({len(config.PSEUDO_SCALES)} scales x flip, {config.PSEUDO_FUSION}), fixed {THRESH}"),
+    "single_pass": ("single", [], f"single pass (no ensembling), fixed {THRESH}"),
+    "no_threshold": ("ensemble", ["--score-thresh", "0"], "every box above pseudo-label's floor (no score threshold)"),
+    "auto_instances": ("ensemble", ["--auto-thresh", "instances", "--labeled", "{labeled}"],
+                       "Data Distillation threshold (as many boxes per image as human labels)"),
+    "auto_precision": ("ensemble", ["--auto-thresh", "precision", "--calib", "{calib}"],
+                       "threshold reaching precision 0.95 on the calibration images"),
+    "agreement": ("ensemble", ["--min-agreement", "3"], f"fixed {THRESH} + found by >= 3 of 6 transforms"),
+    "ambiguous_ignore": ("ensemble", ["--ambiguous", "ignore"],
+                         f"fixed {THRESH} + boxes scored 0.2-{THRESH} as ignore regions"),
+}
+
+
+@dataclass
+class Step:
+    """One `retinaslim` command; ``resume`` continues it instead when ``resume_from`` exists.
+
+    A step recorded as done is skipped; with ``summary`` (eval) only if it was recorded with the same
+    command and no earlier step ran in this invocation, so that it scores the checkpoints as they are.
+    """
+
+    name: str
+    args: list[str]
+    resume: list[str] = field(default_factory=list)
+    resume_from: Path | None = None
+    summary: bool = False
+
+
+@dataclass
+class Dataset:
+    """A prepared comparison: COCO files and the unlabelled image folder (with its hidden truth)."""
+
+    labeled: Path
+    val: Path
+    unlabeled: Path
+    unlabeled_truth: Path
+    calib: Path
+
+
+def comparison_steps(data: Dataset, out: Path, knobs: dict, label_sets: list[str], device: str, seed: int) -> list[Step]:
+    """Teacher, students and machine labels for one prepared dataset, as `retinaslim` commands."""
+    runs, labels = out / "runs", out / "labels"
+    common = ["--image-size", knobs["size"], "--workers", knobs["workers"], "--device", device, "--seed", seed]
+    data_args = ["--labeled", data.labeled, "--val", data.val]
+
+    def training(role: str, name: str, epochs: int, extra: list) -> Step:
+        run = runs / name
+        return Step(name, [f"train-{role}", *data_args, "--out", run, "--epochs", epochs, *common, *extra],
+                    ["train-" + role, "--resume", run / "last.pt"], run / "last.pt")
+
+    def pseudo(name: str, extra: list) -> Step:
+        target = labels / f"{name}.json"
+        args = ["pseudo-label", data.unlabeled, "--teacher", runs / "teacher/best.pt", "--out", target,
+                "--workers", knobs["workers"], "--device", device, *extra]
+        return Step(f"pseudo_{name}", args, [*args, "--resume"], target.with_name(target.name + ".journal"))
+
+    steps = [training("teacher", "teacher", knobs["teacher_epochs"], []),
+             training("student", "student_human", knobs["student_epochs"], ["--human-only"])]
+    runs_needed = {LABEL_SETS[name][0] for name in label_sets}
+    if "ensemble" in runs_needed:
+        steps.append(pseudo("ensemble", []))
+    if "single" in runs_needed:
+        steps.append(pseudo("single", ["--scales", "1", "--no-hflip"]))
+    for name in label_sets:
+        source, options, _ = LABEL_SETS[name]
+        options = [o.format(labeled=data.labeled, calib=data.calib) for o in options]
+        filtered = labels / f"filtered_{name}.json"
+        steps.append(Step(f"filter_{name}", ["filter", labels / f"{source}.json", "--out", filtered, *options,
+                                             "--truth", data.unlabeled_truth, "--report", labels / f"filter_{name}.report.json",
+                                             "--workers", knobs["workers"], "--device", device]))
+        steps.append(training("student", f"student_{name}", knobs["student_epochs"], ["--pseudo", filtered]))
+    weights = [runs / name / "best.pt" for name in ["teacher", "student_human", *(f"student_{n}" for n in label_sets)]]
+    steps.append(Step("eval", ["eval", *(a for w in weights for a in ("--weights", w)), "--data", data.val,
+                               "--latency-runs", knobs["latency_runs"], "--json", out / "eval.json", "--plots", out / "plots",
+                               "--workers", knobs["workers"], "--device", device], summary=True))
+    return steps
+
+
+def run_step(step: Step, out: Path, earlier_ran: bool) -> dict:
+    """Run ``step`` unless OUT/steps records it as done; returns its record (command, seconds, resumed, ran)."""
+    record_path = out / "steps" / f"{step.name}.json"
+    command = shlex.join(["retinaslim", *(str(a) for a in step.args)])
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if not step.summary or (record["command"] == command and not earlier_ran):
+            print(f"[done]  {step.name} ({record['seconds']:.0f} s, recorded in {record_path})")
+            return record | {"ran": False}
+    resumed = step.resume_from is not None and step.resume_from.exists()
+    args = [str(a) for a in (step.resume if resumed else step.args)]
+    log = out / "logs" / f"{step.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[run]   {step.name}{' (resuming)' if resumed else ''}: {shlex.join(['retinaslim', *args])}  (log: {log})",
+          flush=True)
+    started = time.perf_counter()
+    with open(log, "a") as f:  # wide rich tables in the log; the child inherits PYTHONPATH and thread settings
+        code = subprocess.run([sys.executable, "-m", "retinaslim", *args], stdout=f, stderr=subprocess.STDOUT,
+                              env={**os.environ, "COLUMNS": "200"}, check=False).returncode
+    seconds = time.perf_counter() - started
+    if code != 0:
+        print("".join(log.read_text().splitlines(keepends=True)[-20:]), end="")
+        raise SystemExit(f"step {step.name} failed (exit {code}); its log: {log}")
+    record = {"command": command, "seconds": seconds, "resumed": resumed}
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps(record, indent=1))
+    print(f"        {seconds:.0f} s")
+    return record | {"ran": True}
+
+
+def machine() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def model_row(report: dict, record: dict) -> dict:
+    """One checkpoint's eval numbers, with its training time (of the last invocation only, when it was resumed)."""
+    keys = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100", "per_class_ap", "latency_ms",
+            "latency_p90_ms", "fps", "throughput", "batch_size", "params", "macs", "size_mb", "image_size", "weights")
+    return {k: report[k] for k in keys} | {"train_seconds": record["seconds"], "train_resumed": record["resumed"]}
+
+
+def check_targets(result: dict) -> list[dict]:
+    """The issue's three targets, each with the numbers it rests on and whether it holds."""
+    teacher, human, distilled = result["teacher"], result["student_human"], result["student_distilled"]
+    gain = 100 * (distilled["ap"] - human["ap"])
+    gap = 100 * (teacher["ap"] - distilled["ap"])
+    speedup = teacher["latency_ms"] / distilled["latency_ms"]
+    targets = [
+        {"target": "distilled student AP >= human-only student AP + 3 points",
+         "measured": f"{distilled['ap']:.3f} vs {human['ap']:.3f}: {gain:+.1f} points", "holds": gain >= 3},
+        {"target": "distilled student AP >= teacher AP - 3 points, at >= 25x the teacher's speed",
+         "measured": f"{distilled['ap']:.3f} vs teacher {teacher['ap']:.3f} ({-gap:+.1f} points), {speedup:.1f}x faster "
+                     f"(batch-1 median latency, {result['setup']['device']})",
+         "holds": gap <= 3 and speedup >= 25},
+    ]
+    single = result["variants"].get("single_pass")
+    if single is None:
+        targets.append({"target": "default ensemble + filter beats single pass + fixed 0.5",
+                        "measured": "not measured (single_pass not among --label-sets)", "holds": None})
+    else:
+        labels = result["machine_labels"]
+        targets.append({
+            "target": "default ensemble + filter beats single pass + fixed 0.5 as a source of machine labels",
+            "measured": f"student AP {distilled['ap']:.3f} vs {single['ap']:.3f}; machine labels vs truth AP "
+                        f"{labels['default']['ap']:.3f} vs {labels['single_pass']['ap']:.3f}",
+            "holds": distilled["ap"] > single["ap"]})
+    return targets
+
+
+def collect(out: Path, label_sets: list[str], records: dict[str, dict], setup: dict) -> dict:
+    reports = {Path(r["weights"]).parent.name: r for r in json.loads((out / "eval.json").read_text())}
+    result = {"setup": setup,
+              "teacher": model_row(reports["teacher"], records["teacher"]),
+              "student_human": model_row(reports["student_human"], records["student_human"]),
+              "variants": {}, "machine_labels": {}}
+    for name in label_sets:
+        result["variants"][name] = model_row(reports[f"student_{name}"], records[f"student_{name}"])
+        report = json.loads((out / "labels" / f"filter_{name}.report.json").read_text())
+        result["machine_labels"][name] = report["truth_metrics"]["after"] | {"thresholds": report["thresholds"]}
+    result["student_distilled"] = result["variants"]["default"]
+    result["targets"] = check_targets(result)
+    result["commands"] = [records[name]["command"] for name in records]
+    result["seconds"] = sum(r["seconds"] for r in records.values())
+    return result
+
+
+def markdown(result: dict, invocation: str) -> str:
+    s = result["setup"]
+    rows = [("teacher (ResNet50 RetinaNet), human labels", result["teacher"]),
+            ("student (slim-s), human labels only", result["student_human"])]
+    rows += [(f"student, human + machine labels: {LABEL_SETS[n][2]}", r) for n, r in result["variants"].items()]
+    batch = result["teacher"]["batch_size"]
+    lines = [
+        "### Synthetic cards", "",
+        (f"Command: `{invocation}` ({result['seconds'] / 60:.0f} min of steps). Machine: {s['machine']}, "
+         f"{s['cpu_count']} CPUs, {s['threads']} torch threads, device {s['device']}, torch {s['torch']}. Date: {s['date']}."), "",
+        (f"Data: `retinaslim synth` seed {s['seed']}, {s['labeled']} human-labelled, {s['unlabeled']} unlabelled, "
+         f"{s['val']} validation (+{s['calib']} calibration) images of {s['size']} px. Epochs: teacher {s['teacher_epochs']}, "
+         f"students {s['student_epochs']}; every other setting is the commands' default. Latency: batch 1, median of "
+         f"{s['latency_runs']} runs after 3 warm-up runs; img/s at batch {batch}."), "",
+        f"| model | AP | AP50 | AP75 | ms (p50) | ms (p90) | FPS | img/s b{batch} | params | GMACs | MB | train min |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, r in rows:
+        lines.append(f"| {label} | {r['ap']:.3f} | {r['ap50']:.3f} | {r['ap75']:.3f} | {r['latency_ms']:.1f} | "
+                     f"{r['latency_p90_ms']:.1f} | {r['fps']:.1f} | {r['throughput']:.1f} | {r['params']:,} | "
+                     f"{r['macs'] / 1e9:.3f} | {r['size_mb']:.2f} | {r['train_seconds'] / 60:.1f}"
+                     f"{' (resumed: last part only)' if r['train_resumed'] else ''} |")
+    lines += ["", "Machine labels after filtering, against the unlabelled images' hidden truth (precision and recall at IoU 0.5):", "",
+              "| labels | boxes | precision | recall | AP | AP50 |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, m in result["machine_labels"].items():
+        lines.append(f"| {LABEL_SETS[name][2]} | {m['boxes']} | {m['precision']:.3f} | {m['recall']:.3f} | "
+                     f"{m['ap']:.3f} | {m['ap50']:.3f} |")
+    lines += ["", "Targets:", ""]
+    for t in result["targets"]:
+        verdict = {True: "holds", False: "does not hold", None: "not measured"}[t["holds"]]
+        lines.append(f"- {t['target']}: {t['measured']} — **{verdict}**")
+    lines += ["", "The commands it ran:", "", "```bash", *result["commands"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: Path, section: str) -> None:
+    """Replace the marked section of ``path`` (or add one at its end)."""
+    text = path.read_text() if path.exists() else ""
+    block = f"{MARK_BEGIN}\n{section}{MARK_END}"
+    if MARK_BEGIN in text and MARK_END in text:
+        text = text[:text.index(MARK_BEGIN)] + block + text[text.index(MARK_END) + len(MARK_END):]
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text else "") + block + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench/distill"), help="working folder (resumable)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script, minutes")
+    for knob, value in PRESETS["full"].items():
+        parser.add_argument(f"--{knob.replace('_', '-')}", type=int, help=f"default {value} ({PRESETS['quick'][knob]} with --quick)")
+    parser.add_argument("--label-sets", default=",".join(LABEL_SETS),
+                        help=f"machine-label sets to train students on, comma-separated (default: all): {', '.join(LABEL_SETS)}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--results-json", type=Path, help="default docs/results.json (OUT/results.json with --quick)")
+    parser.add_argument("--markdown", type=Path, help="default docs/results.md (OUT/results.md with --quick)")
+    args = parser.parse_args()
+    preset = PRESETS["quick" if args.quick else "full"]
+    knobs = {k: preset[k] if getattr(args, k) is None else getattr(args, k) for k in preset}
+    label_sets = [n.strip() for n in args.label_sets.split(",") if n.strip()]
+    unknown = [n for n in label_sets if n not in LABEL_SETS]
+    if unknown or "default" not in label_sets:
+        parser.error(f"--label-sets must include 'default' and name only {', '.join(LABEL_SETS)} (got {args.label_sets})")
+    results_json = args.results_json or (args.out / "results.json" if args.quick else Path("docs/results.json"))
+    markdown_path = args.markdown or (args.out / "results.md" if args.quick else Path("docs/results.md"))
+
+    out = args.out
+    pinned = {**knobs, "seed": args.seed}
+    pinned.pop("workers")
+    pinned.pop("latency_runs")
+    setup_path = out / "setup.json"
+    if setup_path.is_file() and json.loads(setup_path.read_text()) != pinned:
+        raise SystemExit(f"{out} holds a run made with other sizes ({setup_path}); use another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    setup_path.write_text(json.dumps(pinned, indent=1))
+    device = args.device
+    resolved = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    setup = {"machine": machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "device": resolved,
+             "torch": torch.__version__, "python": platform.python_version(), "date": date.today().isoformat(),
+             "teacher_arch": config.TRAIN_DEFAULTS["teacher"]["arch"], "student_arch": config.TRAIN_DEFAULTS["student"]["arch"],
+             **pinned, "latency_runs": knobs["latency_runs"], "calib_seed": args.seed + 1}
+    print(f"distill benchmark: {setup['machine']}, {setup['threads']} torch threads, device {resolved}; "
+          f"{knobs['labeled']} labelled / {knobs['unlabeled']} unlabelled / {knobs['val']} val images of {knobs['size']} px; "
+          f"label sets: {', '.join(label_sets)}")
+
+    started = time.perf_counter()
+    data_dir, calib_dir = out / "data", out / "calib"
+    synth_args = ["--size", knobs["size"], "--overwrite"]
+    steps = [
+        Step("synth", ["synth", data_dir, "--labeled", knobs["labeled"], "--unlabeled", knobs["unlabeled"],
+                       "--val", knobs["val"], "--seed", args.seed, *synth_args]),
+        Step("synth_calib", ["synth", calib_dir, "--labeled", knobs["calib"], "--unlabeled", 0, "--val", 1,
+                             "--seed", args.seed + 1, *synth_args]),
+    ]
+    data = Dataset(data_dir / "labeled.json", data_dir / "val.json", data_dir / "unlabeled",
+                   data_dir / "unlabeled.truth.json", calib_dir / "labeled.json")
+    steps += comparison_steps(data, out, knobs, label_sets, device, args.seed)
+    records: dict[str, dict] = {}
+    for step in steps:
+        records[step.name] = run_step(step, out, any(r["ran"] for r in records.values()))
+
+    synthetic = collect(out, label_sets, records, setup)
+    results = json.loads(results_json.read_text()) if results_json.is_file() else {}
+    results["setup"] = {k: setup[k] for k in ("machine", "cpu_count", "threads", "device", "torch", "python", "date")}
+    results["synthetic"] = synthetic
+    results_json.parent.mkdir(parents=True, exist_ok=True)
+    results_json.write_text(json.dumps(results, indent=1) + "\n")
+    invocation = shlex.join(["python", "benchmarks/distill.py", *sys.argv[1:]])
+    write_markdown(markdown_path, markdown(synthetic, invocation))
+
+    print()
+    print(markdown(synthetic, invocation).split("The commands it ran:")[0].rstrip())
+    print(f"\n{len(steps)} steps, {time.perf_counter() - started:.0f} s this invocation "
+          f"({synthetic['seconds']:.0f} s of steps in all); results in {results_json}, table in {markdown_path}, "
+          f"plots in {out / 'plots'}")
+
+
+if __name__ == "__main__":
+    main()

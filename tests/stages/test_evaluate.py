@@ -1,0 +1,69 @@
+"""eval: its numbers are pycocotools' numbers for the predictions it writes; speed, size and plots."""
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from retinaslim.data.coco import coco_evaluate, load_coco
+from retinaslim.models.checkpoint import load_checkpoint
+from retinaslim.models.macs import count_macs
+from tests.conftest import run_cli
+
+
+def _pycocotools(truth_path, predictions):
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(truth_path))
+        evaluator = COCOeval(gt, gt.loadRes(predictions), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return gt, evaluator
+
+
+def test_eval_numbers_are_pycocotools_numbers_of_its_predictions(labeller, one_card_set, tmp_path):
+    truth = one_card_set.files["labeled"]
+    result = run_cli("eval", "--weights", labeller, "--data", truth, "--latency-runs", 3, "--warmup-runs", 1,
+                     "--batch-size", 4, "--workers", 0, "--device", "cpu", "--predictions-out", tmp_path / "preds.json",
+                     "--json", tmp_path / "m.json", "--plots", tmp_path / "plots")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "m.json").read_text())[0]
+    predictions = json.loads((tmp_path / "preds.json").read_text())
+    gt, evaluator = _pycocotools(truth, predictions)
+
+    stats = evaluator.stats
+    for key, i in {"ap": 0, "ap50": 1, "ap75": 2, "ap_small": 3, "ap_medium": 4, "ap_large": 5, "ar100": 8}.items():
+        assert report[key] == (None if stats[i] == -1 else pytest.approx(stats[i], abs=1e-12)), key
+    assert report["ap50"] > 0.3  # the labeller learnt these images: the comparison is not between zeros
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # all areas, 100 detections
+    for k, category in enumerate(gt.loadCats(evaluator.params.catIds)):
+        column = precision[:, :, k]
+        expected = column[column > -1].mean() if (column > -1).any() else None
+        assert report["per_class_ap"][category["name"]] == (None if expected is None else pytest.approx(expected)), category
+    assert sum(v is not None for v in report["per_class_ap"].values()) == len({a["category_id"] for a in gt.dataset["annotations"]})
+
+    checkpoint = load_checkpoint(labeller)
+    assert report["macs"] == sum(count_macs(checkpoint.build(), checkpoint.image_size).values())
+    assert report["size_mb"] == pytest.approx(labeller.stat().st_size / 1e6)
+    assert report["params"] == sum(p.numel() for p in checkpoint.build().parameters())
+    assert report["latency_p90_ms"] >= report["latency_ms"] > 0 and report["fps"] == pytest.approx(1000 / report["latency_ms"])
+    assert report["throughput"] > 0 and report["batch_size"] == 4 and report["device"] == "cpu"
+    with Image.open(report["pr_plot"]) as plot:
+        assert plot.format == "PNG" and plot.width > 300
+    assert "precision-recall curves saved to" in result.stdout and "AR@100" in result.stdout
+
+
+def test_coco_evaluate_without_predictions_scores_zero_where_truth_exists(tiny_cards):
+    truth = load_coco(tiny_cards.files["val"])
+    evaluation = coco_evaluate(truth, [])
+    assert evaluation.metrics["ap"] == 0.0 and evaluation.metrics["ar100"] == 0.0
+    present = {a["category_id"] for anns in truth.annotations_per_image.values() for a in anns}
+    for category in truth.categories:
+        assert evaluation.per_class_ap[category["name"]] == (0.0 if category["id"] in present else None)
+    assert evaluation.precision.shape == (10, 101, len(truth.categories))
+    assert np.all(evaluation.precision[:, :, [c["id"] in present for c in truth.categories]] == 0)
