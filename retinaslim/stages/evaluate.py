@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from retinaslim.core.atomic import write_json
+from retinaslim.core.atomic import refuse_overwriting_inputs, write_json
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
-from retinaslim.data.coco import ClassMap, load_coco
+from retinaslim.data.coco import ClassMap, load_coco, require_image_files
 from retinaslim.data.images import ImageError, read_image
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
@@ -51,6 +51,7 @@ class ModelReport:
     device: str
     threads: int
     predictions: str | None
+    num_skipped_images: int = 0  # undecodable images: no predictions, their objects count as missed
 
 
 @dataclass
@@ -77,9 +78,14 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
         raise UserError("no checkpoint to evaluate; pass --weights W.pt")
     if config.latency_runs < 1:
         raise UserError(f"--latency-runs {config.latency_runs} must be at least 1")
+    prediction_files = [_predictions_path(Path(config.predictions_out), i, len(config.weights))
+                        for i in range(len(config.weights))] if config.predictions_out is not None else []
+    refuse_overwriting_inputs([("--json", config.json_out)] + [("--predictions-out", p) for p in prediction_files],
+                              [("--data", config.data)] + [("--weights", w) for w in config.weights])
     data = load_coco(config.data, config.images)
     if not data.images:
         raise UserError(f"{data.path}: no images to evaluate on")
+    require_image_files(data)
     device = resolve_device(config.device)
     sample = None
     for image in data.images:  # the first decodable image times the model
@@ -100,11 +106,11 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
                             f"{data.path}'s {data.classes.categories()}")
         model = checkpoint.build().to(device)
         image_size = config.image_size or checkpoint.image_size
-        metrics, results = evaluate_on_coco(model, data, classes, image_size, device, config.batch_size,
-                                            config.workers, reporter)
+        metrics, results, skipped = evaluate_on_coco(model, data, classes, image_size, device, config.batch_size,
+                                                     config.workers, reporter)
         predictions = None
-        if config.predictions_out is not None:
-            path = _predictions_path(Path(config.predictions_out), index, len(config.weights))
+        if prediction_files:
+            path = prediction_files[index]
             write_json(path, results)
             predictions = str(path)
         latency = measure_latency(model, sample, image_size, device, config.latency_runs, config.warmup_runs)
@@ -112,6 +118,7 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
             weights=str(weights), arch=checkpoint.arch, **metrics, latency_ms=latency, fps=1000.0 / latency,
             params=sum(p.numel() for p in model.parameters()), size_mb=Path(weights).stat().st_size / 1e6,
             image_size=image_size, device=str(device), threads=torch.get_num_threads(), predictions=predictions,
+            num_skipped_images=len(skipped),
         ))
     if config.json_out is not None:
         write_json(Path(config.json_out), [asdict(r) for r in reports])

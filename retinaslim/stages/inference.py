@@ -118,16 +118,20 @@ def evaluate_on_coco(
     batch_size: int = 8,
     workers: int = 0,
     reporter: Reporter | None = None,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Single-pass predictions on every image of ``coco`` -> (pycocotools metrics, COCO result dicts).
+) -> tuple[dict[str, float], list[dict[str, Any]], list[str]]:
+    """Single-pass predictions on every image of ``coco`` -> (pycocotools metrics, COCO result dicts, skipped).
 
-    Result dicts use ``coco``'s own category ids; an undecodable image simply has no predictions.
+    Result dicts use ``coco``'s own category ids; an undecodable image has no predictions (its objects
+    count as missed) and its decoding error is listed in ``skipped``.
     """
     results: list[dict[str, Any]] = []
+    skipped: list[str] = []
 
     def collect(batch: list[ImageResult]) -> None:
         for result in batch:
-            if result.detections is not None:
+            if result.error is not None:
+                skipped.append(result.error)
+            else:
                 image_id = coco.images[result.index]["id"]
                 for ann in detections_to_annotations(result.detections, image_id, classes):
                     results.append({k: ann[k] for k in ("image_id", "category_id", "bbox", "score")})
@@ -135,4 +139,4 @@ def evaluate_on_coco(
     paths = [coco.image_path(image) for image in coco.images]
     predict_batches(model, paths, chunks(list(range(len(paths))), batch_size), image_size, [Transform()], device,
                     collect, workers=workers, reporter=reporter, task="validate")
-    return coco_metrics(coco, results), results
+    return coco_metrics(coco, results), results, skipped
