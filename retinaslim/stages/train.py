@@ -240,9 +240,12 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; the run folder must be a folder")
-    if previous is None and any((out / name).exists() for name in ("last.pt", "best.pt")):
+    if previous is None and (out / "last.pt").exists():
         raise UserError(f"--out {out}: already holds a run; continue it with --resume {out / 'last.pt'}, "
                         "or choose another --out (a new run would replace its checkpoints)")
+    if previous is None and (out / "best.pt").exists():
+        raise UserError(f"--out {out}: already holds a run's best.pt; choose another --out, or delete the folder "
+                        "to start over (a new run would replace it)")
 
     labeled = load_coco(config.labeled, config.images)
     val = load_coco(config.val, config.images)
