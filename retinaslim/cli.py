@@ -36,7 +36,7 @@ def _user_errors() -> Iterator[None]:
         console.error(str(e))
         raise typer.Exit(1) from None
     except OSError as e:  # the machine's problem, not the code's: a full disk, a permission, a vanished file
-        console.error(f"{e.filename}: {e.strerror}" if e.filename else f"{e.strerror or e}")
+        console.error(f"{e.filename}: {e.strerror or e}" if e.filename else f"{e.strerror or e}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.error("interrupted")
