@@ -40,7 +40,7 @@ from retinaslim.models.common import IgnoreAwareRetinaNet, configure, scaled_anc
 from retinaslim.models.lean import LeanDetector
 from retinaslim.models.macs import count_macs
 from retinaslim.models.registry import build_model, register
-from retinaslim.models.student import SlimBackbone, conv, dilated_stem, slim_fpn, slim_head, snet_stages
+from retinaslim.models.student import SlimBackbone, dilated_stem, slim_fpn, slim_head, snet_stages
 from retinaslim.stages.synth import SynthConfig, synth
 from retinaslim.stages.train import TrainConfig, train
 
@@ -152,10 +152,11 @@ def main() -> None:
             results[name] = json.loads(done.read_text())
         else:
             started = time.perf_counter()
-            trained = train(TrainConfig(role="student", labeled=data_dir / "labeled.json", val=data_dir / "val.json", out=run,
+            resume = run / "last.pt" if (run / "last.pt").exists() else None  # a killed row goes on where it stopped
+            trained = train(None if resume else TrainConfig(role="student", labeled=data_dir / "labeled.json", val=data_dir / "val.json", out=run,
                                         arch=arch, arch_options=dict(options), image_size=args.train_size, batch_size=16,
                                         epochs=args.epochs, optimizer="adamw", lr=args.lr, weight_decay=1e-4,
-                                        augment="light", workers=2))
+                                        augment="light", workers=2), resume=resume)
             results[name] = {"ap": trained.best_metrics.get("ap", 0.0), "ap50": trained.best_metrics.get("ap50", 0.0),
                              "train_minutes": (time.perf_counter() - started) / 60}
             done.write_text(json.dumps(results[name]))

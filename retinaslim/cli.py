@@ -35,6 +35,9 @@ def _user_errors() -> Iterator[None]:
     except UserError as e:
         console.error(str(e))
         raise typer.Exit(1) from None
+    except OSError as e:  # the machine's problem, not the code's: a full disk, a permission, a vanished file
+        console.error(f"{e.filename}: {e.strerror or e}" if e.filename else f"{e.strerror or e}")
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.error("interrupted")
         raise typer.Exit(130) from None
@@ -284,7 +287,7 @@ def filter_(
     """Keep the machine labels worth training on: thresholds, agreement, geometry, doubtful images."""
     from dataclasses import asdict
 
-    from retinaslim.core.atomic import write_json
+    from retinaslim.core.atomic import refuse_overwriting_inputs, write_json
     from retinaslim.stages.filter import FilterConfig, filter_labels, parse_class_thresholds
 
     with _user_errors():
@@ -293,6 +296,8 @@ def filter_(
         out = _pick(out, "--out", ws and ws.filtered, "output")
         if auto_thresh == "instances":
             labeled = _pick(labeled, "--labeled", ws and ws.labeled, "human labels")
+        if report is not None:
+            refuse_overwriting_inputs([("--report", report)], [("PSEUDO", pseudo), ("--out", out), ("--review-out", review_out)])
         aspect = _parse_floats(aspect_range, "--aspect-range") if aspect_range else None
         if aspect is not None and len(aspect) != 2:
             raise UserError(f"--aspect-range {aspect_range!r}: expected LO,HI, e.g. 0.3,3")
@@ -396,6 +401,9 @@ def _render_eval(result) -> None:
           *(value(r.per_class_ap[n]) for n in names)) for r in reports],
     )
     for r in reports:
+        if r.num_skipped_images:
+            console.info(f"{_short(r.weights)}: {r.num_skipped_images} image(s) could not be decoded; "
+                         "their objects count as missed")
         if r.predictions:
             console.info(f"predictions of {r.weights} saved to {r.predictions}")
     if result.plots:

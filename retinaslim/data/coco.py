@@ -127,6 +127,7 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
                 raise _fail(path, f"image {image['id']} ({image['file_name']}) needs a positive integer '{key}'")
         annotations_per_image[image["id"]] = []
 
+    images_by_id = {image["id"]: image for image in images}
     annotation_ids: set[int] = set()
     for a in data.get("annotations", []):
         where = f"annotation {a.get('id') if isinstance(a, dict) else a!r}"
@@ -144,6 +145,11 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
             raise _fail(path, f"{where} needs 'bbox' as four finite numbers [x, y, width, height]")
         if bbox[2] <= 0 or bbox[3] <= 0:
             raise _fail(path, f"{where} has a box with width or height <= 0: {bbox}")
+        image = images_by_id[a["image_id"]]
+        # A box reaching past the border is clipped in training; one wholly outside means a wrong image size.
+        if bbox[0] >= image["width"] or bbox[1] >= image["height"] or bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0:
+            raise _fail(path, f"{where} has box {bbox} (x, y, width, height) wholly outside its image "
+                              f"{image['file_name']} ({image['width']} x {image['height']})")
         if "score" in a and not (_finite_number(a["score"]) and 0 <= a["score"] <= 1):
             raise _fail(path, f"{where} has score {a['score']!r}; scores must be numbers in [0, 1]")
         annotations_per_image[a["image_id"]].append(a)
@@ -151,6 +157,14 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
     root = Path(images_dir) if images_dir is not None else path.parent
     return CocoData(path, root, images, categories, annotations_per_image, info)
+
+
+def require_image_files(coco: CocoData, option: str = "--images") -> None:
+    """Raise if an image the file names is not on disk (a typo'd folder would otherwise train or score on nothing)."""
+    missing = [coco.image_path(im) for im in coco.images if not coco.image_path(im).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"{coco.path}: image {missing[0]} not found{more}; pass {option} DIR if they live elsewhere")
 
 
 def check_same_classes(reference: CocoData, other: CocoData) -> None:

@@ -7,9 +7,14 @@ import torch
 
 from retinaslim.core.tta import Transform
 from retinaslim.data.augment import apply_augment, build_augment
-from retinaslim.data.coco import ClassMap, CocoData, image_ignore_regions, image_targets
-from retinaslim.data.images import ImageError, read_image
-from retinaslim.errors import UserError
+from retinaslim.data.coco import (
+    ClassMap,
+    CocoData,
+    image_ignore_regions,
+    image_targets,
+    require_image_files,
+)
+from retinaslim.data.images import ImageError, max_image_pixels, read_image
 
 
 class DetectionDataset(torch.utils.data.Dataset):
@@ -22,10 +27,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __init__(self, coco: CocoData, classes: ClassMap, image_size: int, augment: str = "none", weight: float = 1.0,
                  machine: bool = False, seed: int = 0):
-        missing = [coco.image_path(im) for im in coco.images if not coco.image_path(im).is_file()]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise UserError(f"{coco.path}: image {missing[0]} not found{more}; pass --images DIR if they live elsewhere")
+        require_image_files(coco)
         self.coco = coco
         self.classes = classes
         self.resize = Transform(scale=1.0)
@@ -37,6 +39,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         # An image's augmentation depends only on (seed, epoch, index): the same in any worker process
         # and after --resume. The epoch comes with each index (see MixedBatchSampler).
         self.seed = seed
+        self.max_pixels = max_image_pixels()
+
     def __len__(self) -> int:
         return len(self.coco.images)
 
@@ -45,7 +49,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         info = self.coco.images[index]
         try:
-            image = self.resize.apply(read_image(self.coco.image_path(info)), self.image_size)
+            image = self.resize.apply(read_image(self.coco.image_path(info), self.max_pixels), self.image_size)
         except ImageError:
             return None
         boxes, labels = image_targets(self.coco, info, self.classes)

@@ -2,6 +2,9 @@
 
 Every image becomes a (3, H, W) float tensor in [0, 1], RGB, in its displayed orientation (EXIF
 rotation applied), whatever its mode (grayscale, palette, RGBA, CMYK, 16-bit).
+
+An image declaring more than ``max_image_pixels()`` pixels (``RETINASLIM_MAX_IMAGE_PIXELS``, default 100
+million) is refused before it is decoded: a tiny file can declare a size whose pixels fill the memory.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ from retinaslim.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 EXIF_ORIENTATION = 0x0112
+MAX_PIXELS_ENV = "RETINASLIM_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# retinaslim checks the declared size itself (read_image), with its own limit and message; PIL's check
+# would only warn between its limit and twice its limit, then decode.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageError(Exception):
@@ -37,19 +46,41 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_rgb(path: Path) -> Image.Image:
-    """Decode ``path`` -> an RGB PIL image in its displayed orientation (EXIF applied); raises ``ImageError``."""
+def max_image_pixels() -> int:
+    """The largest width x height an image may declare: ``RETINASLIM_MAX_IMAGE_PIXELS`` or 100 million."""
+    text = os.environ.get(MAX_PIXELS_ENV)
+    if text is None:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"{MAX_PIXELS_ENV}={text!r}: expected a positive number of pixels, e.g. 200000000")
+    return value
+
+
+def read_rgb(path: Path, max_pixels: int | None = None) -> Image.Image:
+    """Decode ``path`` -> an RGB PIL image in its displayed orientation (EXIF applied); raises ``ImageError``.
+
+    ``max_pixels``: refuse images declaring more pixels (default ``max_image_pixels()``).
+    """
+    max_pixels = max_pixels or max_image_pixels()
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(f"{path}: declares {width} x {height} = {width * height:,} pixels, more than the "
+                                 f"limit of {max_pixels:,} (a decompression bomb?); set {MAX_PIXELS_ENV} to allow it")
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise ImageError(f"{path}: cannot decode image ({e.__class__.__name__}: {e})") from None
 
 
-def read_image(path: Path) -> torch.Tensor:
+def read_image(path: Path, max_pixels: int | None = None) -> torch.Tensor:
     """Decode ``path`` -> (3, H, W) float32 in [0, 1], EXIF orientation applied; raises ``ImageError``."""
-    array = np.asarray(read_rgb(path), dtype=np.uint8)  # (H, W, 3)
+    array = np.asarray(read_rgb(path, max_pixels), dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
@@ -89,13 +120,14 @@ class ImageListDataset(torch.utils.data.Dataset):
 
     def __init__(self, paths: list[Path]):
         self.paths = paths
+        self.max_pixels = max_image_pixels()  # read here: a bad setting is a UserError in the main process
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return index, read_image(self.paths[index]), None
+            return index, read_image(self.paths[index], self.max_pixels), None
         except ImageError as e:
             return index, None, str(e)
 

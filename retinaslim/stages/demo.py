@@ -7,6 +7,7 @@ that every stage runs and learns, not what the pipeline reaches at full scale (s
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def demo(out: Path, seed: int = 0, device: str = "auto", reporter: Reporter | No
 
     def run_training(role: str, name: str, epochs: int, pseudo: Path | None = None) -> Path:
         reporter.log(f"[bold]train {name}[/]")
+        shutil.rmtree(runs / name, ignore_errors=True)  # the demo regenerates its own runs; training refuses to replace one
         options = {**TRAIN_DEFAULTS[role], "image_size": scale["size"], "epochs": epochs}
         config = TrainConfig(role=role, labeled=labeled, val=val, out=runs / name, pseudo=pseudo,
                              device=device, seed=seed, **options)

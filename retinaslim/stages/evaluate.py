@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retinaslim.core.atomic import atomic_path, write_json
+from retinaslim.core.atomic import atomic_path, refuse_overwriting_inputs, write_json
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
-from retinaslim.data.coco import ClassMap, CocoEvaluation, coco_evaluate, load_coco
+from retinaslim.data.coco import ClassMap, CocoEvaluation, coco_evaluate, load_coco, require_image_files
 from retinaslim.data.images import ImageError, read_image
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
@@ -71,6 +71,7 @@ class ModelReport:
     threads: int
     predictions: str | None
     pr_plot: str | None
+    num_skipped_images: int = 0  # undecodable images: no predictions, their objects count as missed
 
 
 @dataclass
@@ -149,9 +150,14 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
     if config.latency_runs < 1 or config.warmup_runs < 0 or config.batch_size < 1:
         raise UserError(f"--latency-runs {config.latency_runs} and --batch-size {config.batch_size} must be at least 1, "
                         f"--warmup-runs {config.warmup_runs} at least 0")
+    prediction_files = [_numbered(Path(config.predictions_out), i, len(config.weights))
+                        for i in range(len(config.weights))] if config.predictions_out is not None else []
+    refuse_overwriting_inputs([("--json", config.json_out)] + [("--predictions-out", p) for p in prediction_files],
+                              [("--data", config.data)] + [("--weights", w) for w in config.weights])
     data = load_coco(config.data, config.images)
     if not data.images:
         raise UserError(f"{data.path}: no images to evaluate on")
+    require_image_files(data)
     device = resolve_device(config.device)
     samples = _sample_images(data, config.batch_size)
 
@@ -166,11 +172,12 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
         model = checkpoint.build()
         macs = sum(count_macs(model, image_size).values())
         model.to(device)
-        results = predict_on_coco(model, data, classes, image_size, device, config.batch_size, config.workers, reporter)
+        results, skipped = predict_on_coco(model, data, classes, image_size, device, config.batch_size, config.workers,
+                                           reporter)
         evaluation = coco_evaluate(data, results)
         predictions = pr_plot = None
-        if config.predictions_out is not None:
-            path = _numbered(Path(config.predictions_out), index, len(config.weights))
+        if prediction_files:
+            path = prediction_files[index]
             write_json(path, results)
             predictions = str(path)
         if config.plots_dir is not None:
@@ -192,7 +199,7 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
             throughput=1000.0 * config.batch_size / statistics.median(batched), batch_size=config.batch_size,
             params=sum(p.numel() for p in model.parameters()), macs=macs, size_mb=Path(weights).stat().st_size / 1e6,
             image_size=image_size, device=str(device), threads=torch.get_num_threads(), predictions=predictions,
-            pr_plot=pr_plot,
+            pr_plot=pr_plot, num_skipped_images=len(skipped),
         ))
     if config.json_out is not None:
         write_json(Path(config.json_out), [asdict(r) for r in reports])

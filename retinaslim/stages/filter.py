@@ -29,13 +29,13 @@ from typing import Any
 import torch
 
 from retinaslim.config import FILTER_SCORE_THRESH
-from retinaslim.core.atomic import write_json
+from retinaslim.core.atomic import refuse_overwriting_inputs, write_json
 from retinaslim.core.detections import Detections
 from retinaslim.core.matching import lowest_threshold_for_precision, match
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
 from retinaslim.data.coco import (ClassMap, CocoData, annotation_boxes, check_same_classes, coco_metrics, image_targets,
-                                  load_coco)
+                                  load_coco, require_image_files)
 from retinaslim.data.formats import labelstudio
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
@@ -120,8 +120,11 @@ def parse_class_thresholds(text: str) -> float | dict[str, float]:
 
 
 def _validate(config: FilterConfig) -> None:
-    if Path(config.out).resolve() == Path(config.pseudo).resolve():
-        raise UserError(f"{config.out}: the output would overwrite the input; choose another --out")
+    review_coco = Path(config.review_out).with_suffix(".coco.json") if config.review_out is not None else None
+    refuse_overwriting_inputs(
+        [("--out", config.out), ("--review-out", config.review_out), ("--review-out", review_coco)],
+        [("PSEUDO", config.pseudo), ("--labeled", config.labeled), ("--calib", config.calib), ("--truth", config.truth),
+         ("--teacher", config.teacher)])
     if config.auto_thresh is not None and config.auto_thresh not in AUTO_RULES:
         raise UserError(f"--auto-thresh {config.auto_thresh!r}: choose {' or '.join(AUTO_RULES)}")
     if config.auto_thresh and config.score_thresh is not None:
@@ -187,10 +190,8 @@ def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, report
                         "the precision rule needs them to run the teacher the same way") from None
     device = resolve_device(config.device)
     model = checkpoint.build().to(device)
+    require_image_files(calib, "--calib-images")
     paths = [calib.image_path(im) for im in calib.images]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise UserError(f"{calib.path}: image {missing[0]} not found; pass --calib-images DIR")
     scores: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(classes))}
     hits: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(classes))}
     num_true: Counter[int] = Counter()

@@ -125,17 +125,21 @@ def predict_on_coco(
     batch_size: int = 8,
     workers: int = 0,
     reporter: Reporter | None = None,
-) -> list[dict[str, Any]]:
-    """Single-pass predictions on every image of ``coco`` as COCO result dicts (``image_id``,
-    ``category_id`` in ``coco``'s own ids, ``bbox`` xywh in original pixels, ``score``).
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Single-pass predictions on every image of ``coco`` -> (COCO result dicts, skipped).
 
-    An undecodable image simply has no predictions.
+    Result dicts have ``image_id``, ``category_id`` in ``coco``'s own ids, ``bbox`` xywh in original
+    pixels and ``score``; an undecodable image has no predictions (its objects count as missed) and its
+    decoding error is listed in ``skipped``.
     """
     results: list[dict[str, Any]] = []
+    skipped: list[str] = []
 
     def collect(batch: list[ImageResult]) -> None:
         for result in batch:
-            if result.detections is not None:
+            if result.error is not None:
+                skipped.append(result.error)
+            else:
                 image_id = coco.images[result.index]["id"]
                 for ann in detections_to_annotations(result.detections, image_id, classes):
                     results.append({k: ann[k] for k in ("image_id", "category_id", "bbox", "score")})
@@ -143,7 +147,7 @@ def predict_on_coco(
     paths = [coco.image_path(image) for image in coco.images]
     predict_batches(model, paths, chunks(list(range(len(paths))), batch_size), image_size, [Transform()], device,
                     collect, workers=workers, reporter=reporter, task="validate")
-    return results
+    return results, skipped
 
 
 def evaluate_on_coco(
@@ -155,7 +159,7 @@ def evaluate_on_coco(
     batch_size: int = 8,
     workers: int = 0,
     reporter: Reporter | None = None,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Single-pass predictions on every image of ``coco`` -> (pycocotools metrics, COCO result dicts)."""
-    results = predict_on_coco(model, coco, classes, image_size, device, batch_size, workers, reporter)
-    return coco_metrics(coco, results), results
+) -> tuple[dict[str, float], list[dict[str, Any]], list[str]]:
+    """Single-pass predictions on every image of ``coco`` -> (pycocotools metrics, COCO result dicts, skipped)."""
+    results, skipped = predict_on_coco(model, coco, classes, image_size, device, batch_size, workers, reporter)
+    return coco_metrics(coco, results), results, skipped

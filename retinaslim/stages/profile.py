@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from retinaslim.core.atomic import write_json
+from retinaslim.core.atomic import refuse_overwriting_inputs, write_json
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.lean import LeanDetector
@@ -63,6 +63,7 @@ def profile(config: ProfileConfig) -> ProfileResult:
         raise UserError("pass exactly one of --arch NAME or --weights W.pt")
     if config.runs < 1 or config.image_size < 32:
         raise UserError("--runs must be at least 1 and --image-size at least 32")
+    refuse_overwriting_inputs([("--json", config.json_out)], [("--weights", config.weights)])
     if config.weights is not None:
         checkpoint = load_checkpoint(config.weights)
         model, arch, size_mb = checkpoint.build(), checkpoint.arch, config.weights.stat().st_size / 1e6

@@ -21,6 +21,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from retinaslim.config import PSEUDO_FUSION, PSEUDO_SCALES, PSEUDO_SCORE_FLOOR
-from retinaslim.core.atomic import atomic_path
+from retinaslim.core.atomic import atomic_path, refuse_overwriting_inputs
 from retinaslim.core.fusion import FUSION_METHODS
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import make_transforms
@@ -37,6 +38,9 @@ from retinaslim.data.images import list_images
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.stages.inference import ImageResult, Timings, chunks, predict_batches, resolve_device
+
+
+MIN_BOX_SIDE = 1.0  # pixels
 
 
 @dataclass
@@ -105,6 +109,16 @@ def _read_journal(path: Path) -> tuple[dict[str, Any] | None, set[int], bool]:
     return header, finished, done
 
 
+@contextmanager
+def _journal_errors(journal: Path) -> Iterator[None]:
+    """A full disk or lost permission while journalling: one clear line; the batches written so far are kept."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"{journal}: writing the journal failed ({e.strerror or e}); the batches already in it "
+                        "are kept: fix that, then rerun with --resume") from None
+
+
 def _journal_batches(path: Path) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     with open(path) as f:
         for line in f:
@@ -169,6 +183,7 @@ def _validate(config: PseudoLabelConfig) -> None:
         raise UserError(f"--scales {config.scales} must be positive numbers, e.g. 0.75,1.0,1.25")
     if Path(config.out).suffix.lower() != ".json":
         raise UserError(f"--out {config.out}: expected a .json file name")
+    refuse_overwriting_inputs([("--out", config.out)], [("SOURCE", config.source), ("--teacher", config.teacher)])
 
 
 def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLabelResult:
@@ -183,7 +198,10 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
     classes = ClassMap.from_categories(checkpoint.classes)
     out = Path(config.out)
     out_dir = out.parent.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the folder {out.parent} ({e.strerror or e})") from None
     info = {
         "description": "retinaslim pseudo-labels (raw teacher output, fused)", "teacher": str(config.teacher),
         "image_size": image_size, "transforms": [t.name for t in transforms], "fusion": config.fusion,
@@ -216,7 +234,7 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
         if distributed and device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         model = checkpoint.build().to(device)
-        with open(journal, "a") as log:
+        with _journal_errors(journal), open(journal, "a") as log:
             if not finished:
                 log.write(json.dumps({"header": header}) + "\n")
 
@@ -224,7 +242,11 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
                 path = paths[result.index]
                 if result.error is not None:
                     return {"index": result.index, "file": str(path), "reason": result.error.split(": ", 1)[-1]}
-                dets = result.detections[result.detections.scores >= config.score_floor]
+                dets = result.detections
+                # Slivers under a pixel (boxes clipped at the border) are no labels: training drops them, and
+                # rounded to COCO's two decimals they would read as zero-width boxes.
+                sides = dets.boxes[:, 2:] - dets.boxes[:, :2]
+                dets = dets[(dets.scores >= config.score_floor) & (sides >= MIN_BOX_SIDE).all(dim=1)]
                 annotations = [{k: v for k, v in a.items() if k != "id"}
                                for a in detections_to_annotations(dets, result.index + 1, classes)]
                 # COCO file names resolve against the JSON file's own folder.

@@ -27,7 +27,7 @@ from torch import nn
 from retinaslim.config import WARMUP_ITERS, save_run_config
 from retinaslim.core.atomic import atomic_path
 from retinaslim.core.progress import Reporter
-from retinaslim.data.coco import CocoData, check_same_classes, load_coco
+from retinaslim.data.coco import CocoData, check_same_classes, load_coco, require_image_files
 from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, MixedDataset, collate_skip
 from retinaslim.errors import UserError
 from retinaslim.models.anchors import DEFAULT_ANCHORS, fit_anchors, shape_iou
@@ -263,10 +263,20 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         raise UserError(f"--image-size {config.image_size} is too small; use at least 32 px")
     if not 0 <= config.pseudo_ratio < 1:
         raise UserError(f"--pseudo-ratio {config.pseudo_ratio} must be in [0, 1)")
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; the run folder must be a folder")
+    if previous is None and (out / "last.pt").exists():
+        raise UserError(f"--out {out}: already holds a run; continue it with --resume {out / 'last.pt'}, "
+                        "or choose another --out (a new run would replace its checkpoints)")
+    if previous is None and (out / "best.pt").exists():
+        raise UserError(f"--out {out}: already holds a run's best.pt; choose another --out, or delete the folder "
+                        "to start over (a new run would replace it)")
 
     labeled = load_coco(config.labeled, config.images)
     val = load_coco(config.val, config.images)
     check_same_classes(labeled, val)
+    require_image_files(val)
     if not labeled.images:
         raise UserError(f"{labeled.path}: no images to train on")
     classes = labeled.classes
@@ -297,7 +307,6 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_iters, min(WARMUP_ITERS, total_iters // 5)))
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
 
-    out = Path(config.out)
     history: list[dict[str, float]] = []
     best_ap, best_epoch, best_metrics, num_skipped, step, start_epoch = -1.0, 0, {}, 0, 0, 1
     if previous is not None:
@@ -313,7 +322,10 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         best_metrics = next((h for h in history if h["epoch"] == best_epoch), {})
         reporter.log(f"resuming {out} after epoch {previous.epoch}")
     elif distributed.main:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot create the run folder ({e.strerror or e})") from None
         save_run_config(out / "config.yaml", asdict(config))
     train_model = distributed.wrap(model)
     for epoch in range(start_epoch, num_epochs + 1):
@@ -323,8 +335,11 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         step += stats.steps
         num_skipped += stats.num_skipped
         if distributed.main:
-            metrics, _ = evaluate_on_coco(ema.module, val, classes, config.image_size, device, config.batch_size,
-                                          config.workers, reporter)
+            metrics, _, skipped_val = evaluate_on_coco(ema.module, val, classes, config.image_size, device,
+                                                       config.batch_size, config.workers, reporter)
+            if skipped_val and epoch == start_epoch:
+                reporter.log(f"validation: {len(skipped_val)} image(s) could not be decoded; their objects count as "
+                             f"missed ({skipped_val[0]})")
             row = {"epoch": epoch, "step": step, **stats.losses, **metrics, "lr": scheduler.get_last_lr()[0],
                    "human_images": stats.human_images, "machine_images": stats.machine_images,
                    "machine_boxes": stats.machine_boxes, "data_wait": stats.data_wait_fraction}
