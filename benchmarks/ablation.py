@@ -16,7 +16,7 @@ Every row: params, MACs and end-to-end latency at --image-size (lean inference p
 of --runs calls interleaved over the rows), and AP after training on the same synthetic cards
 (--num-train labelled, --num-val validation images at --train-size px, --epochs, AdamW --lr, batch 16,
 light augmentation, seed 0). One run per row: run-to-run noise of AP is a few points.
-Rows already trained in OUT are reused (delete OUT/<row> to retrain). Prints a markdown table and
+Rows already trained in OUT are reused (delete OUT/<row> to retrain), so rerunning re-measures speed only. Prints a markdown table and
 writes OUT/results.json.
 """
 
@@ -137,10 +137,6 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; latency at {args.image_size} px, batch 1, median of {args.runs} runs; "
           f"AP after {args.epochs} epochs on {args.num_train} synthetic images at {args.train_size} px")
 
-    models = {name: build_model(arch, 1, args.image_size, **options).eval() for name, arch, options in rows}
-    costs = {name: (sum(p.numel() for p in m.parameters()), sum(count_macs(m, args.image_size).values())) for name, m in models.items()}
-    speed = latencies(models, args.image_size, args.runs)
-
     data_dir = args.out / "data"
     if not (data_dir / "labeled.json").exists():
         synth(SynthConfig(data_dir, num_labeled=args.num_train, num_unlabeled=0, num_val=args.num_val, size=args.train_size, seed=0))
@@ -160,9 +156,14 @@ def main() -> None:
             results[name] = {"ap": trained.best_metrics.get("ap", 0.0), "ap50": trained.best_metrics.get("ap50", 0.0),
                              "train_minutes": (time.perf_counter() - started) / 60}
             done.write_text(json.dumps(results[name]))
-        params, macs = costs[name]
-        results[name].update(params=params, macs=macs, latency_ms=speed[name])
-        print(f"{name}: AP {results[name]['ap']:.3f}, {speed[name]:.1f} ms", flush=True)
+        print(f"{name}: AP {results[name]['ap']:.3f}", flush=True)
+
+    # Timed after training (which reuses finished rows), so a rerun on an idle machine re-measures speed only.
+    models = {name: build_model(arch, 1, args.image_size, **options).eval() for name, arch, options in rows}
+    speed = latencies(models, args.image_size, args.runs)
+    for name, model in models.items():
+        results[name].update(params=sum(p.numel() for p in model.parameters()), latency_ms=speed[name],
+                             macs=sum(count_macs(model, args.image_size).values()))
 
     print("\n| row | params M | GMACs | latency ms | AP | AP50 | train min |\n|---|---|---|---|---|---|---|")
     for name, r in results.items():
