@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--rows", default="", help="comma-separated row numbers to run (default: all)")
+    parser.add_argument("--skip-training", action="store_true", help="speed and size only; AP of rows not trained yet is left out")
     args = parser.parse_args()
     _register_variants()
     rows = [r for r in ROWS if not args.rows or r[0].split()[0] in args.rows.split(",")]
@@ -138,7 +139,7 @@ def main() -> None:
           f"AP after {args.epochs} epochs on {args.num_train} synthetic images at {args.train_size} px")
 
     data_dir = args.out / "data"
-    if not (data_dir / "labeled.json").exists():
+    if not (data_dir / "labeled.json").exists() and not args.skip_training:
         synth(SynthConfig(data_dir, num_labeled=args.num_train, num_unlabeled=0, num_val=args.num_val, size=args.train_size, seed=0))
     results = {}
     for name, arch, options in rows:
@@ -146,6 +147,9 @@ def main() -> None:
         done = run / "row.json"
         if done.exists():
             results[name] = json.loads(done.read_text())
+        elif args.skip_training:
+            results[name] = {"ap": None, "ap50": None, "train_minutes": None}
+            continue
         else:
             started = time.perf_counter()
             resume = run / "last.pt" if (run / "last.pt").exists() else None  # a killed row goes on where it stopped
@@ -166,9 +170,13 @@ def main() -> None:
                              macs=sum(count_macs(model, args.image_size).values()))
 
     print("\n| row | params M | GMACs | latency ms | AP | AP50 | train min |\n|---|---|---|---|---|---|---|")
+    def cell(value, digits):
+        return "-" if value is None else f"{value:.{digits}f}"
+
     for name, r in results.items():
-        print(f"| {name} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.3f} | {r['latency_ms']:.1f} | {r['ap']:.3f} | "
-              f"{r['ap50']:.3f} | {r['train_minutes']:.1f} |")
+        print(f"| {name} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.3f} | {r['latency_ms']:.1f} | {cell(r['ap'], 3)} | "
+              f"{cell(r['ap50'], 3)} | {cell(r['train_minutes'], 1)} |")
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"saved {args.out / 'results.json'}")
 
