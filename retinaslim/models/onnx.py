@@ -14,7 +14,11 @@ from the same decode code as PyTorch's.
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from retinaslim.errors import UserError
@@ -57,11 +63,15 @@ def export_network(detector: LeanDetector, path: Path, opset: int, dynamic_batch
                           output_names=OUTPUT_NAMES, opset_version=opset, dynamic_axes=axes, dynamo=False)
 
 
-def export_metadata(arch: str, arch_options: dict[str, Any], classes: list[dict[str, Any]], image_size: int,
-                    detector: LeanDetector, **extra: Any) -> dict[str, Any]:
-    """What the postprocess needs, as stored in the graph (``extra``: e.g. ``int8``, ``source``)."""
-    return {"format": FORMAT, "arch": arch, "arch_options": arch_options, "classes": classes, "image_size": image_size,
-            "input_size": list(detector.input_size), "mean": detector.mean.flatten().tolist(),
+def export_metadata(arch: str, arch_options: dict[str, Any], classes: list[dict[str, Any]], train_image_size: int,
+                    image_size: int, detector: LeanDetector, **extra: Any) -> dict[str, Any]:
+    """What the postprocess needs, as stored in the graph (``extra``: e.g. ``int8``, ``source``).
+
+    ``train_image_size``: the checkpoint's, which the model is built at (its anchor sizes are fractions
+    of it); ``image_size``: the longer side images are resized to before padding to ``input_size``.
+    """
+    return {"format": FORMAT, "arch": arch, "arch_options": arch_options, "classes": classes,
+            "train_image_size": train_image_size, "image_size": image_size, "input_size": list(detector.input_size), "mean": detector.mean.flatten().tolist(),
             "std": detector.std.flatten().tolist(), "score_thresh": detector.score_thresh,
             "nms_thresh": detector.nms_thresh, "topk_candidates": detector.topk_candidates,
             "detections_per_img": detector.detections_per_img, **extra}
@@ -74,6 +84,38 @@ def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
     model.producer_name = "retinaslim"
     onnx.save(model, str(path))
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime.quantization logs warnings through the root logger; a library does not print."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(src: Path, dst: Path, feeds: list[np.ndarray]) -> None:
+    """Static int8 quantisation of the graph ``src`` -> ``dst``: QDQ, int8 per-channel weights, uint8
+    activations, MinMax ranges from ``feeds`` (normalised (1, 3, H, W) batches). The graph is first
+    pre-processed (shape inference, constant folding: GroupNorm's constant scales become initializers),
+    as onnxruntime's quantisation guide asks."""
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter({INPUT_NAME: feed} for feed in feeds)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory() as work, _quiet_root_logger():
+        prepared = Path(work) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared))
+        quantize_static(str(prepared), str(dst), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
 def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
@@ -115,7 +157,7 @@ class OnnxDetector(LeanDetector):
             raise UserError(f"{path}: ONNX model not found")
         sess = session(path, threads)
         metadata = read_metadata(path, sess)
-        model = build_model(metadata["arch"], len(metadata["classes"]), metadata["image_size"], **metadata["arch_options"])
+        model = build_model(metadata["arch"], len(metadata["classes"]), metadata["train_image_size"], **metadata["arch_options"])
         super().__init__(model.eval(), input_size=tuple(metadata["input_size"]))
         self.session, self.metadata = sess, metadata
         self.score_thresh, self.nms_thresh = metadata["score_thresh"], metadata["nms_thresh"]

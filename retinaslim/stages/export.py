@@ -10,27 +10,22 @@ are matched to PyTorch's on the same padded batch: every detection must have a p
 class with every box coordinate within ``BOX_TOL_PX`` and the score within ``SCORE_TOL``. A failure
 leaves no file behind.
 
-``int8``: onnxruntime static quantisation (QDQ, int8 per-channel weights, uint8 activations, MinMax
-calibration on up to ``num_calibration`` images) written beside the fp32 file as ``NAME.int8.onnx``;
+``int8``: onnxruntime static quantisation (``models.onnx.quantize_int8``; calibration on up to
+``num_calibration`` images) written beside the fp32 file as ``NAME.int8.onnx``;
 reported with AP (on a COCO file) and network latency of PyTorch, ONNX fp32 and ONNX int8.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import statistics
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from retinaslim.core.atomic import atomic_path
 from retinaslim.core.tta import Transform
@@ -41,12 +36,12 @@ from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.lean import SIZE_DIVISIBLE, LeanDetector
 from retinaslim.models.onnx import (
-    INPUT_NAME,
     MAX_OPSET,
     MIN_OPSET,
     OnnxDetector,
     export_metadata,
     export_network,
+    quantize_int8,
     write_metadata,
 )
 from retinaslim.stages.inference import evaluate_on_coco, time_ms
@@ -181,14 +176,6 @@ def parity_images(sampled: list[torch.Tensor], image_size: int, count: int) -> l
     return [*sampled, torch.full((3, image_size, image_size), 0.5), wide]
 
 
-class _Calibration(CalibrationDataReader):
-    def __init__(self, detector: LeanDetector, images: list[torch.Tensor], input_name: str):
-        self.feeds = iter([{input_name: detector.batch([image]).contiguous().numpy()} for image in images])
-
-    def get_next(self):
-        return next(self.feeds, None)
-
-
 def _latency(calls: dict[str, Callable[[], object]], runs: int, rounds: int = 3) -> dict[str, float]:
     """Median ms per call over ``runs`` calls, the calls interleaved in ``rounds`` rounds (2 warm-up calls each)."""
     samples: dict[str, list[float]] = {name: [] for name in calls}
@@ -229,8 +216,8 @@ def export(config: ExportConfig) -> ExportResult:
     truth = _val_data(config, coco, checkpoint.classes) if config.int8 else None
     sampled = _read_spread(paths, config.num_parity_images, image_size) if paths else []
     samples = parity_images(sampled, image_size, config.num_parity_images)
-    metadata = export_metadata(checkpoint.arch, checkpoint.arch_options, checkpoint.classes, image_size, reference,
-                               int8=False, source=str(config.weights))
+    metadata = export_metadata(checkpoint.arch, checkpoint.arch_options, checkpoint.classes, checkpoint.image_size,
+                               image_size, reference, int8=False, source=str(config.weights))
     with torch.inference_mode():
         expected = reference(samples)
     try:
@@ -269,33 +256,14 @@ def _val_data(config: ExportConfig, coco: CocoData | None, categories: list[dict
     return truth
 
 
-@contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """onnxruntime.quantization logs warnings through the root logger; a library does not print."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def quantize(config: ExportConfig, fp32_path: Path, metadata: dict, reference: LeanDetector, samples: list[torch.Tensor],
              expected: list[dict[str, torch.Tensor]], paths: list[Path], truth: CocoData | None, image_size: int) -> Int8Report:
-    """Static int8 quantisation of ``fp32_path`` -> ``NAME.int8.onnx``, with AP and latency before and after.
-
-    The graph is first pre-processed (shape inference, constant folding: GroupNorm's constant scales
-    become initializers), as onnxruntime's quantisation guide asks.
-    """
+    """Static int8 quantisation of ``fp32_path`` (``models.onnx.quantize_int8``) -> ``NAME.int8.onnx``, with AP
+    and latency before and after."""
     out = fp32_path.with_name(f"{fp32_path.stem}.int8.onnx")
     calibration = _read_spread(paths, config.num_calibration, image_size)
-    with atomic_path(out) as tmp, tempfile.TemporaryDirectory() as work, _quiet_root_logger():
-        prepared = Path(work) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
-        quantize_static(str(prepared), str(tmp), _Calibration(reference, calibration, INPUT_NAME),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+    with atomic_path(out) as tmp:
+        quantize_int8(fp32_path, tmp, [reference.batch([image]).contiguous().numpy() for image in calibration])
         write_metadata(tmp, metadata | {"int8": True})
     fp32, int8 = OnnxDetector(fp32_path), OnnxDetector(out)
     with torch.inference_mode():

@@ -60,7 +60,8 @@ def test_export_matches_pytorch_including_an_empty_image(norm, opset, dynamic_ba
 
     stored = json.loads({p.key: p.value for p in onnx.load(result.out).metadata_props}[METADATA_KEY])
     assert stored["classes"] == CLASSES and stored["arch_options"] == {"norm": norm}
-    assert stored["input_size"] == [96, 96] and stored["score_thresh"] == 0.05
+    assert stored["input_size"] == [96, 96] and stored["train_image_size"] == stored["image_size"] == 96
+    assert stored["score_thresh"] == 0.05
 
     detector = OnnxDetector(result.out)
     assert detector.static_batch != dynamic_batch
