@@ -199,6 +199,8 @@ def _check(config: ExportConfig) -> Path:
         raise UserError(f"--image-size {config.image_size}: must be at least {SIZE_DIVISIBLE}")
     if config.int8 and config.calibration is None:
         raise UserError("--int8 needs calibration images: pass --calibration FOLDER (or an image list or COCO JSON)")
+    if config.val is not None and not config.int8:
+        raise UserError("--val sets where int8's AP is measured: use it with --int8")
     if config.val is not None and Path(config.val).suffix.lower() != ".json":
         raise UserError(f"--val {config.val}: expected a COCO JSON file")
     return out

@@ -125,6 +125,7 @@ def test_bad_requests_give_one_line_errors(labeller, tmp_path):
     assert_user_error(run_cli("export", "--weights", labeller, "--out", tmp_path / "m.pt"), "expected a .onnx")
     assert_user_error(run_cli("export", "--weights", labeller, "--int8"), "--int8 needs calibration images")
     assert_user_error(run_cli("export", "--weights", labeller, "--format", "tflite"), "only onnx")
+    assert_user_error(run_cli("export", "--weights", labeller, "--val", tmp_path / "v.json"), "use it with --int8")
 
     image = tmp_path / "image.png"
     Image.new("RGB", (96, 96)).save(image)
