@@ -14,6 +14,10 @@ NMS), at batch 1 on a square image, on the CPU with torch's default thread count
   last, cached anchors, one batched decode and NMS); torchvision's ssdlite320_mobilenet_v3_large gets
   the same BatchNorm folding and channels-last, and its own pre/post-processing. For the student the
   torchvision generic path (model(images)) is timed too, for comparison;
+- the students also run in onnxruntime (CPU, as many intra-op threads as torch): the graph `retinaslim
+  export` writes (models.onnx: the network, fp32) for the network and end to end (quiet; the decode is
+  the same torch code), and its int8 copy (static QDQ quantisation calibrated on 8 random images:
+  speed only) for the network;
 - timings are medians over --runs calls after --warmup calls, interleaved across models in --rounds
   rounds so that a busy machine slows every model alike;
 - peak RSS (a fresh process per measurement) of inference and of one training step at batch 32, for
@@ -35,12 +39,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import onnxruntime as ort
 import torch
 import torchvision
 
 from retinaslim.models.checkpoint import Checkpoint, save_checkpoint
 from retinaslim.models.lean import LeanDetector, fold_batchnorm
 from retinaslim.models.macs import count_macs
+from retinaslim.models.onnx import OnnxDetector, export_metadata, export_network, quantize_int8, write_metadata
 from retinaslim.models.registry import build_model
 
 STUDENTS = [("slim-s", {"norm": "gn"}), ("slim-s", {"norm": "bn"}), ("slim-m", {"norm": "gn"}), ("slim-m", {"norm": "bn"})]
@@ -83,6 +89,23 @@ class Runner:
         if arch == STUDENT:
             self.model = model
             self.calls["torchvision"] = lambda: self.model([self.image])
+        if arch.startswith("slim"):
+            self._onnx(arch, options, model, image_size)
+
+    def _onnx(self, arch: str, options: dict, model, image_size: int) -> None:
+        """onnxruntime sessions on the exported graph (fp32) and its int8 copy; the files are only needed to load them."""
+        side = self.batch.shape[-1]
+        fixed = LeanDetector(model, input_size=(side, side))
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32, int8 = Path(tmp) / "m.onnx", Path(tmp) / "m.int8.onnx"
+            export_network(fixed, fp32, opset=17, dynamic_batch=False)
+            metadata = export_metadata(arch, options, [{"id": 1, "name": "card"}], image_size, image_size, fixed)
+            write_metadata(fp32, metadata)
+            quantize_int8(fp32, int8, [fixed.batch([torch.rand(3, side, side)]).contiguous().numpy() for _ in range(8)])
+            write_metadata(int8, metadata | {"int8": True})
+            self.onnx, self.int8 = OnnxDetector(fp32), OnnxDetector(int8)
+        self.calls |= {"onnx_network": lambda: self.onnx.raw(self.batch), "onnx_quiet": self._ort(1.0),
+                       "int8_network": lambda: self.int8.raw(self.batch)}
 
     @staticmethod
     def _state_dict_mb(model) -> float:
@@ -94,6 +117,12 @@ class Runner:
         def call():
             self.detector.score_thresh = score_thresh
             return self.detector([self.image])
+        return call
+
+    def _ort(self, score_thresh: float):
+        def call():
+            self.onnx.score_thresh = score_thresh
+            return self.onnx([self.image])
         return call
 
     def _ssd(self, score_thresh: float):
@@ -157,7 +186,7 @@ def main() -> None:
         return
 
     setup = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-             "torch": torch.__version__, "image_size": args.image_size, "batch": 1, "runs": args.runs, "rounds": args.rounds}
+             "torch": torch.__version__, "onnxruntime": ort.__version__, "image_size": args.image_size, "batch": 1, "runs": args.runs, "rounds": args.rounds}
     print(f"machine: {setup['machine']}, {setup['cpus']} CPUs, torch {setup['torch']}, {setup['threads']} threads; "
           f"{args.image_size} x {args.image_size}, batch 1, median of {args.runs} runs per call in {args.rounds} interleaved rounds")
     started = time.perf_counter()
@@ -174,6 +203,9 @@ def main() -> None:
                       "teacher_speedup": round(teacher_ms / t["quiet"], 1), "fps": round(1000 / t["quiet"], 1)}
         if "torchvision" in t:
             rows[name]["torchvision_path_ms"] = round(t["torchvision"], 2)
+        if "onnx_network" in t:
+            rows[name] |= {"ort_network_ms": round(t["onnx_network"], 2), "ort_latency_ms": round(t["onnx_quiet"], 2),
+                           "ort_int8_network_ms": round(t["int8_network"], 2)}
     print("\n| model | params M | GMACs | checkpoint MB | network ms | end-to-end ms (quiet / busy) | pre+post share "
           "(quiet / busy) | FPS | x teacher |\n|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
@@ -185,6 +217,14 @@ def main() -> None:
     if "torchvision_path_ms" in student:
         print(f"\n{student_name} through torchvision's generic path (model(images)): {student['torchvision_path_ms']:.1f} ms "
               f"vs lean {student['latency_ms']:.1f} ms")
+
+    print(f"\nonnxruntime {ort.__version__} (CPU, {setup['threads']} threads) next to PyTorch, ms\n"
+          "| model | network: PyTorch | network: ORT fp32 | network: ORT int8 | end-to-end quiet: PyTorch | end-to-end quiet: ORT fp32 |"
+          "\n|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        if "ort_network_ms" in r:
+            print(f"| {name} | {r['network_ms']:.1f} | {r['ort_network_ms']:.1f} | {r['ort_int8_network_ms']:.1f} | "
+                  f"{r['latency_ms']:.1f} | {r['ort_latency_ms']:.1f} |")
 
     rss = {}
     if not args.skip_rss:

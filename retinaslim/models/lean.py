@@ -12,7 +12,8 @@ the network itself (PITFALLS.md). ``LeanDetector`` keeps torchvision's network a
 BatchNorm layers are folded into their convolutions and the network runs channels-last (oneDNN's
 preferred layout on CPU), on a copy of the model: the original is untouched. ``raw`` is the network
 alone (normalised batch -> head outputs), the part ONNX exports; ``decode`` is the postprocess that
-turns head outputs into detections.
+turns head outputs into detections. With a fixed ``input_size`` every batch is padded to that size,
+as a graph exported with a static input shape needs (``models.onnx``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import batched_nms
+
+from retinaslim.errors import UserError
 
 SIZE_DIVISIBLE = 32
 
@@ -44,10 +47,15 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
 class LeanDetector(nn.Module):
     """Wraps a torchvision RetinaNet for inference. Call it like the model: a list of (3, H, W) images
-    in [0, 1] -> a list of dicts with ``boxes`` (xyxy, pixels of each image), ``scores`` and ``labels``."""
+    in [0, 1] -> a list of dicts with ``boxes`` (xyxy, pixels of each image), ``scores`` and ``labels``.
 
-    def __init__(self, model: nn.Module):
+    ``input_size`` (height, width), multiples of 32: pad every batch to this size instead of to the
+    largest image's; an image that does not fit is refused.
+    """
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, int] | None = None):
         super().__init__()
+        self.input_size = input_size
         model = fold_batchnorm(copy.deepcopy(model).eval()).to(memory_format=torch.channels_last)
         self.backbone, self.head = model.backbone, model.head
         self.anchor_generator, self.box_coder = model.anchor_generator, model.box_coder
@@ -59,9 +67,17 @@ class LeanDetector(nn.Module):
         self._anchors: dict[tuple, tuple[torch.Tensor, list[int]]] = {}
 
     def batch(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """Images -> (N, 3, H, W) normalised batch, zero-padded (after normalising) to a multiple of 32."""
+        """Images -> (N, 3, H, W) normalised batch, zero-padded (after normalising) to a multiple of 32
+        or to ``input_size``."""
         height = math.ceil(max(i.shape[1] for i in images) / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
         width = math.ceil(max(i.shape[2] for i in images) / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
+        if self.input_size is not None:
+            if height > self.input_size[0] or width > self.input_size[1]:
+                largest = max(max(i.shape[1:]) for i in images)
+                raise UserError(f"an image of {largest} px (longer side) does not fit the model's fixed "
+                                f"{self.input_size[0]} x {self.input_size[1]} input; use an image size up to "
+                                f"{min(self.input_size)}, or export again with a larger --image-size")
+            height, width = self.input_size
         if all(i.shape[1:] == (height, width) for i in images):
             batch = (torch.stack(images) - self.mean) / self.std
         else:

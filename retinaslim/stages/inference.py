@@ -90,11 +90,12 @@ def predict_batches(
 
     Calls ``on_batch`` once per batch, in order, with each image's detections or decoding error. A
     batch's detections depend only on its own images, so re-running a batch reproduces it exactly.
-    Images are decoded in ``workers`` DataLoader processes.
+    Images are decoded in ``workers`` DataLoader processes. ``model``: a RetinaNet, run through its lean
+    path, or a ``LeanDetector`` already (e.g. an ONNX session's), run as it is.
     """
     reporter = reporter or Reporter()
     timings = Timings()
-    detector = LeanDetector(model).to(device)
+    detector = (model if isinstance(model, LeanDetector) else LeanDetector(model)).to(device)
     loader = torch.utils.data.DataLoader(ImageListDataset(paths), batch_sampler=batches, num_workers=workers,
                                          collate_fn=collate_list)
     reporter.start(task, sum(len(b) for b in batches))

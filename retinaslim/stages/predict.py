@@ -26,6 +26,7 @@ from retinaslim.data.draw import draw_boxes, save_image
 from retinaslim.data.images import IMAGE_SUFFIXES, ImageError, list_images, read_rgb
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
+from retinaslim.models.onnx import OnnxDetector
 from retinaslim.stages.inference import (
     ImageResult,
     chunks,
@@ -63,12 +64,19 @@ def load_detector(weights: Path) -> tuple[nn.Module, ClassMap, int]:
     """The one place a weights file becomes a detector: (model, classes, input size).
 
     The model takes a list of (3, H, W) images in [0, 1] and returns one dict per image with ``boxes``
-    (xyxy in the input's pixels), ``scores`` and ``labels``: the call every retinaslim model answers, and
-    the one another backend (an ONNX session with its decode + NMS) implements to be used here.
+    (xyxy in the input's pixels), ``scores`` and ``labels``: the call every retinaslim model answers.
+    A ``.pt`` checkpoint gives the RetinaNet; a ``.onnx`` file from ``retinaslim export`` gives an
+    ``OnnxDetector`` (onnxruntime runs the network, ``LeanDetector.decode`` the postprocess), with the
+    size it was exported for.
     """
     weights = Path(weights)
+    if weights.suffix.lower() == ".onnx":
+        detector = OnnxDetector(weights)
+        metadata = detector.metadata
+        return detector, ClassMap.from_categories(metadata["classes"]), metadata["image_size"]
     if weights.suffix.lower() != ".pt":
-        raise UserError(f"{weights}: expected a retinaslim checkpoint (.pt, from train-teacher or train-student)")
+        raise UserError(f"{weights}: expected a retinaslim checkpoint (.pt, from train-teacher or train-student) "
+                        "or an ONNX export (.onnx, from retinaslim export)")
     checkpoint = load_checkpoint(weights)
     return checkpoint.build(), ClassMap.from_categories(checkpoint.classes), checkpoint.image_size
 

@@ -67,7 +67,7 @@ def test_tta_adds_agreement_and_bad_requests_are_refused(labeller, one_card_set,
     assert f"saved to {tmp_path / 'p.json'}" in result.stdout
 
     with pytest.raises(UserError, match="expected a retinaslim checkpoint"):
-        predict(PredictConfig(tmp_path / "model.onnx", [path], tmp_path / "p.json"))
+        predict(PredictConfig(tmp_path / "model.h5", [path], tmp_path / "p.json"))
     assert_user_error(run_cli("predict", tmp_path / "nowhere", "--weights", labeller, "--out", tmp_path / "p.json"),
                       "nowhere", "no such folder")
     assert_user_error(run_cli("predict", path, "--weights", labeller, "--out", tmp_path / "p.txt"), "expected a .json")
