@@ -149,9 +149,11 @@ def time_models(runners: dict[str, Runner], runs: int, warmup: int, rounds: int)
 
 
 def rss_child(arch: str, mode: str, image_size: int) -> None:
-    """Runs in a fresh process: prints its peak RSS (MB) after inference or one training step at batch 32."""
+    """Runs in a fresh process: prints its peak RSS (MB) after imports only, inference, or one training step at batch 32."""
     model = build_model(arch, 1, image_size)
-    if mode == "infer":
+    if mode == "import":
+        pass
+    elif mode == "infer":
         detector = LeanDetector(model.eval())
         with torch.inference_mode():
             for _ in range(10):
@@ -230,7 +232,9 @@ def main() -> None:
     if not args.skip_rss:
         for arch in RSS_MODELS:
             rss[arch] = {mode: round(peak_rss(arch, mode, args.image_size), 1) for mode in ("infer", "train")}
-        print("\n| model | peak RSS inference MB | peak RSS training step, batch 32, MB |\n|---|---|---|")
+        imports = round(peak_rss(STUDENT, "import", args.image_size), 1)
+        print(f"\npeak RSS of the interpreter after its imports and building slim-s, nothing run: {imports:.0f} MB")
+        print("| model | peak RSS inference MB | peak RSS training step, batch 32, MB |\n|---|---|---|")
         for arch, r in rss.items():
             print(f"| {arch} | {r['infer']:.0f} | {r['train']:.0f} |")
 
@@ -249,7 +253,7 @@ def main() -> None:
         print(f"{'PASS' if ok else 'FAIL'}  {check}")
     print(f"\nbenchmark wall time {time.perf_counter() - started:.0f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"setup": setup, "models": rows, "rss_mb": rss, "checks": checks}, indent=1))
+    args.json.write_text(json.dumps({"setup": setup, "models": rows, "rss_mb": rss, "rss_imports_mb": imports if rss else None, "checks": checks}, indent=1))
     print(f"saved {args.json}")
 
 
