@@ -187,7 +187,7 @@ def train_student(
     images: ImagesOpt = None, out: OutRunOpt = None,
     arch: Annotated[Optional[str], typer.Option(help="Student architecture: slim-s or slim-m (or a baseline: retinanet_resnet18_fpn, retinanet_mobilenet_v2_fpn, retinanet_shufflenet_v2_fpn).")] = None,
     norm: Annotated[Optional[str], typer.Option(help="gn (GroupNorm, default) or bn (BatchNorm).")] = None,
-    anchors: Annotated[str, typer.Option(help="fit: anchor sizes and aspect ratios by k-means on the human-labelled boxes (kept when they match the boxes better than the defaults); default: the built-in card anchors.")] = "fit",
+    anchors: Annotated[str, typer.Option(help="fit: anchor sizes and aspect ratios by k-means on the human-labelled boxes (kept when they match the boxes better than the defaults; slim students only, baselines keep torchvision's); default: the built-in card anchors.")] = "fit",
     image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, iterations: ItersOpt = None,
     optimizer: OptimOpt = None, lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
     resume: ResumeOpt = None, device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
