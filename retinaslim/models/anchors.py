@@ -8,6 +8,7 @@ stored in the checkpoint's ``arch_options``, so a model is rebuilt with the anch
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -48,6 +49,5 @@ def fit_anchors(boxes_wh: torch.Tensor, levels: int = 3, sizes_per_level: int = 
     log aspect ratio. boxes_wh: (M, 2) widths and heights as fractions of the image side (after resize)."""
     sizes = _kmeans_1d(boxes_wh.prod(dim=1).sqrt().log(), levels * sizes_per_level)
     ratios = _kmeans_1d((boxes_wh[:, 1] / boxes_wh[:, 0]).log(), num_ratios)
-    scales = [[round(float(torch.tensor(s).exp()), 4) for s in sizes[i * sizes_per_level:(i + 1) * sizes_per_level]]
-              for i in range(levels)]
-    return {"scales": scales, "ratios": [round(float(torch.tensor(r).exp()), 4) for r in ratios]}
+    scales = [[round(math.exp(s), 4) for s in sizes[i * sizes_per_level:(i + 1) * sizes_per_level]] for i in range(levels)]
+    return {"scales": scales, "ratios": [round(math.exp(r), 4) for r in ratios]}
