@@ -25,10 +25,12 @@ Outputs: the `synthetic` and `setup` objects merged into --results-json (other s
 markdown section (table, targets, exact commands) written between the `<!-- distill:begin -->` and
 `<!-- distill:end -->` markers of --markdown, and the targets printed as holding or not.
 
-Real photographs (BCCD, ../shared/data/bccd) are not run here yet: they need `retinaslim convert --from
-voc` (issue 9). Once it exists, a `bccd` preparation (convert the train split, hold part of it out as
-unlabelled with its truth, convert the test split for eval) feeds `comparison_steps` unchanged and the
-results go under a `bccd` key.
+Real photographs, `--bccd DIR` (../shared/data/bccd, Pascal VOC): `retinaslim convert --from voc --split`
+turns the dataset's own train, val and test lists into COCO files; --labeled train-split images (a seeded
+draw) keep their labels and the rest become the unlabelled pool (symlinked images; their labels only score
+the machine labels). The val split picks each run's best epoch and calibrates the precision filter; the
+test split is the table's. Results go under the `bccd` key and between the `<!-- distill-bccd:begin -->`
+markers.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shlex
 import subprocess
 import sys
@@ -50,7 +53,7 @@ import torch
 from retinaslim import config
 
 THRESH = config.FILTER_SCORE_THRESH  # filter's default rule: a fixed score threshold
-MARK_BEGIN, MARK_END = "<!-- distill:begin -->", "<!-- distill:end -->"
+SECTIONS = {"synthetic": "distill", "bccd": "distill-bccd"}  # results key -> markdown marker name
 
 # Size presets: `full` is what docs/results.md reports; `quick` proves the script works end to end.
 PRESETS = {
@@ -58,6 +61,10 @@ PRESETS = {
              "student_epochs": 60, "latency_runs": 50, "workers": 2},
     "quick": {"size": 96, "labeled": 16, "unlabeled": 32, "val": 12, "calib": 8, "teacher_epochs": 1,
               "student_epochs": 2, "latency_runs": 3, "workers": 0},
+    # BCCD: `labeled` of the 205 train-split images keep their labels, the rest are the unlabelled pool;
+    # val, test and calibration images are the dataset's own splits, so those knobs do not apply.
+    "bccd": {"size": 256, "labeled": 50, "teacher_epochs": 40, "student_epochs": 60, "latency_runs": 50, "workers": 2},
+    "bccd_quick": {"size": 96, "labeled": 8, "teacher_epochs": 1, "student_epochs": 1, "latency_runs": 3, "workers": 0},
 }
 
 # Machine-label sets: name -> (pseudo-label run, filter options, what it tests). `default` is the
@@ -93,10 +100,14 @@ class Step:
 
 @dataclass
 class Dataset:
-    """A prepared comparison: COCO files and the unlabelled image folder (with its hidden truth)."""
+    """A prepared comparison: COCO files and the unlabelled image folder (with its hidden truth).
+
+    ``val`` picks each training run's best epoch; ``test`` is what the table reports.
+    """
 
     labeled: Path
     val: Path
+    test: Path
     unlabeled: Path
     unlabeled_truth: Path
     calib: Path
@@ -135,7 +146,7 @@ def comparison_steps(data: Dataset, out: Path, knobs: dict, label_sets: list[str
                                              "--workers", knobs["workers"], "--device", device]))
         steps.append(training("student", f"student_{name}", knobs["student_epochs"], ["--pseudo", filtered]))
     weights = [runs / name / "best.pt" for name in ["teacher", "student_human", *(f"student_{n}" for n in label_sets)]]
-    steps.append(Step("eval", ["eval", *(a for w in weights for a in ("--weights", w)), "--data", data.val,
+    steps.append(Step("eval", ["eval", *(a for w in weights for a in ("--weights", w)), "--data", data.test,
                                "--latency-runs", knobs["latency_runs"], "--json", out / "eval.json", "--plots", out / "plots",
                                "--workers", knobs["workers"], "--device", device], summary=True))
     return steps
@@ -236,14 +247,23 @@ def markdown(result: dict, invocation: str) -> str:
             ("student (slim-s), human labels only", result["student_human"])]
     rows += [(f"student, human + machine labels: {LABEL_SETS[n][2]}", r) for n, r in result["variants"].items()]
     batch = result["teacher"]["batch_size"]
+    if s["dataset"] == "bccd":
+        title = "### Real photographs: BCCD"
+        data = (f"Data: BCCD ({s['source']}) converted with `retinaslim convert --from voc --split`: of the train split's "
+                f"{s['labeled'] + s['unlabeled']} images, {s['labeled']} keep their labels (seed {s['seed']}) and {s['unlabeled']} "
+                f"are the unlabelled pool (their labels only score the machine labels); the val split ({s['val']} images) picks "
+                f"each run's best epoch and calibrates the precision filter; the table is on the test split ({s['test']} images). "
+                f"Longer side {s['size']} px.")
+    else:
+        title = "### Synthetic cards"
+        data = (f"Data: `retinaslim synth` seed {s['seed']}, {s['labeled']} human-labelled, {s['unlabeled']} unlabelled, "
+                f"{s['val']} validation (+{s['calib']} calibration) images of {s['size']} px.")
     lines = [
-        "### Synthetic cards", "",
+        title, "",
         (f"Command: `{invocation}` ({result['seconds'] / 60:.0f} min of steps). Machine: {s['machine']}, "
          f"{s['cpu_count']} CPUs, {s['threads']} torch threads, device {s['device']}, torch {s['torch']}. Date: {s['date']}."), "",
-        (f"Data: `retinaslim synth` seed {s['seed']}, {s['labeled']} human-labelled, {s['unlabeled']} unlabelled, "
-         f"{s['val']} validation (+{s['calib']} calibration) images of {s['size']} px. Epochs: teacher {s['teacher_epochs']}, "
-         f"students {s['student_epochs']}; every other setting is the commands' default. Latency: batch 1, median of "
-         f"{s['latency_runs']} runs after 3 warm-up runs; img/s at batch {batch}."), "",
+        (f"{data} Epochs: teacher {s['teacher_epochs']}, students {s['student_epochs']}; every other setting is the "
+         f"commands' default. Latency: batch 1, median of {s['latency_runs']} runs after 3 warm-up runs; img/s at batch {batch}."), "",
         f"| model | AP | AP50 | AP75 | ms (p50) | ms (p90) | FPS | img/s b{batch} | params | GMACs | MB | train min |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -265,41 +285,101 @@ def markdown(result: dict, invocation: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, section: str) -> None:
-    """Replace the marked section of ``path`` (or add one at its end)."""
+def write_markdown(path: Path, section: str, marker: str) -> None:
+    """Replace the section of ``path`` between ``<!-- marker:begin -->`` and ``<!-- marker:end -->`` (or add one at its end)."""
     text = path.read_text() if path.exists() else ""
-    block = f"{MARK_BEGIN}\n{section}{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        text = text[:text.index(MARK_BEGIN)] + block + text[text.index(MARK_END) + len(MARK_END):]
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    block = f"{begin}\n{section}{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = (text.rstrip("\n") + "\n\n" if text else "") + block + "\n"
     path.write_text(text)
+
+
+def synthetic_data(out: Path, knobs: dict, seed: int) -> tuple[list[Step], Dataset, dict]:
+    """`retinaslim synth` steps for the data and the calibration images; the dataset; its sizes for setup."""
+    data_dir, calib_dir = out / "data", out / "calib"
+    synth_args = ["--size", knobs["size"], "--overwrite"]
+    steps = [
+        Step("synth", ["synth", data_dir, "--labeled", knobs["labeled"], "--unlabeled", knobs["unlabeled"],
+                       "--val", knobs["val"], "--seed", seed, *synth_args]),
+        Step("synth_calib", ["synth", calib_dir, "--labeled", knobs["calib"], "--unlabeled", 0, "--val", 1,
+                             "--seed", seed + 1, *synth_args]),
+    ]
+    data = Dataset(data_dir / "labeled.json", data_dir / "val.json", data_dir / "val.json", data_dir / "unlabeled",
+                   data_dir / "unlabeled.truth.json", calib_dir / "labeled.json")
+    return steps, data, {"calib_seed": seed + 1}
+
+
+def bccd_steps(src: Path, out: Path) -> list[Step]:
+    """`retinaslim convert` of the dataset's train, val and test lists to COCO files in OUT/data."""
+    return [Step(f"convert_{split}", ["convert", src, "--from", "voc", "--split", split, "--to", "coco",
+                                      "--out", out / "data" / f"{split}.json"]) for split in ("train", "val", "test")]
+
+
+def hold_out(out: Path, labeled: int, seed: int) -> tuple[Dataset, dict]:
+    """Split the converted train split: ``labeled`` images (a seeded draw) keep their labels, the rest are
+    symlinked into OUT/data/unlabeled with their labels in unlabeled.truth.json. Same seed, same files."""
+    data_dir = out / "data"
+    coco = json.loads((data_dir / "train.json").read_text())
+    images = sorted(coco["images"], key=lambda im: im["file_name"])
+    if not 0 < labeled < len(images):
+        raise SystemExit(f"--labeled {labeled}: the train split has {len(images)} images; keep between 1 and {len(images) - 1}")
+    random.Random(seed).shuffle(images)
+    parts = {"labeled": images[:labeled], "unlabeled.truth": images[labeled:]}
+    for name, part in parts.items():
+        ids = {im["id"] for im in part}
+        subset = coco | {"images": part, "annotations": [a for a in coco["annotations"] if a["image_id"] in ids]}
+        (data_dir / f"{name}.json").write_text(json.dumps(subset))
+    pool = data_dir / "unlabeled"
+    pool.mkdir(exist_ok=True)
+    for im in parts["unlabeled.truth"]:
+        link = pool / Path(im["file_name"]).name
+        if not link.is_symlink():
+            link.symlink_to((data_dir / im["file_name"]).resolve())
+    data = Dataset(data_dir / "labeled.json", data_dir / "val.json", data_dir / "test.json", pool,
+                   data_dir / "unlabeled.truth.json", data_dir / "val.json")
+    sizes = {"unlabeled": len(parts["unlabeled.truth"]),
+             **{split: len(json.loads((data_dir / f"{split}.json").read_text())["images"]) for split in ("val", "test")}}
+    return data, sizes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench/distill"), help="working folder (resumable)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script, minutes")
+    parser.add_argument("--bccd", type=Path, metavar="DIR",
+                        help="run on this Pascal VOC copy of BCCD (../shared/data/bccd) instead of synthetic cards")
     for knob, value in PRESETS["full"].items():
-        parser.add_argument(f"--{knob.replace('_', '-')}", type=int, help=f"default {value} ({PRESETS['quick'][knob]} with --quick)")
-    parser.add_argument("--label-sets", default=",".join(LABEL_SETS),
-                        help=f"machine-label sets to train students on, comma-separated (default: all): {', '.join(LABEL_SETS)}")
+        parser.add_argument(f"--{knob.replace('_', '-')}", type=int,
+                            help=f"default {value} ({PRESETS['quick'][knob]} with --quick; BCCD: {PRESETS['bccd'].get(knob, 'n/a')})")
+    parser.add_argument("--label-sets",
+                        help=f"machine-label sets to train students on, comma-separated (default: all; BCCD: default,single_pass): "
+                             f"{', '.join(LABEL_SETS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--results-json", type=Path, help="default docs/results.json (OUT/results.json with --quick)")
     parser.add_argument("--markdown", type=Path, help="default docs/results.md (OUT/results.md with --quick)")
     args = parser.parse_args()
-    preset = PRESETS["quick" if args.quick else "full"]
+    key = "bccd" if args.bccd else "synthetic"
+    preset = PRESETS[("bccd" if args.bccd else "full") if not args.quick else ("bccd_quick" if args.bccd else "quick")]
+    not_applicable = [k for k in PRESETS["full"] if k not in preset and getattr(args, k) is not None]
+    if not_applicable:
+        parser.error(f"--{not_applicable[0].replace('_', '-')} does not apply to BCCD (its splits fix those sizes)")
     knobs = {k: preset[k] if getattr(args, k) is None else getattr(args, k) for k in preset}
-    label_sets = [n.strip() for n in args.label_sets.split(",") if n.strip()]
+    label_sets = [n.strip() for n in (args.label_sets or ("default,single_pass" if args.bccd else ",".join(LABEL_SETS))).split(",")
+                  if n.strip()]
     unknown = [n for n in label_sets if n not in LABEL_SETS]
     if unknown or "default" not in label_sets:
         parser.error(f"--label-sets must include 'default' and name only {', '.join(LABEL_SETS)} (got {args.label_sets})")
+    if args.bccd and not (args.bccd / "ImageSets" / "Main").is_dir():
+        parser.error(f"--bccd {args.bccd}: expected a Pascal VOC folder with ImageSets/Main/{{train,val,test}}.txt")
     results_json = args.results_json or (args.out / "results.json" if args.quick else Path("docs/results.json"))
     markdown_path = args.markdown or (args.out / "results.md" if args.quick else Path("docs/results.md"))
 
     out = args.out
-    pinned = {**knobs, "seed": args.seed}
+    pinned = {**knobs, "seed": args.seed, **({"source": str(args.bccd)} if args.bccd else {})}
     pinned.pop("workers")
     pinned.pop("latency_runs")
     setup_path = out / "setup.json"
@@ -309,43 +389,43 @@ def main() -> None:
     setup_path.write_text(json.dumps(pinned, indent=1))
     device = args.device
     resolved = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    setup = {"machine": machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "device": resolved,
+    setup = {"dataset": key, "machine": machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "device": resolved,
              "torch": torch.__version__, "python": platform.python_version(), "date": date.today().isoformat(),
              "teacher_arch": config.TRAIN_DEFAULTS["teacher"]["arch"], "student_arch": config.TRAIN_DEFAULTS["student"]["arch"],
-             **pinned, "latency_runs": knobs["latency_runs"], "calib_seed": args.seed + 1}
-    print(f"distill benchmark: {setup['machine']}, {setup['threads']} torch threads, device {resolved}; "
-          f"{knobs['labeled']} labelled / {knobs['unlabeled']} unlabelled / {knobs['val']} val images of {knobs['size']} px; "
-          f"label sets: {', '.join(label_sets)}")
+             **pinned, "latency_runs": knobs["latency_runs"]}
+    print(f"distill benchmark ({key}): {setup['machine']}, {setup['threads']} torch threads, device {resolved}; "
+          f"{knobs['labeled']} labelled images of {knobs['size']} px; label sets: {', '.join(label_sets)}")
 
     started = time.perf_counter()
-    data_dir, calib_dir = out / "data", out / "calib"
-    synth_args = ["--size", knobs["size"], "--overwrite"]
-    steps = [
-        Step("synth", ["synth", data_dir, "--labeled", knobs["labeled"], "--unlabeled", knobs["unlabeled"],
-                       "--val", knobs["val"], "--seed", args.seed, *synth_args]),
-        Step("synth_calib", ["synth", calib_dir, "--labeled", knobs["calib"], "--unlabeled", 0, "--val", 1,
-                             "--seed", args.seed + 1, *synth_args]),
-    ]
-    data = Dataset(data_dir / "labeled.json", data_dir / "val.json", data_dir / "unlabeled",
-                   data_dir / "unlabeled.truth.json", calib_dir / "labeled.json")
-    steps += comparison_steps(data, out, knobs, label_sets, device, args.seed)
     records: dict[str, dict] = {}
-    for step in steps:
-        records[step.name] = run_step(step, out, any(r["ran"] for r in records.values()))
 
-    synthetic = collect(out, label_sets, records, setup)
+    def run(steps: list[Step]) -> None:
+        for step in steps:
+            records[step.name] = run_step(step, out, any(r["ran"] for r in records.values()))
+
+    if args.bccd:
+        run(bccd_steps(args.bccd, out))
+        data, sizes = hold_out(out, knobs["labeled"], args.seed)
+    else:
+        steps, data, sizes = synthetic_data(out, knobs, args.seed)
+        run(steps)
+    setup |= sizes
+    run(comparison_steps(data, out, knobs, label_sets, device, args.seed))
+
+    result = collect(out, label_sets, records, setup)
     results = json.loads(results_json.read_text()) if results_json.is_file() else {}
     results["setup"] = {k: setup[k] for k in ("machine", "cpu_count", "threads", "device", "torch", "python", "date")}
-    results["synthetic"] = synthetic
+    results[key] = result
     results_json.parent.mkdir(parents=True, exist_ok=True)
     results_json.write_text(json.dumps(results, indent=1) + "\n")
     invocation = shlex.join(["python", "benchmarks/distill.py", *sys.argv[1:]])
-    write_markdown(markdown_path, markdown(synthetic, invocation))
+    section = markdown(result, invocation)
+    write_markdown(markdown_path, section, SECTIONS[key])
 
     print()
-    print(markdown(synthetic, invocation).split("The commands it ran:")[0].rstrip())
-    print(f"\n{len(steps)} steps, {time.perf_counter() - started:.0f} s this invocation "
-          f"({synthetic['seconds']:.0f} s of steps in all); results in {results_json}, table in {markdown_path}, "
+    print(section.split("The commands it ran:")[0].rstrip())
+    print(f"\n{len(records)} steps, {time.perf_counter() - started:.0f} s this invocation "
+          f"({result['seconds']:.0f} s of steps in all); results in {results_json}, table in {markdown_path}, "
           f"plots in {out / 'plots'}")
 
 

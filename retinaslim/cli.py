@@ -470,13 +470,14 @@ def convert(
     to_format: Annotated[str, typer.Option("--to", help="Format to write: coco, yolo or labelstudio.")],
     out: Annotated[Path, typer.Option(help="Output: a .json file (coco, labelstudio) or a folder (yolo).")],
     images: Annotated[Path | None, typer.Option(help="Folder the image names of a COCO or Label Studio file resolve against.")] = None,
+    split: Annotated[str | None, typer.Option(help="VOC only: convert the images ImageSets/Main/<split>.txt lists (e.g. train, val, test).")] = None,
 ) -> None:
     """Convert labels between COCO, Pascal VOC, YOLO and Label Studio; report what was skipped and why."""
     from retinaslim.stages.convert import ConvertConfig
     from retinaslim.stages.convert import convert as run
 
     with _user_errors():
-        result = run(ConvertConfig(src, from_format, to_format, out, images))
+        result = run(ConvertConfig(src, from_format, to_format, out, images, split))
     console.table(f"convert {from_format} -> {to_format}", ["class", "boxes"],
                   [*result.num_boxes.items(), ("all", sum(result.num_boxes.values()))])
     console.info(f"{result.num_images:,} images")

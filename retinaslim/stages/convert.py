@@ -28,6 +28,7 @@ class ConvertConfig:
     to_format: str
     out: Path  # a .json file (coco, labelstudio) or a folder (yolo)
     images: Path | None = None  # where COCO / Label Studio image names resolve
+    split: str | None = None  # VOC only: read the images ImageSets/Main/<split>.txt lists
 
 
 @dataclass
@@ -55,13 +56,15 @@ def _validate(config: ConvertConfig) -> None:
             raise UserError(f"--out {out}: YOLO output is a folder (images/, labels/, data.yaml), and this is a file")
     elif out.suffix.lower() != ".json":
         raise UserError(f"--out {out}: expected a .json file name for {config.to_format}")
+    if config.split and config.from_format != "voc":
+        raise UserError(f"--split {config.split}: only Pascal VOC sources have split lists (ImageSets/Main/*.txt)")
     if out.absolute() == Path(config.src).absolute():
         raise UserError(f"--out {out}: the output would overwrite the input; choose another --out")
 
 
-def read_labels(src: Path, fmt: str, images: Path | None = None) -> LabelSet:
+def read_labels(src: Path, fmt: str, images: Path | None = None, split: str | None = None) -> LabelSet:
     if fmt == "voc":
-        return read_voc(src)
+        return read_voc(src, split)
     if fmt == "yolo":
         return read_yolo(src)
     if fmt == "labelstudio":
@@ -71,7 +74,7 @@ def read_labels(src: Path, fmt: str, images: Path | None = None) -> LabelSet:
 
 def convert(config: ConvertConfig) -> ConvertResult:
     _validate(config)
-    labels = read_labels(Path(config.src), config.from_format, config.images)
+    labels = read_labels(Path(config.src), config.from_format, config.images, config.split)
     if not labels.images:
         reason = f" (first problem: {labels.skipped[0].where}: {labels.skipped[0].reason})" if labels.skipped else ""
         raise UserError(f"{config.src}: no usable images{reason}")

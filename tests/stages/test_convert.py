@@ -82,6 +82,33 @@ def test_bccd_real_set_converts_with_its_two_degenerate_boxes_reported(tmp_path)
     assert all(0 <= a["bbox"][0] and a["bbox"][0] + a["bbox"][2] <= 640 for a in coco["annotations"])
 
 
+def test_bccd_splits_follow_its_image_set_lists(tmp_path):
+    if not BCCD.is_dir():
+        pytest.skip(f"{BCCD} not present")
+    names = {}
+    for split in ("train", "val", "test"):
+        result = convert(ConvertConfig(BCCD, "voc", "coco", tmp_path / f"{split}.json", split=split))
+        listed = (BCCD / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+        names[split] = {Path(i["file_name"]).stem for i in json.loads((tmp_path / f"{split}.json").read_text())["images"]}
+        assert result.num_images == len(listed) and names[split] == set(listed)
+    assert len(names["train"]) + len(names["val"]) + len(names["test"]) == 364
+    assert not names["train"] & names["test"] and not names["val"] & names["test"]
+
+
+def test_voc_split_list_missing_file_and_bad_use(tmp_path):
+    voc_file(tmp_path / "voc" / "Annotations" / "a.xml", "a.png", [voc_object("card", 1, 1, 5, 5)])
+    image(tmp_path / "voc" / "JPEGImages" / "a.png", 20, 10)
+    (tmp_path / "voc" / "ImageSets" / "Main").mkdir(parents=True)
+    (tmp_path / "voc" / "ImageSets" / "Main" / "train.txt").write_text("a\n\nghost 1\n")
+    result = convert(ConvertConfig(tmp_path / "voc", "voc", "coco", tmp_path / "o.json", split="train"))
+    assert result.num_images == 1
+    assert [(s.where.split("/")[-1], s.reason.split("/")[-1]) for s in result.skipped] == [("train.txt: line 3", "ghost.xml not found")]
+    with pytest.raises(UserError, match=r"test.txt: no such split list \(splits here: train\)"):
+        convert(ConvertConfig(tmp_path / "voc", "voc", "coco", tmp_path / "o.json", split="test"))
+    assert_user_error(run_cli("convert", tmp_path / "o.json", "--from", "coco", "--to", "yolo", "--out", tmp_path / "y",
+                              "--split", "train"), "--split train: only Pascal VOC")
+
+
 @pytest.fixture
 def scored_coco(tmp_path):
     """Two images (ids 5 and 9, category ids 3 and 17), human and machine boxes, one ignore region."""

@@ -4,7 +4,8 @@ A VOC root holds ``Annotations/*.xml`` and ``JPEGImages/``; a plain folder of XM
 beside them works too. VOC coordinates are 1-based pixel indices, both ends inclusive (a box from
 xmin=1 to xmax=W covers the whole width), so x1 = xmin - 1 and x2 = xmax in pixel-edge coordinates
 (detectron2 reads VOC the same way). A box with xmax <= xmin or ymax <= ymin is a click, not a drag:
-skipped and reported. ``difficult`` objects are kept with ``"difficult": 1``.
+skipped and reported. ``difficult`` objects are kept with ``"difficult": 1``. ``split`` reads only the
+images that ``ImageSets/Main/<split>.txt`` lists (VOC's own train/val/test lists).
 """
 
 from __future__ import annotations
@@ -38,15 +39,33 @@ def _image_path(xml_path: Path, root: Path, filename: str) -> Path:
     return root / "JPEGImages" / filename
 
 
-def read_voc(src: Path) -> LabelSet:
+def _split_xml_paths(src: Path, xml_dir: Path, split: str, labels: LabelSet) -> list[Path]:
+    """The XML files ``ImageSets/Main/<split>.txt`` names (first word of each line); missing ones are skipped."""
+    lists = src / "ImageSets" / "Main"
+    list_path = lists / f"{split}.txt"
+    if not list_path.is_file():
+        found = sorted(p.stem for p in lists.glob("*.txt")) if lists.is_dir() else []
+        raise UserError(f"{list_path}: no such split list (splits here: {', '.join(found) or 'none'})")
+    paths = []
+    for n, line in enumerate(list_path.read_text().splitlines(), start=1):
+        if line.strip():
+            xml_path = xml_dir / f"{line.split()[0]}.xml"
+            if xml_path.is_file():
+                paths.append(xml_path)
+            else:
+                labels.skip("image", f"{list_path}: line {n}", f"{xml_path} not found")
+    return paths
+
+
+def read_voc(src: Path, split: str | None = None) -> LabelSet:
     src = Path(src)
     if not src.is_dir():
         raise UserError(f"{src}: not a folder; expected a VOC root (with Annotations/) or a folder of VOC XML files")
     xml_dir = src / "Annotations" if (src / "Annotations").is_dir() else src
-    xml_paths = sorted(xml_dir.rglob("*.xml"))
-    if not xml_paths:
-        raise UserError(f"{xml_dir}: no .xml files; expected Pascal VOC annotations")
     labels = LabelSet()
+    xml_paths = _split_xml_paths(src, xml_dir, split, labels) if split else sorted(xml_dir.rglob("*.xml"))
+    if not xml_paths and not labels.skipped:
+        raise UserError(f"{xml_dir}: no .xml files; expected Pascal VOC annotations")
     for xml_path in xml_paths:
         try:
             root = ET.parse(xml_path).getroot()
