@@ -40,6 +40,7 @@ class Checkpoint:
     metrics: dict[str, float] = field(default_factory=dict)
     model: dict[str, torch.Tensor] = field(default_factory=dict)
     training_state: dict[str, Any] | None = None
+    source: Path | None = field(default=None, compare=False)  # the file it was loaded from; not saved
 
     def build(self) -> nn.Module:
         """The model with these weights, in eval mode, on the CPU."""
@@ -48,14 +49,14 @@ class Checkpoint:
             model.load_state_dict(self.model)
         except RuntimeError as e:  # e.g. a checkpoint from an older layout of the same architecture
             first_line = str(e).strip().splitlines()[-1].strip()[:200]
-            raise UserError(f"the weights do not fit {self.arch} as this version builds it ({first_line}); "
+            raise UserError(f"{self.source or 'checkpoint'}: the weights do not fit {self.arch} as this version builds it ({first_line}); "
                             "retrain, or use the retinaslim version that wrote them") from None
         return model.eval()
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Write atomically: a kill mid-write leaves the previous file intact."""
-    payload = {"format": FORMAT, **checkpoint.__dict__}
+    payload = {"format": FORMAT, **{k: v for k, v in checkpoint.__dict__.items() if k != "source"}}
     with atomic_path(Path(path)) as tmp:
         torch.save(payload, tmp)
 
@@ -74,8 +75,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise UserError(f"{path}: not a readable checkpoint ({e.__class__.__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not a retinaslim checkpoint (no '{FORMAT}' format tag)")
-    fields = {k: payload[k] for k in Checkpoint.__dataclass_fields__ if k in payload}
+    fields = {k: payload[k] for k in Checkpoint.__dataclass_fields__ if k in payload and k != "source"}
     try:
-        return Checkpoint(**fields)
+        return Checkpoint(**fields, source=path)
     except TypeError as e:
         raise UserError(f"{path}: incomplete retinaslim checkpoint ({e})") from None
