@@ -168,6 +168,38 @@ def test_image_through_eval(case, name, maker, expected, image_folder, card, lab
     assert report["ap50"] > 0.5  # the good card is still found
 
 
+@pytest.mark.parametrize("case, name, maker, expected", IMAGE_CASES, ids=[c[0] for c in IMAGE_CASES])
+def test_image_through_predict(case, name, maker, expected, image_folder, card, labeller, tmp_path):
+    make_image(image_folder, card, maker, name)
+    out = tmp_path / "preds.json"
+    result = run_cli("predict", image_folder, "--weights", labeller, "--out", out, "--draw", tmp_path / "drawn",
+                     "--score-thresh", 0.0, "--workers", 0)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    sizes = {os.path.basename(im["file_name"]): (im["height"], im["width"]) for im in data["images"]}
+    drawn = sorted(p.name for p in (tmp_path / "drawn").iterdir())
+    if expected == "skip":
+        assert sizes == {"good.jpg": (128, 128)} and drawn == ["good.jpg"]
+        assert [os.path.basename(s["file"]) for s in data["skipped"]] == [name]
+        assert f"skipped {image_folder / name}" in result.stdout
+    else:
+        assert sizes == {"good.jpg": (128, 128), name: expected} and data["skipped"] == [] and len(drawn) == 2
+        image_id = next(im["id"] for im in data["images"] if im["file_name"].endswith(name))
+        height, width = expected
+        boxes = [xyxy(a["bbox"]) for a in data["annotations"] if a["image_id"] == image_id]
+        assert all(0 <= b[0] <= b[2] <= width and 0 <= b[1] <= b[3] <= height for b in boxes)
+
+
+@pytest.mark.parametrize("case, name, maker, expected", IMAGE_CASES, ids=[c[0] for c in IMAGE_CASES])
+def test_image_through_show(case, name, maker, expected, image_folder, card, tmp_path):
+    make_image(image_folder, card, maker, name)
+    labels = image_coco(image_folder, name, expected, card)
+    result = run_cli("show", labels, "--out", tmp_path / "sheet.png")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert Image.open(tmp_path / "sheet.png").size[0] > 0
+    assert (f"skipped {image_folder / name}" in result.stdout) == (expected == "skip")
+
+
 def test_decompression_bomb_limit_is_configurable(image_folder, card, labeller, tmp_path, monkeypatch):
     Image.new("RGB", (300, 200)).save(image_folder / "big.png")
     monkeypatch.setenv("RETINASLIM_MAX_IMAGE_PIXELS", "50000")

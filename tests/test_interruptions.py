@@ -289,10 +289,12 @@ def test_code_carrying_checkpoint_is_refused_by_every_command_that_loads_weights
                              "--teacher", evil],
         "eval --weights": ["eval", "--weights", evil, "--data", data["val"]],
         "profile --weights": ["profile", "--weights", evil],
+        "predict --weights": ["predict", tiny_cards.out / "unlabeled", "--weights", evil, "--out", "preds.json"],
+        "export --weights": ["export", "--weights", evil, "--out", "m.onnx"],
     }
     for command, args in commands.items():
         assert_user_error(run_cli(*args), str(evil), "refused to load")
         assert not marker.exists(), command
-    assert not (tmp_path / "p.json").exists() and not (tmp_path / "f.json").exists()
+    assert not any((tmp_path / name).exists() for name in ("p.json", "f.json", "preds.json", "m.onnx"))
     with pytest.raises(pickle.UnpicklingError):
         torch.load(evil, weights_only=True)
