@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from retinaslim.config import FILTER_SCORE_THRESH
 from retinaslim.errors import UserError
 from retinaslim.models.registry import build_model
 from retinaslim.stages.filter import FilterConfig, filter_labels, instances_thresholds, parse_class_thresholds
@@ -40,13 +41,14 @@ def kept_ids(path):
 def test_fixed_threshold_per_class_and_recorded_rules(pseudo, tmp_path):
     out = tmp_path / "f.json"
     result = filter_labels(FilterConfig(pseudo, out, score_thresh={"passport": 0.65}))
-    assert kept_ids(out) == ([1, 4, 5, 6, 7], [1, 2, 3, 4])  # id_card keeps the 0.5 default; passport 0.6 < 0.65
-    assert result.thresholds == {"id_card": 0.5, "passport": 0.65}
-    assert result.num_boxes_in == {"id_card": 7, "passport": 1} and result.num_boxes_kept == {"id_card": 5, "passport": 0}
+    assert FILTER_SCORE_THRESH == 0.2
+    assert kept_ids(out) == ([1, 3, 4, 5, 6, 7], [1, 2, 3, 4])  # id_card keeps the 0.2 default (8 at 0.1 goes); passport 0.6 < 0.65
+    assert result.thresholds == {"id_card": 0.2, "passport": 0.65}
+    assert result.num_boxes_in == {"id_card": 7, "passport": 1} and result.num_boxes_kept == {"id_card": 6, "passport": 0}
     assert result.num_empty_images == 1
     info = json.loads(out.read_text())["info"]["filter"]
-    assert info["thresholds"] == {"id_card": 0.5, "passport": 0.65} and info["threshold_rule"] == "fixed"
-    assert sum(h["boxes_in"] for h in result.histogram) == 8 and sum(h["boxes_kept"] for h in result.histogram) == 5
+    assert info["thresholds"] == {"id_card": 0.2, "passport": 0.65} and info["threshold_rule"] == "fixed"
+    assert sum(h["boxes_in"] for h in result.histogram) == 8 and sum(h["boxes_kept"] for h in result.histogram) == 6
 
 
 def test_agreement_geometry_and_max_per_image(pseudo, tmp_path):
