@@ -422,7 +422,10 @@ def main() -> None:
 
     result = collect(out, label_sets, records, setup)
     results = json.loads(results_json.read_text()) if results_json.is_file() else {}
-    results["setup"] = {k: setup[k] for k in ("machine", "cpu_count", "threads", "device", "torch", "python", "date")}
+    machine_keys = ("machine", "cpu_count", "threads", "device", "torch", "python", "date")
+    datasets = results.get("setup", {}).get("datasets", {})  # sizes and seeds of each dataset's run
+    datasets[key] = {k: v for k, v in setup.items() if k not in machine_keys}
+    results["setup"] = {k: setup[k] for k in machine_keys} | {"datasets": datasets}
     results[key] = result
     results_json.parent.mkdir(parents=True, exist_ok=True)
     results_json.write_text(json.dumps(results, indent=1) + "\n")
