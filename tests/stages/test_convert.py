@@ -151,6 +151,33 @@ def test_coco_to_yolo_lines_and_round_trip_within_half_a_pixel(scored_coco, tmp_
             assert a == pytest.approx(b, abs=1e-3), key  # in fact far closer: 6 decimals of the image size
 
 
+def test_yolo_output_refuses_another_datasets_files_and_keeps_images_in_place(scored_coco, tmp_path):
+    out = tmp_path / "yolo"
+    convert(ConvertConfig(scored_coco, "coco", "yolo", out))
+    convert(ConvertConfig(scored_coco, "coco", "yolo", out))  # the same set again: its own files are rewritten
+    one = json.loads(scored_coco.read_text())
+    one["images"] = one["images"][:1]
+    one["annotations"] = [a for a in one["annotations"] if a["image_id"] == 5]
+    (tmp_path / "one.json").write_text(json.dumps(one))
+    # q.png's label and link would stay behind and train with the new set
+    with pytest.raises(UserError, match=r"--out .*yolo: holds 2 file\(s\) from another dataset \(e.g. images/sub/q.png\)"):
+        convert(ConvertConfig(tmp_path / "one.json", "coco", "yolo", out))
+    assert (out / "labels" / "p.txt").read_text() == "0 0.200000 0.150000 0.200000 0.100000\n1 0.501500 0.378750 0.997000 0.750500 0.42000\n"
+
+    # images that already live in OUT/images stay where they are, untouched
+    home = tmp_path / "home"
+    image(home / "images" / "p.png", 100, 200)
+    (home / "images" / "stranger.png").write_bytes((home / "images" / "p.png").read_bytes())
+    labels = {**one, "images": [{**one["images"][0], "file_name": "images/p.png"}]}
+    (home / "labels.json").write_text(json.dumps(labels))
+    with pytest.raises(UserError, match=r"holds 1 file\(s\) .*images/stranger.png"):
+        convert(ConvertConfig(home / "labels.json", "coco", "yolo", home))
+    (home / "images" / "stranger.png").unlink()
+    convert(ConvertConfig(home / "labels.json", "coco", "yolo", home))
+    assert not (home / "images" / "p.png").is_symlink() and Image.open(home / "images" / "p.png").size == (100, 200)
+    assert (home / "labels" / "p.txt").read_text().startswith("0 0.200000 0.150000")
+
+
 def test_coco_to_labelstudio_percent_boxes_and_back(scored_coco, tmp_path):
     result = convert(ConvertConfig(scored_coco, "coco", "labelstudio", tmp_path / "ls.json"))
     tasks = json.loads((tmp_path / "ls.json").read_text())

@@ -96,6 +96,21 @@ def read_yolo(src: Path) -> LabelSet:
     return labels
 
 
+def _refuse_leftovers(out: Path, rels: list[Path], paths: list[Path]) -> None:
+    """Refuse an ``out`` whose images/ or labels/ hold files this conversion would not write, or a real
+    image file (not our link) where a link would go. A YOLO trainer reads every file there: an earlier
+    dataset's files would silently join this one, and replacing a real image would lose it."""
+    wanted = {("labels", r.with_suffix(".txt")) for r in rels} | {("images", r) for r in rels}
+    leftovers = sorted(str(f.relative_to(out)) for sub in ("labels", "images") if (out / sub).is_dir()
+                       for f in (out / sub).rglob("*") if (f.is_symlink() or f.is_file())
+                       and (sub, f.relative_to(out / sub)) not in wanted)
+    leftovers += [str(Path("images") / r) for r, p in zip(rels, paths) if (out / "images" / r).is_file()
+                  and not (out / "images" / r).is_symlink() and not (out / "images" / r).samefile(p)]
+    if leftovers:
+        raise UserError(f"--out {out}: holds {len(leftovers)} file(s) from another dataset (e.g. {leftovers[0]}) that a "
+                        "YOLO trainer would read with this one; choose an empty folder or remove them")
+
+
 def write_yolo(labels: LabelSet, out: Path) -> None:
     """``out/images`` (symbolic links to the images), ``out/labels/*.txt``, ``classes.txt`` and ``data.yaml``.
 
@@ -107,9 +122,10 @@ def write_yolo(labels: LabelSet, out: Path) -> None:
     index = {c["id"]: i for i, c in enumerate(categories)}
     paths = [Path(image["file_name"]) for image in labels.images]
     common = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
+    rels = [path.relative_to(common) for path in paths]
+    _refuse_leftovers(out, rels, paths)
     per_image = labels.annotations_per_image()
-    for image, path in zip(labels.images, paths):
-        rel = path.relative_to(common)
+    for image, path, rel in zip(labels.images, paths, rels):
         lines = []
         for a in per_image[image["id"]]:
             if a.get("iscrowd", 0):
@@ -122,8 +138,10 @@ def write_yolo(labels: LabelSet, out: Path) -> None:
         with atomic_path(out / "labels" / rel.with_suffix(".txt")) as tmp:
             tmp.write_text("".join(f"{line}\n" for line in lines))
         link = out / "images" / rel
+        if link.exists() and not link.is_symlink():
+            continue  # the image itself already lives there
         link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() or link.exists():
+        if link.is_symlink():
             link.unlink()
         link.symlink_to(os.path.relpath(path.absolute(), link.parent.absolute()))
     names = [c["name"] for c in categories]
