@@ -41,6 +41,7 @@ from retinaslim.models.lean import LeanDetector
 from retinaslim.models.macs import count_macs
 from retinaslim.models.registry import build_model, register
 from retinaslim.models.student import SlimBackbone, dilated_stem, slim_fpn, slim_head, snet_stages
+from retinaslim.stages.inference import interleaved_ms
 from retinaslim.stages.synth import SynthConfig, synth
 from retinaslim.stages.train import TrainConfig, train
 
@@ -106,17 +107,9 @@ def _register_variants() -> None:
 def latencies(models: dict[str, nn.Module], image_size: int, runs: int, rounds: int = 3) -> dict[str, float]:
     """Median end-to-end ms per model at batch 1 (lean path), interleaved over ``rounds``."""
     image = [torch.rand(3, image_size, image_size)]
-    detectors = {name: LeanDetector(model) for name, model in models.items()}
-    samples: dict[str, list[float]] = {name: [] for name in models}
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for name, detector in detectors.items():
-                for i in range(3 + runs // rounds):
-                    start = time.perf_counter()
-                    detector(image)
-                    if i >= 3:
-                        samples[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(v) for name, v in samples.items()}
+    calls = {name: (lambda d=LeanDetector(model): d(image)) for name, model in models.items()}
+    samples = interleaved_ms(calls, runs, 3, torch.device("cpu"), rounds)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:

@@ -48,6 +48,7 @@ from retinaslim.models.lean import LeanDetector, fold_batchnorm
 from retinaslim.models.macs import count_macs
 from retinaslim.models.onnx import OnnxDetector, export_metadata, export_network, quantize_int8, write_metadata
 from retinaslim.models.registry import build_model
+from retinaslim.stages.inference import interleaved_ms
 
 STUDENTS = [("slim-s", {"norm": "gn"}), ("slim-s", {"norm": "bn"}), ("slim-m", {"norm": "gn"}), ("slim-m", {"norm": "bn"})]
 PEERS = [("retinanet_shufflenet_v2_fpn", {}), ("retinanet_mobilenet_v2_fpn", {}), ("retinanet_resnet18_fpn", {}),
@@ -134,18 +135,12 @@ class Runner:
 
 def time_models(runners: dict[str, Runner], runs: int, warmup: int, rounds: int) -> dict[str, dict[str, float]]:
     """Median ms per (model, call), the calls of all models interleaved round by round."""
-    samples: dict[str, dict[str, list[float]]] = {name: {c: [] for c in r.calls} for name, r in runners.items()}
-    per_round = max(1, runs // rounds)
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for name, runner in runners.items():
-                for call_name, call in runner.calls.items():
-                    for i in range(warmup + per_round):
-                        start = time.perf_counter()
-                        call()
-                        if i >= warmup:
-                            samples[name][call_name].append((time.perf_counter() - start) * 1000)
-    return {name: {c: statistics.median(v) for c, v in calls.items()} for name, calls in samples.items()}
+    calls = {(name, c): call for name, runner in runners.items() for c, call in runner.calls.items()}
+    samples = interleaved_ms(calls, runs, warmup, torch.device("cpu"), rounds)
+    timings: dict[str, dict[str, float]] = {name: {} for name in runners}
+    for (name, c), values in samples.items():
+        timings[name][c] = statistics.median(values)
+    return timings
 
 
 def rss_child(arch: str, mode: str, image_size: int) -> None:

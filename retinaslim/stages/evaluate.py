@@ -2,16 +2,19 @@
 
 Accuracy: one single-pass prediction per image at the checkpoint's input size, scored by pycocotools
 (AP, AP50, AP75, AP small/medium/large, AR@100, AP per class, precision-recall curves).
-Speed: ``measure_latency`` times end-to-end forwards (resized image tensors in, final detections out:
-normalise, network, decode, NMS) after ``warmup_runs`` untimed ones: ``latency_runs`` forwards of one
-image (median and 90th percentile) and ``latency_runs`` forwards of ``batch_size`` images (throughput =
-images / median batch time), on ``device`` with the process's torch thread count.
+Speed: end-to-end forwards (resized image tensors in, final detections out: normalise, network, decode,
+NMS), ``latency_runs`` of one image (median and 90th percentile) and ``latency_runs`` of ``batch_size``
+images (throughput = images / median batch time) per model, on ``device`` with the process's torch thread
+count. After every model's accuracy run, the timed calls of all models are interleaved in rounds
+(``warmup_runs`` untimed calls per model and round), so that models compared side by side share the
+machine's slow and fast spells.
 Size: parameters, MACs of the network for a square ``image_size`` input (``models.macs``), checkpoint bytes.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.lean import LeanDetector
 from retinaslim.models.macs import count_macs
-from retinaslim.stages.inference import predict_on_coco, resolve_device, time_ms
+from retinaslim.stages.inference import interleaved_ms, predict_on_coco, resolve_device
 
 
 @dataclass
@@ -88,16 +91,9 @@ def _numbered(base: Path, index: int, count: int) -> Path:
     return base if count == 1 else base.with_name(f"{base.stem}.{index + 1}{base.suffix}")
 
 
-@torch.no_grad()
-def measure_latency(detector: LeanDetector, images: list[torch.Tensor], image_size: int, device: torch.device, runs: int,
-                    warmup: int) -> list[float]:
-    """Milliseconds of each timed end-to-end forward of ``images`` as one batch (normalise, network, decode, NMS).
-
-    images: original (3, H, W) float images in [0, 1], resized here (longer side ``image_size``) before timing.
-    The one place eval runs a model for speed.
-    """
-    batch = [Transform().apply(image, image_size).to(device) for image in images]
-    return time_ms(lambda: detector(batch), runs, warmup, device)
+def _batch(images: list[torch.Tensor], image_size: int, device: torch.device) -> list[torch.Tensor]:
+    """Original (3, H, W) images in [0, 1], resized as the detector expects (longer side ``image_size``)."""
+    return [Transform().apply(image, image_size).to(device) for image in images]
 
 
 def _sample_images(data, count: int) -> list[torch.Tensor]:
@@ -161,6 +157,7 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
     samples = _sample_images(data, config.batch_size)
 
     reports, plots = [], []
+    calls: dict[tuple[int, int], Callable[[], object]] = {}  # (model, batch size) -> one timed forward
     for index, weights in enumerate(config.weights):
         checkpoint = load_checkpoint(weights)
         classes = ClassMap.from_categories(checkpoint.classes)
@@ -185,21 +182,26 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
             plot_precision_recall(path, evaluation, f"{name} on {data.path.name}")
             plots.append(path)
             pr_plot = str(path)
-        single = measure_latency(detector, samples[:1], image_size, device, config.latency_runs, config.warmup_runs)
-        batched = measure_latency(detector, samples, image_size, device, config.latency_runs, config.warmup_runs)
-        median = statistics.median(single)
+        calls[(index, 1)] = lambda d=detector, b=_batch(samples[:1], image_size, device): d(b)
+        calls[(index, config.batch_size)] = lambda d=detector, b=_batch(samples, image_size, device): d(b)
         metrics = evaluation.metrics
         reports.append(ModelReport(
             weights=str(weights), arch=checkpoint.arch,
             ap=metrics["ap"] or 0.0, ap50=metrics["ap50"] or 0.0, ap75=metrics["ap75"] or 0.0,
             ap_small=metrics["ap_small"], ap_medium=metrics["ap_medium"], ap_large=metrics["ap_large"],
             ar100=metrics["ar100"] or 0.0, per_class_ap=evaluation.per_class_ap,
-            latency_ms=median, latency_p90_ms=float(np.percentile(single, 90)), fps=1000.0 / median,
-            throughput=1000.0 * config.batch_size / statistics.median(batched), batch_size=config.batch_size,
+            latency_ms=0.0, latency_p90_ms=0.0, fps=0.0, throughput=0.0, batch_size=config.batch_size,  # timed below
             params=sum(p.numel() for p in model.parameters()), macs=macs, size_mb=Path(weights).stat().st_size / 1e6,
             image_size=image_size, device=str(device), threads=torch.get_num_threads(), predictions=predictions,
             pr_plot=pr_plot, num_skipped_images=len(skipped),
         ))
+    timings = interleaved_ms(calls, config.latency_runs, config.warmup_runs, device)
+    for index, report in enumerate(reports):
+        single, batched = timings[index, 1], timings[index, config.batch_size]
+        report.latency_ms = statistics.median(single)
+        report.latency_p90_ms = float(np.percentile(single, 90))
+        report.fps = 1000.0 / report.latency_ms
+        report.throughput = 1000.0 * config.batch_size / statistics.median(batched)
     if config.json_out is not None:
         write_json(Path(config.json_out), [asdict(r) for r in reports])
     return EvalResult(reports, config.latency_runs, config.warmup_runs, config.batch_size, config.json_out, plots)

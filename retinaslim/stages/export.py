@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from retinaslim.models.onnx import (
     quantize_int8,
     write_metadata,
 )
-from retinaslim.stages.inference import evaluate_on_coco, time_ms
+from retinaslim.stages.inference import evaluate_on_coco, interleaved_ms
 
 BOX_TOL_PX = 1.0
 SCORE_TOL = 1e-3
@@ -176,16 +175,6 @@ def parity_images(sampled: list[torch.Tensor], image_size: int, count: int) -> l
     return [*sampled, torch.full((3, image_size, image_size), 0.5), wide]
 
 
-def _latency(calls: dict[str, Callable[[], object]], runs: int, rounds: int = 3) -> dict[str, float]:
-    """Median ms per call over ``runs`` calls, the calls interleaved in ``rounds`` rounds (2 warm-up calls each)."""
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for name, call in calls.items():
-                samples[name] += time_ms(call, max(1, runs // rounds), 2, torch.device("cpu"))
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
 def _check(config: ExportConfig) -> Path:
     if config.format not in FORMATS:
         raise UserError(f"--format {config.format!r}: only {', '.join(FORMATS)} is supported")
@@ -273,8 +262,10 @@ def quantize(config: ExportConfig, fp32_path: Path, metadata: dict, reference: L
     detectors = {"pytorch": reference, "onnx fp32": fp32, "onnx int8": int8}
     image = samples[0]
     batch = reference.batch([image])
-    timings = _latency({f"{name} {kind}": (lambda d=d: d.raw(batch)) if kind == "network" else (lambda d=d: d([image]))
-                        for name, d in detectors.items() for kind in ("network", "end-to-end")}, config.latency_runs)
+    samples = interleaved_ms({f"{name} {kind}": (lambda d=d: d.raw(batch)) if kind == "network" else (lambda d=d: d([image]))
+                              for name, d in detectors.items() for kind in ("network", "end-to-end")},
+                             config.latency_runs, 2, torch.device("cpu"))
+    timings = {name: statistics.median(values) for name, values in samples.items()}
     metrics: dict[str, dict[str, float]] = {}
     if truth is not None:
         for name, detector in detectors.items():

@@ -44,6 +44,20 @@ def time_ms(fn: Callable[[], object], runs: int, warmup: int, device: torch.devi
     return timings
 
 
+def interleaved_ms(calls: dict[str, Callable[[], object]], runs: int, warmup: int, device: torch.device,
+                   rounds: int = 3) -> dict[str, list[float]]:
+    """Wall times (ms) of ``runs`` calls of each of ``calls``, taken in ``rounds`` rounds that visit every call in
+    turn (``warmup`` untimed calls each visit). A slow spell of the machine then falls on every call alike,
+    not on whichever happened to run last; one call after another drifted +-1.5 ms on 2 cores."""
+    rounds = max(1, min(rounds, runs))
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    with torch.inference_mode():
+        for r in range(rounds):
+            for name, call in calls.items():
+                samples[name] += time_ms(call, runs // rounds + (r < runs % rounds), warmup, device)
+    return samples
+
+
 def median_ms(fn: Callable[[], object], runs: int, warmup: int, device: torch.device) -> float:
     """Median wall time of ``fn()`` in milliseconds over ``runs`` calls after ``warmup`` untimed ones."""
     return statistics.median(time_ms(fn, runs, warmup, device))

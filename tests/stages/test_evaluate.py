@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -13,6 +14,7 @@ from pycocotools.cocoeval import COCOeval
 from retinaslim.data.coco import coco_evaluate, load_coco
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.macs import count_macs
+from retinaslim.stages.inference import interleaved_ms
 from tests.conftest import run_cli
 
 
@@ -67,3 +69,13 @@ def test_coco_evaluate_without_predictions_scores_zero_where_truth_exists(tiny_c
         assert evaluation.per_class_ap[category["name"]] == (0.0 if category["id"] in present else None)
     assert evaluation.precision.shape == (10, 101, len(truth.categories))
     assert np.all(evaluation.precision[:, :, [c["id"] in present for c in truth.categories]] == 0)
+
+
+def test_timed_calls_of_several_models_are_interleaved_in_rounds():
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b")}
+    samples = interleaved_ms(calls, runs=5, warmup=1, device=torch.device("cpu"), rounds=3)
+    assert {name: len(v) for name, v in samples.items()} == {"a": 5, "b": 5}  # 2 + 2 + 1 timed calls each
+    assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 2 + ["b"] * 2  # one warm-up per visit
+    assert all(t >= 0 for v in samples.values() for t in v)
+    assert len(interleaved_ms(calls, runs=2, warmup=0, device=torch.device("cpu"), rounds=3)["a"]) == 2
