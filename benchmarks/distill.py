@@ -5,7 +5,7 @@ human + machine labels, side by side (AP, latency, FPS, size), with the issue's 
     python benchmarks/distill.py --out bench/distill_quick --quick    # smoke test: minutes, numbers mean nothing
 
 Every step is a `retinaslim` command run as a subprocess: it is printed before it runs, its output goes
-to OUT/logs/<step>.log, and OUT/steps/<step>.json records it with its wall time once it succeeded. A
+to OUT/logs/<step>.log (each attempt appended below a ==== line with its time and command), and OUT/steps/<step>.json records it with its wall time once it succeeded. A
 recorded step is skipped, so an interrupted run continues where it stopped (an interrupted training
 resumes from its last.pt, an interrupted pseudo-label from its journal). OUT/setup.json pins the size
 knobs: rerunning with other sizes into the same OUT is refused.
@@ -52,6 +52,7 @@ from pathlib import Path
 import torch
 
 from retinaslim import config
+from retinaslim.core.atomic import atomic_path, write_json
 
 THRESH = config.FILTER_SCORE_THRESH  # filter's default rule: a fixed score threshold
 SECTIONS = {"synthetic": "distill", "bccd": "distill-bccd"}  # results key -> markdown marker name
@@ -177,6 +178,8 @@ def run_step(step: Step, out: Path, earlier_ran: bool) -> dict:
           flush=True)
     started = time.perf_counter()
     with open(log, "a") as f:  # wide rich tables in the log; the child inherits PYTHONPATH and thread settings
+        f.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(['retinaslim', *args])}\n")
+        f.flush()
         code = subprocess.run([sys.executable, "-m", "retinaslim", *args], stdout=f, stderr=subprocess.STDOUT,
                               env={**os.environ, "COLUMNS": "200"}, check=False).returncode
     seconds = time.perf_counter() - started
@@ -184,8 +187,7 @@ def run_step(step: Step, out: Path, earlier_ran: bool) -> dict:
         print("".join(log.read_text().splitlines(keepends=True)[-20:]), end="")
         raise SystemExit(f"step {step.name} failed (exit {code}); its log: {log}")
     record = {"command": command, "seconds": seconds, "resumed": resumed}
-    record_path.parent.mkdir(parents=True, exist_ok=True)
-    record_path.write_text(json.dumps(record, indent=1))
+    write_json(record_path, record)
     print(f"        {seconds:.0f} s")
     return record | {"ran": True}
 
@@ -302,7 +304,8 @@ def write_markdown(path: Path, section: str, marker: str) -> None:
         text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = (text.rstrip("\n") + "\n\n" if text else "") + block + "\n"
-    path.write_text(text)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def synthetic_data(out: Path, knobs: dict, seed: int) -> tuple[list[Step], Dataset, dict]:
@@ -339,7 +342,7 @@ def hold_out(out: Path, labeled: int, seed: int) -> tuple[Dataset, dict]:
     for name, part in parts.items():
         ids = {im["id"] for im in part}
         subset = coco | {"images": part, "annotations": [a for a in coco["annotations"] if a["image_id"] in ids]}
-        (data_dir / f"{name}.json").write_text(json.dumps(subset))
+        write_json(data_dir / f"{name}.json", subset)
     pool = data_dir / "unlabeled"
     pool.mkdir(exist_ok=True)
     for im in parts["unlabeled.truth"]:
@@ -394,7 +397,7 @@ def main() -> None:
     if setup_path.is_file() and json.loads(setup_path.read_text()) != pinned:
         raise SystemExit(f"{out} holds a run made with other sizes ({setup_path}); use another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
-    setup_path.write_text(json.dumps(pinned, indent=1))
+    write_json(setup_path, pinned)
     device = args.device
     resolved = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     setup = {"dataset": key, "machine": machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "device": resolved,
@@ -427,8 +430,8 @@ def main() -> None:
     datasets[key] = {k: v for k, v in setup.items() if k not in machine_keys}
     results["setup"] = {k: setup[k] for k in machine_keys} | {"datasets": datasets}
     results[key] = result
-    results_json.parent.mkdir(parents=True, exist_ok=True)
-    results_json.write_text(json.dumps(results, indent=1) + "\n")
+    with atomic_path(results_json) as tmp:
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
     invocation = shlex.join(["python", "benchmarks/distill.py", *sys.argv[1:]])
     section = markdown(result, invocation)
     write_markdown(markdown_path, section, SECTIONS[key])
