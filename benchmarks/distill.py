@@ -77,6 +77,7 @@ LABEL_SETS = {
     "single_pass": ("single", ["--score-thresh", "0.5"], "single pass (no ensembling), fixed 0.5"),
     "no_threshold": ("ensemble", ["--score-thresh", "0"], "every box above pseudo-label's floor (0.05)"),
     "thresh_0.3": ("ensemble", ["--score-thresh", "0.3"], "fixed 0.3"),
+    "thresh_0.5": ("ensemble", ["--score-thresh", "0.5"], "fixed 0.5 (filter's default before this benchmark)"),
     "agreement": ("ensemble", ["--score-thresh", "0.5", "--min-agreement", "3"],
                   "fixed 0.5 + found by >= 3 of 6 transforms (here the same boxes as fixed 0.5 alone)"),
     "ambiguous_ignore": ("ensemble", ["--score-thresh", "0.5", "--ambiguous", "ignore"],

@@ -336,6 +336,11 @@ def _render_filter(result) -> None:
     if result.truth_metrics:
         console.table("machine labels vs truth (IoU 0.5 for precision/recall)", ["labels", "boxes", "precision", "recall", "AP", "AP50"],
                       [(k, m["boxes"], m["precision"], m["recall"], m["ap"], m["ap50"]) for k, m in result.truth_metrics.items()])
+        before, after = (result.truth_metrics[k]["per_class"] for k in ("before", "after"))
+        console.table("per class (precision / recall at IoU 0.5)", ["class", "boxes before", "precision", "recall",
+                                                                     "boxes after", "precision", "recall"],
+                      [(name, b["boxes"], b["precision"], b["recall"], after[name]["boxes"], after[name]["precision"],
+                        after[name]["recall"]) for name, b in before.items()])
     console.info(f"images: {result.num_images_in} in, {result.num_images_out} out ({result.num_empty_images} without boxes, "
                  f"{result.num_ignore_regions} ignore regions)")
 

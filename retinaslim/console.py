@@ -61,10 +61,10 @@ def info(message: str) -> None:
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """A results table; columns of numbers right-aligned."""
+    """A results table; columns of numbers right-aligned; None shows as "-" (no such number)."""
     t = Table(title=title, title_justify="left")
     for i, name in enumerate(columns):
-        numeric = all(isinstance(row[i], (int, float)) for row in rows)
+        numeric = all(isinstance(row[i], (int, float)) or row[i] is None for row in rows)
         t.add_column(name, justify="right" if numeric else "left")
     for row in rows:
         t.add_row(*(_fmt(v) for v in row))
@@ -72,6 +72,8 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) 
 
 
 def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
     if isinstance(value, int):

@@ -103,7 +103,7 @@ class FilterResult:
     rules: list[RuleCount]
     histogram: list[dict[str, Any]]  # score bins: lo, hi, boxes in, boxes kept
     calibration: list[Calibration] = field(default_factory=list)
-    truth_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # "before" / "after"
+    truth_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # "before" / "after"
     review_out: Path | None = None
     num_review: int = 0
 
@@ -218,12 +218,14 @@ def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, report
 
 
 def _truth_metrics(truth_path: Path, coco_images: list[dict[str, Any]], root: Path,
-                   annotations: list[dict[str, Any]]) -> dict[str, float]:
-    """AP, and precision/recall at IoU 0.5, of ``annotations`` (on ``coco_images`` under ``root``) against a truth file."""
+                   annotations: list[dict[str, Any]]) -> dict[str, Any]:
+    """AP, and precision/recall at IoU 0.5, of ``annotations`` (on ``coco_images`` under ``root``) against a truth
+    file; the same precision/recall per class under ``per_class`` (None where a class has no boxes or no truth)."""
     truth = load_coco(truth_path)
     by_path = {os.path.normpath(truth.image_path(im).resolve()): im for im in truth.images}
     classes = truth.classes
-    results, num_tp, num_true = [], 0, 0
+    results = []
+    counts = torch.zeros(3, len(classes), dtype=torch.int64)  # true positives, boxes, truth boxes per class
     per_image: dict[int, list[dict[str, Any]]] = {}
     for a in annotations:
         per_image.setdefault(a["image_id"], []).append(a)
@@ -236,14 +238,20 @@ def _truth_metrics(truth_path: Path, coco_images: list[dict[str, Any]], root: Pa
         anns = [a for a in per_image.get(image["id"], []) if not a.get("iscrowd", 0)]
         results += [{**a, "image_id": truth_image["id"]} for a in anns]
         boxes, labels = image_targets(truth, truth_image, classes)
-        dets = Detections(annotation_boxes(anns), torch.tensor([a["score"] for a in anns]), torch.tensor([classes.label(a["category_id"]) for a in anns], dtype=torch.int64))
-        num_tp += int(match(dets, boxes, labels).sum())
-        num_true += len(boxes)
+        det_labels = torch.tensor([classes.label(a["category_id"]) for a in anns], dtype=torch.int64)
+        dets = Detections(annotation_boxes(anns), torch.tensor([a["score"] for a in anns]), det_labels)
+        is_tp = match(dets, boxes, labels)
+        counts[0] += torch.bincount(det_labels[is_tp], minlength=len(classes))
+        counts[1] += torch.bincount(det_labels, minlength=len(classes))
+        counts[2] += torch.bincount(labels, minlength=len(classes))
     if matched == 0:
         raise UserError(f"{truth_path}: none of its images are in the machine labels (matched by file path)")
     metrics = coco_metrics(truth, results)
-    return {"ap": metrics["ap"], "ap50": metrics["ap50"], "precision": num_tp / max(1, len(results)),
-            "recall": num_tp / max(1, num_true), "boxes": len(results)}
+    tp, kept, true = counts.sum(1).tolist()
+    per_class = {name: {"boxes": n, "precision": t / n if n else None, "recall": t / m if m else None}
+                 for name, (t, n, m) in zip(classes.names, counts.T.tolist())}
+    return {"ap": metrics["ap"], "ap50": metrics["ap50"], "precision": tp / max(1, kept), "recall": tp / max(1, true),
+            "boxes": kept, "per_class": per_class}
 
 
 def _doubt(scores: torch.Tensor, thresholds: torch.Tensor) -> float:

@@ -103,6 +103,11 @@ def test_truth_metrics_and_review_file(pseudo, tmp_path):
     before, after = result.truth_metrics["before"], result.truth_metrics["after"]
     assert before["boxes"] == 8 and before["recall"] == 1.0 and before["precision"] == pytest.approx(2 / 8)
     assert after["boxes"] == 6 and after["recall"] == 0.5 and after["precision"] == pytest.approx(1 / 6)
+    # per class: the truth has two id_cards and no passport; the one passport box is wrong
+    assert before["per_class"] == {"id_card": {"boxes": 7, "precision": pytest.approx(2 / 7), "recall": 1.0},
+                                   "passport": {"boxes": 1, "precision": 0.0, "recall": None}}
+    assert after["per_class"] == {"id_card": {"boxes": 5, "precision": pytest.approx(1 / 5), "recall": 0.5},
+                                  "passport": {"boxes": 1, "precision": 0.0, "recall": None}}
     tasks = json.loads((tmp_path / "review.json").read_text())
     assert len(tasks) == 2 and [t["meta"]["rank"] for t in tasks] == [1, 2]
     assert tasks[0]["meta"]["doubt"] >= tasks[1]["meta"]["doubt"]
