@@ -35,6 +35,7 @@ from torch import nn
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
+from retinaslim.core.atomic import write_json
 from retinaslim.models.anchors import DEFAULT_ANCHORS, anchor_generator
 from retinaslim.models.common import IgnoreAwareRetinaNet, configure, scaled_anchor_generator
 from retinaslim.models.lean import LeanDetector
@@ -141,7 +142,7 @@ def main() -> None:
         if done.exists():
             results[name] = json.loads(done.read_text())
         elif args.skip_training:
-            results[name] = {"ap": None, "ap50": None, "train_minutes": None}
+            results[name] = {"ap": None, "ap50": None, "train_minutes": None, "lr": None}
             continue
         else:
             started = time.perf_counter()
@@ -151,8 +152,8 @@ def main() -> None:
                                         epochs=args.epochs, optimizer="adamw", lr=args.lr, weight_decay=1e-4,
                                         augment="light", workers=2), resume=resume)
             results[name] = {"ap": trained.best_metrics.get("ap", 0.0), "ap50": trained.best_metrics.get("ap50", 0.0),
-                             "train_minutes": (time.perf_counter() - started) / 60}
-            done.write_text(json.dumps(results[name]))
+                             "train_minutes": (time.perf_counter() - started) / 60, "lr": args.lr}
+            write_json(done, results[name])
         print(f"{name}: AP {results[name]['ap']:.3f}", flush=True)
 
     # Timed after training (which reuses finished rows), so a rerun on an idle machine re-measures speed only.
@@ -162,15 +163,17 @@ def main() -> None:
         results[name].update(params=sum(p.numel() for p in model.parameters()), latency_ms=speed[name],
                              macs=sum(count_macs(model, args.image_size).values()))
 
-    print("\n| row | params M | GMACs | latency ms | AP | AP50 | train min |\n|---|---|---|---|---|---|---|")
+    print("\n| row | params M | GMACs | latency ms | AP | AP50 | lr | train min |\n|---|---|---|---|---|---|---|---|")
     def cell(value, digits):
         return "-" if value is None else f"{value:.{digits}f}"
 
+    def lr_cell(value):  # rows trained before lr was recorded show "-"
+        return "-" if value is None else f"{value:g}"
+
     for name, r in results.items():
         print(f"| {name} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e9:.3f} | {r['latency_ms']:.1f} | {cell(r['ap'], 3)} | "
-              f"{cell(r['ap50'], 3)} | {cell(r['train_minutes'], 1)} |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+              f"{cell(r['ap50'], 3)} | {lr_cell(r.get('lr'))} | {cell(r['train_minutes'], 1)} |")
+    write_json(args.out / "results.json", results)
     print(f"saved {args.out / 'results.json'}")
 
 

@@ -37,6 +37,7 @@ markers.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -201,9 +202,14 @@ def machine() -> str:
 
 
 def model_row(report: dict, record: dict) -> dict:
-    """One checkpoint's eval numbers, with its training time (of the last invocation only, when it was resumed)."""
+    """One checkpoint's eval numbers, with its training time: the run's results.csv ``time`` (all invocations),
+    else (a run from before that column) the step's wall time, of the last invocation only when it was resumed."""
     keys = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar100", "per_class_ap", "latency_ms",
             "latency_p90_ms", "fps", "throughput", "batch_size", "params", "macs", "size_mb", "image_size", "weights")
+    with open(Path(report["weights"]).parent / "results.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    if last.get("time"):
+        return {k: report[k] for k in keys} | {"train_seconds": float(last["time"]), "train_resumed": False}
     return {k: report[k] for k in keys} | {"train_seconds": record["seconds"], "train_resumed": record["resumed"]}
 
 

@@ -327,6 +327,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         except OSError as e:
             raise UserError(f"--out {out}: cannot create the run folder ({e.strerror or e})") from None
         save_run_config(out / "config.yaml", asdict(config))
+    earlier_seconds = history[-1].get("time", 0.0) if history else 0.0  # seconds of the invocations before a resume
     train_model = distributed.wrap(model)
     for epoch in range(start_epoch, num_epochs + 1):
         sampler.set_epoch(epoch)
@@ -342,7 +343,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
                              f"missed ({skipped_val[0]})")
             row = {"epoch": epoch, "step": step, **stats.losses, **metrics, "lr": scheduler.get_last_lr()[0],
                    "human_images": stats.human_images, "machine_images": stats.machine_images,
-                   "machine_boxes": stats.machine_boxes, "data_wait": stats.data_wait_fraction}
+                   "machine_boxes": stats.machine_boxes, "data_wait": stats.data_wait_fraction,
+                   "time": earlier_seconds + time.perf_counter() - started}
             history.append(row)
             improved = metrics["ap"] > best_ap
             if improved:
