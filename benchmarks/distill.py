@@ -290,16 +290,27 @@ def markdown(result: dict, invocation: str) -> str:
                      f"{r['macs'] / 1e9:.3f} | {r['size_mb']:.2f} | {r['train_seconds'] / 60:.1f}"
                      f"{' (resumed: last part only)' if r['train_resumed'] else ''} |")
     lines += ["", "Machine labels after filtering, against the unlabelled images' hidden truth (precision and recall at IoU 0.5):", "",
-              "| labels | boxes | precision | recall | AP | AP50 |", "| --- | --- | --- | --- | --- | --- |"]
+              "| labels | boxes | precision | recall | AP | AP50 | per class: boxes, precision / recall |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, m in result["machine_labels"].items():
         lines.append(f"| {LABEL_SETS[name][2]} | {m['boxes']} | {m['precision']:.3f} | {m['recall']:.3f} | "
-                     f"{m['ap']:.3f} | {m['ap50']:.3f} |")
+                     f"{m['ap']:.3f} | {m['ap50']:.3f} | {per_class_cell(m.get('per_class', {}))} |")
     lines += ["", "Targets:", ""]
     for t in result["targets"]:
         verdict = {True: "holds", False: "does not hold", None: "not measured"}[t["holds"]]
         lines.append(f"- {t['target']}: {t['measured']} — **{verdict}**")
     lines += ["", "The commands it ran:", "", "```bash", *result["commands"], "```"]
     return "\n".join(lines) + "\n"
+
+
+def per_class_cell(per_class: dict) -> str:
+    """``WBC 197, 0.81 / 0.99; ...`` ("-" for a missing number; the whole cell "-" for one class or an old report)."""
+    def num(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    if len(per_class) < 2:
+        return "-"
+    return "; ".join(f"{name} {c['boxes']}, {num(c['precision'])} / {num(c['recall'])}" for name, c in per_class.items())
 
 
 def write_markdown(path: Path, section: str, marker: str) -> None:
