@@ -91,6 +91,7 @@ LABEL_SETS = {
                        "threshold reaching precision 0.95 on the calibration images"),
     "self_training": ("self", ["--score-thresh", "0.5"], "default ensemble run by the human-only student itself (no teacher), fixed 0.5"),
 }
+BCCD_LABEL_SETS = "default,single_pass,thresh_0.5,auto_precision"  # the sets that decided its reading
 # Pseudo-label runs: name -> (labelling model's run, options). `self` labels with the human-only student.
 PSEUDO_RUNS = {"ensemble": ("teacher", []), "single": ("teacher", ["--scales", "1", "--no-hflip"]),
                "self": ("student_human", [])}
@@ -384,7 +385,7 @@ def main() -> None:
         parser.add_argument(f"--{knob.replace('_', '-')}", type=int,
                             help=f"default {value} ({PRESETS['quick'][knob]} with --quick; BCCD: {PRESETS['bccd'].get(knob, 'n/a')})")
     parser.add_argument("--label-sets",
-                        help=f"machine-label sets to train students on, comma-separated (default: all; BCCD: default,single_pass): "
+                        help=f"machine-label sets to train students on, comma-separated (default: all; BCCD: {BCCD_LABEL_SETS}): "
                              f"{', '.join(LABEL_SETS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -397,7 +398,7 @@ def main() -> None:
     if not_applicable:
         parser.error(f"--{not_applicable[0].replace('_', '-')} does not apply to BCCD (its splits fix those sizes)")
     knobs = {k: preset[k] if getattr(args, k) is None else getattr(args, k) for k in preset}
-    label_sets = [n.strip() for n in (args.label_sets or ("default,single_pass" if args.bccd else ",".join(LABEL_SETS))).split(",")
+    label_sets = [n.strip() for n in (args.label_sets or (BCCD_LABEL_SETS if args.bccd else ",".join(LABEL_SETS))).split(",")
                   if n.strip()]
     unknown = [n for n in label_sets if n not in LABEL_SETS]
     if unknown or "default" not in label_sets:
