@@ -17,7 +17,8 @@ of --runs calls interleaved over the rows), and AP after training on the same sy
 (--num-train labelled, --num-val validation images at --train-size px, --epochs, AdamW --lr, batch 16,
 light augmentation, seed 0). One run per row: run-to-run noise of AP is a few points.
 The default --lr 3e-3 suits the slim rows (4-7); rows 0-3 diverged or jumped there: train them with
---lr 3e-4 (the teacher's default) into another --out (docs/results.md, Ablation).
+--lr 3e-4 (the teacher's default; best for row 0) or 1e-3 (best for row 3) into another --out
+(docs/results.md, Ablation).
 Rows already trained in OUT are reused (delete OUT/<row> to retrain), so rerunning re-measures speed only. Prints a markdown table and
 writes OUT/results.json.
 """
