@@ -396,14 +396,11 @@ def _render_eval(result) -> None:
     )
     names = list(r0.per_class_ap)
 
-    def value(v):
-        return "-" if v is None else v  # pycocotools has no truth of that size or class
-
     console.table(
         "accuracy (pycocotools; AP per class at IoU 0.50:0.95)",
         ["weights", "AP75", "AP small", "AP medium", "AP large", "AR@100", *names],
-        [(_short(r.weights), r.ap75, value(r.ap_small), value(r.ap_medium), value(r.ap_large), r.ar100,
-          *(value(r.per_class_ap[n]) for n in names)) for r in reports],
+        [(_short(r.weights), r.ap75, r.ap_small, r.ap_medium, r.ap_large, r.ar100,  # None: no truth of that size or class
+          *(r.per_class_ap[n] for n in names)) for r in reports],
     )
     for r in reports:
         if r.num_skipped_images:
@@ -443,7 +440,7 @@ def profile_(
         f"profile on {result.device}, {result.threads} threads, batch 1, {result.image_size} x {result.image_size}; "
         f"ms = median of {result.runs} runs",
         ["arch", "params M", "GMACs", "size MB", "network ms", "end-to-end ms", "FPS"],
-        [(result.arch, result.params / 1e6, result.macs / 1e9, "-" if result.size_mb is None else result.size_mb,
+        [(result.arch, result.params / 1e6, result.macs / 1e9, result.size_mb,
           result.network_latency_ms, result.latency_ms, 1000 / result.latency_ms)])
     if json_out:
         console.info(f"saved to {json_out}")
@@ -547,8 +544,8 @@ def show(
     rows = result.rows[:10]
     console.table(f"show: {len(result.rows)} of {result.num_images:,} images, sorted by {result.sort} (first {len(rows)})",
                   ["#", "image", "human", "machine", "lowest score", "disagreement"],
-                  [(k, Path(r.file_name).name, r.num_human, r.num_machine, "-" if r.lowest_score is None else r.lowest_score,
-                    "-" if r.disagreement is None else r.disagreement) for k, r in enumerate(rows, start=1)])
+                  [(k, Path(r.file_name).name, r.num_human, r.num_machine, r.lowest_score,
+                    r.disagreement) for k, r in enumerate(rows, start=1)])
     for item in result.skipped:
         console.info(f"skipped {item['file']}: {item['reason']}")
     console.info(f"saved to {result.out}")
@@ -581,7 +578,7 @@ def export(
         console.table(f"int8 ({q.num_calibration_images} calibration images; AP on {q.val or 'no COCO file: pass --val'}; "
                       f"CPU, {q.threads} threads, batch 1, ms = medians)",
                       ["model", "AP", "AP50", "network ms", "end-to-end ms"],
-                      [(m.name, "-" if m.ap is None else m.ap, "-" if m.ap50 is None else m.ap50, m.network_ms, m.end_to_end_ms)
+                      [(m.name, m.ap, m.ap50, m.network_ms, m.end_to_end_ms)
                        for m in q.measurements])
         a = q.agreement
         console.info(f"int8 vs PyTorch on the parity images: {a.num_matched} of {a.num_reference} detections within "

@@ -156,7 +156,7 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
     device = resolve_device(config.device)
     samples = _sample_images(data, config.batch_size)
 
-    reports, plots = [], []
+    measured, plots = [], []  # per model: its report's fields except speed
     calls: dict[tuple[int, int], Callable[[], object]] = {}  # (model, batch size) -> one timed forward
     for index, weights in enumerate(config.weights):
         checkpoint = load_checkpoint(weights)
@@ -185,23 +185,23 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
         calls[(index, 1)] = lambda d=detector, b=_batch(samples[:1], image_size, device): d(b)
         calls[(index, config.batch_size)] = lambda d=detector, b=_batch(samples, image_size, device): d(b)
         metrics = evaluation.metrics
-        reports.append(ModelReport(
+        measured.append(dict(
             weights=str(weights), arch=checkpoint.arch,
             ap=metrics["ap"] or 0.0, ap50=metrics["ap50"] or 0.0, ap75=metrics["ap75"] or 0.0,
             ap_small=metrics["ap_small"], ap_medium=metrics["ap_medium"], ap_large=metrics["ap_large"],
             ar100=metrics["ar100"] or 0.0, per_class_ap=evaluation.per_class_ap,
-            latency_ms=0.0, latency_p90_ms=0.0, fps=0.0, throughput=0.0, batch_size=config.batch_size,  # timed below
+            batch_size=config.batch_size,
             params=sum(p.numel() for p in model.parameters()), macs=macs, size_mb=Path(weights).stat().st_size / 1e6,
             image_size=image_size, device=str(device), threads=torch.get_num_threads(), predictions=predictions,
             pr_plot=pr_plot, num_skipped_images=len(skipped),
         ))
     timings = interleaved_ms(calls, config.latency_runs, config.warmup_runs, device)
-    for index, report in enumerate(reports):
+    reports = []
+    for index, fields in enumerate(measured):
         single, batched = timings[index, 1], timings[index, config.batch_size]
-        report.latency_ms = statistics.median(single)
-        report.latency_p90_ms = float(np.percentile(single, 90))
-        report.fps = 1000.0 / report.latency_ms
-        report.throughput = 1000.0 * config.batch_size / statistics.median(batched)
+        median = statistics.median(single)
+        reports.append(ModelReport(**fields, latency_ms=median, latency_p90_ms=float(np.percentile(single, 90)),
+                                   fps=1000.0 / median, throughput=1000.0 * config.batch_size / statistics.median(batched)))
     if config.json_out is not None:
         write_json(Path(config.json_out), [asdict(r) for r in reports])
     return EvalResult(reports, config.latency_runs, config.warmup_runs, config.batch_size, config.json_out, plots)

@@ -262,10 +262,10 @@ def quantize(config: ExportConfig, fp32_path: Path, metadata: dict, reference: L
     detectors = {"pytorch": reference, "onnx fp32": fp32, "onnx int8": int8}
     image = samples[0]
     batch = reference.batch([image])
-    samples = interleaved_ms({f"{name} {kind}": (lambda d=d: d.raw(batch)) if kind == "network" else (lambda d=d: d([image]))
-                              for name, d in detectors.items() for kind in ("network", "end-to-end")},
-                             config.latency_runs, 2, torch.device("cpu"))
-    timings = {name: statistics.median(values) for name, values in samples.items()}
+    times = interleaved_ms({f"{name} {kind}": (lambda d=d: d.raw(batch)) if kind == "network" else (lambda d=d: d([image]))
+                            for name, d in detectors.items() for kind in ("network", "end-to-end")},
+                           config.latency_runs, 2, torch.device("cpu"))
+    timings = {name: statistics.median(values) for name, values in times.items()}
     metrics: dict[str, dict[str, float]] = {}
     if truth is not None:
         for name, detector in detectors.items():
