@@ -59,7 +59,7 @@ class TrainConfig:
     images: Path | None = None
     arch_options: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
-    fit_anchors: bool = False  # students: fit anchor sizes and ratios to the human-labelled boxes
+    fit_anchors: bool = True  # slim students: fit anchor sizes and ratios to the human-labelled boxes (`--anchors fit`)
     iterations: int | None = None  # total optimiser steps; replaces epochs when set
     ema_decay: float = 0.9998
     device: str = "auto"
