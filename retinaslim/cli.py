@@ -85,6 +85,8 @@ def synth(
     unlabeled: Annotated[int, typer.Option(help="Number of unlabelled images (their truth goes to unlabeled.truth.json).")] = 900,
     val: Annotated[int, typer.Option(help="Number of validation images.")] = 100,
     size: Annotated[int, typer.Option(help="Image side in pixels (images are square).")] = 320,
+    classes: Annotated[str, typer.Option(help="Card kinds to draw, comma-separated: id_card, bank_card, passport.")] = "id_card,bank_card,passport",
+    distractors: Annotated[bool, typer.Option(help="Also draw paper, screens and books (card-like objects that are not cards).")] = True,
     seed: SeedOpt = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace a dataset already in OUT.")] = False,
 ) -> None:
@@ -92,7 +94,9 @@ def synth(
     from retinaslim.stages.synth import SynthConfig, synth as run
 
     with _user_errors(), console.RichReporter() as reporter:
-        result = run(SynthConfig(out, labeled, unlabeled, val, size, seed, overwrite=overwrite), reporter)
+        names = tuple(name.strip() for name in classes.split(",") if name.strip())
+        result = run(SynthConfig(out, labeled, unlabeled, val, size, seed, classes=names, distractors=distractors,
+                                 overwrite=overwrite), reporter)
     console.table("synth", ["split", "images", "boxes", "file"],
                   [(s, result.num_images[s], result.num_boxes[s], result.files[s]) for s in result.num_images])
     console.info(f"saved to {result.out}; `cd {result.out}` to use its {WORKSPACE_FILE}")

@@ -41,7 +41,8 @@ class Scene:
 
     ``boxes`` are tight axis-aligned ``(x1, y1, x2, y2)`` boxes in absolute
     frame pixels (exclusive right/bottom edges) around the part of each card
-    that lies inside the frame; ``labels[i]`` indexes ``CARD_CLASSES``.
+    that lies inside the frame; ``labels[i]`` indexes the kinds the scene was drawn from
+    (``CARD_CLASSES`` by default).
     """
 
     image: Image.Image
@@ -333,17 +334,18 @@ def _add_distractor(rng: np.random.Generator, frame: Image.Image) -> None:
 
 
 def _add_card(rng: np.random.Generator, frame: Image.Image, owner: np.ndarray, full: list[int],
-              visible: list[int], must_place: bool) -> tuple[tuple[float, float, float, float], int] | None:
-    """Pastes one card and returns its frame-pixel box and label, or None if no
+              visible: list[int], must_place: bool, kinds: tuple[int, ...]) -> tuple[tuple[float, float, float, float], int] | None:
+    """Pastes one card of a kind drawn from ``kinds`` (indices into ``CARD_CLASSES``) and returns its
+    frame-pixel box and its index in ``kinds``, or None if no
     placement kept it mostly inside the frame and the earlier cards mostly visible.
 
     ``owner`` holds, per frame pixel, the index of the topmost card (-1 for none);
     ``full``/``visible`` count each card's in-frame pixels at paste time / now.
     """
     size = frame.width
-    label = int(rng.integers(len(CARD_CLASSES)))
+    label = int(rng.integers(len(kinds)))
     long_side = max(8.0, size * float(np.exp(rng.uniform(np.log(0.1), np.log(0.7)))))
-    template = _CARD_ART[label](rng, min(max(long_side, _TEMPLATE_MIN_PX), _TEMPLATE_MAX_PX))
+    template = _CARD_ART[kinds[label]](rng, min(max(long_side, _TEMPLATE_MIN_PX), _TEMPLATE_MAX_PX))
     angle = rng.uniform(-30, 30) if rng.uniform() < 0.85 else rng.uniform(-90, 90)
     for attempt in range(_PLACE_TRIES):
         q = _quad(rng, template, long_side, angle, 0.06)
@@ -383,8 +385,10 @@ def _add_card(rng: np.random.Generator, frame: Image.Image, owner: np.ndarray, f
     return None
 
 
-def render_scene(rng: np.random.Generator, size: int, max_cards: int = 3, distractors: bool = True) -> Scene:
-    """Renders a ``size`` x ``size`` RGB photo of 1..``max_cards`` cards.
+def render_scene(rng: np.random.Generator, size: int, max_cards: int = 3, distractors: bool = True,
+                 kinds: tuple[int, ...] = tuple(range(len(CARD_CLASSES)))) -> Scene:
+    """Renders a ``size`` x ``size`` RGB photo of 1..``max_cards`` cards of the kinds ``kinds``
+    (indices into ``CARD_CLASSES``; ``Scene.labels`` index ``kinds``).
 
     Randomness comes only from ``rng``, so equal generator states give equal
     pixels and boxes. Boxes are tight absolute-pixel ``(x1, y1, x2, y2)``
@@ -405,7 +409,7 @@ def render_scene(rng: np.random.Generator, size: int, max_cards: int = 3, distra
     visible: list[int] = []
     scene = Scene(image=frame)
     for i in range(n_cards):
-        placed = _add_card(rng, frame, owner, full, visible, must_place=i == 0)
+        placed = _add_card(rng, frame, owner, full, visible, must_place=i == 0, kinds=kinds)
         if placed is None:
             break
         scene.boxes.append(placed[0])

@@ -31,6 +31,8 @@ class SynthConfig:
     size: int = 320
     seed: int = 0
     max_cards: int = 3
+    classes: tuple[str, ...] = CARD_CLASSES  # card kinds to draw, a subset of CARD_CLASSES
+    distractors: bool = True  # paper, screens and books: card-like rectangles that are not cards
     overwrite: bool = False
 
 
@@ -56,10 +58,14 @@ def synth(config: SynthConfig, reporter: Reporter | None = None) -> SynthResult:
     counts = {"labeled": config.num_labeled, "val": config.num_val, "unlabeled": config.num_unlabeled}
     if any(n < 0 for n in counts.values()) or config.num_labeled == 0 or config.num_val == 0:
         raise UserError("--labeled and --val must be at least 1, --unlabeled at least 0")
+    unknown = [name for name in config.classes if name not in CARD_CLASSES]
+    if unknown or not config.classes or len(set(config.classes)) != len(config.classes):
+        raise UserError(f"--classes {','.join(config.classes)!r}: choose distinct names among {', '.join(CARD_CLASSES)}")
+    kinds = tuple(CARD_CLASSES.index(name) for name in config.classes)
     if (out / "labeled.json").exists() and not config.overwrite:
         raise UserError(f"{out}: already holds a synthetic dataset; choose another folder or pass --overwrite")
 
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(CARD_CLASSES)]
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(config.classes)]
     files: dict[str, Path] = {}
     num_boxes: dict[str, int] = {}
     for split_index, split in enumerate(SPLITS):
@@ -67,7 +73,8 @@ def synth(config: SynthConfig, reporter: Reporter | None = None) -> SynthResult:
         (out / split).mkdir(parents=True, exist_ok=True)
         reporter.start(f"synth {split}", counts[split])
         for i in range(counts[split]):
-            scene = render_scene(np.random.default_rng([config.seed, split_index, i]), config.size, config.max_cards)
+            scene = render_scene(np.random.default_rng([config.seed, split_index, i]), config.size, config.max_cards,
+                                 config.distractors, kinds)
             file_name = f"{split}/{split}_{i:06d}.jpg"
             with atomic_path(out / file_name) as tmp:
                 tmp.write_bytes(_jpeg_bytes(scene.image))
@@ -87,7 +94,7 @@ def synth(config: SynthConfig, reporter: Reporter | None = None) -> SynthResult:
 
     write_workspace(out / WORKSPACE_FILE, {
         "labeled": "labeled.json", "val": "val.json", "unlabeled": "unlabeled",
-        "unlabeled_truth": "unlabeled.truth.json", "classes": list(CARD_CLASSES), "runs": "runs",
+        "unlabeled_truth": "unlabeled.truth.json", "classes": list(config.classes), "runs": "runs",
     })
     files["workspace"] = out / WORKSPACE_FILE
     return SynthResult(out, counts, num_boxes, files)
