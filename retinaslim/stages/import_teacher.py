@@ -17,8 +17,8 @@ from retinaslim.config import IMPORT_IMAGE_SIZE
 from retinaslim.core.atomic import refuse_overwriting_inputs
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import Checkpoint, save_checkpoint
-from retinaslim.models.registry import build_model
-from retinaslim.models.teacher import COCO_WEIGHTS, TORCHVISION_INFERENCE
+from retinaslim.models.registry import build_model, list_archs
+from retinaslim.models.teacher import TORCHVISION_INFERENCE
 from retinaslim.models.weights import CLASS_LOGITS, load_matching, read_weights, summarise_names
 
 
@@ -27,7 +27,7 @@ class ImportTeacherConfig:
     weights: Path  # torchvision-format state dict: bare, {'model': ...} or {'state_dict': ...}, 'module.' prefixes allowed
     arch: str  # retinanet_resnet50_fpn or retinanet_resnet50_fpn_v2
     classes: list[str]  # one name per output of the class head, in output order: category ids 1..K
-    out: Path  # the retinaslim checkpoint to write (.pt)
+    out: Path  # the retinaslim checkpoint to write
     image_size: int = IMPORT_IMAGE_SIZE  # longer side (px) images are resized to by default at inference
 
 
@@ -41,8 +41,8 @@ class ImportTeacherResult:
 
 
 def _validate(config: ImportTeacherConfig) -> None:
-    if config.arch not in COCO_WEIGHTS:
-        raise UserError(f"--arch {config.arch!r}: choose one of {', '.join(COCO_WEIGHTS)}")
+    if config.arch not in list_archs("teacher"):
+        raise UserError(f"--arch {config.arch!r}: choose one of {', '.join(list_archs('teacher'))}")
     if not config.classes or any(not name.strip() for name in config.classes):
         raise UserError(f"--classes {','.join(config.classes)!r}: expected class names separated by commas, e.g. cat,dog")
     duplicates = sorted({name for name in config.classes if config.classes.count(name) > 1})
