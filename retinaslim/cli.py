@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from retinaslim import console
-from retinaslim.config import (FILTER_SCORE_THRESH, PSEUDO_FUSION, PSEUDO_SCALES, PSEUDO_SCORE_FLOOR,
-                               TRAIN_DEFAULTS, WORKSPACE_FILE, WORKSPACE_TEMPLATE, Workspace)
+from retinaslim.config import (FILTER_SCORE_THRESH, IMPORT_IMAGE_SIZE, PSEUDO_FUSION, PSEUDO_SCALES,
+                               PSEUDO_SCORE_FLOOR, TRAIN_DEFAULTS, WORKSPACE_FILE, WORKSPACE_TEMPLATE, Workspace)
 from retinaslim.errors import UserError
 
 app = typer.Typer(
@@ -104,7 +104,7 @@ def synth(
 
 def _train(role: str, labeled, val, pseudo, images, out, arch, norm, image_size, batch_size, epochs, iterations,
            optimizer, lr, weight_decay, augment, pseudo_ratio, pseudo_weight, pretrained, resume, device, workers,
-           seed, anchors: str = "default") -> None:
+           seed, anchors: str = "default", init: str | None = None) -> None:
     from retinaslim.stages.train import TrainConfig, train
 
     with _user_errors():
@@ -125,7 +125,7 @@ def _train(role: str, labeled, val, pseudo, images, out, arch, norm, image_size,
                 epochs=epochs or defaults["epochs"], iterations=iterations, optimizer=optimizer or defaults["optimizer"],
                 lr=lr or defaults["lr"], weight_decay=defaults["weight_decay"] if weight_decay is None else weight_decay,
                 augment=augment or defaults["augment"], pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight,
-                pretrained=pretrained, fit_anchors=anchors == "fit", device=device, workers=workers, seed=seed,
+                pretrained=pretrained, init=init, fit_anchors=anchors == "fit", device=device, workers=workers, seed=seed,
             )
             if pseudo is not None:
                 console.info(f"training on human labels {labeled} + machine labels {pseudo} "
@@ -173,12 +173,35 @@ def train_teacher(
     labeled: LabeledOpt = None, val: ValOpt = None, images: ImagesOpt = None, out: OutRunOpt = None,
     arch: Annotated[Optional[str], typer.Option(help="retinanet_resnet50_fpn or retinanet_resnet50_fpn_v2.")] = None,
     pretrained: Annotated[bool, typer.Option(help="Start from torchvision's ImageNet ResNet50 weights in the local torch cache (never downloaded).")] = False,
+    init: Annotated[Optional[str], typer.Option(help="Start from these weights: a torchvision-format state dict (bare, {'model': ...} or {'state_dict': ...}, 'module.' prefixes allowed) of a RetinaNet or a ResNet50 classifier, or a retinaslim checkpoint; 'coco': torchvision's COCO weights for --arch from the local torch cache. Tensors that do not fit keep their initialisation, and the log names them.")] = None,
     image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, iterations: ItersOpt = None,
     optimizer: OptimOpt = None, lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
     resume: ResumeOpt = None, device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
 ) -> None:
     _train("teacher", labeled, val, None, images, out, arch, None, image_size, batch_size, epochs, iterations, optimizer,
-           lr, weight_decay, augment, 0.0, 1.0, pretrained, resume, device, workers, seed)
+           lr, weight_decay, augment, 0.0, 1.0, pretrained, resume, device, workers, seed, init=init)
+
+
+@app.command("import-teacher")
+def import_teacher(
+    weights: Annotated[Path, typer.Argument(help="A RetinaNet trained with torchvision: its state dict (bare, {'model': ...} or {'state_dict': ...}, 'module.' prefixes allowed).")],
+    arch: Annotated[str, typer.Option(help="retinanet_resnet50_fpn or retinanet_resnet50_fpn_v2: the torchvision builder it was made with.")],
+    classes: Annotated[str, typer.Option(help="Class names, one per output of its class head, in output order, comma-separated: output k (0-based) becomes category id k+1.")],
+    out: Annotated[Path, typer.Option(help="The retinaslim checkpoint to write, e.g. teacher.pt.")],
+    image_size: Annotated[int, typer.Option(min=32, help="Longer side in pixels images are resized to by default (torchvision's own transform makes the shorter side 800, the longer at most 1333).")] = IMPORT_IMAGE_SIZE,
+) -> None:
+    """Wrap a RetinaNet trained elsewhere with torchvision into a teacher checkpoint (its own anchors and postprocess; no training)."""
+    from retinaslim.stages.import_teacher import ImportTeacherConfig
+    from retinaslim.stages.import_teacher import import_teacher as run
+
+    with _user_errors():
+        names = [name.strip() for name in classes.split(",")]
+        result = run(ImportTeacherConfig(weights, arch, names, out, image_size))
+    console.table(f"import-teacher: {result.arch}", ["label", "category id", "class"],
+                  [(k, c["id"], c["name"]) for k, c in enumerate(result.classes)])
+    console.info(f"{result.num_tensors} tensors; torchvision's anchors and postprocess; images resized to "
+                 f"{result.image_size} px (longer side) unless a command's --image-size says otherwise")
+    console.info(f"saved to {result.out}")
 
 
 @app.command("train-student", help=_student_help())

@@ -35,6 +35,10 @@ PSEUDO_SCALES = (0.75, 1.0, 1.25)
 PSEUDO_FUSION = "wbf"
 PSEUDO_SCORE_FLOOR = 0.05
 
+# import-teacher: the longer side imported torchvision RetinaNets see by default. torchvision's own transform
+# makes the shorter side 800 px (the longer at most 1333), so for square images this is its input size.
+IMPORT_IMAGE_SIZE = 800
+
 FILTER_SCORE_THRESH = 0.2  # measured: docs/results.md, "The data-distillation benchmark"
 
 WORKSPACE_TEMPLATE = """\

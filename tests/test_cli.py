@@ -11,9 +11,11 @@ from tests.conftest import assert_user_error, remap_categories, run_cli
 
 def test_help_lists_every_command_and_option():
     result = run_cli("--help")
-    for command in ["init", "synth", "train-teacher", "train-student", "pseudo-label", "filter", "eval", "demo"]:
+    for command in ["init", "synth", "train-teacher", "train-student", "pseudo-label", "filter", "eval", "demo",
+                    "import-teacher"]:
         assert command in result.stdout
     assert "--image-size" in run_cli("train-student", "--help").stdout
+    assert "--init" in run_cli("train-teacher", "--help").stdout
 
 
 def test_synth_same_seed_same_bytes(tmp_path):
@@ -163,3 +165,15 @@ def test_profile_json(tmp_path, labeller):
     assert data["arch"] == "slim-s" and 0 < data["network_latency_ms"] and data["size_mb"] < 2.5
     assert sum(m["macs"] for m in data["modules"]) == data["macs"]
     assert_user_error(run_cli("profile"), "--arch", "--weights")
+
+
+def test_train_teacher_init_coco_needs_the_cached_file(tiny_cards, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    data = tiny_cards.files
+    result = run_cli("train-teacher", "--labeled", data["labeled"], "--val", data["val"], "--init", "coco",
+                     "--arch", "retinanet_resnet50_fpn_v2", "--out", tmp_path / "run", "--workers", 0)
+    assert_user_error(result, "--init coco", str(tmp_path / "hub" / "checkpoints" / "retinanet_resnet50_fpn_v2_coco-5905b1c5.pth"),
+                      "nothing is downloaded")
+    assert_user_error(run_cli("train-teacher", "--labeled", data["labeled"], "--val", data["val"], "--init",
+                              tmp_path / "none.pth", "--out", tmp_path / "run", "--workers", 0), "none.pth", "not found")
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made

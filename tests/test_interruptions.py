@@ -282,6 +282,9 @@ def test_code_carrying_checkpoint_is_refused_by_every_command_that_loads_weights
     commands = {
         "train-teacher --resume": ["train-teacher", "--resume", evil],
         "train-student --resume": ["train-student", "--resume", evil],
+        "train-teacher --init": ["train-teacher", "--labeled", data["labeled"], "--val", data["val"], "--init", evil,
+                                 "--out", "run", "--workers", 0],
+        "import-teacher": ["import-teacher", evil, "--arch", "retinanet_resnet50_fpn", "--classes", "a", "--out", "t.pt"],
         "pseudo-label --teacher": ["pseudo-label", tiny_cards.out / "unlabeled", "--teacher", evil, "--out", "p.json"],
         "filter (calibration teacher)": ["filter", pseudo, "--out", "f.json", "--auto-thresh", "precision",
                                          "--calib", data["val"]],
@@ -295,6 +298,6 @@ def test_code_carrying_checkpoint_is_refused_by_every_command_that_loads_weights
     for command, args in commands.items():
         assert_user_error(run_cli(*args), str(evil), "refused to load")
         assert not marker.exists(), command
-    assert not any((tmp_path / name).exists() for name in ("p.json", "f.json", "preds.json", "m.onnx"))
+    assert not any((tmp_path / name).exists() for name in ("p.json", "f.json", "preds.json", "m.onnx", "run", "t.pt"))
     with pytest.raises(pickle.UnpicklingError):
         torch.load(evil, weights_only=True)

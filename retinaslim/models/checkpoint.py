@@ -61,18 +61,28 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    """Read a retinaslim checkpoint; a missing, foreign or code-carrying file raises ``UserError``."""
+def read_weights_file(path: Path, hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: plain types and tensors, never code.
+
+    Raises ``UserError`` naming the file when it is missing, carries pickled objects other than weights
+    (refused before anything in it runs; ``hint`` is appended to that message) or cannot be read.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise UserError(f"{path}: refused to load: the file holds objects other than weights ({first_line})") from None
+        raise UserError(f"{path}: refused to load: the file holds objects other than weights ({first_line}){hint}") from None
     except Exception as e:  # a damaged or foreign file can fail anywhere inside the unpickler
         raise UserError(f"{path}: not a readable checkpoint ({e.__class__.__name__})") from None
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a retinaslim checkpoint; a missing, foreign or code-carrying file raises ``UserError``."""
+    path = Path(path)
+    payload = read_weights_file(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not a retinaslim checkpoint (no '{FORMAT}' format tag)")
     fields = {k: payload[k] for k in Checkpoint.__dataclass_fields__ if k in payload and k != "source"}

@@ -34,6 +34,8 @@ from retinaslim.models.anchors import DEFAULT_ANCHORS, fit_anchors, shape_iou
 from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from retinaslim.models.ema import ModelEMA
 from retinaslim.models.registry import build_model, takes_option
+from retinaslim.models.teacher import coco_weights_path
+from retinaslim.models.weights import CLASS_LOGITS, load_matching, read_weights, summarise_names
 from retinaslim.stages.inference import evaluate_on_coco, resolve_device
 
 PATH_FIELDS = ("labeled", "val", "out", "pseudo", "images")
@@ -59,6 +61,7 @@ class TrainConfig:
     images: Path | None = None
     arch_options: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
+    init: str | None = None  # starting weights: a weights file, or "coco" (torchvision's COCO weights for arch, cached)
     fit_anchors: bool = True  # slim students: fit anchor sizes and ratios to the human-labelled boxes (`--anchors fit`)
     iterations: int | None = None  # total optimiser steps; replaces epochs when set
     ema_decay: float = 0.9998
@@ -247,6 +250,25 @@ def _fitted_anchors(labeled: CocoData, reporter: Reporter) -> dict[str, Any]:
     return fitted
 
 
+def initialise(model: nn.Module, init: str, arch: str, categories: list[dict[str, Any]], reporter: Reporter) -> None:
+    """Load the starting weights ``init`` names into ``model`` (in place) and log what was not loaded.
+
+    ``init``: a weights file (``models.weights``) or ``coco`` (torchvision's COCO weights for ``arch`` from the local
+    torch cache). Tensors whose shapes do not fit, and the class head of a retinaslim checkpoint trained on other
+    ``categories``, keep the model's initialisation. Raises ``UserError`` when the file is missing, carries code
+    or has no tensor that fits.
+    """
+    weights = read_weights(coco_weights_path(arch) if init == "coco" else Path(init))
+    other_classes = weights.classes is not None and weights.classes != categories
+    report = load_matching(model, weights, arch, reinitialise=(CLASS_LOGITS,) if other_classes else ())
+    reporter.log(f"init: {report.num_loaded} tensors from {weights.path}")
+    if report.reinitialised:
+        reporter.log(f"init: re-initialised, as they do not fit: {summarise_names(report.reinitialised)}")
+    if report.unused or report.missing:
+        reporter.log(f"init: not in the model, unused: {summarise_names(report.unused) or 'none'}; "
+                     f"not in the file, left at their initialisation: {summarise_names(report.missing) or 'none'}")
+
+
 def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | None = None) -> TrainResult:
     """Train a model per ``config`` (or continue the run ``resume`` names); returns the best checkpoint and metrics."""
     started = time.perf_counter()
@@ -261,6 +283,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     _seed_everything(config.seed)
     if config.image_size < 32:
         raise UserError(f"--image-size {config.image_size} is too small; use at least 32 px")
+    if config.init is not None and config.pretrained:
+        raise UserError(f"--init {config.init} and --pretrained both choose the starting weights; pass one of them")
     if not 0 <= config.pseudo_ratio < 1:
         raise UserError(f"--pseudo-ratio {config.pseudo_ratio} must be in [0, 1)")
     out = Path(config.out)
@@ -299,7 +323,10 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     if config.fit_anchors and previous is None and takes_option(config.arch, "anchors") and "anchors" not in config.arch_options:
         config.arch_options["anchors"] = _fitted_anchors(labeled, reporter)
     init_options = {"pretrained": True} if config.pretrained and previous is None else {}
-    model = build_model(config.arch, len(classes), config.image_size, **config.arch_options, **init_options).to(device)
+    model = build_model(config.arch, len(classes), config.image_size, **config.arch_options, **init_options)
+    if config.init is not None and previous is None:  # a resumed run's weights are in last.pt
+        initialise(model, config.init, config.arch, classes.categories(), reporter)
+    model = model.to(device)
     ema = ModelEMA(model, config.ema_decay)
     optimizer = _make_optimizer(config, model)
     total_iters = config.iterations or config.epochs * len(loader)

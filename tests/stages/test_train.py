@@ -7,11 +7,19 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
+import yaml
+from torchvision.models.detection import retinanet_resnet50_fpn
 
+from retinaslim.config import TRAIN_DEFAULTS
+from retinaslim.core.progress import Reporter
 from retinaslim.data.dataset import MixedBatchSampler
-from retinaslim.models.checkpoint import load_checkpoint
+from retinaslim.errors import UserError
+from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from retinaslim.models.registry import build_model
+from retinaslim.stages.synth import SynthConfig, synth
+from retinaslim.stages.train import TrainConfig, initialise, train
 
 
 def test_mixed_batches_hold_the_requested_share_of_machine_images():
@@ -145,3 +153,84 @@ def test_ddp_two_cpu_processes(tiny_cards, tmp_path):
     assert [int(r["step"]) for r in history] == [2, 4] and all(int(r["human_images"]) == 4 for r in history)
     assert load_checkpoint(tmp_path / "ddp" / "last.pt").epoch == 2
     assert done.stdout.count("saved to") == 1  # only rank 0 reports
+
+
+class LogLines(Reporter):
+    """Records every log line; stops the run (as Ctrl-C would) once epoch ``stop`` is written."""
+
+    def __init__(self, stop=None):
+        self.lines, self.stop = [], stop
+
+    def log(self, message):
+        self.lines.append(message)
+        if self.stop is not None and message.startswith(f"epoch {self.stop}/"):
+            raise KeyboardInterrupt
+
+
+def test_init_starts_from_the_files_weights_exactly(tmp_path):
+    data = synth(SynthConfig(tmp_path / "data", num_labeled=2, num_unlabeled=0, num_val=1, size=48, seed=2)).files
+    torch.manual_seed(0)
+    coco_like = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=5).state_dict()
+    init = tmp_path / "ddp.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in coco_like.items()}}, init)  # as DDP users save
+    config = TrainConfig(role="teacher", labeled=data["labeled"], val=data["val"], out=tmp_path / "run",
+                         **{**TRAIN_DEFAULTS["teacher"], "image_size": 32, "batch_size": 2, "epochs": 1, "lr": 0.0,
+                            "augment": "none"}, init=str(init))
+    reporter = LogLines()
+    train(config, reporter)
+
+    # lr 0: after a training step the raw weights are still the starting weights, bit for bit
+    raw = load_checkpoint(tmp_path / "run" / "last.pt").training_state["raw_model"]
+    parameters = [n for n, _ in build_model("retinanet_resnet50_fpn", 3, 32).named_parameters()]
+    assert len(parameters) > 100
+    for name in parameters:
+        if "cls_logits" in name:  # 5 classes in the file, 3 in the data
+            assert raw[name].shape != coco_like[name].shape
+        else:
+            assert torch.equal(raw[name], coco_like[name]), name
+    num_loaded = sum("cls_logits" not in k and not k.endswith("num_batches_tracked") for k in coco_like)
+    assert f"init: {num_loaded} tensors from {init}" in reporter.lines
+    assert ("init: re-initialised, as they do not fit: head.classification_head.cls_logits.weight (file 45x256x3x3, "
+            "model 27x256x3x3), head.classification_head.cls_logits.bias (file 45, model 27)") in reporter.lines
+    assert not any("unused" in line for line in reporter.lines)
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["init"] == str(init)
+
+
+def test_resume_ignores_init(tiny_cards, tmp_path):
+    model = build_model("slim-s", num_classes=3, image_size=64)
+    init = tmp_path / "start.pth"
+    torch.save(model.state_dict(), init)
+    config = TrainConfig(role="student", labeled=tiny_cards.files["labeled"], val=tiny_cards.files["val"],
+                         out=tmp_path / "run", **{**TRAIN_DEFAULTS["student"], "image_size": 64, "batch_size": 8,
+                                                  "epochs": 2}, init=str(init))
+    first = LogLines(stop=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, first)
+    assert any(line.startswith("init: ") for line in first.lines)
+    init.unlink()  # the resumed run's weights are in last.pt: --init is not read again
+    resumed = LogLines()
+    train(None, resumed, resume=tmp_path / "run" / "last.pt")
+    assert load_checkpoint(tmp_path / "run" / "last.pt").epoch == 2
+    assert not any(line.startswith("init:") for line in resumed.lines)
+
+
+def test_init_from_a_checkpoint_with_other_classes_reinitialises_the_class_head(tmp_path):
+    categories = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    model = build_model("slim-s", num_classes=2, image_size=64)
+    save_checkpoint(tmp_path / "a_b.pt", Checkpoint("slim-s", {}, categories, 64, model=model.state_dict()))
+    for other, expected in ((categories, []), (categories[::-1], ["init: re-initialised, as they do not fit: "
+                                                                 "head.classification_head.cls_logits.weight (classes differ), "
+                                                                 "head.classification_head.cls_logits.bias (classes differ)"])):
+        reporter = LogLines()
+        fresh = build_model("slim-s", num_classes=2, image_size=64)
+        initialise(fresh, str(tmp_path / "a_b.pt"), "slim-s", other, reporter)
+        assert [line for line in reporter.lines if "re-initialised" in line] == expected
+        state = fresh.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items() if "cls_logits" not in k)
+
+
+def test_init_and_pretrained_together_are_refused(tiny_cards, tmp_path):
+    config = TrainConfig(role="teacher", labeled=tiny_cards.files["labeled"], val=tiny_cards.files["val"],
+                         out=tmp_path / "run", **TRAIN_DEFAULTS["teacher"], init="coco", pretrained=True)
+    with pytest.raises(UserError, match="--init coco and --pretrained both choose the starting weights"):
+        train(config)
