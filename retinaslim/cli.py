@@ -487,6 +487,8 @@ def demo(
     console.info(f"pseudo-label: {result.pseudo.num_images} images, {result.pseudo.num_boxes} boxes; "
                  f"filter kept {sum(result.filtered.num_boxes_kept.values())}")
     _render_eval(result.evaluation)
+    for note in result.notes:
+        console.info(note)
     console.info(f"saved to {result.out}")
 
 
