@@ -100,7 +100,7 @@ def synth(
 
 def _train(role: str, labeled, val, pseudo, images, out, arch, norm, image_size, batch_size, epochs, iterations,
            optimizer, lr, weight_decay, augment, pseudo_ratio, pseudo_weight, pretrained, resume, device, workers,
-           seed, anchors: str = "default") -> None:
+           seed, anchors: str = "default", keep_empty_classes: bool = False) -> None:
     from retinaslim.stages.train import TrainConfig, train
 
     with _user_errors():
@@ -121,7 +121,8 @@ def _train(role: str, labeled, val, pseudo, images, out, arch, norm, image_size,
                 epochs=epochs or defaults["epochs"], iterations=iterations, optimizer=optimizer or defaults["optimizer"],
                 lr=lr or defaults["lr"], weight_decay=defaults["weight_decay"] if weight_decay is None else weight_decay,
                 augment=augment or defaults["augment"], pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight,
-                pretrained=pretrained, fit_anchors=anchors == "fit", device=device, workers=workers, seed=seed,
+                pretrained=pretrained, fit_anchors=anchors == "fit", keep_empty_classes=keep_empty_classes,
+                device=device, workers=workers, seed=seed,
             )
             if pseudo is not None:
                 console.info(f"training on human labels {labeled} + machine labels {pseudo} "
@@ -149,6 +150,7 @@ ResumeOpt = Annotated[Optional[Path], typer.Option(help="Continue the run whose 
 OptimOpt = Annotated[Optional[str], typer.Option(help="sgd or adamw.")]
 LrOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate (after linear warm-up; cosine decay).")]
 WdOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Weight decay.")]
+KeepEmptyOpt = Annotated[bool, typer.Option(help="Train categories that have no boxes in the labelled set too (by default they are left out, e.g. the supercategory Roboflow lists as category 0).")]
 AugOpt = Annotated[Optional[str], typer.Option(help="Augmentation preset: none; light (flip, brightness/contrast, hue); strong (+ scale, shift, rotation, perspective, blur, JPEG).")]
 
 
@@ -171,10 +173,12 @@ def train_teacher(
     pretrained: Annotated[bool, typer.Option(help="Start from torchvision's ImageNet ResNet50 weights in the local torch cache (never downloaded).")] = False,
     image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, iterations: ItersOpt = None,
     optimizer: OptimOpt = None, lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
+    keep_empty_classes: KeepEmptyOpt = False,
     resume: ResumeOpt = None, device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
 ) -> None:
     _train("teacher", labeled, val, None, images, out, arch, None, image_size, batch_size, epochs, iterations, optimizer,
-           lr, weight_decay, augment, 0.0, 1.0, pretrained, resume, device, workers, seed)
+           lr, weight_decay, augment, 0.0, 1.0, pretrained, resume, device, workers, seed,
+           keep_empty_classes=keep_empty_classes)
 
 
 @app.command("train-student", help=_student_help())
@@ -190,6 +194,7 @@ def train_student(
     anchors: Annotated[str, typer.Option(help="fit: anchor sizes and aspect ratios by k-means on the human-labelled boxes (kept when they match the boxes better than the defaults; slim students only, baselines keep torchvision's); default: the built-in card anchors.")] = "fit",
     image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, iterations: ItersOpt = None,
     optimizer: OptimOpt = None, lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
+    keep_empty_classes: KeepEmptyOpt = False,
     resume: ResumeOpt = None, device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
 ) -> None:
     with _user_errors():
@@ -197,7 +202,8 @@ def train_student(
         if pseudo is None and not human_only and resume is None and ws is not None and ws.filtered.is_file():
             pseudo = _pick(None, "--pseudo", ws.filtered, "machine labels")
     _train("student", labeled, val, pseudo, images, out, arch, norm, image_size, batch_size, epochs, iterations, optimizer,
-           lr, weight_decay, augment, pseudo_ratio, pseudo_weight, False, resume, device, workers, seed, anchors)
+           lr, weight_decay, augment, pseudo_ratio, pseudo_weight, False, resume, device, workers, seed, anchors,
+           keep_empty_classes)
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -491,6 +497,13 @@ def convert(
             console.info(f"... and {len(result.skipped) - 10} more")
     if result.num_clipped:
         console.info(f"{result.num_clipped} boxes reached outside their image and were clipped to it")
+    if result.num_polygons:
+        console.info(f"{result.num_polygons} polygons were read as their enclosing boxes")
+    if result.num_sizes_read:
+        console.info(f"{result.num_sizes_read} image sizes were not in the labels and were read from the images")
+    if result.num_rescaled:
+        console.info(f"{result.num_rescaled} images are a resized copy of the size the labels give; "
+                     "their boxes were rescaled to the images")
     if result.num_machine_boxes:
         console.info(f"{result.num_machine_boxes} boxes carry a score (machine labels)")
     console.info(f"saved to {result.out}")

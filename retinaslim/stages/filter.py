@@ -34,8 +34,8 @@ from retinaslim.core.detections import Detections
 from retinaslim.core.matching import lowest_threshold_for_precision, match
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
-from retinaslim.data.coco import (ClassMap, CocoData, annotation_boxes, check_same_classes, coco_metrics, image_targets,
-                                  load_coco, require_image_files)
+from retinaslim.data.coco import (ClassMap, CocoData, annotation_boxes, check_same_classes, coco_metrics,
+                                  detections_to_annotations, image_targets, load_coco, require_image_files)
 from retinaslim.data.formats import labelstudio
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
@@ -177,7 +177,10 @@ def instances_thresholds(scores_per_class: dict[int, torch.Tensor], human_per_im
 def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, reporter: Reporter) -> list[Calibration]:
     """Run the teacher with pseudo-label's transforms and fusion on the calibration images, per-class thresholds."""
     calib = load_coco(config.calib, config.calib_images)
-    check_same_classes(pseudo, calib)
+    check_same_classes(classes, pseudo.path, calib)
+    note = require_image_files(calib, "--calib-images")
+    if note:
+        reporter.log(note)
     teacher_path = config.teacher or (Path(pseudo.info["teacher"]) if pseudo.info.get("teacher") else None)
     if teacher_path is None:
         raise UserError(f"{pseudo.path}: names no teacher; pass --teacher")
@@ -190,7 +193,6 @@ def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, report
                         "the precision rule needs them to run the teacher the same way") from None
     device = resolve_device(config.device)
     model = checkpoint.build().to(device)
-    require_image_files(calib, "--calib-images")
     paths = [calib.image_path(im) for im in calib.images]
     scores: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(classes))}
     hits: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(classes))}
@@ -295,7 +297,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
     calibration: list[Calibration] = []
     if config.auto_thresh == "instances":
         labeled = load_coco(config.labeled)
-        check_same_classes(pseudo, labeled)
+        check_same_classes(classes, pseudo.path, labeled)
         human = Counter(classes.label(a["category_id"]) for anns in labeled.annotations_per_image.values()
                         for a in anns if not a.get("iscrowd", 0))
         per_image = {k: n / max(1, len(labeled.images)) for k, n in human.items()}
@@ -397,10 +399,8 @@ def _write_review(path: Path, ranked: list[tuple[float, dict[str, Any], Detectio
     for rank, (doubt, image, dets) in enumerate(ranked, start=1):
         image_path = (pseudo.image_root / image["file_name"]).resolve()
         boxes, scores, labels = dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist()
-        for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels):
-            annotations.append({"id": len(annotations) + 1, "image_id": image["id"], "category_id": classes.category_ids[label],
-                                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                                "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0, "score": round(score, 5)})
+        annotations += detections_to_annotations(Detections(dets.boxes, dets.scores, dets.labels), image["id"], classes,
+                                                 image["width"], image["height"], first_id=len(annotations) + 1)
         review_task = labelstudio.task(str(image_path), image["width"], image["height"], boxes,
                                        [classes.names[k] for k in labels], scores, model_version="retinaslim-teacher")
         review_task["predictions"][0]["score"] = round(doubt, 4)
