@@ -41,7 +41,7 @@ def demo(out: Path, seed: int = 0, device: str = "auto", reporter: Reporter | No
     runs = out / "runs"
 
     def run_training(role: str, name: str, epochs: int, pseudo: Path | None = None) -> Path:
-        reporter.log(f"[bold]train {name}[/]")
+        reporter.log(f"train {name}")
         shutil.rmtree(runs / name, ignore_errors=True)  # the demo regenerates its own runs; training refuses to replace one
         options = {**TRAIN_DEFAULTS[role], "image_size": scale["size"], "epochs": epochs}
         config = TrainConfig(role=role, labeled=labeled, val=val, out=runs / name, pseudo=pseudo,
@@ -49,7 +49,7 @@ def demo(out: Path, seed: int = 0, device: str = "auto", reporter: Reporter | No
         return train(config, reporter).best
 
     teacher = run_training("teacher", "teacher", scale["teacher_epochs"])
-    reporter.log("[bold]pseudo-label[/]")
+    reporter.log("pseudo-label")
     pseudo = pseudo_label(PseudoLabelConfig(out / "data" / "unlabeled", teacher, runs / "pseudo.json",
                                             device=device), reporter)
     filtered = filter_labels(FilterConfig(pseudo.out, runs / "pseudo.filtered.json"))
