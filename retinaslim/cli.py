@@ -347,6 +347,9 @@ def _render_filter(result) -> None:
                                                                      "boxes after", "precision", "recall"],
                       [(name, b["boxes"], b["precision"], b["recall"], after[name]["boxes"], after[name]["precision"],
                         after[name]["recall"]) for name, b in before.items()])
+        if result.truth_metrics["before"]["images_rescaled"]:
+            console.info(f"{result.truth_metrics['before']['images_rescaled']} truth image(s) declare a resized copy of "
+                         "the size the images have; their boxes were rescaled to the images")
     console.info(f"images: {result.num_images_in} in, {result.num_images_out} out ({result.num_empty_images} without boxes, "
                  f"{result.num_ignore_regions} ignore regions)")
 

@@ -21,7 +21,7 @@ import torch
 
 from retinaslim.core.boxes import xywh_to_xyxy
 from retinaslim.core.detections import Detections
-from retinaslim.data.images import ImageError, SizeMismatch, check_declared_size
+from retinaslim.data.images import ImageError, SizeMismatch, check_declared_size, displayed_size
 from retinaslim.errors import UserError
 
 
@@ -60,6 +60,7 @@ class CocoData:
     categories: list[dict[str, Any]]
     annotations_per_image: dict[int, list[dict[str, Any]]]
     info: dict[str, Any] = field(default_factory=dict)
+    num_sizes_read: int = 0  # images the file gives no width/height for: read from the image
 
     @property
     def classes(self) -> ClassMap:
@@ -88,7 +89,8 @@ def _finite_number(value: Any) -> bool:
 def load_coco(path: Path, images_dir: Path | None = None, require_annotations: bool = True) -> CocoData:
     """Read and validate a COCO detection file; any problem raises a ``UserError`` naming the file.
 
-    ``require_annotations=False`` accepts a file with no ``annotations`` key (an image list).
+    ``require_annotations=False`` accepts a file with no ``annotations`` key (an image list). An image
+    without ``width``/``height`` gets the size it is displayed at, read from its header.
     """
     path = Path(path)
     if not path.is_file():
@@ -118,15 +120,24 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
         raise _fail(path, "no categories")
 
     images = data["images"]
+    root = Path(images_dir) if images_dir is not None else path.parent
     annotations_per_image: dict[int, list[dict[str, Any]]] = {}
+    num_sizes_read = 0
     for image in images:
         if not isinstance(image, dict) or not isinstance(image.get("id"), int) or not isinstance(image.get("file_name"), str):
             raise _fail(path, f"image {str(image)[:80]} needs an integer 'id' and a string 'file_name'")
         if image["id"] in annotations_per_image:
             raise _fail(path, f"duplicate image id {image['id']}")
+        unread = ""
+        if image.get("width") is None or image.get("height") is None:  # not given: the image's own size
+            try:
+                image["width"], image["height"] = displayed_size(root / image["file_name"])
+                num_sizes_read += 1
+            except ImageError:
+                unread = ", and the image's own size cannot be read"
         for key in ("width", "height"):
             if not (isinstance(image.get(key), int) and image[key] > 0):
-                raise _fail(path, f"image {image['id']} ({image['file_name']}) needs a positive integer '{key}'")
+                raise _fail(path, f"image {image['id']} ({image['file_name']}) needs a positive integer '{key}'{unread}")
         annotations_per_image[image["id"]] = []
 
     images_by_id = {image["id"]: image for image in images}
@@ -157,8 +168,18 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
         annotations_per_image[a["image_id"]].append(a)
 
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
-    root = Path(images_dir) if images_dir is not None else path.parent
-    return CocoData(path, root, images, categories, annotations_per_image, info)
+    return CocoData(path, root, images, categories, annotations_per_image, info, num_sizes_read)
+
+
+def rescale_image(coco: CocoData, image: dict[str, Any], width: int, height: int) -> None:
+    """Give ``image`` (one of ``coco``'s) the size ``width`` x ``height``, its boxes and areas scaled with it."""
+    sx, sy = width / image["width"], height / image["height"]
+    for a in coco.annotations_per_image[image["id"]]:
+        x, y, w, h = a["bbox"]
+        a["bbox"] = [x * sx, y * sy, w * sx, h * sy]
+        if "area" in a:
+            a["area"] = a["area"] * sx * sy
+    image["width"], image["height"] = width, height
 
 
 def require_image_files(coco: CocoData, option: str = "--images") -> str | None:
@@ -183,13 +204,7 @@ def require_image_files(coco: CocoData, option: str = "--images") -> str | None:
             mismatched.append(f"image {image['id']} ({image['file_name']}) {e}")
             continue
         if (width, height) != (image["width"], image["height"]):
-            sx, sy = width / image["width"], height / image["height"]
-            for a in coco.annotations_per_image[image["id"]]:
-                x, y, w, h = a["bbox"]
-                a["bbox"] = [x * sx, y * sy, w * sx, h * sy]
-                if "area" in a:
-                    a["area"] = a["area"] * sx * sy
-            image["width"], image["height"] = width, height
+            rescale_image(coco, image, width, height)
             num_rescaled += 1
     if mismatched:
         more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""

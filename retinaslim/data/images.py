@@ -106,6 +106,12 @@ def displayed_size(path: Path) -> tuple[int, int]:
     return _header(path)[:2]
 
 
+def same_shape(size: tuple[int, int], other: tuple[int, int]) -> bool:
+    """Whether two (width, height) sizes are the same picture at two scales (to a pixel)."""
+    (width, height), (other_width, other_height) = size, other
+    return abs(width * other_height / height - other_width) <= 1 and abs(height * other_width / width - other_height) <= 1
+
+
 def check_declared_size(path: Path, width: int, height: int) -> tuple[int, int]:
     """The displayed size of the image at ``path`` (header only, EXIF rotation applied), checked against the
     ``width`` x ``height`` a label file declares for it.
@@ -115,7 +121,7 @@ def check_declared_size(path: Path, width: int, height: int) -> tuple[int, int]:
     on another picture, or before an EXIF rotation); an unreadable header raises ``ImageError``.
     """
     shown_width, shown_height, orientation = _header(path)
-    if abs(width * shown_height / height - shown_width) > 1 or abs(height * shown_width / width - shown_height) > 1:
+    if not same_shape((width, height), (shown_width, shown_height)):
         turned = f" (its EXIF orientation {orientation} turns it a quarter)" if orientation in (5, 6, 7, 8) else ""
         raise SizeMismatch(f"declares {width} x {height}, but the image is {shown_width} x {shown_height} as "
                            f"displayed{turned}")

@@ -123,7 +123,7 @@ class LabelSet:
 def read_coco(path: Path, images_dir: Path | None = None) -> LabelSet:
     """A COCO file (validated by ``load_coco``), image names made absolute; category ids are kept."""
     coco = load_coco(path, images_dir)
-    labels = LabelSet(categories=coco.categories)
+    labels = LabelSet(categories=coco.categories, num_sizes_read=coco.num_sizes_read)
     for image in coco.images:
         added = labels.add_declared_image(coco.image_path(image), f"{path}: image {image['id']}", image["width"],
                                           image["height"])
