@@ -183,6 +183,11 @@ def test_every_writer_output_is_read_by_every_reader(odd_images, edge_detections
     convert(ConvertConfig(written[0], "coco", "yolo", tmp_path / "yolo"))
     convert(ConvertConfig(tmp_path / "yolo", "yolo", "coco", tmp_path / "from_yolo.json"))
     written.append(tmp_path / "from_yolo.json")
+    convert(ConvertConfig(written[0], "coco", "labelstudio", tmp_path / "ls.json"))
+    for tasks in (tmp_path / "ls.json", tmp_path / "review.json"):  # Label Studio files, read back as COCO
+        back = convert(ConvertConfig(tasks, "labelstudio", "coco", tmp_path / f"{tasks.stem}.coco.json"))
+        assert back.skipped == [] and sum(back.num_boxes.values()) == 4, tasks
+        written.append(tmp_path / f"{tasks.stem}.coco.json")
     evaluate(EvalConfig([weights], labels, device="cpu", latency_runs=1, warmup_runs=0,
                         predictions_out=tmp_path / "results.json"))
     results = json.loads((tmp_path / "results.json").read_text())

@@ -133,8 +133,8 @@ def read_coco(path: Path, images_dir: Path | None = None) -> LabelSet:
         for a in coco.annotations_per_image[image["id"]]:
             x, y, w, h = a["bbox"]
             extra = {k: v for k, v in a.items() if k not in ("id", "image_id", "category_id", "bbox", "area", "score")}
-            labels.add_box(added, (x * sx, y * sy, (x + w) * sx, (y + h) * sy), a["category_id"], f"{path}: annotation {a['id']}",
-                           a.get("score"), **extra)
+            labels.add_box(added, (x * sx, y * sy, (x + w) * sx, (y + h) * sy), a["category_id"],
+                           f"{path}: annotation {a['id']}", a.get("score"), **extra)
     return labels
 
 

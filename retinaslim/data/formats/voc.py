@@ -76,11 +76,12 @@ def read_voc(src: Path, split: str | None = None) -> LabelSet:
         if not image_path.is_file():
             labels.skip("image", xml_path, f"image {filename} not found in {src / 'JPEGImages'} or beside the XML")
             continue
-        size = root.find("size")
+        size, width, height = root.find("size"), None, None
         try:  # no <size> (or no number in it): read it from the image
-            width, height = (int(_number(size, "width")), int(_number(size, "height"))) if size is not None else (None, None)
+            if size is not None:
+                width, height = int(_number(size, "width")), int(_number(size, "height"))
         except ValueError:
-            width = height = None
+            pass
         added = labels.add_declared_image(image_path, xml_path, width, height)
         if added is None:
             continue
@@ -102,5 +103,5 @@ def read_voc(src: Path, split: str | None = None) -> LabelSet:
                 continue
             difficult = (obj.findtext("difficult") or "").strip() == "1"
             labels.add_box(image, ((xmin - 1) * sx, (ymin - 1) * sy, xmax * sx, ymax * sy), labels.category_id(name),
-                           where,                           **({"difficult": 1} if difficult else {}))
+                           where, **({"difficult": 1} if difficult else {}))
     return labels

@@ -2,11 +2,11 @@
 
 Layout (ultralytics): ``images/...`` and ``labels/...`` side by side, one ``.txt`` per image with one
 line per box: ``class cx cy w h`` normalised to [0, 1] by the displayed image size, plus a sixth column
-``score`` on machine labels (ultralytics' ``save_conf``). A line ``class x1 y1 x2 y2 x3 y3 ...`` is a polygon
-(segmentation and oriented-box sets, e.g. Roboflow's exports): read as its enclosing box, as ultralytics does. Darknet's layout, each ``.txt`` beside its
-image, is read too. Class names come from ``data.yaml`` (``names``: a list or {index: name}) or
-``classes.txt`` (one name per line). YOLO has class indices, not ids: reading gives category ids
-index + 1; writing numbers the classes in category-id order.
+``score`` on machine labels (ultralytics' ``save_conf``). A line ``class x1 y1 x2 y2 x3 y3 ...`` is a
+polygon (segmentation and oriented-box sets, e.g. Roboflow's exports): read as its enclosing box, as
+ultralytics does. Darknet's layout, each ``.txt`` beside its image, is read too. Class names come from
+``data.yaml`` (``names``: a list or {index: name}) or ``classes.txt`` (one name per line). YOLO has class
+indices, not ids: reading gives category ids index + 1; writing numbers the classes in category-id order.
 """
 
 from __future__ import annotations
