@@ -74,7 +74,7 @@ def demo(out: Path, seed: int = 0, device: str = "auto", reporter: Reporter | No
     trainings: dict[str, TrainResult] = {}
 
     def run_training(role: str, name: str, epochs: int, pseudo: Path | None = None) -> Path:
-        reporter.log(f"[bold]train {name}[/]")
+        reporter.log(f"train {name}")
         shutil.rmtree(runs / name, ignore_errors=True)  # the demo regenerates its own runs; training refuses to replace one
         options = {**TRAIN_DEFAULTS[role], "image_size": scale["size"], "epochs": epochs}
         config = TrainConfig(role=role, labeled=labeled, val=val, out=runs / name, pseudo=pseudo,
@@ -83,7 +83,7 @@ def demo(out: Path, seed: int = 0, device: str = "auto", reporter: Reporter | No
         return trainings[name].best
 
     teacher = run_training("teacher", "teacher", scale["teacher_epochs"])
-    reporter.log("[bold]pseudo-label[/]")
+    reporter.log("pseudo-label")
     pseudo = pseudo_label(PseudoLabelConfig(out / "data" / "unlabeled", teacher, runs / "pseudo.json",
                                             device=device), reporter)
     filtered = filter_labels(FilterConfig(pseudo.out, runs / "pseudo.filtered.json", truth=data.files["unlabeled"]))

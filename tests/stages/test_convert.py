@@ -223,7 +223,7 @@ def test_labelstudio_export_annotations_uploads_and_bad_regions(tmp_path):
     assert data["categories"] == [{"id": 1, "name": "cat"}]  # the cancelled annotation's dog is not read
     assert sorted((s.where.split(": ")[1], s.reason.split(" (")[0]) for s in result.skipped) == [
         ("task 7 result b", "rotated rectangle"), ("task 7 result c", "zero or negative width/height"),
-        ("task 7 result d", "result type 'choices' is not a rectangle"),
+        ("task 7 result d", "result type 'choices' is not a rectangle or polygon"),
         ("task 8", "image /data/upload/3/ffffffff-gone.jpg not found")]
 
 
