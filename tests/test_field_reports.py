@@ -631,3 +631,51 @@ def test_a_class_left_out_for_having_no_boxes_is_named_when_val_has_boxes_of_it(
                       "the model's classes; pass --keep-empty-classes to train it")
     result = run_cli(*args, "--out", tmp_path / "kept", "--keep-empty-classes")
     assert result.exit_code == 0, result.stderr
+
+
+# --- 7. what one command writes, every command reads; readers and sources alike ---
+
+def test_labelstudio_round_trip_keeps_the_categories_and_their_ids(tmp_path):
+    image(tmp_path / "a.jpg", 200, 100)
+    image(tmp_path / "b.jpg", 200, 100)
+    source = write_json(tmp_path / "src.json", {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 100},
+                   {"id": 2, "file_name": "b.jpg", "width": 200, "height": 100}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [20, 20, 50, 50], "area": 2500, "iscrowd": 0}],
+        "categories": [{"id": 3, "name": "a"}, {"id": 5, "name": "b"}]})
+    convert(ConvertConfig(source, "coco", "labelstudio", tmp_path / "ls.json"))
+    convert(ConvertConfig(tmp_path / "ls.json", "labelstudio", "coco", tmp_path / "back.json"))
+    back = json.loads((tmp_path / "back.json").read_text())
+    assert back["categories"] == [{"id": 3, "name": "a"}, {"id": 5, "name": "b"}]  # was [{"id": 1, "name": "b"}]
+    assert [(a["category_id"], a["bbox"]) for a in back["annotations"]] == [(5, [20.0, 20.0, 50.0, 50.0])]
+
+
+@pytest.mark.parametrize("carried", [True, False])
+def test_labelstudio_without_boxes_becomes_coco_every_reader_takes(tmp_path, carried):
+    image(tmp_path / "a.jpg", 200, 100)
+    data = {"image": "a.jpg", **({"coco_categories": [{"id": 1, "name": "card"}]} if carried else {})}
+    write_json(tmp_path / "ls.json", [{"id": 1, "data": data}])  # an image nobody drew a box on
+    convert(ConvertConfig(tmp_path / "ls.json", "labelstudio", "coco", tmp_path / "c.json"))
+    written = tmp_path / "c.json"
+    assert json.loads(written.read_text())["categories"] == ([{"id": 1, "name": "card"}] if carried else [])
+    assert len(load_coco(written).images) == 1  # was "no categories"
+    assert convert(ConvertConfig(written, "coco", "coco", tmp_path / "again.json")).num_images == 1
+    assert show(ShowConfig(written, tmp_path / "sheet.png")).skipped == []
+    assert filter_labels(FilterConfig(written, tmp_path / "f.json")).num_images_out == 1
+    if not carried:  # nothing to learn: said as such
+        assert_user_error(run_cli("train-student", "--labeled", written, "--val", written, "--out", tmp_path / "run"),
+                          f"{written}: no categories, so no classes to train")
+
+
+def test_labelstudio_two_tasks_for_one_image_are_one_image_with_both_tasks_boxes(tmp_path):
+    image(tmp_path / "photo.jpg", 200, 100)
+    first = labelstudio_task("photo.jpg", BOX, (200, 100))
+    second = labelstudio_task("photo.jpg", {"x": 50, "y": 10, "width": 20, "height": 40}, (200, 100))
+    second["id"] = 2
+    second["annotations"][0]["result"].append(first["annotations"][0]["result"][0])  # the first task's box again
+    write_json(tmp_path / "ls.json", [first, second])
+    result = convert(ConvertConfig(tmp_path / "ls.json", "labelstudio", "coco", tmp_path / "o.json"))
+    data = json.loads((tmp_path / "o.json").read_text())
+    assert len(data["images"]) == 1  # was two images, each with part of the boxes
+    assert [a["bbox"] for a in data["annotations"]] == [[20.0, 20.0, 50.0, 50.0], [100.0, 10.0, 40.0, 40.0]]
+    assert [s.reason for s in result.skipped] == ["the same box as an earlier task for this image has"]

@@ -116,8 +116,6 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
         if c["id"] in category_ids:
             raise _fail(path, f"duplicate category id {c['id']}")
         category_ids.add(c["id"])
-    if not categories:
-        raise _fail(path, "no categories")
 
     images = data["images"]
     root = Path(images_dir) if images_dir is not None else path.parent

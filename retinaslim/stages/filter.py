@@ -425,7 +425,8 @@ def _write_review(path: Path, ranked: list[tuple[float, dict[str, Any], Detectio
         annotations += detections_to_annotations(Detections(dets.boxes, dets.scores, dets.labels), image["id"], classes,
                                                  image["width"], image["height"], first_id=len(annotations) + 1)
         review_task = labelstudio.task(str(image_path), image["width"], image["height"], boxes,
-                                       [classes.names[k] for k in labels], scores, model_version="retinaslim-teacher")
+                                       [classes.names[k] for k in labels], scores, model_version="retinaslim-teacher",
+                                       categories=pseudo.categories)
         review_task["predictions"][0]["score"] = round(doubt, 4)
         tasks.append({**review_task, "meta": {"rank": rank, "doubt": round(doubt, 4)}})
         images.append({**image, "file_name": os.path.relpath(image_path, Path(path).parent.resolve())})

@@ -44,12 +44,13 @@ class LabelSet:
     num_polygons: int = 0  # polygons read as their enclosing boxes
 
     def category_id(self, name: str) -> int:
-        """The id of the class called ``name``; a new class gets the next id (classes in order of appearance)."""
+        """The id of the class called ``name``; a new class gets the next free id (classes in order of appearance)."""
         for c in self.categories:
             if c["name"] == name:
                 return c["id"]
-        self.categories.append({"id": len(self.categories) + 1, "name": name})
-        return len(self.categories)
+        category_id = max((c["id"] for c in self.categories), default=0) + 1
+        self.categories.append({"id": category_id, "name": name})
+        return category_id
 
     def add_image(self, path: Path, width: int, height: int) -> dict[str, Any]:
         image = {"id": len(self.images) + 1, "file_name": str(Path(path).absolute()), "width": int(width),
