@@ -679,3 +679,21 @@ def test_labelstudio_two_tasks_for_one_image_are_one_image_with_both_tasks_boxes
     assert len(data["images"]) == 1  # was two images, each with part of the boxes
     assert [a["bbox"] for a in data["annotations"]] == [[20.0, 20.0, 50.0, 50.0], [100.0, 10.0, 40.0, 40.0]]
     assert [s.reason for s in result.skipped] == ["the same box as an earlier task for this image has"]
+
+
+@pytest.mark.parametrize("sized", [True, False])
+def test_convert_from_coco_skips_a_missing_image_with_the_reason(tmp_path, sized):
+    image(tmp_path / "photo.jpg", 200, 100)
+    data = json.loads(coco_of(tmp_path, 200, 100).read_text())
+    data["images"].append({"id": 2, "file_name": "gone.jpg", **({"width": 200, "height": 100} if sized else {})})
+    data["annotations"].append({**data["annotations"][0], "id": 2, "image_id": 2})
+    labels = write_json(tmp_path / "labels.json", data)
+    result = convert(ConvertConfig(labels, "coco", "yolo", tmp_path / "yolo"))
+    assert [(s.kind, s.where, s.reason) for s in result.skipped] == [  # was written silently, a dangling link in YOLO
+        ("image", f"{labels}: image 2", f"image {tmp_path / 'gone.jpg'} not found (pass --images DIR, the folder "
+                                        "holding the images)")]
+    assert result.num_images == 1 and result.num_boxes == {"card": 1}
+    assert sorted(p.name for p in (tmp_path / "yolo" / "images").iterdir()) == ["photo.jpg"]
+    cli = run_cli("convert", labels, "--from", "coco", "--to", "coco", "--out", tmp_path / "o.json")
+    assert cli.exit_code == 0 and "gone.jpg not found" in " ".join(cli.stdout.split())
+    assert [im["id"] for im in json.loads((tmp_path / "o.json").read_text())["images"]] == [1]

@@ -86,11 +86,14 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def load_coco(path: Path, images_dir: Path | None = None, require_annotations: bool = True) -> CocoData:
+def load_coco(path: Path, images_dir: Path | None = None, require_annotations: bool = True,
+              unsized_ok: bool = False) -> CocoData:
     """Read and validate a COCO detection file; any problem raises a ``UserError`` naming the file.
 
     ``require_annotations=False`` accepts a file with no ``annotations`` key (an image list). An image
-    without ``width``/``height`` gets the size it is displayed at, read from its header.
+    without ``width``/``height`` gets the size it is displayed at, read from its header; where that cannot
+    be read either (a missing or broken file) it is an error, or with ``unsized_ok`` its width and height
+    stay None for the caller to skip it (convert does, with the reason).
     """
     path = Path(path)
     if not path.is_file():
@@ -133,6 +136,10 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
                 num_sizes_read += 1
             except ImageError:
                 unread = ", and the image's own size cannot be read"
+                if unsized_ok:
+                    image["width"] = image["height"] = None
+                    annotations_per_image[image["id"]] = []
+                    continue
         for key in ("width", "height"):
             if not (isinstance(image.get(key), int) and image[key] > 0):
                 raise _fail(path, f"image {image['id']} ({image['file_name']}) needs a positive integer '{key}'{unread}")
@@ -158,7 +165,9 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
             raise _fail(path, f"{where} has a box with width or height <= 0: {bbox}")
         image = images_by_id[a["image_id"]]
         # A box reaching past the border is clipped in training; one wholly outside means a wrong image size.
-        if bbox[0] >= image["width"] or bbox[1] >= image["height"] or bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0:
+        outside = bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0 or (
+            image["width"] is not None and (bbox[0] >= image["width"] or bbox[1] >= image["height"]))
+        if outside:
             raise _fail(path, f"{where} has box {bbox} (x, y, width, height) wholly outside its image "
                               f"{image['file_name']} ({image['width']} x {image['height']})")
         if "score" in a and not (_finite_number(a["score"]) and 0 <= a["score"] <= 1):
