@@ -697,3 +697,19 @@ def test_convert_from_coco_skips_a_missing_image_with_the_reason(tmp_path, sized
     cli = run_cli("convert", labels, "--from", "coco", "--to", "coco", "--out", tmp_path / "o.json")
     assert cli.exit_code == 0 and "gone.jpg not found" in " ".join(cli.stdout.split())
     assert [im["id"] for im in json.loads((tmp_path / "o.json").read_text())["images"]] == [1]
+
+
+def test_an_image_file_is_a_one_image_source_and_a_binary_file_is_one_line(odd_images, tmp_path):
+    folder, weights = odd_images
+    photo = folder / "p.jpg"
+    result = run_cli("pseudo-label", photo, "--teacher", weights, "--out", tmp_path / "pseudo.json", "--scales", "1",
+                     "--no-hflip", "--device", "cpu", "--workers", 0)
+    assert result.exit_code == 0, result.stderr  # was UnicodeDecodeError
+    images = json.loads((tmp_path / "pseudo.json").read_text())["images"]
+    assert [(Path(im["file_name"]).name, im["width"], im["height"]) for im in images] == [("p.jpg", 97, 61)]
+    assert_user_error(run_cli("predict", weights, "--weights", weights, "--out", tmp_path / "p.json"),
+                      f"{weights}: a binary file that is not an image", "it looks like weights")
+    blob = tmp_path / "scan.heic"
+    blob.write_bytes(bytes(range(256)) * 4)
+    assert_user_error(run_cli("pseudo-label", blob, "--teacher", weights, "--out", tmp_path / "q.json"),
+                      f"{blob}: a binary file that is not an image")
