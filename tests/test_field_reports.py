@@ -713,3 +713,16 @@ def test_an_image_file_is_a_one_image_source_and_a_binary_file_is_one_line(odd_i
     blob.write_bytes(bytes(range(256)) * 4)
     assert_user_error(run_cli("pseudo-label", blob, "--teacher", weights, "--out", tmp_path / "q.json"),
                       f"{blob}: a binary file that is not an image")
+
+
+def test_yolo_class_written_as_a_whole_float_is_that_class(tmp_path):
+    root = tmp_path / "yolo"
+    image(root / "images" / "a.png", 200, 100)
+    (root / "classes.txt").write_text("card\npassport\n")
+    (root / "labels").mkdir()
+    (root / "labels" / "a.txt").write_text("0.0 0.5 0.5 0.2 0.2\n1.000 0.25 0.5 0.1 0.2\n0.5 0.5 0.5 0.2 0.2\n")
+    result = convert(ConvertConfig(root, "yolo", "coco", tmp_path / "o.json"))
+    data = json.loads((tmp_path / "o.json").read_text())
+    assert [(a["category_id"], a["bbox"]) for a in data["annotations"]] == [  # "0.0" was skipped as "not numbers"
+        (1, pytest.approx([80, 40, 40, 20])), (2, pytest.approx([40, 40, 20, 20]))]
+    assert [s.reason for s in result.skipped] == ["class 0.5 is not a whole number"]
