@@ -377,6 +377,8 @@ def _render_filter(result) -> None:
         if result.truth_metrics["before"]["images_rescaled"]:
             console.info(f"{result.truth_metrics['before']['images_rescaled']} truth image(s) declare a resized copy of "
                          "the size the images have; their boxes were rescaled to the images")
+        if result.truth_metrics["before"].get("renumbered"):
+            console.info(result.truth_metrics["before"]["renumbered"])
     console.info(f"images: {result.num_images_in} in, {result.num_images_out} out ({result.num_empty_images} without boxes, "
                  f"{result.num_ignore_regions} ignore regions)")
 

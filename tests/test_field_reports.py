@@ -5,9 +5,17 @@
 3. image sizes: read from the image when the labels do not give them, checked when they do;
 4. messages print data verbatim ([brackets] kept); a pseudo-label journal left by an early kill resumes;
 5. recoverable input (polygons, flipped Label Studio rectangles, empty categories) read as the other tools do.
+
+The second round (same kinds, more inputs), at the end:
+
+6. two COCO files that number the same class names differently are matched by name wherever they meet;
+7. files written without categories or without images are read (Label Studio round trips), readers skip
+   missing images alike, sources are images, folders or lists (anything else is one line), and a class left
+   out for having no boxes is named as such.
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +27,8 @@ import retinaslim.stages.inference as inference
 import retinaslim.stages.pseudo_label as pseudo_label_stage
 from retinaslim.config import TRAIN_DEFAULTS
 from retinaslim.core.detections import Detections
-from retinaslim.data.coco import ClassMap, check_same_classes, coco_bbox, coco_metrics, load_coco, require_image_files
+from retinaslim.data.dataset import DetectionDataset
+from retinaslim.data.coco import ClassMap, coco_bbox, coco_metrics, load_coco, match_classes, require_image_files
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.stages.convert import ConvertConfig, convert
@@ -52,8 +61,8 @@ def write_json(path: Path, data) -> Path:
 def tiny_train(labeled: Path, out: Path, **options):
     """One optimiser step of the slim student at 64 px: a real checkpoint in a few seconds."""
     settings = {**TRAIN_DEFAULTS["student"], "image_size": 64, "batch_size": 2, "epochs": 1, "augment": "none"}
-    return train(TrainConfig(role="student", labeled=labeled, val=labeled, out=out, iterations=1, device="cpu",
-                             **{**settings, **options}))
+    return train(TrainConfig(role="student", labeled=labeled, out=out, iterations=1, device="cpu",
+                             **{"val": labeled, **settings, **options}))
 
 
 def truth_with_ids_from_zero(folder: Path) -> Path:
@@ -474,7 +483,7 @@ def test_roboflow_supercategory_is_not_trained_and_ids_stay_mapped(tmp_path):
     # eval and predict on the export itself: the model's labels map back to the file's own ids
     report = evaluate(EvalConfig([weights], labels, device="cpu", latency_runs=1, warmup_runs=0,
                                  predictions_out=tmp_path / "preds.json")).reports[0]
-    assert report.per_class_ap["cards"] is None  # no truth of it: no AP, and the mean leaves it out
+    assert set(report.per_class_ap) == {"id_card", "passport"}  # "cards": not the model's, no boxes: set aside
     assert {r["category_id"] for r in json.loads((tmp_path / "preds.json").read_text())} <= {c["id"] for c in names}
     kept = tiny_train(labels, tmp_path / "kept", keep_empty_classes=True)
     assert [c["id"] for c in load_checkpoint(kept.best).classes] == [0] + [c["id"] for c in names]
@@ -483,9 +492,237 @@ def test_roboflow_supercategory_is_not_trained_and_ids_stay_mapped(tmp_path):
 def test_an_empty_category_set_aside_must_stay_empty_elsewhere(tmp_path):
     labels = load_coco(roboflow(tmp_path / "data"))
     trained = ClassMap.from_categories([c for c in labels.categories if c["id"] != 0])
-    check_same_classes(trained, "model.pt", labels)  # category 0 lists no boxes: set aside
     data = labels.to_dict()
+    assert match_classes(trained, "model.pt", labels) is None  # category 0 lists no boxes: set aside
+    assert labels.categories == trained.categories()
     data["annotations"][0]["category_id"] = 0
     other = load_coco(write_json(tmp_path / "val.json", data), tmp_path / "data")
-    with pytest.raises(UserError, match=r"val.json: categories \[\{'id': 0, 'name': 'cards'\}.* differ from model.pt's"):
-        check_same_classes(trained, "model.pt", other)
+    with pytest.raises(UserError, match=r"val.json: has boxes of category 0 'cards', which model.pt does not have "
+                                        r"\(its classes: id_card, passport\)"):
+        match_classes(trained, "model.pt", other)
+
+
+# --- 6. classes matched by name wherever two files meet ---
+
+def renumbered(path: Path, ids: dict[str, int], out: Path, **extra) -> Path:
+    """``path`` (a COCO file) with its categories given the ids ``ids`` (name -> id), boxes following them."""
+    data = json.loads(path.read_text())
+    new = {c["id"]: ids[c["name"]] for c in data["categories"]}
+    data["categories"] = [{**c, "id": new[c["id"]]} for c in data["categories"]]
+    data["annotations"] = [{**a, "category_id": new[a["category_id"]], **extra} for a in data["annotations"]]
+    data["images"] = [{**im, "file_name": os.path.relpath(path.parent / im["file_name"], out.parent)}
+                      for im in data["images"]]
+    return write_json(out, data)
+
+
+RENUMBERINGS = {"swapped": {"card": 2, "passport": 1}, "from zero": {"card": 0, "passport": 1},
+                "sparse": {"card": 7, "passport": 3}}
+
+
+@pytest.mark.parametrize("numbering", RENUMBERINGS)
+def test_filter_truth_numbering_the_classes_otherwise_is_ap_one(tmp_path, numbering):
+    machine = renumbered(truth_with_ids_from_zero(tmp_path), {"card": 1, "passport": 2}, tmp_path / "pseudo.json",
+                         score=0.9)
+    truth = renumbered(tmp_path / "truth.json", RENUMBERINGS[numbering], tmp_path / "truth2.json")
+    result = run_cli("filter", machine, "--truth", truth, "--report", tmp_path / "r.json", "--out", tmp_path / "f.json")
+    assert result.exit_code == 0, result.stderr  # "from zero" was a traceback: tuple.index(x): x not in tuple
+    metrics = json.loads((tmp_path / "r.json").read_text())["truth_metrics"]
+    for when in ("before", "after"):
+        assert metrics[when]["ap"] == pytest.approx(1.0)  # was 0.000 (swapped) or 0.411
+        assert {name: (c["precision"], c["recall"]) for name, c in metrics[when]["per_class"].items()} == {
+            "card": (1.0, 1.0), "passport": (1.0, 1.0)}
+    assert f"{truth}: categories matched to {machine}'s by name; ids renumbered" in " ".join(result.stdout.split())
+
+
+def test_filter_truth_with_boxes_of_a_class_the_labels_lack_is_one_line_naming_both(tmp_path):
+    machine = renumbered(truth_with_ids_from_zero(tmp_path), {"card": 1, "passport": 2}, tmp_path / "pseudo.json",
+                         score=0.9)
+    data = json.loads((tmp_path / "truth.json").read_text())
+    data["categories"][1]["name"] = "dog"
+    truth = write_json(tmp_path / "truth2.json", data)
+    result = run_cli("filter", machine, "--truth", truth, "--out", tmp_path / "f.json")
+    assert_user_error(result, f"{truth}: has boxes of category 2 'dog', which {machine} does not have (its classes: "
+                              "card, passport)")
+
+
+def test_filter_instances_rule_reads_human_boxes_by_class_name(tmp_path):
+    truth = truth_with_ids_from_zero(tmp_path)
+    machine = json.loads(truth.read_text())  # card .9 .8 .6, passport .7 .5, each box again below .5
+    anns = machine["annotations"]
+    machine["annotations"] = [{**a, "id": k + 1, "score": 0.9 - 0.1 * k} for k, a in enumerate(anns)] + [
+        {**a, "id": k + 6, "bbox": [v + 1 for v in a["bbox"]], "score": 0.4 - 0.05 * k} for k, a in enumerate(anns)]
+    pseudo = write_json(tmp_path / "pseudo.json", machine)
+    labeled = renumbered(truth, RENUMBERINGS["swapped"], tmp_path / "labeled.json")
+    result = filter_labels(FilterConfig(pseudo, tmp_path / "f.json", auto_thresh="instances", labeled=labeled))
+    # 3 card and 2 passport boxes per 3 images -> the 3rd best card score, the 2nd best passport score
+    assert result.thresholds == {"card": pytest.approx(0.6), "passport": pytest.approx(0.5)}
+
+
+@pytest.fixture(scope="module")
+def truth_run(tmp_path_factory):
+    """The ids-from-zero truth (card 1, passport 2) and a one-step checkpoint trained on it."""
+    folder = tmp_path_factory.mktemp("truth")
+    truth = truth_with_ids_from_zero(folder)
+    return truth, tiny_train(truth, folder / "run").best
+
+
+def test_filter_calibration_matches_calib_and_teacher_classes_by_name(truth_run, tmp_path, monkeypatch):
+    import retinaslim.stages.filter as filter_stage
+    from retinaslim.stages.inference import ImageResult
+    truth, weights = truth_run
+    teacher_label = {"card": 0, "passport": 1}  # the checkpoint's classes: card 1, passport 2
+    calib = renumbered(truth, RENUMBERINGS["from zero"], tmp_path / "calib.json")
+    pseudo = renumbered(truth, RENUMBERINGS["swapped"], tmp_path / "pseudo.json", score=0.9)
+    data = json.loads(pseudo.read_text())
+    data["info"] = {"teacher": str(weights), "transforms": ["scale1.0"], "fusion": "wbf", "image_size": 64}
+    data["images"] = [{**im, "file_name": str(truth.parent / im["file_name"])} for im in data["images"]]
+    write_json(pseudo, data)
+    names = {c["id"]: c["name"] for c in json.loads(truth.read_text())["categories"]}
+
+    def perfect(model, paths, batches, image_size, transforms, device, on_batch, **kwargs):  # in the teacher's labels
+        coco = load_coco(truth)
+        for batch in batches:
+            results = []
+            for k in batch:
+                anns = coco.annotations_per_image[coco.images[k]["id"]]
+                boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)])
+                labels = torch.tensor([teacher_label[names[a["category_id"]]] for a in anns])
+                results.append(ImageResult(k, 64, 96, Detections(boxes, torch.full((len(anns),), 0.9), labels)))
+            on_batch(results)
+    monkeypatch.setattr(filter_stage, "predict_batches", perfect)
+    result = filter_labels(FilterConfig(pseudo, tmp_path / "f.json", auto_thresh="precision", calib=calib, device="cpu"))
+    assert {c.class_name: (c.precision, c.recall, c.reached) for c in result.calibration} == {
+        "card": (1.0, 1.0, True), "passport": (1.0, 1.0, True)}
+
+
+def test_eval_and_training_match_val_and_pseudo_by_class_name(truth_run, tmp_path, monkeypatch):
+    import retinaslim.stages.train as train_stage
+    truth, weights = truth_run
+    val = renumbered(truth, RENUMBERINGS["swapped"], tmp_path / "val.json")
+    monkeypatch.setattr(evaluate_stage, "predict_on_coco", perfect_predictions(truth))  # the model's ids
+    report = evaluate(EvalConfig([weights], val, device="cpu", latency_runs=1, warmup_runs=0)).reports[0]
+    assert report.ap == pytest.approx(1.0) and report.per_class_ap == {"card": pytest.approx(1.0),
+                                                                       "passport": pytest.approx(1.0)}
+    datasets = []
+    monkeypatch.setattr(train_stage, "DetectionDataset",
+                        lambda coco, classes, *a, **k: datasets.append((coco, classes)) or DetectionDataset(coco, classes, *a, **k))
+    monkeypatch.setattr(inference, "predict_on_coco", perfect_predictions(truth))
+    pseudo = renumbered(truth, RENUMBERINGS["sparse"], tmp_path / "pseudo.json", score=0.9)
+    run = tiny_train(truth, tmp_path / "run", val=val, pseudo=pseudo)
+    assert run.history[-1]["ap"] == pytest.approx(1.0)  # validation AP against the renumbered val
+    (labeled, classes), (machine, _) = datasets
+    by_name = {c["name"]: c["id"] for c in json.loads(truth.read_text())["categories"]}
+    expected = [by_name[c] for c in ("card", "card", "passport", "card", "passport")]
+    assert [a["category_id"] for anns in machine.annotations_per_image.values() for a in anns] == expected
+    assert [classes.names[classes.label(i)] for i in expected] == ["card", "card", "passport", "card", "passport"]
+
+
+def test_a_class_left_out_for_having_no_boxes_is_named_when_val_has_boxes_of_it(tmp_path):
+    data = json.loads(truth_with_ids_from_zero(tmp_path).read_text())
+    data["categories"] = [{"id": 1, "name": "card"}, {"id": 2, "name": "other"}]
+    data["annotations"] = [{**a, "id": a["id"] + 1, "category_id": 1} for a in data["annotations"]]
+    labeled = write_json(tmp_path / "lab2.json", data)
+    data["annotations"][0]["category_id"] = 2
+    val = write_json(tmp_path / "val.json", data)
+    args = ["train-student", "--labeled", labeled, "--val", val, "--iterations", 1, "--image-size", 64,
+            "--batch-size", 2, "--augment", "none", "--device", "cpu", "--workers", 0]
+    assert_user_error(run_cli(*args, "--out", tmp_path / "run"),
+                      f"{val}: has boxes of category 2 'other', which {labeled} has no boxes of, so it was left out of "
+                      "the model's classes; pass --keep-empty-classes to train it")
+    result = run_cli(*args, "--out", tmp_path / "kept", "--keep-empty-classes")
+    assert result.exit_code == 0, result.stderr
+
+
+# --- 7. what one command writes, every command reads; readers and sources alike ---
+
+def test_labelstudio_round_trip_keeps_the_categories_and_their_ids(tmp_path):
+    image(tmp_path / "a.jpg", 200, 100)
+    image(tmp_path / "b.jpg", 200, 100)
+    source = write_json(tmp_path / "src.json", {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 200, "height": 100},
+                   {"id": 2, "file_name": "b.jpg", "width": 200, "height": 100}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [20, 20, 50, 50], "area": 2500, "iscrowd": 0}],
+        "categories": [{"id": 3, "name": "a"}, {"id": 5, "name": "b"}]})
+    convert(ConvertConfig(source, "coco", "labelstudio", tmp_path / "ls.json"))
+    convert(ConvertConfig(tmp_path / "ls.json", "labelstudio", "coco", tmp_path / "back.json"))
+    back = json.loads((tmp_path / "back.json").read_text())
+    assert back["categories"] == [{"id": 3, "name": "a"}, {"id": 5, "name": "b"}]  # was [{"id": 1, "name": "b"}]
+    assert [(a["category_id"], a["bbox"]) for a in back["annotations"]] == [(5, [20.0, 20.0, 50.0, 50.0])]
+
+
+@pytest.mark.parametrize("carried", [True, False])
+def test_labelstudio_without_boxes_becomes_coco_every_reader_takes(tmp_path, carried):
+    image(tmp_path / "a.jpg", 200, 100)
+    data = {"image": "a.jpg", **({"coco_categories": [{"id": 1, "name": "card"}]} if carried else {})}
+    write_json(tmp_path / "ls.json", [{"id": 1, "data": data}])  # an image nobody drew a box on
+    convert(ConvertConfig(tmp_path / "ls.json", "labelstudio", "coco", tmp_path / "c.json"))
+    written = tmp_path / "c.json"
+    assert json.loads(written.read_text())["categories"] == ([{"id": 1, "name": "card"}] if carried else [])
+    assert len(load_coco(written).images) == 1  # was "no categories"
+    assert convert(ConvertConfig(written, "coco", "coco", tmp_path / "again.json")).num_images == 1
+    assert show(ShowConfig(written, tmp_path / "sheet.png")).skipped == []
+    assert filter_labels(FilterConfig(written, tmp_path / "f.json")).num_images_out == 1
+    if not carried:  # nothing to learn: said as such
+        assert_user_error(run_cli("train-student", "--labeled", written, "--val", written, "--out", tmp_path / "run"),
+                          f"{written}: no categories, so no classes to train")
+
+
+def test_labelstudio_two_tasks_for_one_image_are_one_image_with_both_tasks_boxes(tmp_path):
+    image(tmp_path / "photo.jpg", 200, 100)
+    first = labelstudio_task("photo.jpg", BOX, (200, 100))
+    second = labelstudio_task("photo.jpg", {"x": 50, "y": 10, "width": 20, "height": 40}, (200, 100))
+    second["id"] = 2
+    second["annotations"][0]["result"].append(first["annotations"][0]["result"][0])  # the first task's box again
+    write_json(tmp_path / "ls.json", [first, second])
+    result = convert(ConvertConfig(tmp_path / "ls.json", "labelstudio", "coco", tmp_path / "o.json"))
+    data = json.loads((tmp_path / "o.json").read_text())
+    assert len(data["images"]) == 1  # was two images, each with part of the boxes
+    assert [a["bbox"] for a in data["annotations"]] == [[20.0, 20.0, 50.0, 50.0], [100.0, 10.0, 40.0, 40.0]]
+    assert [s.reason for s in result.skipped] == ["the same box as an earlier task for this image has"]
+
+
+@pytest.mark.parametrize("sized", [True, False])
+def test_convert_from_coco_skips_a_missing_image_with_the_reason(tmp_path, sized):
+    image(tmp_path / "photo.jpg", 200, 100)
+    data = json.loads(coco_of(tmp_path, 200, 100).read_text())
+    data["images"].append({"id": 2, "file_name": "gone.jpg", **({"width": 200, "height": 100} if sized else {})})
+    data["annotations"].append({**data["annotations"][0], "id": 2, "image_id": 2})
+    labels = write_json(tmp_path / "labels.json", data)
+    result = convert(ConvertConfig(labels, "coco", "yolo", tmp_path / "yolo"))
+    assert [(s.kind, s.where, s.reason) for s in result.skipped] == [  # was written silently, a dangling link in YOLO
+        ("image", f"{labels}: image 2", f"image {tmp_path / 'gone.jpg'} not found (pass --images DIR, the folder "
+                                        "holding the images)")]
+    assert result.num_images == 1 and result.num_boxes == {"card": 1}
+    assert sorted(p.name for p in (tmp_path / "yolo" / "images").iterdir()) == ["photo.jpg"]
+    cli = run_cli("convert", labels, "--from", "coco", "--to", "coco", "--out", tmp_path / "o.json")
+    assert cli.exit_code == 0 and "gone.jpg not found" in " ".join(cli.stdout.split())
+    assert [im["id"] for im in json.loads((tmp_path / "o.json").read_text())["images"]] == [1]
+
+
+def test_an_image_file_is_a_one_image_source_and_a_binary_file_is_one_line(odd_images, tmp_path):
+    folder, weights = odd_images
+    photo = folder / "p.jpg"
+    result = run_cli("pseudo-label", photo, "--teacher", weights, "--out", tmp_path / "pseudo.json", "--scales", "1",
+                     "--no-hflip", "--device", "cpu", "--workers", 0)
+    assert result.exit_code == 0, result.stderr  # was UnicodeDecodeError
+    images = json.loads((tmp_path / "pseudo.json").read_text())["images"]
+    assert [(Path(im["file_name"]).name, im["width"], im["height"]) for im in images] == [("p.jpg", 97, 61)]
+    assert_user_error(run_cli("predict", weights, "--weights", weights, "--out", tmp_path / "p.json"),
+                      f"{weights}: a binary file that is not an image", "it looks like weights")
+    blob = tmp_path / "scan.heic"
+    blob.write_bytes(bytes(range(256)) * 4)
+    assert_user_error(run_cli("pseudo-label", blob, "--teacher", weights, "--out", tmp_path / "q.json"),
+                      f"{blob}: a binary file that is not an image")
+
+
+def test_yolo_class_written_as_a_whole_float_is_that_class(tmp_path):
+    root = tmp_path / "yolo"
+    image(root / "images" / "a.png", 200, 100)
+    (root / "classes.txt").write_text("card\npassport\n")
+    (root / "labels").mkdir()
+    (root / "labels" / "a.txt").write_text("0.0 0.5 0.5 0.2 0.2\n1.000 0.25 0.5 0.1 0.2\n0.5 0.5 0.5 0.2 0.2\n")
+    result = convert(ConvertConfig(root, "yolo", "coco", tmp_path / "o.json"))
+    data = json.loads((tmp_path / "o.json").read_text())
+    assert [(a["category_id"], a["bbox"]) for a in data["annotations"]] == [  # "0.0" was skipped as "not numbers"
+        (1, pytest.approx([80, 40, 40, 20])), (2, pytest.approx([40, 40, 20, 20]))]
+    assert [s.reason for s in result.skipped] == ["class 0.5 is not a whole number"]

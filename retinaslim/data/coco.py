@@ -86,11 +86,14 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def load_coco(path: Path, images_dir: Path | None = None, require_annotations: bool = True) -> CocoData:
+def load_coco(path: Path, images_dir: Path | None = None, require_annotations: bool = True,
+              unsized_ok: bool = False) -> CocoData:
     """Read and validate a COCO detection file; any problem raises a ``UserError`` naming the file.
 
     ``require_annotations=False`` accepts a file with no ``annotations`` key (an image list). An image
-    without ``width``/``height`` gets the size it is displayed at, read from its header.
+    without ``width``/``height`` gets the size it is displayed at, read from its header; where that cannot
+    be read either (a missing or broken file) it is an error, or with ``unsized_ok`` its width and height
+    stay None for the caller to skip it (convert does, with the reason).
     """
     path = Path(path)
     if not path.is_file():
@@ -116,8 +119,6 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
         if c["id"] in category_ids:
             raise _fail(path, f"duplicate category id {c['id']}")
         category_ids.add(c["id"])
-    if not categories:
-        raise _fail(path, "no categories")
 
     images = data["images"]
     root = Path(images_dir) if images_dir is not None else path.parent
@@ -135,6 +136,10 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
                 num_sizes_read += 1
             except ImageError:
                 unread = ", and the image's own size cannot be read"
+                if unsized_ok:
+                    image["width"] = image["height"] = None
+                    annotations_per_image[image["id"]] = []
+                    continue
         for key in ("width", "height"):
             if not (isinstance(image.get(key), int) and image[key] > 0):
                 raise _fail(path, f"image {image['id']} ({image['file_name']}) needs a positive integer '{key}'{unread}")
@@ -160,7 +165,9 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
             raise _fail(path, f"{where} has a box with width or height <= 0: {bbox}")
         image = images_by_id[a["image_id"]]
         # A box reaching past the border is clipped in training; one wholly outside means a wrong image size.
-        if bbox[0] >= image["width"] or bbox[1] >= image["height"] or bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0:
+        outside = bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0 or (
+            image["width"] is not None and (bbox[0] >= image["width"] or bbox[1] >= image["height"]))
+        if outside:
             raise _fail(path, f"{where} has box {bbox} (x, y, width, height) wholly outside its image "
                               f"{image['file_name']} ({image['width']} x {image['height']})")
         if "score" in a and not (_finite_number(a["score"]) and 0 <= a["score"] <= 1):
@@ -231,16 +238,62 @@ def trained_classes(labeled: CocoData, keep_empty: bool = False) -> tuple[ClassM
                   "classes (pass --keep-empty-classes to keep it)")
 
 
-def check_same_classes(classes: ClassMap, source: Path | str, other: CocoData) -> None:
-    """Raise if ``other`` names different categories than ``classes`` (those of ``source``, a labelled file or
-    a model): ids and names must match. A category ``classes`` lacks that has no boxes in ``other`` is left
-    aside (a class left out of training for having none, see ``trained_classes``)."""
+def match_classes(classes: ClassMap, source: Path | str, other: CocoData,
+                  left_out: Sequence[dict[str, Any]] = ()) -> str | None:
+    """Give ``other`` the category ids of ``classes`` (those of ``source``: a labelled file, machine labels or a
+    model), matching categories by NAME: tools renumber classes (COCO -> Label Studio -> COCO numbers them in
+    order of appearance), and the same name under another id is the same class. ``other``'s annotations are
+    rewritten in place to ``classes``' ids and its categories become ``classes``': a class it does not list has
+    no boxes there; a category it lists without boxes that ``classes`` lacks is set aside.
+
+    Raises, naming both files, when ``other`` has boxes of a class ``classes`` lacks (one of ``left_out``, the
+    source's categories left out of ``classes`` for having no boxes, says so and how to keep it) or when a name
+    cannot be matched because it is listed twice. Returns a note naming the ids that changed, else None.
+    """
     with_boxes = {a["category_id"] for anns in other.annotations_per_image.values() for a in anns}
-    listed = ClassMap.from_categories([c for c in other.categories
-                                       if c["id"] in with_boxes or c["id"] in classes.category_ids])
-    if listed != classes:
-        raise UserError(f"{other.path}: categories {listed.categories()} differ from {source}'s "
-                        f"{classes.categories()}; both must use the same ids and names")
+    pairs = set(zip(classes.category_ids, classes.names))
+    ids_by_name: dict[str, list[int]] = {}
+    for category_id, name in zip(classes.category_ids, classes.names):
+        ids_by_name.setdefault(name, []).append(category_id)
+    mapping: dict[int, int] = {}
+    unknown = []
+    for c in sorted(other.categories, key=lambda c: c["id"]):
+        ids = ids_by_name.get(c["name"], [])
+        if (c["id"], c["name"]) in pairs:
+            mapping[c["id"]] = c["id"]
+        elif len(ids) == 1:
+            mapping[c["id"]] = ids[0]
+        elif ids and c["id"] in with_boxes:
+            raise UserError(f"{other.path}: category {c['id']} {c['name']!r} matches none of {source}'s categories of "
+                            f"that name (ids {', '.join(map(str, ids))}) by id; give each class a distinct name")
+        elif c["id"] in with_boxes:
+            unknown.append(c)
+    if unknown:
+        named = ", ".join(f"{c['id']} {c['name']!r}" for c in unknown)
+        empty = [c for c in unknown if c["name"] in {e["name"] for e in left_out}]
+        if empty:
+            raise UserError(f"{other.path}: has boxes of category {named}, which {source} has no boxes of, so it was "
+                            "left out of the model's classes; pass --keep-empty-classes to train it, or remove its boxes "
+                            f"from {other.path.name}")
+        raise UserError(f"{other.path}: has boxes of category {named}, which {source} does not have (its classes: "
+                        f"{', '.join(classes.names) or 'none'}); classes are matched by name: rename it or remove its boxes")
+    used: dict[int, dict[str, Any]] = {}
+    for c in other.categories:
+        if c["id"] in mapping and c["id"] in with_boxes:
+            twin = used.setdefault(mapping[c["id"]], c)
+            if twin is not c:
+                raise UserError(f"{other.path}: categories {twin['id']} and {c['id']} are both called {c['name']!r} "
+                                f"and both have boxes; give each class a distinct name to match {source}'s")
+    for anns in other.annotations_per_image.values():
+        for a in anns:
+            a["category_id"] = mapping[a["category_id"]]
+    names = {c["id"]: c["name"] for c in other.categories}
+    changed = [f"{names[old]!r} {old} -> {new}" for old, new in sorted(mapping.items())
+               if old != new and old in with_boxes]
+    other.categories = classes.categories()
+    if changed:
+        return (f"{other.path}: categories matched to {source}'s by name; ids renumbered: {', '.join(changed)}")
+    return None
 
 
 def annotation_boxes(annotations: list[dict[str, Any]]) -> torch.Tensor:

@@ -129,8 +129,10 @@ def check_declared_size(path: Path, width: int, height: int) -> tuple[int, int]:
 
 
 def list_images(source: Path) -> list[Path]:
-    """Image files under a folder (recursive, sorted) or listed one per line in a text file."""
+    """Image files under a folder (recursive, sorted), listed one per line in a text file, or one image file."""
     source = Path(source)
+    if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
+        return [source]
     if source.is_dir():
         paths = []
         for root, _dirs, files in os.walk(source):  # os.walk does not follow symlinked folders: no loops
@@ -139,7 +141,13 @@ def list_images(source: Path) -> list[Path]:
             raise UserError(f"{source}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
         return sorted(paths)
     if source.is_file():
-        lines = [line.strip() for line in source.read_text().splitlines()]
+        try:
+            lines = [line.strip() for line in source.read_text().splitlines()]
+        except UnicodeDecodeError:
+            weights = "; it looks like weights, which go after --weights or --teacher" if source.suffix.lower() in (
+                ".pt", ".pth", ".onnx") else ""
+            raise UserError(f"{source}: a binary file that is not an image ({', '.join(IMAGE_SUFFIXES)}); expected an "
+                            f"image, a folder of images or a text file listing them, one per line{weights}") from None
         paths = [(source.parent / line) for line in lines if line and not line.startswith("#")]
         if not paths:
             raise UserError(f"{source}: the image list is empty")

@@ -24,7 +24,7 @@ import torch
 from retinaslim.core.atomic import atomic_path, refuse_overwriting_inputs, write_json
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
-from retinaslim.data.coco import (ClassMap, CocoEvaluation, check_same_classes, coco_evaluate, load_coco,
+from retinaslim.data.coco import (ClassMap, CocoEvaluation, coco_evaluate, load_coco, match_classes,
                                   require_image_files)
 from retinaslim.data.images import ImageError, read_image
 from retinaslim.errors import UserError
@@ -165,7 +165,9 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
     for index, weights in enumerate(config.weights):
         checkpoint = load_checkpoint(weights)
         classes = ClassMap.from_categories(checkpoint.classes)
-        check_same_classes(classes, weights, data)
+        note = match_classes(classes, weights, data)
+        if note:
+            reporter.log(note)
         image_size = config.image_size or checkpoint.image_size
         model = checkpoint.build()
         macs = sum(count_macs(model, image_size).values())

@@ -28,7 +28,7 @@ import torch
 
 from retinaslim.core.atomic import atomic_path
 from retinaslim.core.tta import Transform
-from retinaslim.data.coco import ClassMap, CocoData, check_same_classes, load_coco, require_image_files
+from retinaslim.data.coco import ClassMap, CocoData, load_coco, match_classes, require_image_files
 from retinaslim.data.images import ImageError, list_images, read_image
 from retinaslim.data.scenes import render_scene
 from retinaslim.errors import UserError
@@ -204,7 +204,7 @@ def export(config: ExportConfig) -> ExportResult:
     model = checkpoint.build()
     reference = LeanDetector(model, input_size=(side, side))
     paths, coco = _source_images(config.calibration) if config.calibration is not None else ([], None)
-    truth = _val_data(config, coco, checkpoint.classes) if config.int8 else None
+    truth, val_notes = _val_data(config, coco, checkpoint.classes) if config.int8 else (None, [])
     sampled = _read_spread(paths, config.num_parity_images, image_size) if paths else []
     samples = parity_images(sampled, image_size, config.num_parity_images)
     metadata = export_metadata(checkpoint.arch, checkpoint.arch_options, checkpoint.classes, checkpoint.image_size,
@@ -225,7 +225,7 @@ def export(config: ExportConfig) -> ExportResult:
     except OSError as e:
         raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
     result = ExportResult(out=out, opset=config.opset, input_size=(side, side), dynamic_batch=config.dynamic_batch,
-                          size_mb=out.stat().st_size / 1e6, parity=parity)
+                          size_mb=out.stat().st_size / 1e6, parity=parity, notes=val_notes)
     if config.int8:
         result.int8 = quantize(config, out, metadata, reference, samples, expected, paths, truth, image_size)
         measurements = {m.name: m for m in result.int8.measurements}
@@ -238,13 +238,14 @@ def export(config: ExportConfig) -> ExportResult:
     return result
 
 
-def _val_data(config: ExportConfig, coco: CocoData | None, categories: list[dict]) -> CocoData | None:
-    """The COCO file int8's AP is measured on (``--val``, else a ``--calibration`` COCO file with boxes), checked."""
+def _val_data(config: ExportConfig, coco: CocoData | None, categories: list[dict]) -> tuple[CocoData | None, list[str]]:
+    """The COCO file int8's AP is measured on (``--val``, else a ``--calibration`` COCO file with boxes), its classes
+    matched to the model's by name and its images checked, and the notes that says."""
     truth = load_coco(config.val) if config.val is not None else (coco if coco is not None and coco.num_annotations else None)
-    if truth is not None:
-        check_same_classes(ClassMap.from_categories(categories), config.weights, truth)
-        require_image_files(truth, "--val")
-    return truth
+    if truth is None:
+        return None, []
+    notes = [match_classes(ClassMap.from_categories(categories), config.weights, truth), require_image_files(truth, "--val")]
+    return truth, [note for note in notes if note]
 
 
 def quantize(config: ExportConfig, fp32_path: Path, metadata: dict, reference: LeanDetector, samples: list[torch.Tensor],

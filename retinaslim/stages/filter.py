@@ -34,9 +34,9 @@ from retinaslim.core.detections import Detections
 from retinaslim.core.matching import lowest_threshold_for_precision, match
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
-from retinaslim.data.coco import (ClassMap, CocoData, annotation_boxes, check_same_classes, coco_metrics,
-                                  detections_to_annotations, image_targets, load_coco, require_image_files,
-                                  rescale_image)
+from retinaslim.data.coco import (ClassMap, CocoData, annotation_boxes, coco_metrics,
+                                  detections_to_annotations, image_targets, load_coco, match_classes,
+                                  require_image_files, rescale_image)
 from retinaslim.data.formats import labelstudio
 from retinaslim.data.images import same_shape
 from retinaslim.errors import UserError
@@ -179,14 +179,20 @@ def instances_thresholds(scores_per_class: dict[int, torch.Tensor], human_per_im
 def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, reporter: Reporter) -> list[Calibration]:
     """Run the teacher with pseudo-label's transforms and fusion on the calibration images, per-class thresholds."""
     calib = load_coco(config.calib, config.calib_images)
-    check_same_classes(classes, pseudo.path, calib)
-    note = require_image_files(calib, "--calib-images")
-    if note:
-        reporter.log(note)
+    for note in (match_classes(classes, pseudo.path, calib), require_image_files(calib, "--calib-images")):
+        if note:
+            reporter.log(note)
     teacher_path = config.teacher or (Path(pseudo.info["teacher"]) if pseudo.info.get("teacher") else None)
     if teacher_path is None:
         raise UserError(f"{pseudo.path}: names no teacher; pass --teacher")
     checkpoint = load_checkpoint(teacher_path)
+    # The teacher's label k is its k-th class; the machine labels' classes may number the same names otherwise.
+    teacher_names = ClassMap.from_categories(checkpoint.classes).names
+    unknown = [name for name in teacher_names if name not in classes.names]
+    if unknown:
+        raise UserError(f"{teacher_path}: the teacher's class {unknown[0]!r} is not among {pseudo.path}'s classes "
+                        f"({', '.join(classes.names)}); calibrate with the teacher that made them (--teacher)")
+    to_label = torch.tensor([classes.names.index(name) for name in teacher_names], dtype=torch.int64)
     try:
         transforms = [Transform.from_name(n) for n in pseudo.info["transforms"]]
         fusion, image_size = pseudo.info["fusion"], int(pseudo.info["image_size"])
@@ -207,6 +213,7 @@ def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, report
             boxes, labels = image_targets(calib, calib.images[result.index], classes)
             num_true.update(labels.tolist())
             dets = result.detections
+            dets = Detections(dets.boxes, dets.scores, to_label[dets.labels], dets.extra)
             is_tp = match(dets, boxes, labels)
             for k in range(len(classes)):
                 scores[k].append(dets.scores[dets.labels == k])
@@ -221,15 +228,17 @@ def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, report
     return found
 
 
-def _truth_metrics(truth_path: Path, coco_images: list[dict[str, Any]], root: Path,
+def _truth_metrics(truth_path: Path, classes: ClassMap, source: Path, coco_images: list[dict[str, Any]], root: Path,
                    annotations: list[dict[str, Any]]) -> dict[str, Any]:
-    """AP, and precision/recall at IoU 0.5, of ``annotations`` (on ``coco_images`` under ``root``) against a truth
-    file; the same precision/recall per class under ``per_class`` (None where a class has no boxes or no truth).
-    Truth images declaring another size than the machine labels' (the decoded images') are rescaled to it when
-    they are the same shape (counted in ``images_rescaled``), refused when not."""
+    """AP, and precision/recall at IoU 0.5, of ``annotations`` (on ``coco_images`` under ``root``, category ids of
+    ``classes``, those of the file ``source``) against a truth file; the same precision/recall per class under
+    ``per_class`` (None where a class has no boxes or no truth). The truth's classes are matched to ``classes`` by
+    name (``match_classes``; the ids renumbered, if any, under ``renumbered``). Truth images declaring another
+    size than the machine labels' (the decoded images') are rescaled to it when they are the same shape (counted
+    in ``images_rescaled``), refused when not."""
     truth = load_coco(truth_path)
+    renumbered = match_classes(classes, source, truth)
     by_path = {os.path.normpath(truth.image_path(im).resolve()): im for im in truth.images}
-    classes = truth.classes
     results = []
     counts = torch.zeros(3, len(classes), dtype=torch.int64)  # true positives, boxes, truth boxes per class
     per_image: dict[int, list[dict[str, Any]]] = {}
@@ -265,7 +274,7 @@ def _truth_metrics(truth_path: Path, coco_images: list[dict[str, Any]], root: Pa
     per_class = {name: {"boxes": n, "precision": t / n if n else None, "recall": t / m if m else None}
                  for name, (t, n, m) in zip(classes.names, counts.T.tolist())}
     return {"ap": metrics["ap"], "ap50": metrics["ap50"], "precision": tp / max(1, kept), "recall": tp / max(1, true),
-            "boxes": kept, "per_class": per_class, "images_rescaled": num_rescaled}
+            "boxes": kept, "per_class": per_class, "images_rescaled": num_rescaled, "renumbered": renumbered}
 
 
 def _doubt(scores: torch.Tensor, thresholds: torch.Tensor) -> float:
@@ -309,7 +318,9 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
     calibration: list[Calibration] = []
     if config.auto_thresh == "instances":
         labeled = load_coco(config.labeled)
-        check_same_classes(classes, pseudo.path, labeled)
+        note = match_classes(classes, pseudo.path, labeled)
+        if note:
+            reporter.log(note)
         human = Counter(classes.label(a["category_id"]) for anns in labeled.annotations_per_image.values()
                         for a in anns if not a.get("iscrowd", 0))
         per_image = {k: n / max(1, len(labeled.images)) for k, n in human.items()}
@@ -393,8 +404,8 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
     if config.truth is not None:
         all_annotations = [a for anns in pseudo.annotations_per_image.values() for a in anns]
         result.truth_metrics = {
-            "before": _truth_metrics(config.truth, pseudo.images, pseudo.image_root, all_annotations),
-            "after": _truth_metrics(config.truth, images, out.parent, annotations),
+            "before": _truth_metrics(config.truth, classes, pseudo.path, pseudo.images, pseudo.image_root, all_annotations),
+            "after": _truth_metrics(config.truth, classes, pseudo.path, images, out.parent, annotations),
         }
     if config.review_out is not None:
         result.review_out = config.review_out
@@ -414,7 +425,8 @@ def _write_review(path: Path, ranked: list[tuple[float, dict[str, Any], Detectio
         annotations += detections_to_annotations(Detections(dets.boxes, dets.scores, dets.labels), image["id"], classes,
                                                  image["width"], image["height"], first_id=len(annotations) + 1)
         review_task = labelstudio.task(str(image_path), image["width"], image["height"], boxes,
-                                       [classes.names[k] for k in labels], scores, model_version="retinaslim-teacher")
+                                       [classes.names[k] for k in labels], scores, model_version="retinaslim-teacher",
+                                       categories=pseudo.categories)
         review_task["predictions"][0]["score"] = round(doubt, 4)
         tasks.append({**review_task, "meta": {"rank": rank, "doubt": round(doubt, 4)}})
         images.append({**image, "file_name": os.path.relpath(image_path, Path(path).parent.resolve())})

@@ -23,7 +23,7 @@ from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform, make_transforms
 from retinaslim.data.coco import ClassMap, detections_to_annotations
 from retinaslim.data.draw import draw_boxes, save_image
-from retinaslim.data.images import IMAGE_SUFFIXES, ImageError, list_images, read_rgb
+from retinaslim.data.images import ImageError, list_images, read_rgb
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.onnx import OnnxDetector
@@ -85,11 +85,7 @@ def gather_images(sources: list[Path]) -> list[Path]:
     """Image files as given, folders searched recursively, text files read as lists; duplicates once."""
     paths: list[Path] = []
     for source in sources:
-        source = Path(source)
-        if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
-            paths.append(source)
-        else:
-            paths += list_images(source)
+        paths += list_images(Path(source))
     return list(dict.fromkeys(p.absolute() for p in paths))
 
 

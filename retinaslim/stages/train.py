@@ -27,7 +27,7 @@ from torch import nn
 from retinaslim.config import WARMUP_ITERS, save_run_config
 from retinaslim.core.atomic import atomic_path
 from retinaslim.core.progress import Reporter
-from retinaslim.data.coco import ClassMap, CocoData, check_same_classes, load_coco, require_image_files, trained_classes
+from retinaslim.data.coco import ClassMap, CocoData, load_coco, match_classes, require_image_files, trained_classes
 from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, MixedDataset, collate_skip
 from retinaslim.errors import UserError
 from retinaslim.models.anchors import DEFAULT_ANCHORS, fit_anchors, shape_iou
@@ -306,14 +306,18 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         classes, note = trained_classes(labeled, config.keep_empty_classes)
     else:  # a resumed run keeps the classes it started with
         classes, note = ClassMap.from_categories(previous.classes), None
-    notes = [note, require_image_files(labeled), require_image_files(val)]
-    check_same_classes(classes, labeled.path, val)
+    if not len(classes):
+        raise UserError(f"{labeled.path}: no categories, so no classes to train; list them under 'categories'")
+    # Other files name the classes by name, whatever ids they give them (labelled: the resumed run's own check).
+    left_out = [c for c in labeled.categories if c["name"] not in classes.names]
+    source = labeled.path if previous is None else resume
+    notes = [note, match_classes(classes, source, labeled, left_out) if previous is not None else None,
+             require_image_files(labeled), require_image_files(val), match_classes(classes, source, val, left_out)]
     datasets = [DetectionDataset(labeled, classes, config.image_size, config.augment, seed=config.seed)]
     num_images = {"labeled": len(labeled.images)}
     if config.pseudo is not None:
         pseudo = load_coco(config.pseudo)
-        check_same_classes(classes, labeled.path, pseudo)
-        notes.append(require_image_files(pseudo))
+        notes += [match_classes(classes, source, pseudo, left_out), require_image_files(pseudo)]
         datasets.append(DetectionDataset(pseudo, classes, config.image_size, config.augment,
                                          weight=config.pseudo_weight, machine=True, seed=config.seed + 1))
         num_images["pseudo"] = len(pseudo.images)

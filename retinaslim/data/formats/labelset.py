@@ -44,12 +44,13 @@ class LabelSet:
     num_polygons: int = 0  # polygons read as their enclosing boxes
 
     def category_id(self, name: str) -> int:
-        """The id of the class called ``name``; a new class gets the next id (classes in order of appearance)."""
+        """The id of the class called ``name``; a new class gets the next free id (classes in order of appearance)."""
         for c in self.categories:
             if c["name"] == name:
                 return c["id"]
-        self.categories.append({"id": len(self.categories) + 1, "name": name})
-        return len(self.categories)
+        category_id = max((c["id"] for c in self.categories), default=0) + 1
+        self.categories.append({"id": category_id, "name": name})
+        return category_id
 
     def add_image(self, path: Path, width: int, height: int) -> dict[str, Any]:
         image = {"id": len(self.images) + 1, "file_name": str(Path(path).absolute()), "width": int(width),
@@ -65,8 +66,12 @@ class LabelSet:
 
         A declared size of the same shape at another size is a resized copy (scale != 1, counted). Another
         shape skips the image. A size not given is read from the image (counted); an image whose header cannot
-        be read keeps a declared size, and is skipped without one.
+        be read keeps a declared size, and is skipped without one. A missing image is skipped, whatever the file
+        declares: a conversion would write labels for nothing (and YOLO a dangling link).
         """
+        if not Path(path).is_file():
+            self.skip("image", where, f"image {path} not found (pass --images DIR, the folder holding the images)")
+            return None
         try:
             declared = (int(width), int(height)) if width and height else None
         except (TypeError, ValueError):
@@ -122,7 +127,7 @@ class LabelSet:
 
 def read_coco(path: Path, images_dir: Path | None = None) -> LabelSet:
     """A COCO file (validated by ``load_coco``), image names made absolute; category ids are kept."""
-    coco = load_coco(path, images_dir)
+    coco = load_coco(path, images_dir, unsized_ok=True)
     labels = LabelSet(categories=coco.categories, num_sizes_read=coco.num_sizes_read)
     for image in coco.images:
         added = labels.add_declared_image(coco.image_path(image), f"{path}: image {image['id']}", image["width"],

@@ -6,7 +6,8 @@ line per box: ``class cx cy w h`` normalised to [0, 1] by the displayed image si
 polygon (segmentation and oriented-box sets, e.g. Roboflow's exports): read as its enclosing box, as
 ultralytics does. Darknet's layout, each ``.txt`` beside its image, is read too. Class names come from
 ``data.yaml`` (``names``: a list or {index: name}) or ``classes.txt`` (one name per line). YOLO has class
-indices, not ids: reading gives category ids index + 1; writing numbers the classes in category-id order.
+indices, not ids: reading gives category ids index + 1 (an index written as a whole float, "0.0", is read as
+ultralytics reads it); writing numbers the classes in category-id order.
 """
 
 from __future__ import annotations
@@ -86,10 +87,15 @@ def read_yolo(src: Path) -> LabelSet:
                             else f"{len(values) - 1} polygon coordinates; expected x y pairs")
                 continue
             try:
-                index, numbers = int(values[0]), [float(v) for v in values[1:]]
+                numbers = [float(v) for v in values]
             except ValueError:
                 labels.skip("box", where, "not numbers")
                 continue
+            index, numbers = numbers[0], numbers[1:]
+            if not index.is_integer():  # "0.0" is class 0, as ultralytics reads it; "0.5" is no class
+                labels.skip("box", where, f"class {values[0]} is not a whole number")
+                continue
+            index = int(index)
             if not 0 <= index < len(names):
                 labels.skip("box", where, f"class index outside 0..{len(names) - 1}")
                 continue
