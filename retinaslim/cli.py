@@ -95,8 +95,8 @@ def synth(
 
     with _user_errors(), console.RichReporter() as reporter:
         names = tuple(name.strip() for name in classes.split(",") if name.strip())
-        result = run(SynthConfig(out, labeled, unlabeled, val, size, seed, classes=names, distractors=distractors,
-                                 overwrite=overwrite), reporter)
+        result = run(SynthConfig(out=out, num_labeled=labeled, num_unlabeled=unlabeled, num_val=val, size=size, seed=seed,
+                                 classes=names, distractors=distractors, overwrite=overwrite), reporter)
     console.table("synth", ["split", "images", "boxes", "file"],
                   [(s, result.num_images[s], result.num_boxes[s], result.files[s]) for s in result.num_images])
     console.info(f"saved to {result.out}; `cd {result.out}` to use its {WORKSPACE_FILE}")
@@ -196,7 +196,7 @@ def import_teacher(
 
     with _user_errors():
         names = [name.strip() for name in classes.split(",")]
-        result = run(ImportTeacherConfig(weights, arch, names, out, image_size))
+        result = run(ImportTeacherConfig(weights, arch, names, out, image_size=image_size))
     console.table(f"import-teacher: {result.arch}", ["label", "category id", "class"],
                   [(k, c["id"], c["name"]) for k, c in enumerate(result.classes)])
     console.info(f"{result.num_tensors} tensors; torchvision's anchors and postprocess; images resized to "
@@ -266,8 +266,10 @@ def pseudo_label(
         source = _pick(source, "SOURCE", ws and ws.unlabeled, "unlabelled images")
         teacher = _pick(teacher, "--teacher", ws and ws.newest_weights("teacher"), "teacher")
         out = _pick(out, "--out", ws and ws.pseudo, "output")
-        config = PseudoLabelConfig(source, teacher, out, _parse_floats(scales, "--scales"), hflip, vflip, rot90, fusion,
-                                   score_floor, image_size, batch_size, device, workers, resume, _parse_shard(shard))
+        config = PseudoLabelConfig(source, teacher, out, scales=_parse_floats(scales, "--scales"), hflip=hflip, vflip=vflip,
+                                   rot90=rot90, fusion=fusion, score_floor=score_floor, image_size=image_size,
+                                   batch_size=batch_size, device=device, workers=workers, resume=resume,
+                                   shard=_parse_shard(shard))
         with console.RichReporter() as reporter:
             result = run(config, reporter)
     t = result.timings
@@ -329,9 +331,12 @@ def filter_(
         if aspect is not None and len(aspect) != 2:
             raise UserError(f"--aspect-range {aspect_range!r}: expected LO,HI, e.g. 0.3,3")
         config = FilterConfig(
-            pseudo, out, parse_class_thresholds(score_thresh) if score_thresh else None, auto_thresh, labeled, calib,
-            calib_images, teacher, target_precision, min_agreement, min_size, max_size_frac, aspect, max_per_image,
-            ambiguous, ambiguous_low, keep_empty, truth, review_out, review_count, device, workers=workers)
+            pseudo, out, score_thresh=parse_class_thresholds(score_thresh) if score_thresh else None,
+            auto_thresh=auto_thresh, labeled=labeled, calib=calib, calib_images=calib_images, teacher=teacher,
+            target_precision=target_precision, min_agreement=min_agreement, min_size=min_size,
+            max_size_frac=max_size_frac, aspect_range=aspect, max_per_image=max_per_image, ambiguous=ambiguous,
+            ambiguous_low=ambiguous_low, keep_empty=keep_empty, truth=truth, review_out=review_out,
+            review_count=review_count, device=device, workers=workers)
         with console.RichReporter() as reporter:
             result = filter_labels(config, reporter)
         if report is not None:
@@ -457,8 +462,8 @@ def profile_(
     from retinaslim.stages.profile import ProfileConfig, profile
 
     with _user_errors():
-        result = profile(ProfileConfig(arch, weights, image_size, num_classes, runs, depth=depth, device=device,
-                                       json_out=json_out))
+        result = profile(ProfileConfig(arch=arch, weights=weights, image_size=image_size, num_classes=num_classes,
+                                       runs=runs, depth=depth, device=device, json_out=json_out))
     if per_layer:
         console.table(f"{result.arch}: MACs per module at {result.image_size} x {result.image_size}",
                       ["module", "params", "MMACs", "share %"],
@@ -506,7 +511,7 @@ def convert(
     from retinaslim.stages.convert import convert as run
 
     with _user_errors():
-        result = run(ConvertConfig(src, from_format, to_format, out, images, split))
+        result = run(ConvertConfig(src, from_format, to_format, out, images=images, split=split))
     console.table(f"convert {from_format} -> {to_format}", ["class", "boxes"],
                   [*result.num_boxes.items(), ("all", sum(result.num_boxes.values()))])
     console.info(f"{result.num_images:,} images")
@@ -540,7 +545,8 @@ def predict(
     from retinaslim.stages.predict import predict as run
 
     with _user_errors(), console.RichReporter() as reporter:
-        result = run(PredictConfig(weights, images, out, draw, score_thresh, tta, image_size, batch_size, device, workers),
+        result = run(PredictConfig(weights, images, out, draw=draw, score_thresh=score_thresh, tta=tta,
+                                   image_size=image_size, batch_size=batch_size, device=device, workers=workers),
                      reporter)
     console.table("predict", ["class", "boxes"], [*result.num_boxes.items(), ("all", sum(result.num_boxes.values()))])
     console.info(f"{result.num_images:,} images, {len(result.transforms)} transform(s), "
@@ -567,7 +573,7 @@ def show(
     from retinaslim.stages.show import show as run
 
     with _user_errors():
-        result = run(ShowConfig(labels, out, images, sort, max_images, thumb_size, columns))
+        result = run(ShowConfig(labels, out, images=images, sort=sort, max_images=max_images, thumb_size=thumb_size, columns=columns))
     rows = result.rows[:10]
     console.table(f"show: {len(result.rows)} of {result.num_images:,} images, sorted by {result.sort} (first {len(rows)})",
                   ["#", "image", "human", "machine", "lowest score", "disagreement"],
@@ -595,7 +601,8 @@ def export(
     from retinaslim.stages.export import export as run
 
     with _user_errors():
-        result = run(ExportConfig(weights, out, format_, image_size, opset, dynamic_batch, int8, calibration, val))
+        result = run(ExportConfig(weights, out=out, format=format_, image_size=image_size, opset=opset, dynamic_batch=dynamic_batch,
+                                  int8=int8, calibration=calibration, val=val))
     p = result.parity
     console.info(f"parity OK (onnxruntime vs PyTorch, {p.num_images} images, {p.num_empty_images} without detections): "
                  f"{p.num_matched} of {p.num_reference} detections matched, max box difference {p.max_box_diff_px:.2g} px "

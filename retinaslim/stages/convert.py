@@ -8,7 +8,7 @@ or COCO, writing COCO, YOLO or Label Studio. Every output file is written atomic
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 from retinaslim.data.formats.labelset import LabelSet, Skipped, read_coco, write_coco
@@ -27,6 +27,7 @@ class ConvertConfig:
     from_format: str
     to_format: str
     out: Path  # a .json file (coco, labelstudio) or a folder (yolo)
+    _: KW_ONLY  # required fields may be passed in order; every option by keyword
     images: Path | None = None  # where COCO / Label Studio image names resolve
     split: str | None = None  # VOC only: read the images ImageSets/Main/<split>.txt lists
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from retinaslim.stages.inference import interleaved_ms, predict_on_coco, resolve
 class EvalConfig:
     weights: list[Path]
     data: Path
+    _: KW_ONLY  # required fields may be passed in order; every option by keyword
     images: Path | None = None
     image_size: int | None = None  # None: each checkpoint's training size
     device: str = "auto"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ FORMATS = ("onnx",)
 @dataclass
 class ExportConfig:
     weights: Path
+    _: KW_ONLY  # required fields may be passed in order; every option by keyword
     out: Path | None = None  # None: the weights' name with .onnx
     format: str = "onnx"
     image_size: int | None = None  # None: the checkpoint's training size

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ AMBIGUOUS_ACTIONS = ("keep", "drop", "ignore")
 class FilterConfig:
     pseudo: Path
     out: Path
+    _: KW_ONLY  # required fields may be passed in order; every option by keyword
     score_thresh: float | dict[str, float] | None = None  # None: FILTER_SCORE_THRESH unless auto_thresh
     auto_thresh: str | None = None
     labeled: Path | None = None  # auto "instances"

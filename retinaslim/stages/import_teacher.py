@@ -9,7 +9,7 @@ longer side to ``image_size``. Nothing is trained.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class ImportTeacherConfig:
     arch: str  # retinanet_resnet50_fpn or retinanet_resnet50_fpn_v2
     classes: list[str]  # one name per output of the class head, in output order: category ids 1..K
     out: Path  # the retinaslim checkpoint to write
+    _: KW_ONLY  # required fields may be passed in order; every option by keyword
     image_size: int = IMPORT_IMAGE_SIZE  # longer side (px) images are resized to by default at inference
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class PredictConfig:
     weights: Path
     sources: list[Path]  # image files, folders (searched recursively) or text files listing images
     out: Path
+    _: KW_ONLY  # required fields may be passed in order; every option by keyword
     draw: Path | None = None  # folder for copies of the images with their boxes drawn
     score_thresh: float = 0.3
     tta: bool = False  # pseudo-label's transforms (scales x horizontal flip), fused; boxes gain ``agreement``

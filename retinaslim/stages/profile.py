@@ -22,7 +22,7 @@ from retinaslim.models.registry import build_model
 from retinaslim.stages.inference import median_ms, resolve_device
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ProfileConfig:
     arch: str | None = None
     weights: Path | None = None

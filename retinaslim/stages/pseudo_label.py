@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class PseudoLabelConfig:
     source: Path  # folder of images (recursive) or a text file of paths
     teacher: Path
     out: Path
+    _: KW_ONLY  # required fields may be passed in order; every option by keyword
     scales: tuple[float, ...] = PSEUDO_SCALES
     hflip: bool = True
     vflip: bool = False

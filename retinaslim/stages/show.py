@@ -20,7 +20,7 @@ import base64
 import html
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ BACKGROUND = (40, 40, 40)
 class ShowConfig:
     labels: Path  # any COCO file: human labels, pseudo.json, filtered labels, predictions
     out: Path  # .png / .jpg: contact sheet; .html: report
+    _: KW_ONLY  # required fields may be passed in order; every option by keyword
     images: Path | None = None
     sort: str | None = None  # None: score when the file has machine labels, else file
     max_images: int = 48

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from retinaslim.config import WARMUP_ITERS, save_run_config
+from retinaslim.config import TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
 from retinaslim.core.atomic import atomic_path
 from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import CocoData, check_same_classes, load_coco, require_image_files
@@ -41,20 +41,26 @@ from retinaslim.stages.inference import evaluate_on_coco, resolve_device
 PATH_FIELDS = ("labeled", "val", "out", "pseudo", "images")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
+    """What a training run does; saved as the run's config.yaml and in its checkpoints.
+
+    Fields left None take the role's default from ``TRAIN_DEFAULTS`` (retinaslim/config.py), so
+    ``TrainConfig(role=..., labeled=..., val=..., out=...)`` is the configuration the command resolves.
+    """
+
     role: str  # "teacher" or "student"
     labeled: Path
     val: Path
     out: Path
-    arch: str
-    image_size: int
-    batch_size: int
-    epochs: int
-    optimizer: str
-    lr: float
-    weight_decay: float
-    augment: str
+    arch: str | None = None  # None, here to augment: the role's default in TRAIN_DEFAULTS
+    image_size: int | None = None  # images are resized so that their longer side is this many pixels
+    batch_size: int | None = None
+    epochs: int | None = None
+    optimizer: str | None = None  # sgd or adamw
+    lr: float | None = None  # peak learning rate, after linear warm-up; cosine decay
+    weight_decay: float | None = None
+    augment: str | None = None  # none, light or strong
     pseudo: Path | None = None
     pseudo_ratio: float = 0.4  # share of machine-labelled images in every batch (Data Distillation: ~6:4)
     pseudo_weight: float = 1.0  # scales the loss of machine-labelled images
@@ -68,6 +74,13 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.role not in TRAIN_DEFAULTS:
+            raise UserError(f"`role` {self.role!r}: choose {' or '.join(TRAIN_DEFAULTS)}")
+        for name, value in TRAIN_DEFAULTS[self.role].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, path: Path) -> TrainConfig:

@@ -46,7 +46,7 @@ def _random_checkpoint(path, norm, image_size=96):
 @pytest.mark.parametrize("norm, opset, dynamic_batch", [("gn", 17, False), ("bn", 13, True)])
 def test_export_matches_pytorch_including_an_empty_image(norm, opset, dynamic_batch, tmp_path):
     weights = _random_checkpoint(tmp_path / f"{norm}.pt", norm)
-    result = export(ExportConfig(weights, tmp_path / f"{norm}.onnx", opset=opset, dynamic_batch=dynamic_batch))
+    result = export(ExportConfig(weights, out=tmp_path / f"{norm}.onnx", opset=opset, dynamic_batch=dynamic_batch))
     parity = result.parity
     assert parity.num_images == 10 and parity.num_empty_images == 1  # 8 synthetic scenes, the blank image, a 4:3 crop
     assert parity.passed and parity.num_reference >= 20
@@ -74,7 +74,7 @@ def test_export_matches_pytorch_including_an_empty_image(norm, opset, dynamic_ba
 def test_predict_with_onnx_equals_predict_with_pt(labeller, one_card_set, tmp_path):
     folder = one_card_set.files["labeled"].parent / "labeled"
     checkpoint = load_checkpoint(labeller)
-    assert export(ExportConfig(labeller, tmp_path / "m.onnx", calibration=folder)).parity.passed
+    assert export(ExportConfig(labeller, out=tmp_path / "m.onnx", calibration=folder)).parity.passed
 
     # the .onnx file gives the .pt file's boxes, scores and COCO category ids on every image
     by_weights = {}
@@ -98,7 +98,7 @@ def test_predict_with_onnx_equals_predict_with_pt(labeller, one_card_set, tmp_pa
 
 def test_int8_reports_ap_and_latency(labeller, one_card_set, tmp_path):
     labels = one_card_set.files["labeled"]
-    result = export(ExportConfig(labeller, tmp_path / "m.onnx", int8=True, calibration=labels, num_calibration=8,
+    result = export(ExportConfig(labeller, out=tmp_path / "m.onnx", int8=True, calibration=labels, num_calibration=8,
                                  latency_runs=3))
     q = result.int8
     assert q.out == tmp_path / "m.int8.onnx" and q.out.is_file() and q.num_calibration_images == 8
