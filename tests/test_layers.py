@@ -1,4 +1,4 @@
-"""Imports point one way: cli -> stages -> models/data -> core; only the CLI side draws on the terminal."""
+"""Imports point one way: cli -> api -> stages -> models/data -> core; only the CLI side draws on the terminal."""
 
 import ast
 from pathlib import Path
@@ -11,6 +11,7 @@ ALLOWED = {
     "data": {"data", "core", "errors"},
     "models": {"models", "core", "errors"},
     "stages": {"stages", "models", "data", "core", "config", "errors"},
+    "api": {"stages", "core", "config", "errors"},
     "config": {"core", "errors"},
     "console": {"core"},
 }

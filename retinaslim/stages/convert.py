@@ -27,13 +27,16 @@ class ConvertConfig:
     from_format: str
     to_format: str
     out: Path  # a .json file (coco, labelstudio) or a folder (yolo)
-    _: KW_ONLY  # required fields may be passed in order; every option by keyword
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     images: Path | None = None  # where COCO / Label Studio image names resolve
     split: str | None = None  # VOC only: read the images ImageSets/Main/<split>.txt lists
 
 
 @dataclass
 class ConvertResult:
+    """What ``convert`` wrote to ``out``: images, boxes per class name, boxes carrying a score, boxes clipped
+    to their image, and every item skipped (``skipped``: kind, where, reason)."""
+
     out: Path
     num_images: int
     num_boxes: dict[str, int]  # per class name, written

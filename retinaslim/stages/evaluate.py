@@ -37,12 +37,12 @@ from retinaslim.stages.inference import interleaved_ms, predict_on_coco, resolve
 class EvalConfig:
     weights: list[Path]
     data: Path
-    _: KW_ONLY  # required fields may be passed in order; every option by keyword
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     images: Path | None = None
     image_size: int | None = None  # None: each checkpoint's training size
     device: str = "auto"
     batch_size: int = 8  # AP run, and the throughput measurement
-    workers: int = 0
+    workers: int = 2  # image-decoding processes; 0: decode in the main process
     latency_runs: int = 20
     warmup_runs: int = 3
     predictions_out: Path | None = None
@@ -52,6 +52,11 @@ class EvalConfig:
 
 @dataclass
 class ModelReport:
+    """One checkpoint's scores on the evaluation data: COCO AP, AP50, AP75, AP by object size and AR@100 (all
+    0..1, from pycocotools; None where the data has no objects of that size or class), latency in ms at batch
+    1 (median, p90; images resized so the longer side is ``image_size`` px), FPS, throughput in images/s at
+    ``batch_size``, parameters, MACs, checkpoint size in MB (10^6 bytes), and the files written."""
+
     weights: str
     arch: str
     ap: float
@@ -80,6 +85,8 @@ class ModelReport:
 
 @dataclass
 class EvalResult:
+    """One ``ModelReport`` per checkpoint, in the order given, and how the speed was measured."""
+
     reports: list[ModelReport]
     latency_runs: int
     warmup_runs: int

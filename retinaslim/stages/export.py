@@ -53,7 +53,7 @@ FORMATS = ("onnx",)
 @dataclass
 class ExportConfig:
     weights: Path
-    _: KW_ONLY  # required fields may be passed in order; every option by keyword
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     out: Path | None = None  # None: the weights' name with .onnx
     format: str = "onnx"
     image_size: int | None = None  # None: the checkpoint's training size
@@ -86,6 +86,8 @@ class ParityReport:
 
 @dataclass
 class Measurement:
+    """One model's AP and AP50 (0..1; None without a COCO file) and latency in ms on the CPU."""
+
     name: str  # pytorch, onnx fp32, onnx int8
     network_ms: float  # median, batch 1: normalised batch -> head outputs
     end_to_end_ms: float  # median, batch 1: image -> detections
@@ -95,6 +97,9 @@ class Measurement:
 
 @dataclass
 class Int8Report:
+    """The int8 model (``out``, MB), its calibration images, the COCO file its AP was measured on (``val``),
+    each model's measurements (pytorch, onnx fp32, onnx int8), its agreement with PyTorch, and CPU threads."""
+
     out: Path
     size_mb: float
     num_calibration_images: int
@@ -106,6 +111,9 @@ class Int8Report:
 
 @dataclass
 class ExportResult:
+    """The .onnx file (``out``), its opset, fixed input size (height, width in px), batch axis and size in MB;
+    ``parity``: onnxruntime against PyTorch on the same images; ``int8``: the int8 model's report, if asked."""
+
     out: Path
     opset: int
     input_size: tuple[int, int]

@@ -49,7 +49,7 @@ AMBIGUOUS_ACTIONS = ("keep", "drop", "ignore")
 class FilterConfig:
     pseudo: Path
     out: Path
-    _: KW_ONLY  # required fields may be passed in order; every option by keyword
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     score_thresh: float | dict[str, float] | None = None  # None: FILTER_SCORE_THRESH unless auto_thresh
     auto_thresh: str | None = None
     labeled: Path | None = None  # auto "instances"
@@ -70,11 +70,13 @@ class FilterConfig:
     review_count: int = 100
     device: str = "auto"
     batch_size: int = 8
-    workers: int = 0
+    workers: int = 2  # image-decoding processes; 0: decode in the main process
 
 
 @dataclass
 class RuleCount:
+    """What one filter rule removed: boxes per class name and whole images."""
+
     rule: str
     boxes_removed: dict[str, int]  # per class name
     images_removed: int = 0
@@ -93,6 +95,13 @@ class Calibration:
 
 @dataclass
 class FilterResult:
+    """What ``filter`` kept, per class name: the ``thresholds`` used (0..1), boxes in and kept, and per
+    rule (in order) the boxes and images it removed; ``histogram``: boxes in and kept per score bin (lo, hi).
+    ``calibration``: per class, what the precision rule reached; ``truth_metrics``: with truth, precision,
+    recall (IoU 0.5), AP and AP50 "before" and "after" filtering, overall and per class. ``review_out``:
+    the Label Studio file of the ``num_review`` most doubtful images, if asked for.
+    """
+
     out: Path
     thresholds: dict[str, float]
     num_images_in: int

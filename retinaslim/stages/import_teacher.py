@@ -28,12 +28,15 @@ class ImportTeacherConfig:
     arch: str  # retinanet_resnet50_fpn or retinanet_resnet50_fpn_v2
     classes: list[str]  # one name per output of the class head, in output order: category ids 1..K
     out: Path  # the retinaslim checkpoint to write
-    _: KW_ONLY  # required fields may be passed in order; every option by keyword
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     image_size: int = IMPORT_IMAGE_SIZE  # longer side (px) images are resized to by default at inference
 
 
 @dataclass
 class ImportTeacherResult:
+    """The teacher checkpoint written (``out``), its architecture, classes as COCO categories in label order,
+    the input size (longer side, px) and the number of tensors copied from the file."""
+
     out: Path
     arch: str
     classes: list[dict[str, Any]]  # [{"id": 1, "name": ...}, ...] in label order

@@ -39,19 +39,23 @@ from retinaslim.stages.inference import (
 class PredictConfig:
     weights: Path
     sources: list[Path]  # image files, folders (searched recursively) or text files listing images
-    out: Path
-    _: KW_ONLY  # required fields may be passed in order; every option by keyword
+    out: Path = Path("preds.json")  # COCO JSON
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     draw: Path | None = None  # folder for copies of the images with their boxes drawn
     score_thresh: float = 0.3
     tta: bool = False  # pseudo-label's transforms (scales x horizontal flip), fused; boxes gain ``agreement``
     image_size: int | None = None  # None: the model's training size
     batch_size: int = 8
     device: str = "auto"
-    workers: int = 0
+    workers: int = 2  # image-decoding processes; 0: decode in the main process
 
 
 @dataclass
 class PredictResult:
+    """The COCO file written (``out``: boxes xywh in original pixels with scores), images, boxes per class
+    name, undecodable images skipped (file, reason), the transforms run (one without ``tta``), the folder
+    of drawings (``draw``) and the wall time in seconds."""
+
     out: Path
     num_images: int
     num_boxes: dict[str, int]  # per class name

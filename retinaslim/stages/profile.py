@@ -37,6 +37,8 @@ class ProfileConfig:
 
 @dataclass
 class ModuleCost:
+    """A module's parameters, MACs per image and share (0..1) of the model's MACs."""
+
     name: str
     params: int
     macs: int
@@ -45,6 +47,11 @@ class ModuleCost:
 
 @dataclass
 class ProfileResult:
+    """Parameters, MACs (multiply-accumulates) per image, checkpoint size in MB (None for an untrained
+    ``arch``), latency in ms (median of ``runs`` at batch 1: ``network_latency_ms`` from a normalised tensor
+    to head outputs, ``latency_ms`` from image to detections), the square input side in px, and per-module
+    costs (``modules``)."""
+
     arch: str
     params: int
     macs: int

@@ -43,7 +43,7 @@ BACKGROUND = (40, 40, 40)
 class ShowConfig:
     labels: Path  # any COCO file: human labels, pseudo.json, filtered labels, predictions
     out: Path  # .png / .jpg: contact sheet; .html: report
-    _: KW_ONLY  # required fields may be passed in order; every option by keyword
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     images: Path | None = None
     sort: str | None = None  # None: score when the file has machine labels, else file
     max_images: int = 48
@@ -64,6 +64,9 @@ class ImageRow:
 
 @dataclass
 class ShowResult:
+    """The picture or report written (``out``), the sort used, the number of images in the labels file, one
+    row per image shown (in order) and images that could not be read (file, reason)."""
+
     out: Path
     sort: str
     num_images: int  # in the labels file

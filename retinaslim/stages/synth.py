@@ -38,6 +38,9 @@ class SynthConfig:
 
 @dataclass
 class SynthResult:
+    """What ``synth`` wrote: the folder, and per split (labeled, val, unlabeled) its images, true boxes and
+    file (``files["labeled"]``: labeled.json; ``files["unlabeled"]``: unlabeled.truth.json, the hidden truth)."""
+
     out: Path
     num_images: dict[str, int]
     num_boxes: dict[str, int]

@@ -72,7 +72,7 @@ class TrainConfig:
     iterations: int | None = None  # total optimiser steps; replaces epochs when set
     ema_decay: float = 0.9998
     device: str = "auto"
-    workers: int = 0
+    workers: int = 2  # image-decoding processes; 0: decode in the main process
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -94,6 +94,14 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """A finished (or resumed and finished) training run.
+
+    ``best``: best.pt, the EMA weights of the epoch with the highest validation AP (``best_epoch``,
+    ``best_metrics``: ap, ap50, ap75, ap_small, ap_medium, ap_large, ar100, all 0..1). ``history``: one row
+    per epoch (epoch, step, losses, the same metrics, lr, seconds), as in results.csv. ``num_images``: human
+    ("labeled") and machine ("pseudo") training images. ``seconds``: wall time of this invocation.
+    """
+
     out: Path
     best: Path
     best_epoch: int
