@@ -390,14 +390,15 @@ def _render_eval(result) -> None:
         ["weights", "ms", "p90 ms", f"img/s b{result.batch_size}", "GMACs"],
         [(_short(r.weights), r.latency_ms, r.latency_p90_ms, r.throughput, r.macs / 1e9) for r in reports],
     )
-    names = list(r0.per_class_ap)
-
     console.table(
-        "accuracy (pycocotools; AP per class at IoU 0.50:0.95)",
-        ["weights", "AP75", "AP small", "AP medium", "AP large", "AR@100", *names],
-        [(_short(r.weights), r.ap75, r.ap_small, r.ap_medium, r.ap_large, r.ar100,  # None: no truth of that size or class
-          *(r.per_class_ap[n] for n in names)) for r in reports],
+        "accuracy (pycocotools; AP by object size at IoU 0.50:0.95)",
+        ["weights", "AP75", "AP small", "AP medium", "AP large", "AR@100"],
+        [(_short(r.weights), r.ap75, r.ap_small, r.ap_medium, r.ap_large, r.ar100)  # None: no truth of that size
+         for r in reports],
     )
+    # A row per class (as Ultralytics and spaCy print them): any number of classes fits the terminal.
+    console.table("AP per class (IoU 0.50:0.95)", ["class", *(_short(r.weights) for r in reports)],
+                  [(name, *(r.per_class_ap[name] for r in reports)) for name in r0.per_class_ap])  # None: no truth
     for r in reports:
         if r.num_skipped_images:
             console.info(f"{_short(r.weights)}: {r.num_skipped_images} image(s) could not be decoded; "
