@@ -24,6 +24,7 @@ app = typer.Typer(
     help="Data distillation for object detection: a RetinaNet teacher labels unlabelled images, "
     "a slim student learns from human + machine labels.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help wraps to the terminal; rich's panels cut long words at 80 columns
 )
 
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.")]

@@ -106,7 +106,9 @@ def test_int8_reports_ap_and_latency(labeller, one_card_set, tmp_path):
     found = {m.name: m for m in q.measurements}
     assert list(found) == ["pytorch", "onnx fp32", "onnx int8"]
     assert found["onnx fp32"].ap == pytest.approx(found["pytorch"].ap, abs=1e-3)  # parity carries over to AP
-    assert found["pytorch"].ap50 > 0.3 and 0 <= found["onnx int8"].ap <= 1
+    assert found["pytorch"].ap50 > 0.3
+    # int8 keeps the accuracy (measured: AP 1.0 for pytorch, fp32 and int8 on these images)
+    assert found["onnx int8"].ap50 >= found["onnx fp32"].ap50 - 0.1 and found["onnx int8"].ap >= found["onnx fp32"].ap - 0.15
     assert all(m.network_ms > 0 and m.end_to_end_ms > 0 for m in q.measurements)
     nodes = {n.op_type for n in onnx.load(q.out).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= nodes
