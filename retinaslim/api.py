@@ -159,10 +159,11 @@ def _train(role: str, labeled: PathLike | None, val: PathLike | None, out: PathL
 def train_teacher(
     *, labeled: PathLike | None = None, val: PathLike | None = None, images: PathLike | None = None,
     out: PathLike | None = None, arch: str = _TEACHER["arch"], pretrained: bool = False, init: str | None = None,
-    image_size: int = _TEACHER["image_size"], batch_size: int = _TEACHER["batch_size"], epochs: int = _TEACHER["epochs"],
-    iterations: int | None = None, optimizer: str = _TEACHER["optimizer"], lr: float = _TEACHER["lr"],
-    weight_decay: float = _TEACHER["weight_decay"], augment: str = _TEACHER["augment"], resume: PathLike | None = None,
-    device: str = "auto", workers: int = 2, seed: int = 0, reporter: Reporter | None = None,
+    image_size: int = _TEACHER["image_size"], batch_size: int = _TEACHER["batch_size"],
+    epochs: int = _TEACHER["epochs"], iterations: int | None = None, optimizer: str = _TEACHER["optimizer"],
+    lr: float = _TEACHER["lr"], weight_decay: float = _TEACHER["weight_decay"], augment: str = _TEACHER["augment"],
+    resume: PathLike | None = None, device: str = "auto", workers: int = 2, seed: int = 0,
+    reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train the teacher (torchvision's ResNet50 RetinaNet) on human labels; see ``train_student`` for the loop.
 
@@ -205,11 +206,12 @@ def train_teacher(
 def train_student(
     *, labeled: PathLike | None = None, val: PathLike | None = None, pseudo: PathLike | None = None,
     pseudo_ratio: float = 0.4, pseudo_weight: float = 1.0, images: PathLike | None = None, out: PathLike | None = None,
-    arch: str = _STUDENT["arch"], norm: str | None = None, anchors: str = "fit", image_size: int = _STUDENT["image_size"],
-    batch_size: int = _STUDENT["batch_size"], epochs: int = _STUDENT["epochs"], iterations: int | None = None,
-    optimizer: str = _STUDENT["optimizer"], lr: float = _STUDENT["lr"], weight_decay: float = _STUDENT["weight_decay"],
-    augment: str = _STUDENT["augment"], resume: PathLike | None = None, device: str = "auto", workers: int = 2,
-    seed: int = 0, reporter: Reporter | None = None,
+    arch: str = _STUDENT["arch"], norm: str | None = None, anchors: str = "fit",
+    image_size: int = _STUDENT["image_size"], batch_size: int = _STUDENT["batch_size"],
+    epochs: int = _STUDENT["epochs"], iterations: int | None = None, optimizer: str = _STUDENT["optimizer"],
+    lr: float = _STUDENT["lr"], weight_decay: float = _STUDENT["weight_decay"], augment: str = _STUDENT["augment"],
+    resume: PathLike | None = None, device: str = "auto", workers: int = 2, seed: int = 0,
+    reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train the slim student on human labels, and on machine labels when ``pseudo`` is given.
 
@@ -313,10 +315,11 @@ def pseudo_label(
     from retinaslim.stages.pseudo_label import PseudoLabelConfig
     from retinaslim.stages.pseudo_label import pseudo_label as run
 
-    config = PseudoLabelConfig(Path(source), Path(teacher), Path(out), scales=_floats(scales, "scales", "0.75,1.0,1.25"),
-                               hflip=hflip, vflip=vflip, rot90=rot90, fusion=fusion, score_floor=score_floor,
-                               image_size=image_size, batch_size=batch_size, device=device, workers=workers,
-                               resume=resume, shard=_shard(shard))
+    config = PseudoLabelConfig(Path(source), Path(teacher), Path(out),
+                               scales=_floats(scales, "scales", "0.75,1.0,1.25"), hflip=hflip, vflip=vflip,
+                               rot90=rot90, fusion=fusion, score_floor=score_floor, image_size=image_size,
+                               batch_size=batch_size, device=device, workers=workers, resume=resume,
+                               shard=_shard(shard))
     return run(config, reporter)
 
 
@@ -382,7 +385,8 @@ def filter(  # noqa: A001 - the command's name
         if len(aspect_range) != 2:
             raise UserError(f"`aspect_range` {aspect_range}: expected LO,HI, e.g. 0.3,3")
     if report is not None:
-        refuse_overwriting_inputs([("`report`", report)], [("`pseudo`", pseudo), ("`out`", out), ("`review_out`", review_out)])
+        refuse_overwriting_inputs([("`report`", report)],
+                                  [("`pseudo`", pseudo), ("`out`", out), ("`review_out`", review_out)])
     config = FilterConfig(
         Path(pseudo), Path(out), score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=_path(labeled),
         calib=_path(calib), calib_images=_path(calib_images), teacher=_path(teacher), target_precision=target_precision,
@@ -467,9 +471,9 @@ def predict(
 
 
 def export(
-    weights: PathLike, *, format: str = "onnx", out: PathLike | None = None, image_size: int | None = None,  # noqa: A002
-    opset: int = 17, dynamic_batch: bool = False, int8: bool = False, calibration: PathLike | None = None,
-    val: PathLike | None = None,
+    weights: PathLike, *, format: str = "onnx", out: PathLike | None = None,  # noqa: A002 - the command's --format
+    image_size: int | None = None, opset: int = 17, dynamic_batch: bool = False, int8: bool = False,
+    calibration: PathLike | None = None, val: PathLike | None = None,
 ) -> ExportResult:
     """Export a checkpoint's network to ONNX (decode + NMS stay outside), checked against PyTorch.
 

@@ -9,7 +9,10 @@ import ast
 import dataclasses
 import importlib
 import inspect
+import os
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ import yaml
 import retinaslim
 import retinaslim.stages
 from retinaslim.cli import app
-from tests.conftest import run_cli
+from tests.conftest import assert_user_error, run_cli
 
 PACKAGE = Path(retinaslim.__file__).parent
 NOT_IN_API = {"init", "demo"}  # init writes the workspace file; demo is the pipeline, not a stage
@@ -33,6 +36,14 @@ def _function(command: str):
 
 def _commands() -> dict:
     return {name: command for name, command in typer.main.get_command(app).commands.items() if name not in NOT_IN_API}
+
+
+def test_import_retinaslim_is_light():
+    """The functions import their stage when called: ``import retinaslim`` does not load torch."""
+    code = "import sys, retinaslim; print(sorted({'torch', 'torchvision', 'retinaslim.stages'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)}).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_every_command_is_a_function_with_the_commands_options():
@@ -182,3 +193,18 @@ def test_configs_take_options_by_keyword_only():
                 required = [f for f in dataclasses.fields(cls) if not f.kw_only and (not _has_default(f) or f.name == "out")]
                 assert len(node.args) <= len(required) or path.name == "demo.py", \
                     f"{path}:{node.lineno}: {node.func.id} with {len(node.args)} positional arguments; pass options by keyword"
+
+
+def test_errors_name_the_keyword_in_python_and_the_flag_in_the_shell(tiny_cards, tmp_path):
+    labeled, out = tiny_cards.files["labeled"], tmp_path / "f.json"
+    with pytest.raises(retinaslim.UserError, match=r"^`score_thresh` 1.5 must be in \[0, 1\]$"):
+        retinaslim.filter(labeled, out=out, score_thresh=1.5)
+    assert_user_error(run_cli("filter", labeled, "--out", out, "--score-thresh", 1.5),
+                      "--score-thresh 1.5 must be in [0, 1]")
+    # a field named otherwise than the keyword (SynthConfig.num_labeled is synth(labeled=...), --labeled)
+    with pytest.raises(retinaslim.UserError, match="^`labeled` and `val` must be at least 1, `unlabeled` at least 0$"):
+        retinaslim.synth(tmp_path / "s", labeled=0)
+    assert_user_error(run_cli("synth", tmp_path / "s", "--labeled", 0), "--labeled and --val must be at least 1")
+    # a command's argument is shown as the CLI's help names it
+    assert_user_error(run_cli("filter", labeled, "--out", labeled), f"--out {labeled}: the output would overwrite the "
+                      f"input PSEUDO {labeled}; choose another --out")

@@ -51,19 +51,19 @@ class ConvertResult:
 
 def _validate(config: ConvertConfig) -> None:
     if config.from_format not in READ_FORMATS:
-        raise UserError(f"--from {config.from_format!r}: choose one of {', '.join(READ_FORMATS)}")
+        raise UserError(f"`from_format` {config.from_format!r}: choose one of {', '.join(READ_FORMATS)}")
     if config.to_format not in WRITE_FORMATS:
-        raise UserError(f"--to {config.to_format!r}: choose one of {', '.join(WRITE_FORMATS)}")
+        raise UserError(f"`to_format` {config.to_format!r}: choose one of {', '.join(WRITE_FORMATS)}")
     out = Path(config.out)
     if config.to_format == "yolo":
         if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out}: YOLO output is a folder (images/, labels/, data.yaml), and this is a file")
+            raise UserError(f"`out` {out}: YOLO output is a folder (images/, labels/, data.yaml), and this is a file")
     elif out.suffix.lower() != ".json":
-        raise UserError(f"--out {out}: expected a .json file name for {config.to_format}")
+        raise UserError(f"`out` {out}: expected a .json file name for {config.to_format}")
     if config.split and config.from_format != "voc":
-        raise UserError(f"--split {config.split}: only Pascal VOC sources have split lists (ImageSets/Main/*.txt)")
+        raise UserError(f"`split` {config.split}: only Pascal VOC sources have split lists (ImageSets/Main/*.txt)")
     if out.absolute() == Path(config.src).absolute():
-        raise UserError(f"--out {out}: the output would overwrite the input; choose another --out")
+        raise UserError(f"`out` {out}: the output would overwrite the input; choose another `out`")
 
 
 def read_labels(src: Path, fmt: str, images: Path | None = None, split: str | None = None) -> LabelSet:

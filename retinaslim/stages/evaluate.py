@@ -149,14 +149,14 @@ def plot_precision_recall(path: Path, evaluation: CocoEvaluation, title: str) ->
 
 def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult:
     if not config.weights:
-        raise UserError("no checkpoint to evaluate; pass --weights W.pt")
+        raise UserError("no checkpoint to evaluate; pass `weights` W.pt")
     if config.latency_runs < 1 or config.warmup_runs < 0 or config.batch_size < 1:
-        raise UserError(f"--latency-runs {config.latency_runs} and --batch-size {config.batch_size} must be at least 1, "
-                        f"--warmup-runs {config.warmup_runs} at least 0")
+        raise UserError(f"`latency_runs` {config.latency_runs} and `batch_size` {config.batch_size} must be at least 1, "
+                        f"`warmup_runs` {config.warmup_runs} at least 0")
     prediction_files = [_numbered(Path(config.predictions_out), i, len(config.weights))
                         for i in range(len(config.weights))] if config.predictions_out is not None else []
-    refuse_overwriting_inputs([("--json", config.json_out)] + [("--predictions-out", p) for p in prediction_files],
-                              [("--data", config.data)] + [("--weights", w) for w in config.weights])
+    refuse_overwriting_inputs([("`json_out`", config.json_out)] + [("`predictions_out`", p) for p in prediction_files],
+                              [("`data`", config.data)] + [("`weights`", w) for w in config.weights])
     data = load_coco(config.data, config.images)
     if not data.images:
         raise UserError(f"{data.path}: no images to evaluate on")

@@ -186,21 +186,21 @@ def parity_images(sampled: list[torch.Tensor], image_size: int, count: int) -> l
 
 def _check(config: ExportConfig) -> Path:
     if config.format not in FORMATS:
-        raise UserError(f"--format {config.format!r}: only {', '.join(FORMATS)} is supported")
+        raise UserError(f"`format` {config.format!r}: only {', '.join(FORMATS)} is supported")
     if not MIN_OPSET <= config.opset <= MAX_OPSET:
-        raise UserError(f"--opset {config.opset}: supported opsets are {MIN_OPSET} to {MAX_OPSET} "
+        raise UserError(f"`opset` {config.opset}: supported opsets are {MIN_OPSET} to {MAX_OPSET} "
                         f"({MIN_OPSET}: per-channel int8; {MAX_OPSET}: the newest torch's exporter writes)")
     out = Path(config.out) if config.out is not None else Path(config.weights).with_suffix(".onnx")
     if out.suffix.lower() != ".onnx":
-        raise UserError(f"--out {out}: expected a .onnx file name")
+        raise UserError(f"`out` {out}: expected a .onnx file name")
     if config.image_size is not None and config.image_size < SIZE_DIVISIBLE:
-        raise UserError(f"--image-size {config.image_size}: must be at least {SIZE_DIVISIBLE}")
+        raise UserError(f"`image_size` {config.image_size}: must be at least {SIZE_DIVISIBLE}")
     if config.int8 and config.calibration is None:
-        raise UserError("--int8 needs calibration images: pass --calibration FOLDER (or an image list or COCO JSON)")
+        raise UserError("`int8` needs calibration images: pass `calibration` FOLDER (or an image list or COCO JSON)")
     if config.val is not None and not config.int8:
-        raise UserError("--val sets where int8's AP is measured: use it with --int8")
+        raise UserError("`val` sets where int8's AP is measured: use it with `int8`")
     if config.val is not None and Path(config.val).suffix.lower() != ".json":
-        raise UserError(f"--val {config.val}: expected a COCO JSON file")
+        raise UserError(f"`val` {config.val}: expected a COCO JSON file")
     return out
 
 
@@ -230,9 +230,9 @@ def export(config: ExportConfig) -> ExportResult:
                 raise UserError(
                     f"parity check failed: onnxruntime matches {parity.num_matched} of PyTorch's {parity.num_reference} "
                     f"detections ({parity.num_candidate} found) within {BOX_TOL_PX:g} px and {SCORE_TOL:g} score on "
-                    f"{parity.num_images} images; {out} not written (try another --opset)")
+                    f"{parity.num_images} images; {out} not written (try another `opset`)")
     except OSError as e:
-        raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
+        raise UserError(f"`out` {out}: cannot write ({e.strerror or e})") from None
     result = ExportResult(out=out, opset=config.opset, input_size=(side, side), dynamic_batch=config.dynamic_batch,
                           size_mb=out.stat().st_size / 1e6, parity=parity)
     if config.int8:

@@ -126,34 +126,34 @@ def parse_class_thresholds(text: str) -> float | dict[str, float]:
         pairs = dict(item.split("=", 1) for item in text.split(","))
         return {name.strip(): float(v) for name, v in pairs.items()}
     except ValueError:
-        raise UserError(f"--score-thresh {text!r}: expected a number or NAME=VALUE pairs, e.g. id_card=0.6,passport=0.7") from None
+        raise UserError(f"`score_thresh` {text!r}: expected a number or NAME=VALUE pairs, e.g. id_card=0.6,passport=0.7") from None
 
 
 def _validate(config: FilterConfig) -> None:
     review_coco = Path(config.review_out).with_suffix(".coco.json") if config.review_out is not None else None
     refuse_overwriting_inputs(
-        [("--out", config.out), ("--review-out", config.review_out), ("--review-out", review_coco)],
-        [("PSEUDO", config.pseudo), ("--labeled", config.labeled), ("--calib", config.calib), ("--truth", config.truth),
-         ("--teacher", config.teacher)])
+        [("`out`", config.out), ("`review_out`", config.review_out), ("`review_out`", review_coco)],
+        [("`pseudo`", config.pseudo), ("`labeled`", config.labeled), ("`calib`", config.calib), ("`truth`", config.truth),
+         ("`teacher`", config.teacher)])
     if config.auto_thresh is not None and config.auto_thresh not in AUTO_RULES:
-        raise UserError(f"--auto-thresh {config.auto_thresh!r}: choose {' or '.join(AUTO_RULES)}")
+        raise UserError(f"`auto_thresh` {config.auto_thresh!r}: choose {' or '.join(AUTO_RULES)}")
     if config.auto_thresh and config.score_thresh is not None:
-        raise UserError("--score-thresh and --auto-thresh both set the threshold; pass one of them")
+        raise UserError("`score_thresh` and `auto_thresh` both set the threshold; pass one of them")
     if config.auto_thresh == "instances" and config.labeled is None:
-        raise UserError("--auto-thresh instances needs --labeled (the human-labelled COCO file)")
+        raise UserError("`auto_thresh` instances needs `labeled` (the human-labelled COCO file)")
     if config.auto_thresh == "precision" and config.calib is None:
-        raise UserError("--auto-thresh precision needs --calib (human-labelled COCO images to calibrate on)")
+        raise UserError("`auto_thresh` precision needs `calib` (human-labelled COCO images to calibrate on)")
     if config.ambiguous not in AMBIGUOUS_ACTIONS:
-        raise UserError(f"--ambiguous {config.ambiguous!r}: choose {', '.join(AMBIGUOUS_ACTIONS)}")
-    for name, value in [("--target-precision", config.target_precision), ("--ambiguous-low", config.ambiguous_low),
-                        ("--max-size-frac", config.max_size_frac)]:
+        raise UserError(f"`ambiguous` {config.ambiguous!r}: choose {', '.join(AMBIGUOUS_ACTIONS)}")
+    for name, value in [("`target_precision`", config.target_precision), ("`ambiguous_low`", config.ambiguous_low),
+                        ("`max_size_frac`", config.max_size_frac)]:
         if not 0 <= value <= 1:
             raise UserError(f"{name} {value} must be in [0, 1]")
     thresholds = config.score_thresh.values() if isinstance(config.score_thresh, dict) else [config.score_thresh]
     if any(t is not None and not 0 <= t <= 1 for t in thresholds):
-        raise UserError(f"--score-thresh {config.score_thresh} must be in [0, 1]")
+        raise UserError(f"`score_thresh` {config.score_thresh} must be in [0, 1]")
     if config.aspect_range is not None and not 0 < config.aspect_range[0] <= config.aspect_range[1]:
-        raise UserError(f"--aspect-range {config.aspect_range}: expected LO,HI with 0 < LO <= HI")
+        raise UserError(f"`aspect_range` {config.aspect_range}: expected LO,HI with 0 < LO <= HI")
 
 
 def _as_detections(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> Detections:
@@ -190,7 +190,7 @@ def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, report
     check_same_classes(pseudo, calib)
     teacher_path = config.teacher or (Path(pseudo.info["teacher"]) if pseudo.info.get("teacher") else None)
     if teacher_path is None:
-        raise UserError(f"{pseudo.path}: names no teacher; pass --teacher")
+        raise UserError(f"{pseudo.path}: names no teacher; pass `teacher`")
     checkpoint = load_checkpoint(teacher_path)
     try:
         transforms = [Transform.from_name(n) for n in pseudo.info["transforms"]]
@@ -200,7 +200,7 @@ def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, report
                         "the precision rule needs them to run the teacher the same way") from None
     device = resolve_device(config.device)
     model = checkpoint.build().to(device)
-    require_image_files(calib, "--calib-images")
+    require_image_files(calib, "`calib_images`")
     paths = [calib.image_path(im) for im in calib.images]
     scores: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(classes))}
     hits: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(classes))}
@@ -281,7 +281,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
     names = classes.names
     unknown = sorted(set(config.score_thresh) - set(names)) if isinstance(config.score_thresh, dict) else []
     if unknown:
-        raise UserError(f"--score-thresh: unknown class {unknown[0]!r}; {pseudo.path} has {', '.join(names)}")
+        raise UserError(f"`score_thresh`: unknown class {unknown[0]!r}; {pseudo.path} has {', '.join(names)}")
     score_thresh = config.score_thresh if config.score_thresh is not None or config.auto_thresh else FILTER_SCORE_THRESH
     dets_per_image = {im["id"]: _as_detections(pseudo, im, classes) for im in pseudo.images}
     removed = {rule: Counter() for rule in ("geometry", "agreement", "threshold", "max_per_image", "ambiguous")}

@@ -101,9 +101,9 @@ def gather_images(sources: list[Path]) -> list[Path]:
 def predict(config: PredictConfig, reporter: Reporter | None = None) -> PredictResult:
     started = time.perf_counter()
     if not 0 <= config.score_thresh <= 1:
-        raise UserError(f"--score-thresh {config.score_thresh} must be in [0, 1]")
+        raise UserError(f"`score_thresh` {config.score_thresh} must be in [0, 1]")
     if Path(config.out).suffix.lower() != ".json":
-        raise UserError(f"--out {config.out}: expected a .json file name")
+        raise UserError(f"`out` {config.out}: expected a .json file name")
     if not config.sources:
         raise UserError("no images given: pass image files or folders")
     paths = gather_images(config.sources)

@@ -67,10 +67,10 @@ class ProfileResult:
 
 def profile(config: ProfileConfig) -> ProfileResult:
     if (config.arch is None) == (config.weights is None):
-        raise UserError("pass exactly one of --arch NAME or --weights W.pt")
+        raise UserError("pass exactly one of `arch` NAME or `weights` W.pt")
     if config.runs < 1 or config.image_size < 32:
-        raise UserError("--runs must be at least 1 and --image-size at least 32")
-    refuse_overwriting_inputs([("--json", config.json_out)], [("--weights", config.weights)])
+        raise UserError("`runs` must be at least 1 and `image_size` at least 32")
+    refuse_overwriting_inputs([("`json_out`", config.json_out)], [("`weights`", config.weights)])
     if config.weights is not None:
         checkpoint = load_checkpoint(config.weights)
         model, arch, size_mb = checkpoint.build(), checkpoint.arch, config.weights.stat().st_size / 1e6

@@ -123,7 +123,7 @@ def _journal_errors(journal: Path) -> Iterator[None]:
         yield
     except OSError as e:
         raise UserError(f"{journal}: writing the journal failed ({e.strerror or e}); the batches already in it "
-                        "are kept: fix that, then rerun with --resume") from None
+                        "are kept: fix that, then rerun with `resume`") from None
 
 
 def _journal_batches(path: Path) -> Iterator[tuple[int, list[dict[str, Any]]]]:
@@ -176,21 +176,21 @@ def _resolve_shard(config: PseudoLabelConfig) -> tuple[int, int]:
     if config.shard is not None:
         index, count = config.shard
         if not (count >= 1 and 0 <= index < count):
-            raise UserError(f"--shard {index}/{count}: expected I/N with 0 <= I < N, e.g. 0/4")
+            raise UserError(f"`shard` {index}/{count}: expected I/N with 0 <= I < N, e.g. 0/4")
         return index, count
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _validate(config: PseudoLabelConfig) -> None:
     if config.fusion not in FUSION_METHODS:
-        raise UserError(f"--fusion {config.fusion!r} is unknown; choose one of {', '.join(FUSION_METHODS)}")
+        raise UserError(f"`fusion` {config.fusion!r} is unknown; choose one of {', '.join(FUSION_METHODS)}")
     if not 0 <= config.score_floor <= 1:
-        raise UserError(f"--score-floor {config.score_floor} must be in [0, 1]")
+        raise UserError(f"`score_floor` {config.score_floor} must be in [0, 1]")
     if not config.scales or any(s <= 0 for s in config.scales):
-        raise UserError(f"--scales {config.scales} must be positive numbers, e.g. 0.75,1.0,1.25")
+        raise UserError(f"`scales` {config.scales} must be positive numbers, e.g. 0.75,1.0,1.25")
     if Path(config.out).suffix.lower() != ".json":
-        raise UserError(f"--out {config.out}: expected a .json file name")
-    refuse_overwriting_inputs([("--out", config.out)], [("SOURCE", config.source), ("--teacher", config.teacher)])
+        raise UserError(f"`out` {config.out}: expected a .json file name")
+    refuse_overwriting_inputs([("`out`", config.out)], [("`source`", config.source), ("`teacher`", config.teacher)])
 
 
 def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLabelResult:
@@ -208,7 +208,7 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"--out {out}: cannot create the folder {out.parent} ({e.strerror or e})") from None
+        raise UserError(f"`out` {out}: cannot create the folder {out.parent} ({e.strerror or e})") from None
     info = {
         "description": "retinaslim pseudo-labels (raw teacher output, fused)", "teacher": str(config.teacher),
         "image_size": image_size, "transforms": [t.name for t in transforms], "fusion": config.fusion,
@@ -224,7 +224,7 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
     done = False
     if journal.exists():
         if not config.resume:
-            raise UserError(f"{journal}: an interrupted run's journal is here; pass --resume to continue it, or delete it")
+            raise UserError(f"{journal}: an interrupted run's journal is here; pass `resume` to continue it, or delete it")
         old_header, finished, done = _read_journal(journal)
         changed = sorted(k for k in header if old_header is None or old_header.get(k) != header[k])
         if changed:

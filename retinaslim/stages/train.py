@@ -192,7 +192,7 @@ def train_one_epoch(model, ema: ModelEMA, loader, optimizer, scheduler, scaler, 
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise UserError(f"training loss became non-finite in epoch {epoch} ({ {k: float(v) for k, v in losses.items()} }); "
-                            "lower --lr; the last good checkpoint is kept")
+                            "lower `lr`; the last good checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -303,19 +303,19 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     reporter = (reporter or Reporter()) if distributed.main else Reporter()
     _seed_everything(config.seed)
     if config.image_size < 32:
-        raise UserError(f"--image-size {config.image_size} is too small; use at least 32 px")
+        raise UserError(f"`image_size` {config.image_size} is too small; use at least 32 px")
     if config.init is not None and config.pretrained:
-        raise UserError(f"--init {config.init} and --pretrained both choose the starting weights; pass one of them")
+        raise UserError(f"`init` {config.init} and `pretrained` both choose the starting weights; pass one of them")
     if not 0 <= config.pseudo_ratio < 1:
-        raise UserError(f"--pseudo-ratio {config.pseudo_ratio} must be in [0, 1)")
+        raise UserError(f"`pseudo_ratio` {config.pseudo_ratio} must be in [0, 1)")
     out = Path(config.out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; the run folder must be a folder")
+        raise UserError(f"`out` {out}: is a file; the run folder must be a folder")
     if previous is None and (out / "last.pt").exists():
-        raise UserError(f"--out {out}: already holds a run; continue it with --resume {out / 'last.pt'}, "
-                        "or choose another --out (a new run would replace its checkpoints)")
+        raise UserError(f"`out` {out}: already holds a run; continue it with `resume` {out / 'last.pt'}, "
+                        "or choose another `out` (a new run would replace its checkpoints)")
     if previous is None and (out / "best.pt").exists():
-        raise UserError(f"--out {out}: already holds a run's best.pt; choose another --out, or delete the folder "
+        raise UserError(f"`out` {out}: already holds a run's best.pt; choose another `out`, or delete the folder "
                         "to start over (a new run would replace it)")
 
     labeled = load_coco(config.labeled, config.images)
@@ -373,7 +373,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"--out {out}: cannot create the run folder ({e.strerror or e})") from None
+            raise UserError(f"`out` {out}: cannot create the run folder ({e.strerror or e})") from None
         save_run_config(out / "config.yaml", asdict(config))
     earlier_seconds = history[-1].get("time", 0.0) if history else 0.0  # seconds of the invocations before a resume
     train_model = distributed.wrap(model)

@@ -232,5 +232,5 @@ def test_init_from_a_checkpoint_with_other_classes_reinitialises_the_class_head(
 def test_init_and_pretrained_together_are_refused(tiny_cards, tmp_path):
     config = TrainConfig(role="teacher", labeled=tiny_cards.files["labeled"], val=tiny_cards.files["val"],
                          out=tmp_path / "run", **TRAIN_DEFAULTS["teacher"], init="coco", pretrained=True)
-    with pytest.raises(UserError, match="--init coco and --pretrained both choose the starting weights"):
+    with pytest.raises(UserError, match="`init` coco and `pretrained` both choose the starting weights"):
         train(config)
