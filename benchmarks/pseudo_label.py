@@ -84,7 +84,8 @@ def quality(teacher_path: Path, truth_path: Path, unlabeled: Path) -> list[dict]
     rows = []
     for name, (chosen, method) in variants.items():
         fused = {i: (d[chosen[0]] if method is None else fuse([d[k] for k in chosen], method)) for i, d in raw.items()}
-        results = [ann for i, d in fused.items() for ann in detections_to_annotations(d, i, classes)]
+        results = [ann for image in truth.images for ann in
+                   detections_to_annotations(fused[image["id"]], image["id"], classes, image["width"], image["height"])]
         metrics = coco_metrics(truth, results)
         precision, recall = precision_recall(truth, fused, classes, FILTER_SCORE_THRESH)
         rows.append({"labels": name, "ap": metrics["ap"], "ap50": metrics["ap50"], "ap75": metrics["ap75"],

@@ -162,8 +162,8 @@ def train_teacher(
     image_size: int = _TEACHER["image_size"], batch_size: int = _TEACHER["batch_size"],
     epochs: int = _TEACHER["epochs"], iterations: int | None = None, optimizer: str = _TEACHER["optimizer"],
     lr: float = _TEACHER["lr"], weight_decay: float = _TEACHER["weight_decay"], augment: str = _TEACHER["augment"],
-    resume: PathLike | None = None, device: str = "auto", workers: int = 2, seed: int = 0,
-    reporter: Reporter | None = None,
+    keep_empty_classes: bool = False, resume: PathLike | None = None, device: str = "auto", workers: int = 2,
+    seed: int = 0, reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train the teacher (torchvision's ResNet50 RetinaNet) on human labels; see ``train_student`` for the loop.
 
@@ -183,6 +183,8 @@ def train_teacher(
         optimizer: sgd or adamw; lr: peak learning rate (linear warm-up, cosine decay); weight_decay.
         augment: none, light (flip, brightness/contrast, hue) or strong (+ scale, shift, rotation,
             perspective, blur, JPEG).
+        keep_empty_classes: also train categories that have no boxes in ``labeled`` (by default they are
+            left out, e.g. the supercategory Roboflow lists as category 0).
         resume: continue the run whose last.pt this is, with its own settings (the other arguments are ignored).
         device: auto (cuda if available, else cpu), cpu, cuda or cuda:N; workers: image-decoding processes
             (0: in this process); seed: the run's random seed.
@@ -199,8 +201,8 @@ def train_teacher(
     """
     return _train("teacher", labeled, val, out, resume, reporter, images=images, arch=arch, pretrained=pretrained,
                   init=init, image_size=image_size, batch_size=batch_size, epochs=epochs, iterations=iterations,
-                  optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment, device=device,
-                  workers=workers, seed=seed)
+                  optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment,
+                  keep_empty_classes=keep_empty_classes, device=device, workers=workers, seed=seed)
 
 
 def train_student(
@@ -210,8 +212,8 @@ def train_student(
     image_size: int = _STUDENT["image_size"], batch_size: int = _STUDENT["batch_size"],
     epochs: int = _STUDENT["epochs"], iterations: int | None = None, optimizer: str = _STUDENT["optimizer"],
     lr: float = _STUDENT["lr"], weight_decay: float = _STUDENT["weight_decay"], augment: str = _STUDENT["augment"],
-    resume: PathLike | None = None, device: str = "auto", workers: int = 2, seed: int = 0,
-    reporter: Reporter | None = None,
+    keep_empty_classes: bool = False, resume: PathLike | None = None, device: str = "auto", workers: int = 2,
+    seed: int = 0, reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train the slim student on human labels, and on machine labels when ``pseudo`` is given.
 
@@ -230,8 +232,8 @@ def train_student(
             retinanet_shufflenet_v2_fpn); norm: gn (GroupNorm, the slim students' default) or bn.
         anchors: fit (anchor sizes and aspect ratios by k-means on the human-labelled boxes, kept when they
             match the boxes better than the built-in ones; slim students only) or default.
-        image_size, batch_size, epochs, iterations, optimizer, lr, weight_decay, augment, resume, device,
-            workers, seed, reporter: as for ``train_teacher``.
+        image_size, batch_size, epochs, iterations, optimizer, lr, weight_decay, augment, keep_empty_classes,
+            resume, device, workers, seed, reporter: as for ``train_teacher``.
 
     Returns:
         ``TrainResult``, as for ``train_teacher``.
@@ -242,8 +244,8 @@ def train_student(
     return _train("student", labeled, val, out, resume, reporter, anchors=anchors, norm=norm, pseudo=pseudo,
                   pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, images=images, arch=arch,
                   image_size=image_size, batch_size=batch_size, epochs=epochs, iterations=iterations,
-                  optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment, device=device,
-                  workers=workers, seed=seed)
+                  optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment,
+                  keep_empty_classes=keep_empty_classes, device=device, workers=workers, seed=seed)
 
 
 def import_teacher(

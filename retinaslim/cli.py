@@ -146,6 +146,7 @@ ResumeOpt = Annotated[Optional[Path], typer.Option(help="Continue the run whose 
 OptimOpt = Annotated[Optional[str], typer.Option(help="sgd or adamw.")]
 LrOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate (after linear warm-up; cosine decay).")]
 WdOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Weight decay.")]
+KeepEmptyOpt = Annotated[bool, typer.Option(help="Train categories that have no boxes in the labelled set too (by default they are left out, e.g. the supercategory Roboflow lists as category 0).")]
 AugOpt = Annotated[Optional[str], typer.Option(help="Augmentation preset: none; light (flip, brightness/contrast, hue); strong (+ scale, shift, rotation, perspective, blur, JPEG).")]
 
 
@@ -169,12 +170,13 @@ def train_teacher(
     init: Annotated[Optional[str], typer.Option(help="Start from these weights: a torchvision-format state dict (bare, {'model': ...} or {'state_dict': ...}, 'module.' prefixes allowed) of a RetinaNet or a ResNet50 classifier, or a retinaslim checkpoint; 'coco': torchvision's COCO weights for --arch from the local torch cache. Tensors that do not fit keep their initialisation, and the log names them.")] = None,
     image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, iterations: ItersOpt = None,
     optimizer: OptimOpt = None, lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
+    keep_empty_classes: KeepEmptyOpt = False,
     resume: ResumeOpt = None, device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
 ) -> None:
     _train("teacher", labeled, val, out, resume, dict(
         images=images, arch=arch, pretrained=pretrained, init=init, image_size=image_size, batch_size=batch_size,
         epochs=epochs, iterations=iterations, optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment,
-        device=device, workers=workers, seed=seed))
+        keep_empty_classes=keep_empty_classes, device=device, workers=workers, seed=seed))
 
 
 @app.command("import-teacher")
@@ -208,6 +210,7 @@ def train_student(
     anchors: Annotated[str, typer.Option(help="fit: anchor sizes and aspect ratios by k-means on the human-labelled boxes (kept when they match the boxes better than the defaults; slim students only, baselines keep torchvision's); default: the built-in card anchors.")] = "fit",
     image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, iterations: ItersOpt = None,
     optimizer: OptimOpt = None, lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
+    keep_empty_classes: KeepEmptyOpt = False,
     resume: ResumeOpt = None, device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
 ) -> None:
     with _user_errors():
@@ -217,8 +220,8 @@ def train_student(
     _train("student", labeled, val, out, resume, dict(
         pseudo=pseudo, pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, images=images, arch=arch, norm=norm,
         anchors=anchors, image_size=image_size, batch_size=batch_size, epochs=epochs, iterations=iterations,
-        optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment, device=device, workers=workers,
-        seed=seed))
+        optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment, keep_empty_classes=keep_empty_classes,
+        device=device, workers=workers, seed=seed))
 
 
 @app.command("pseudo-label")
@@ -341,6 +344,9 @@ def _render_filter(result) -> None:
                                                                      "boxes after", "precision", "recall"],
                       [(name, b["boxes"], b["precision"], b["recall"], after[name]["boxes"], after[name]["precision"],
                         after[name]["recall"]) for name, b in before.items()])
+        if result.truth_metrics["before"]["images_rescaled"]:
+            console.info(f"{result.truth_metrics['before']['images_rescaled']} truth image(s) declare a resized copy of "
+                         "the size the images have; their boxes were rescaled to the images")
     console.info(f"images: {result.num_images_in} in, {result.num_images_out} out ({result.num_empty_images} without boxes, "
                  f"{result.num_ignore_regions} ignore regions)")
 
@@ -456,6 +462,8 @@ def demo(
     console.info(f"pseudo-label: {result.pseudo.num_images} images, {result.pseudo.num_boxes} boxes; "
                  f"filter kept {sum(result.filtered.num_boxes_kept.values())}")
     _render_eval(result.evaluation)
+    for note in result.notes:
+        console.info(note)
     console.info(f"saved to {result.out}")
 
 
@@ -484,6 +492,13 @@ def convert(
             console.info(f"... and {len(result.skipped) - 10} more")
     if result.num_clipped:
         console.info(f"{result.num_clipped} boxes reached outside their image and were clipped to it")
+    if result.num_polygons:
+        console.info(f"{result.num_polygons} polygons were read as their enclosing boxes")
+    if result.num_sizes_read:
+        console.info(f"{result.num_sizes_read} image sizes were not in the labels and were read from the images")
+    if result.num_rescaled:
+        console.info(f"{result.num_rescaled} images are a resized copy of the size the labels give; "
+                     "their boxes were rescaled to the images")
     if result.num_machine_boxes:
         console.info(f"{result.num_machine_boxes} boxes carry a score (machine labels)")
     console.info(f"saved to {result.out}")

@@ -1,10 +1,15 @@
-"""Everything that draws on the terminal: progress bars, result tables, error lines."""
+"""Everything that draws on the terminal: progress bars, result tables, error lines.
+
+Every text these functions get is data (file names, reasons, class names hold ``[...]`` as often as not):
+they escape it, and Rich markup comes only from the constant styles written here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -36,13 +41,13 @@ class RichReporter(Reporter):
 
     def start(self, task: str, total: int) -> None:
         self.finish(task)
-        self.tasks[task] = self.progress.add_task(task, total=total, rate="", info="")
+        self.tasks[task] = self.progress.add_task(escape(task), total=total, rate="", info="")
 
     def advance(self, task: str, steps: int = 1, **fields: str) -> None:
         task_id = self.tasks[task]
         speed = next(t.speed for t in self.progress.tasks if t.id == task_id)
         rate = f"{speed:.1f} it/s" if speed else ""
-        info = "  ".join(f"{k} {v}" for k, v in fields.items())
+        info = escape("  ".join(f"{k} {v}" for k, v in fields.items()))
         self.progress.update(task_id, advance=steps, rate=rate, **({"info": info} if fields else {}))
 
     def finish(self, task: str) -> None:
@@ -50,15 +55,15 @@ class RichReporter(Reporter):
             self.progress.remove_task(self.tasks.pop(task))
 
     def log(self, message: str) -> None:
-        self.progress.console.print(message)
+        self.progress.console.print(escape(message), soft_wrap=True)
 
 
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:
-    console.print(message, highlight=False, soft_wrap=True)
+    console.print(escape(message), highlight=False, soft_wrap=True)
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -92,12 +97,12 @@ def _transposed(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> tup
 
 
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
-    t = Table(title=title, title_justify="left")
+    t = Table(title=escape(title), title_justify="left")
     for i, name in enumerate(columns):
         numeric = all(isinstance(row[i], (int, float)) or row[i] is None for row in rows)
-        t.add_column(name, justify="right" if numeric else "left")
+        t.add_column(escape(name), justify="right" if numeric else "left")
     for row in rows:
-        t.add_row(*(_fmt(v) for v in row))
+        t.add_row(*(escape(_fmt(v)) for v in row))
     return t
 
 

@@ -155,7 +155,7 @@ def test_results_and_functions_are_documented():
             doc = inspect.getdoc(obj) or ""
             assert all(part in doc for part in ("Args:" if inspect.signature(obj).parameters else "", "Returns:", "Raises:")), name
     for module in pkgutil.iter_modules(retinaslim.stages.__path__):
-        if module.name == "demo":  # being rewritten
+        if module.name == "demo":  # not an API function; the demo documents its own result
             continue
         for name, cls in vars(importlib.import_module(f"retinaslim.stages.{module.name}")).items():
             if name.endswith(("Result", "Report")) and dataclasses.is_dataclass(cls) and cls.__module__.startswith("retinaslim"):
@@ -176,22 +176,19 @@ def _has_default(f: dataclasses.Field) -> bool:
     return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
 
 
-PENDING = {"SynthConfig"}  # demo.py still builds it positionally; make it KW_ONLY with the demo's rewrite
-
-
 def test_configs_take_options_by_keyword_only():
     """Inputs and outputs may come in order; every option is a keyword, at every call site."""
     configs = _configs()
     for name, cls in configs.items():
         options = [f.name for f in dataclasses.fields(cls) if not f.kw_only and _has_default(f) and f.name != "out"]
-        assert name in PENDING or not options, f"{name}: {options} may be passed in order; make them KW_ONLY"
+        assert not options, f"{name}: {options} may be passed in order; make them KW_ONLY"
     roots = [PACKAGE, PACKAGE.parent / "tests", PACKAGE.parent / "benchmarks"]
     for path in (p for root in roots for p in root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in configs:
                 cls = configs[node.func.id]
                 required = [f for f in dataclasses.fields(cls) if not f.kw_only and (not _has_default(f) or f.name == "out")]
-                assert len(node.args) <= len(required) or path.name == "demo.py", \
+                assert len(node.args) <= len(required), \
                     f"{path}:{node.lineno}: {node.func.id} with {len(node.args)} positional arguments; pass options by keyword"
 
 

@@ -3,12 +3,6 @@
 import torch
 
 
-def xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
-    """(N, 4) x1, y1, x2, y2 -> (N, 4) COCO x, y, width, height."""
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    return torch.stack([x1, y1, x2 - x1, y2 - y1], dim=-1)
-
-
 def xywh_to_xyxy(boxes_xywh: torch.Tensor) -> torch.Tensor:
     """(N, 4) COCO x, y, width, height -> (N, 4) x1, y1, x2, y2."""
     x, y, w, h = boxes_xywh.unbind(-1)

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from retinaslim.core.boxes import xywh_to_xyxy, xyxy_to_xywh
+from retinaslim.core.boxes import xywh_to_xyxy
 from retinaslim.core.detections import Detections
+from retinaslim.data.images import ImageError, SizeMismatch, check_declared_size, displayed_size
 from retinaslim.errors import UserError
 
 
@@ -58,6 +60,7 @@ class CocoData:
     categories: list[dict[str, Any]]
     annotations_per_image: dict[int, list[dict[str, Any]]]
     info: dict[str, Any] = field(default_factory=dict)
+    num_sizes_read: int = 0  # images the file gives no width/height for: read from the image
 
     @property
     def classes(self) -> ClassMap:
@@ -86,7 +89,8 @@ def _finite_number(value: Any) -> bool:
 def load_coco(path: Path, images_dir: Path | None = None, require_annotations: bool = True) -> CocoData:
     """Read and validate a COCO detection file; any problem raises a ``UserError`` naming the file.
 
-    ``require_annotations=False`` accepts a file with no ``annotations`` key (an image list).
+    ``require_annotations=False`` accepts a file with no ``annotations`` key (an image list). An image
+    without ``width``/``height`` gets the size it is displayed at, read from its header.
     """
     path = Path(path)
     if not path.is_file():
@@ -116,15 +120,24 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
         raise _fail(path, "no categories")
 
     images = data["images"]
+    root = Path(images_dir) if images_dir is not None else path.parent
     annotations_per_image: dict[int, list[dict[str, Any]]] = {}
+    num_sizes_read = 0
     for image in images:
         if not isinstance(image, dict) or not isinstance(image.get("id"), int) or not isinstance(image.get("file_name"), str):
             raise _fail(path, f"image {str(image)[:80]} needs an integer 'id' and a string 'file_name'")
         if image["id"] in annotations_per_image:
             raise _fail(path, f"duplicate image id {image['id']}")
+        unread = ""
+        if image.get("width") is None or image.get("height") is None:  # not given: the image's own size
+            try:
+                image["width"], image["height"] = displayed_size(root / image["file_name"])
+                num_sizes_read += 1
+            except ImageError:
+                unread = ", and the image's own size cannot be read"
         for key in ("width", "height"):
             if not (isinstance(image.get(key), int) and image[key] > 0):
-                raise _fail(path, f"image {image['id']} ({image['file_name']}) needs a positive integer '{key}'")
+                raise _fail(path, f"image {image['id']} ({image['file_name']}) needs a positive integer '{key}'{unread}")
         annotations_per_image[image["id"]] = []
 
     images_by_id = {image["id"]: image for image in images}
@@ -155,25 +168,79 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
         annotations_per_image[a["image_id"]].append(a)
 
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
-    root = Path(images_dir) if images_dir is not None else path.parent
-    return CocoData(path, root, images, categories, annotations_per_image, info)
+    return CocoData(path, root, images, categories, annotations_per_image, info, num_sizes_read)
 
 
-def require_image_files(coco: CocoData, option: str = "--images") -> None:
-    """Raise if an image the file names is not on disk (a typo'd folder would otherwise train or score on nothing)."""
+def rescale_image(coco: CocoData, image: dict[str, Any], width: int, height: int) -> None:
+    """Give ``image`` (one of ``coco``'s) the size ``width`` x ``height``, its boxes and areas scaled with it."""
+    sx, sy = width / image["width"], height / image["height"]
+    for a in coco.annotations_per_image[image["id"]]:
+        x, y, w, h = a["bbox"]
+        a["bbox"] = [x * sx, y * sy, w * sx, h * sy]
+        if "area" in a:
+            a["area"] = a["area"] * sx * sy
+    image["width"], image["height"] = width, height
+
+
+def require_image_files(coco: CocoData, option: str = "`images`") -> str | None:
+    """Check the images the file names against the files on disk, before they train or score anything.
+
+    Raises if one is missing (a typo'd folder would otherwise train or score on nothing) or is not the shape
+    the file declares (its boxes belong to another picture or orientation). One of the same shape at another
+    size (a resized copy) gets its declared size and boxes rescaled to the image here; the returned note
+    says how many. An image whose header cannot be read is left to the decoder, which skips and counts it.
+    """
     missing = [coco.image_path(im) for im in coco.images if not coco.image_path(im).is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserError(f"{coco.path}: image {missing[0]} not found{more}; pass {option} DIR if they live elsewhere")
+    mismatched, num_rescaled = [], 0
+    for image in coco.images:
+        try:
+            width, height = check_declared_size(coco.image_path(image), image["width"], image["height"])
+        except ImageError:
+            continue
+        except SizeMismatch as e:
+            mismatched.append(f"image {image['id']} ({image['file_name']}) {e}")
+            continue
+        if (width, height) != (image["width"], image["height"]):
+            rescale_image(coco, image, width, height)
+            num_rescaled += 1
+    if mismatched:
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise UserError(f"{coco.path}: {mismatched[0]}{more}; fix its width, height and boxes in the file")
+    if num_rescaled:
+        return (f"{coco.path}: {num_rescaled} image(s) are a resized copy of the size the file declares; "
+                "their boxes were rescaled to the images")
+    return None
 
 
-def check_same_classes(reference: CocoData, other: CocoData) -> None:
-    """Raise if ``other`` names different categories than ``reference`` (ids and names must match)."""
-    if reference.classes != other.classes:
-        raise UserError(
-            f"{other.path}: categories {other.classes.categories()} differ from "
-            f"{reference.path}'s {reference.classes.categories()}; both files must use the same ids and names"
-        )
+def trained_classes(labeled: CocoData, keep_empty: bool = False) -> tuple[ClassMap, str | None]:
+    """The classes a model learns from the labelled file ``labeled``, and a note naming those left out.
+
+    A category with no boxes in ``labeled`` cannot be learned (Roboflow's COCO exports list the dataset's
+    supercategory as one, id 0): it is left out unless ``keep_empty``. Kept categories keep their ids.
+    """
+    with_boxes = {a["category_id"] for anns in labeled.annotations_per_image.values() for a in anns}
+    empty = [c for c in labeled.categories if c["id"] not in with_boxes]
+    if keep_empty or not empty or len(empty) == len(labeled.categories):
+        return labeled.classes, None
+    kept = ClassMap.from_categories([c for c in labeled.categories if c["id"] in with_boxes])
+    named = ", ".join(f"{c['id']} {c['name']!r}" for c in empty)
+    return kept, (f"{labeled.path}: no boxes of category {named} in the labelled set: left out of the model's "
+                  "classes (pass --keep-empty-classes to keep it)")
+
+
+def check_same_classes(classes: ClassMap, source: Path | str, other: CocoData) -> None:
+    """Raise if ``other`` names different categories than ``classes`` (those of ``source``, a labelled file or
+    a model): ids and names must match. A category ``classes`` lacks that has no boxes in ``other`` is left
+    aside (a class left out of training for having none, see ``trained_classes``)."""
+    with_boxes = {a["category_id"] for anns in other.annotations_per_image.values() for a in anns}
+    listed = ClassMap.from_categories([c for c in other.categories
+                                       if c["id"] in with_boxes or c["id"] in classes.category_ids])
+    if listed != classes:
+        raise UserError(f"{other.path}: categories {listed.categories()} differ from {source}'s "
+                        f"{classes.categories()}; both must use the same ids and names")
 
 
 def annotation_boxes(annotations: list[dict[str, Any]]) -> torch.Tensor:
@@ -192,17 +259,33 @@ def image_ignore_regions(coco: CocoData, image: dict[str, Any]) -> torch.Tensor:
     return annotation_boxes([a for a in coco.annotations_per_image[image["id"]] if a.get("iscrowd", 0)])
 
 
+def coco_bbox(box_xyxy: Sequence[float], width: int, height: int, decimals: int | None = 2) -> list[float] | None:
+    """The box rule of every COCO file retinaslim writes, so that ``load_coco`` reads back whatever it wrote.
+
+    ``box_xyxy`` in image pixels -> [x, y, width, height] clipped to the ``width`` x ``height`` image and
+    rounded to ``decimals`` (None: not rounded), with width and height > 0 and its corner inside the image;
+    None when nothing is left (a sliver on the border, a box outside the image).
+    """
+    x1, y1, x2, y2 = (min(max(float(v), 0.0), float(side)) for v, side in zip(box_xyxy, (width, height, width, height)))
+    box = [x1, y1, x2 - x1, y2 - y1]
+    if decimals is not None:
+        box = [round(v, decimals) for v in box]
+    return box if box[2] > 0 and box[3] > 0 and box[0] < width and box[1] < height else None
+
+
 def detections_to_annotations(
-    dets: Detections, image_id: int, classes: ClassMap, first_id: int = 1
+    dets: Detections, image_id: int, classes: ClassMap, width: int, height: int, first_id: int = 1
 ) -> list[dict[str, Any]]:
-    """COCO annotations (with ``score`` and any extra per-box fields) for one image's detections."""
-    boxes_xywh = xyxy_to_xywh(dets.boxes).tolist()
+    """COCO annotations (with ``score`` and any extra per-box fields) for one ``width`` x ``height`` image's
+    detections; boxes go through ``coco_bbox`` (those with nothing left inside the image are left out)."""
     extra = {k: v.tolist() for k, v in dets.extra.items()}
     out = []
-    for i, (box, score, label) in enumerate(zip(boxes_xywh, dets.scores.tolist(), dets.labels.tolist())):
-        box = [round(v, 2) for v in box]
+    for i, (box_xyxy, score, label) in enumerate(zip(dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist())):
+        box = coco_bbox(box_xyxy, width, height)
+        if box is None:
+            continue
         ann = {
-            "id": first_id + i,
+            "id": first_id + len(out),
             "image_id": image_id,
             "category_id": classes.category_ids[label],
             "bbox": box,
@@ -242,9 +325,10 @@ def coco_evaluate(gt: CocoData, results: list[dict[str, Any]]) -> CocoEvaluation
     from pycocotools.cocoeval import COCOeval
 
     gt_dict = gt.to_dict()
-    for a in gt_dict["annotations"]:
-        a.setdefault("area", a["bbox"][2] * a["bbox"][3])
-        a.setdefault("iscrowd", 0)
+    # pycocotools records a match as the matched annotation's id, 0 meaning none: a truth box with id 0 could
+    # never be found. Number the truth 1..N here, where every score (eval, filter --truth, validation) passes.
+    gt_dict["annotations"] = [{"area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0, **a, "id": k}
+                              for k, a in enumerate(gt_dict["annotations"], start=1)]
     # pycocotools prints to stdout; the CLI owns the terminal.
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()

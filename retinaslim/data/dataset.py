@@ -12,13 +12,14 @@ from retinaslim.data.coco import (
     CocoData,
     image_ignore_regions,
     image_targets,
-    require_image_files,
 )
 from retinaslim.data.images import ImageError, max_image_pixels, read_image
 
 
 class DetectionDataset(torch.utils.data.Dataset):
     """(image, target) pairs; image (3, h, w) float with longer side ``image_size``, target boxes xyxy in its pixels.
+
+    ``coco`` has been through ``require_image_files`` (its images are there, at the sizes it declares).
 
     ``target["ignore"]`` holds the image's ignore regions (COCO ``iscrowd``), which give no loss;
     ``target["weight"]`` scales the image's loss; ``target["machine"]`` says whether its labels are machine-made.
@@ -27,7 +28,6 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __init__(self, coco: CocoData, classes: ClassMap, image_size: int, augment: str = "none", weight: float = 1.0,
                  machine: bool = False, seed: int = 0):
-        require_image_files(coco)
         self.coco = coco
         self.classes = classes
         self.resize = Transform(scale=1.0)

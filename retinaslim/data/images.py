@@ -32,6 +32,10 @@ class ImageError(Exception):
     """An image file that cannot be decoded; callers skip and count it."""
 
 
+class SizeMismatch(Exception):
+    """An image that is not the shape its label file declares: its boxes were drawn on another picture."""
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # PIL's convert("RGB") clips 16-bit values at 255; rescale to 8 bits first.
@@ -84,16 +88,44 @@ def read_image(path: Path, max_pixels: int | None = None) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def displayed_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image as displayed (EXIF rotation applied), read from its header only."""
+def _header(path: Path) -> tuple[int, int, int]:
+    """(width, height, EXIF orientation) of an image as displayed, read from its header only."""
     try:
         with Image.open(path) as image:
             width, height = image.size
-            if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # a quarter turn swaps the sides
-                return height, width
-            return width, height
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
         raise ImageError(f"{path}: cannot read image size ({e.__class__.__name__}: {e})") from None
+    if orientation in (5, 6, 7, 8):  # a quarter turn swaps the sides
+        return height, width, orientation
+    return width, height, orientation
+
+
+def displayed_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image as displayed (EXIF rotation applied), read from its header only."""
+    return _header(path)[:2]
+
+
+def same_shape(size: tuple[int, int], other: tuple[int, int]) -> bool:
+    """Whether two (width, height) sizes are the same picture at two scales (to a pixel)."""
+    (width, height), (other_width, other_height) = size, other
+    return abs(width * other_height / height - other_width) <= 1 and abs(height * other_width / width - other_height) <= 1
+
+
+def check_declared_size(path: Path, width: int, height: int) -> tuple[int, int]:
+    """The displayed size of the image at ``path`` (header only, EXIF rotation applied), checked against the
+    ``width`` x ``height`` a label file declares for it.
+
+    The same size, or the same shape at another size (a resized copy, whose boxes scale by displayed /
+    declared), is returned; a different shape raises ``SizeMismatch`` naming both sizes (the boxes were drawn
+    on another picture, or before an EXIF rotation); an unreadable header raises ``ImageError``.
+    """
+    shown_width, shown_height, orientation = _header(path)
+    if not same_shape((width, height), (shown_width, shown_height)):
+        turned = f" (its EXIF orientation {orientation} turns it a quarter)" if orientation in (5, 6, 7, 8) else ""
+        raise SizeMismatch(f"declares {width} x {height}, but the image is {shown_width} x {shown_height} as "
+                           f"displayed{turned}")
+    return shown_width, shown_height
 
 
 def list_images(source: Path) -> list[Path]:

@@ -1,7 +1,8 @@
 """convert: labels between COCO (retinaslim's own format), Pascal VOC, YOLO and Label Studio.
 
-SRC is read into a ``LabelSet`` (boxes clipped to their image; degenerate boxes, unreadable images and
-lines skipped with their reasons), then written in the target format. Reading VOC, YOLO, Label Studio
+SRC is read into a ``LabelSet`` (boxes clipped to their image; polygons read as their enclosing boxes;
+image sizes checked against the images, or read from them when SRC gives none; degenerate boxes,
+unreadable images and lines skipped with their reasons), then written in the target format. Reading VOC, YOLO, Label Studio
 or COCO, writing COCO, YOLO or Label Studio. Every output file is written atomically.
 """
 
@@ -42,6 +43,9 @@ class ConvertResult:
     num_boxes: dict[str, int]  # per class name, written
     num_machine_boxes: int  # boxes with a score
     num_clipped: int  # boxes that reached outside their image and were clipped to it
+    num_sizes_read: int = 0  # images whose labels gave no size: read from the image
+    num_rescaled: int = 0  # images a resized copy of the size their labels give: boxes rescaled to the image
+    num_polygons: int = 0  # polygons read as their enclosing boxes
     skipped: list[Skipped] = field(default_factory=list)
 
     def skipped_by_reason(self) -> list[tuple[str, str, int]]:
@@ -95,5 +99,7 @@ def convert(config: ConvertConfig) -> ConvertResult:
     return ConvertResult(
         out=Path(config.out), num_images=len(labels.images),
         num_boxes={c["name"]: per_class[c["name"]] for c in sorted(labels.categories, key=lambda c: c["id"])},
-        num_machine_boxes=sum("score" in a for a in written), num_clipped=labels.num_clipped, skipped=labels.skipped,
+        num_machine_boxes=sum("score" in a for a in written), num_clipped=labels.num_clipped,
+        num_sizes_read=labels.num_sizes_read, num_rescaled=labels.num_rescaled, num_polygons=labels.num_polygons,
+        skipped=labels.skipped,
     )

@@ -24,7 +24,8 @@ import torch
 from retinaslim.core.atomic import atomic_path, refuse_overwriting_inputs, write_json
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
-from retinaslim.data.coco import ClassMap, CocoEvaluation, coco_evaluate, load_coco, require_image_files
+from retinaslim.data.coco import (ClassMap, CocoEvaluation, check_same_classes, coco_evaluate, load_coco,
+                                  require_image_files)
 from retinaslim.data.images import ImageError, read_image
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
@@ -148,6 +149,7 @@ def plot_precision_recall(path: Path, evaluation: CocoEvaluation, title: str) ->
 
 
 def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult:
+    reporter = reporter or Reporter()
     if not config.weights:
         raise UserError("no checkpoint to evaluate; pass `weights` W.pt")
     if config.latency_runs < 1 or config.warmup_runs < 0 or config.batch_size < 1:
@@ -160,7 +162,9 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
     data = load_coco(config.data, config.images)
     if not data.images:
         raise UserError(f"{data.path}: no images to evaluate on")
-    require_image_files(data)
+    note = require_image_files(data)
+    if note:
+        reporter.log(note)
     device = resolve_device(config.device)
     samples = _sample_images(data, config.batch_size)
 
@@ -169,9 +173,7 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
     for index, weights in enumerate(config.weights):
         checkpoint = load_checkpoint(weights)
         classes = ClassMap.from_categories(checkpoint.classes)
-        if classes != data.classes:
-            raise UserError(f"{weights}: the model's classes {classes.categories()} differ from "
-                            f"{data.path}'s {data.classes.categories()}")
+        check_same_classes(classes, weights, data)
         image_size = config.image_size or checkpoint.image_size
         model = checkpoint.build()
         macs = sum(count_macs(model, image_size).values())

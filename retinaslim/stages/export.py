@@ -28,7 +28,7 @@ import torch
 
 from retinaslim.core.atomic import atomic_path
 from retinaslim.core.tta import Transform
-from retinaslim.data.coco import ClassMap, CocoData, load_coco
+from retinaslim.data.coco import ClassMap, CocoData, check_same_classes, load_coco, require_image_files
 from retinaslim.data.images import ImageError, list_images, read_image
 from retinaslim.data.scenes import render_scene
 from retinaslim.errors import UserError
@@ -250,9 +250,9 @@ def export(config: ExportConfig) -> ExportResult:
 def _val_data(config: ExportConfig, coco: CocoData | None, categories: list[dict]) -> CocoData | None:
     """The COCO file int8's AP is measured on (``--val``, else a ``--calibration`` COCO file with boxes), checked."""
     truth = load_coco(config.val) if config.val is not None else (coco if coco is not None and coco.num_annotations else None)
-    classes = ClassMap.from_categories(categories)
-    if truth is not None and truth.classes != classes:
-        raise UserError(f"{truth.path}: its classes {truth.classes.categories()} differ from the model's {classes.categories()}")
+    if truth is not None:
+        check_same_classes(ClassMap.from_categories(categories), config.weights, truth)
+        require_image_files(truth, "`val`")
     return truth
 
 
@@ -278,7 +278,8 @@ def quantize(config: ExportConfig, fp32_path: Path, metadata: dict, reference: L
     metrics: dict[str, dict[str, float]] = {}
     if truth is not None:
         for name, detector in detectors.items():
-            metrics[name], _, _ = evaluate_on_coco(detector, truth, truth.classes, image_size, torch.device("cpu"))
+            metrics[name], _, _ = evaluate_on_coco(detector, truth, ClassMap.from_categories(metadata["classes"]),
+                                                   image_size, torch.device("cpu"))
     measurements = [Measurement(name, timings[f"{name} network"], timings[f"{name} end-to-end"],
                                 metrics.get(name, {}).get("ap"), metrics.get(name, {}).get("ap50")) for name in detectors]
     return Int8Report(out=out, size_mb=out.stat().st_size / 1e6, num_calibration_images=len(calibration),

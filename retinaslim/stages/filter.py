@@ -34,9 +34,11 @@ from retinaslim.core.detections import Detections
 from retinaslim.core.matching import lowest_threshold_for_precision, match
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
-from retinaslim.data.coco import (ClassMap, CocoData, annotation_boxes, check_same_classes, coco_metrics, image_targets,
-                                  load_coco, require_image_files)
+from retinaslim.data.coco import (ClassMap, CocoData, annotation_boxes, check_same_classes, coco_metrics,
+                                  detections_to_annotations, image_targets, load_coco, require_image_files,
+                                  rescale_image)
 from retinaslim.data.formats import labelstudio
+from retinaslim.data.images import same_shape
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.stages.inference import ImageResult, chunks, predict_batches, resolve_device
@@ -187,7 +189,10 @@ def instances_thresholds(scores_per_class: dict[int, torch.Tensor], human_per_im
 def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, reporter: Reporter) -> list[Calibration]:
     """Run the teacher with pseudo-label's transforms and fusion on the calibration images, per-class thresholds."""
     calib = load_coco(config.calib, config.calib_images)
-    check_same_classes(pseudo, calib)
+    check_same_classes(classes, pseudo.path, calib)
+    note = require_image_files(calib, "`calib_images`")
+    if note:
+        reporter.log(note)
     teacher_path = config.teacher or (Path(pseudo.info["teacher"]) if pseudo.info.get("teacher") else None)
     if teacher_path is None:
         raise UserError(f"{pseudo.path}: names no teacher; pass `teacher`")
@@ -200,7 +205,6 @@ def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, report
                         "the precision rule needs them to run the teacher the same way") from None
     device = resolve_device(config.device)
     model = checkpoint.build().to(device)
-    require_image_files(calib, "`calib_images`")
     paths = [calib.image_path(im) for im in calib.images]
     scores: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(classes))}
     hits: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(classes))}
@@ -230,7 +234,9 @@ def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, report
 def _truth_metrics(truth_path: Path, coco_images: list[dict[str, Any]], root: Path,
                    annotations: list[dict[str, Any]]) -> dict[str, Any]:
     """AP, and precision/recall at IoU 0.5, of ``annotations`` (on ``coco_images`` under ``root``) against a truth
-    file; the same precision/recall per class under ``per_class`` (None where a class has no boxes or no truth)."""
+    file; the same precision/recall per class under ``per_class`` (None where a class has no boxes or no truth).
+    Truth images declaring another size than the machine labels' (the decoded images') are rescaled to it when
+    they are the same shape (counted in ``images_rescaled``), refused when not."""
     truth = load_coco(truth_path)
     by_path = {os.path.normpath(truth.image_path(im).resolve()): im for im in truth.images}
     classes = truth.classes
@@ -239,12 +245,20 @@ def _truth_metrics(truth_path: Path, coco_images: list[dict[str, Any]], root: Pa
     per_image: dict[int, list[dict[str, Any]]] = {}
     for a in annotations:
         per_image.setdefault(a["image_id"], []).append(a)
-    matched = 0
+    matched = num_rescaled = 0
     for image in coco_images:
         truth_image = by_path.get(os.path.normpath((root / image["file_name"]).resolve()))
         if truth_image is None:
             continue
         matched += 1
+        sizes = (truth_image["width"], truth_image["height"]), (image["width"], image["height"])
+        if sizes[0] != sizes[1]:  # the machine labels' sizes are the decoded images'
+            if not same_shape(*sizes):
+                raise UserError(f"{truth_path}: image {truth_image['id']} ({truth_image['file_name']}) declares "
+                                f"{sizes[0][0]} x {sizes[0][1]}, but the image is {sizes[1][0]} x {sizes[1][1]} as "
+                                "pseudo-label decoded it; fix its width, height and boxes in the file")
+            rescale_image(truth, truth_image, *sizes[1])
+            num_rescaled += 1
         anns = [a for a in per_image.get(image["id"], []) if not a.get("iscrowd", 0)]
         results += [{**a, "image_id": truth_image["id"]} for a in anns]
         boxes, labels = image_targets(truth, truth_image, classes)
@@ -261,7 +275,7 @@ def _truth_metrics(truth_path: Path, coco_images: list[dict[str, Any]], root: Pa
     per_class = {name: {"boxes": n, "precision": t / n if n else None, "recall": t / m if m else None}
                  for name, (t, n, m) in zip(classes.names, counts.T.tolist())}
     return {"ap": metrics["ap"], "ap50": metrics["ap50"], "precision": tp / max(1, kept), "recall": tp / max(1, true),
-            "boxes": kept, "per_class": per_class}
+            "boxes": kept, "per_class": per_class, "images_rescaled": num_rescaled}
 
 
 def _doubt(scores: torch.Tensor, thresholds: torch.Tensor) -> float:
@@ -305,7 +319,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
     calibration: list[Calibration] = []
     if config.auto_thresh == "instances":
         labeled = load_coco(config.labeled)
-        check_same_classes(pseudo, labeled)
+        check_same_classes(classes, pseudo.path, labeled)
         human = Counter(classes.label(a["category_id"]) for anns in labeled.annotations_per_image.values()
                         for a in anns if not a.get("iscrowd", 0))
         per_image = {k: n / max(1, len(labeled.images)) for k, n in human.items()}
@@ -407,10 +421,8 @@ def _write_review(path: Path, ranked: list[tuple[float, dict[str, Any], Detectio
     for rank, (doubt, image, dets) in enumerate(ranked, start=1):
         image_path = (pseudo.image_root / image["file_name"]).resolve()
         boxes, scores, labels = dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist()
-        for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels):
-            annotations.append({"id": len(annotations) + 1, "image_id": image["id"], "category_id": classes.category_ids[label],
-                                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                                "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0, "score": round(score, 5)})
+        annotations += detections_to_annotations(Detections(dets.boxes, dets.scores, dets.labels), image["id"], classes,
+                                                 image["width"], image["height"], first_id=len(annotations) + 1)
         review_task = labelstudio.task(str(image_path), image["width"], image["height"], boxes,
                                        [classes.names[k] for k in labels], scores, model_version="retinaslim-teacher")
         review_task["predictions"][0]["score"] = round(doubt, 4)

@@ -156,7 +156,7 @@ def predict_on_coco(
                 skipped.append(result.error)
             else:
                 image_id = coco.images[result.index]["id"]
-                for ann in detections_to_annotations(result.detections, image_id, classes):
+                for ann in detections_to_annotations(result.detections, image_id, classes, result.width, result.height):
                     results.append({k: ann[k] for k in ("image_id", "category_id", "bbox", "score")})
 
     paths = [coco.image_path(image) for image in coco.images]

@@ -129,7 +129,8 @@ def predict(config: PredictConfig, reporter: Reporter | None = None) -> PredictR
             images.append({"id": image_id, "file_name": os.path.relpath(path, base), "width": result.width,
                            "height": result.height})
             dets = result.detections[result.detections.scores >= config.score_thresh]
-            annotations.extend(detections_to_annotations(dets, image_id, classes, first_id=len(annotations) + 1))
+            annotations.extend(detections_to_annotations(dets, image_id, classes, result.width, result.height,
+                                                          first_id=len(annotations) + 1))
             if config.draw is not None:
                 try:
                     picture = read_rgb(path)

@@ -98,15 +98,24 @@ def _journal_path(out: Path, shard: tuple[int, int]) -> Path:
 
 
 def _read_journal(path: Path) -> tuple[dict[str, Any] | None, set[int], bool]:
-    """(header, finished batch numbers, done flag); a line cut short by a kill is dropped from the file."""
+    """(header, finished batch numbers, done flag); a line cut short by a kill (and anything after it) is
+    dropped from the file."""
     data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
+    records, end = [], 0
+    for line in data.splitlines(keepends=True):
+        try:
+            record = json.loads(line) if line.endswith(b"\n") else None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            break
+        records.append(record)
+        end += len(line)
     if end < len(data):
         with open(path, "r+b") as f:
             f.truncate(end)
     header, finished, done = None, set(), False
-    for line in data[:end].splitlines():
-        record = json.loads(line)
+    for record in records:
         if "header" in record:
             header = record["header"]
         elif "batch" in record:
@@ -195,6 +204,7 @@ def _validate(config: PseudoLabelConfig) -> None:
 
 def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLabelResult:
     started = time.perf_counter()
+    reporter = reporter or Reporter()
     _validate(config)
     shard = _resolve_shard(config)
     distributed = config.shard is None and shard[1] > 1  # launched by torchrun
@@ -227,7 +237,9 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
             raise UserError(f"{journal}: an interrupted run's journal is here; pass `resume` to continue it, or delete it")
         old_header, finished, done = _read_journal(journal)
         changed = sorted(k for k in header if old_header is None or old_header.get(k) != header[k])
-        if changed:
+        if not finished and not done:  # killed before its first batch was written: nothing to continue
+            reporter.log(f"{journal}: holds no finished batch; starting over")
+        elif changed:
             raise UserError(f"{journal}: made with different settings ({', '.join(changed)}); "
                             "rerun with the original ones, or delete the journal to start over")
 
@@ -241,21 +253,22 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
         if distributed and device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         model = checkpoint.build().to(device)
-        with _journal_errors(journal), open(journal, "a") as log:
-            if not finished:
+        with _journal_errors(journal), open(journal, "a" if finished else "w") as log:
+            if not finished:  # durable before any work: a run killed in its first batch leaves a header to check
                 log.write(json.dumps({"header": header}) + "\n")
+                log.flush()
+                os.fsync(log.fileno())
 
             def record(result: ImageResult) -> dict[str, Any]:
                 path = paths[result.index]
                 if result.error is not None:
                     return {"index": result.index, "file": str(path), "reason": result.error.split(": ", 1)[-1]}
                 dets = result.detections
-                # Slivers under a pixel (boxes clipped at the border) are no labels: training drops them, and
-                # rounded to COCO's two decimals they would read as zero-width boxes.
+                # Slivers under a pixel (boxes clipped at the border) are no labels: training drops them.
                 sides = dets.boxes[:, 2:] - dets.boxes[:, :2]
                 dets = dets[(dets.scores >= config.score_floor) & (sides >= MIN_BOX_SIDE).all(dim=1)]
                 annotations = [{k: v for k, v in a.items() if k != "id"}
-                               for a in detections_to_annotations(dets, result.index + 1, classes)]
+                               for a in detections_to_annotations(dets, result.index + 1, classes, result.width, result.height)]
                 # COCO file names resolve against the JSON file's own folder.
                 return {"index": result.index, "file_name": os.path.relpath(path.resolve(), out_dir),
                         "width": result.width, "height": result.height, "annotations": annotations}

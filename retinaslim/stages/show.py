@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from retinaslim.core.atomic import atomic_path
 from retinaslim.data.coco import CocoData, load_coco
 from retinaslim.data.draw import class_colour, draw_boxes, save_image
-from retinaslim.data.images import ImageError, read_rgb
+from retinaslim.data.images import ImageError, SizeMismatch, check_declared_size, read_rgb
 from retinaslim.errors import UserError
 
 SORTS = ("score", "disagreement", "file")
@@ -98,15 +98,18 @@ def _order(rows: list[ImageRow], sort: str) -> list[int]:
 
 
 def _thumbnail(coco: CocoData, image: dict[str, Any], size: int) -> Image.Image:
-    """The image scaled to fit ``size`` x ``size`` with its boxes drawn; raises ``ImageError``."""
+    """The image scaled to fit ``size`` x ``size`` with its boxes drawn; raises ``ImageError``, or ``SizeMismatch``
+    when the image is not the shape the file declares (a resized copy is fine: its boxes are scaled with it)."""
     picture = read_rgb(coco.image_path(image))
+    check_declared_size(coco.image_path(image), image["width"], image["height"])
     scale = min(size / picture.width, size / picture.height)
+    sx, sy = scale * picture.width / image["width"], scale * picture.height / image["height"]
     picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
                              Image.Resampling.BILINEAR)
     anns = coco.annotations_per_image[image["id"]]
     classes = coco.classes
     labels = [classes.label(a["category_id"]) for a in anns]
-    boxes = [[v * scale for v in (x, y, x + w, y + h)] for x, y, w, h in (a["bbox"] for a in anns)]
+    boxes = [[x * sx, y * sy, (x + w) * sx, (y + h) * sy] for x, y, w, h in (a["bbox"] for a in anns)]
     return draw_boxes(picture, boxes, labels, [classes.names[k] for k in labels], [a.get("score") for a in anns])
 
 
@@ -234,7 +237,7 @@ def show(config: ShowConfig) -> ShowResult:
             break
         try:
             shown.append((_thumbnail(coco, coco.images[i], config.thumb_size), rows[i]))
-        except ImageError as e:
+        except (ImageError, SizeMismatch) as e:
             result.skipped.append({"file": str(coco.image_path(coco.images[i])), "reason": str(e).split(": ", 1)[-1]})
     if not shown:
         raise UserError(f"{config.labels}: none of its images could be read (first: {result.skipped[0]['file']}: "

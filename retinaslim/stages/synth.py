@@ -8,7 +8,7 @@ is drawn from its own seed (split, index, --seed), so the same seed gives the sa
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import numpy as np
 from retinaslim.config import WORKSPACE_FILE, write_workspace
 from retinaslim.core.atomic import atomic_path, write_json
 from retinaslim.core.progress import Reporter
+from retinaslim.data.coco import coco_bbox
 from retinaslim.data.scenes import CARD_CLASSES, render_scene
 from retinaslim.errors import UserError
 
@@ -25,6 +26,7 @@ SPLITS = ("labeled", "val", "unlabeled")
 @dataclass
 class SynthConfig:
     out: Path
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     num_labeled: int = 100
     num_unlabeled: int = 900
     num_val: int = 100
@@ -83,8 +85,10 @@ def synth(config: SynthConfig, reporter: Reporter | None = None) -> SynthResult:
                 tmp.write_bytes(_jpeg_bytes(scene.image))
             image_id = i + 1
             images.append({"id": image_id, "file_name": file_name, "width": config.size, "height": config.size})
-            for (x1, y1, x2, y2), label in zip(scene.boxes, scene.labels):
-                box = [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
+            for box_xyxy, label in zip(scene.boxes, scene.labels):
+                box = coco_bbox(box_xyxy, config.size, config.size)
+                if box is None:
+                    continue
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
                                     "bbox": box, "area": round(box[2] * box[3], 2), "iscrowd": 0})
             reporter.advance(f"synth {split}")

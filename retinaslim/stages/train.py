@@ -27,7 +27,7 @@ from torch import nn
 from retinaslim.config import TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
 from retinaslim.core.atomic import atomic_path
 from retinaslim.core.progress import Reporter
-from retinaslim.data.coco import CocoData, check_same_classes, load_coco, require_image_files
+from retinaslim.data.coco import ClassMap, CocoData, check_same_classes, load_coco, require_image_files, trained_classes
 from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, MixedDataset, collate_skip
 from retinaslim.errors import UserError
 from retinaslim.models.anchors import DEFAULT_ANCHORS, fit_anchors, shape_iou
@@ -69,6 +69,7 @@ class TrainConfig:
     pretrained: bool = False
     init: str | None = None  # starting weights: a weights file, or "coco" (torchvision's COCO weights for arch, cached)
     fit_anchors: bool = True  # slim students: fit anchor sizes and ratios to the human-labelled boxes (`--anchors fit`)
+    keep_empty_classes: bool = False  # train categories with no boxes in ``labeled`` too (see ``trained_classes``)
     iterations: int | None = None  # total optimiser steps; replaces epochs when set
     ema_decay: float = 0.9998
     device: str = "auto"
@@ -320,19 +321,25 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
 
     labeled = load_coco(config.labeled, config.images)
     val = load_coco(config.val, config.images)
-    check_same_classes(labeled, val)
-    require_image_files(val)
     if not labeled.images:
         raise UserError(f"{labeled.path}: no images to train on")
-    classes = labeled.classes
+    if previous is None:
+        classes, note = trained_classes(labeled, config.keep_empty_classes)
+    else:  # a resumed run keeps the classes it started with
+        classes, note = ClassMap.from_categories(previous.classes), None
+    notes = [note, require_image_files(labeled), require_image_files(val)]
+    check_same_classes(classes, labeled.path, val)
     datasets = [DetectionDataset(labeled, classes, config.image_size, config.augment, seed=config.seed)]
     num_images = {"labeled": len(labeled.images)}
     if config.pseudo is not None:
         pseudo = load_coco(config.pseudo)
-        check_same_classes(labeled, pseudo)
+        check_same_classes(classes, labeled.path, pseudo)
+        notes.append(require_image_files(pseudo))
         datasets.append(DetectionDataset(pseudo, classes, config.image_size, config.augment,
                                          weight=config.pseudo_weight, machine=True, seed=config.seed + 1))
         num_images["pseudo"] = len(pseudo.images)
+    for note in filter(None, notes):
+        reporter.log(note)
     portrait = [[image["height"] > image["width"] for image in d.coco.images] for d in datasets]
     sampler = MixedBatchSampler(len(labeled.images), num_images.get("pseudo", 0), config.batch_size,
                                 config.pseudo_ratio, config.seed, distributed.rank, distributed.world_size,

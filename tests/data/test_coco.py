@@ -69,7 +69,7 @@ def test_detections_to_annotations_uses_dataset_category_ids():
     classes = ClassMap((3, 17), ("id_card", "passport"))
     dets = Detections(torch.tensor([[10.0, 20.0, 40.0, 60.0]]), torch.tensor([0.8]), torch.tensor([1]),
                       {"agreement": torch.tensor([4])})
-    (ann,) = detections_to_annotations(dets, image_id=7, classes=classes, first_id=5)
+    (ann,) = detections_to_annotations(dets, image_id=7, classes=classes, width=100, height=80, first_id=5)
     assert ann == {"id": 5, "image_id": 7, "category_id": 17, "bbox": [10.0, 20.0, 30.0, 40.0], "area": 1200.0,
                    "iscrowd": 0, "score": 0.8, "agreement": 4}
 

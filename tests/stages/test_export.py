@@ -93,7 +93,8 @@ def test_predict_with_onnx_equals_predict_with_pt(labeller, one_card_set, tmp_pa
 
     same = match_detections(per_image(pt), per_image(ox))
     assert same.num_reference == len(pt["annotations"]) >= 8 and same.passed
-    assert same.max_box_diff_px < 0.01 and same.max_score_diff < 1e-4
+    # COCO files keep x and width to 0.01 px: boxes a hair apart may round a step apart in each, so x + w by two
+    assert same.max_box_diff_px < 0.0201 and same.max_score_diff < 1e-4
 
 
 def test_int8_reports_ap_and_latency(labeller, one_card_set, tmp_path):

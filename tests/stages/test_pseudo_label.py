@@ -87,7 +87,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(unlabeled, labeller, tmp_pa
 def test_resume_refuses_a_journal_made_with_other_settings(unlabeled, labeller, tmp_path):
     out = tmp_path / "p.json"
     journal = out.with_name("p.json.journal")
-    journal.write_text(json.dumps({"header": {"fusion": "nms"}}) + "\n")
+    journal.write_text(json.dumps({"header": {"fusion": "nms"}}) + "\n" + json.dumps({"batch": 0, "images": []}) + "\n")
     with pytest.raises(UserError, match="different settings .*fusion"):
         pseudo_label(config(unlabeled, labeller, out, resume=True))
 

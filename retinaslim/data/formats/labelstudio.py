@@ -2,7 +2,10 @@
 
 Label Studio stores a rectangle as ``value: {x, y, width, height}`` in percent of the image
 (``original_width`` x ``original_height`` pixels), its top-left corner at (x, y), plus ``rotation`` in
-degrees and ``rectanglelabels: [class name]``. An export lists tasks with ``data.image`` and the people's
+degrees and ``rectanglelabels: [class name]``; a polygon as ``value: {points: [[x, y], ...], polygonlabels}``,
+read as its enclosing box. A rectangle dragged past its opposite corner comes with a negative width or
+height: it is normalised. A task without ``original_width``/``original_height`` (results uploaded through
+the SDK) takes the image's size. An export lists tasks with ``data.image`` and the people's
 ``annotations``; an import may also carry ``predictions`` (pre-annotations, with scores) that a person then
 corrects. Reading takes a task's first annotation that was not cancelled, else its first prediction.
 Writing makes an image whose boxes are all human an annotation, and an image with machine (scored) boxes
@@ -19,7 +22,6 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from retinaslim.core.atomic import write_json
 from retinaslim.data.formats.labelset import LabelSet
-from retinaslim.data.images import ImageError, displayed_size
 from retinaslim.errors import UserError
 
 UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio prefixes uploaded files with 8 hex digits
@@ -112,19 +114,30 @@ def read_labelstudio(src: Path, images_dir: Path | None = None) -> LabelSet:
             labels.skip("image", where, f"image {ref} not found (pass --images DIR, the folder holding the images)")
             continue
         results = [r for r in _results(t) if isinstance(r, dict)]
-        boxes = [r for r in results if r.get("type") == "rectanglelabels" and isinstance(r.get("value"), dict)]
-        try:
-            width, height = (int(boxes[0]["original_width"]), int(boxes[0]["original_height"])) if boxes \
-                else displayed_size(path)
-        except (KeyError, TypeError, ValueError, ImageError):
-            labels.skip("image", where, "no original_width/original_height and the image size cannot be read")
+        boxes = [r for r in results if r.get("type") in ("rectanglelabels", "polygonlabels")
+                 and isinstance(r.get("value"), dict)]
+        # Results uploaded through the SDK may lack original_width/height (label-studio#8396): read the image.
+        declared = boxes[0] if boxes else {}
+        added = labels.add_declared_image(path, where, declared.get("original_width"), declared.get("original_height"))
+        if added is None:
             continue
-        image = labels.add_image(path, width, height)
+        image = added[0]  # percent boxes: the image's own size converts them
+        width, height = image["width"], image["height"]
         for k, r in enumerate(results, start=1):
             box_where = f"{where} result {r.get('id', k)}"
             value = r.get("value")
             if r not in boxes:
-                labels.skip("box", box_where, f"result type {r.get('type')!r} is not a rectangle")
+                labels.skip("box", box_where, f"result type {r.get('type')!r} is not a rectangle or polygon")
+                continue
+            if r["type"] == "polygonlabels":
+                try:
+                    xs, ys = zip(*((float(px), float(py)) for px, py in value["points"]))
+                    name = str(value["polygonlabels"][0])
+                except (KeyError, IndexError, TypeError, ValueError):
+                    labels.skip("box", box_where, "needs value.points [[x, y], ...] and polygonlabels")
+                    continue
+                box = (min(xs) * width / 100, min(ys) * height / 100, max(xs) * width / 100, max(ys) * height / 100)
+                labels.num_polygons += labels.add_box(image, box, labels.category_id(name), box_where)
                 continue
             try:
                 x, y, w, h = (float(value[key]) for key in ("x", "y", "width", "height"))
@@ -136,7 +149,8 @@ def read_labelstudio(src: Path, images_dir: Path | None = None) -> LabelSet:
             if float(value.get("rotation") or 0) != 0:
                 labels.skip("box", box_where, "rotated rectangle")
                 continue
-            x1, y1 = x * width / 100, y * height / 100
-            labels.add_box(image, (x1, y1, x1 + w * width / 100, y1 + h * height / 100), labels.category_id(name),
-                           box_where, score)
+            # A rectangle dragged past its opposite corner has a negative width/height (label-studio#1141).
+            x1, x2 = sorted((x * width / 100, (x + w) * width / 100))
+            y1, y2 = sorted((y * height / 100, (y + h) * height / 100))
+            labels.add_box(image, (x1, y1, x2, y2), labels.category_id(name), box_where, score)
     return labels

@@ -14,7 +14,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from retinaslim.data.formats.labelset import LabelSet
-from retinaslim.data.images import ImageError, displayed_size
 from retinaslim.errors import UserError
 
 
@@ -77,18 +76,16 @@ def read_voc(src: Path, split: str | None = None) -> LabelSet:
         if not image_path.is_file():
             labels.skip("image", xml_path, f"image {filename} not found in {src / 'JPEGImages'} or beside the XML")
             continue
-        try:
-            size = root.find("size")
-            width, height = int(_number(size, "width")), int(_number(size, "height"))
-            if width <= 0 or height <= 0:
-                raise ValueError("size is zero")
-        except (ValueError, TypeError):  # missing or zero <size>: read it from the image
-            try:
-                width, height = displayed_size(image_path)
-            except ImageError as e:
-                labels.skip("image", xml_path, str(e).split(": ", 1)[-1])
-                continue
-        image = labels.add_image(image_path, width, height)
+        size, width, height = root.find("size"), None, None
+        try:  # no <size> (or no number in it): read it from the image
+            if size is not None:
+                width, height = int(_number(size, "width")), int(_number(size, "height"))
+        except ValueError:
+            pass
+        added = labels.add_declared_image(image_path, xml_path, width, height)
+        if added is None:
+            continue
+        image, (sx, sy) = added
         for k, obj in enumerate(root.iter("object"), start=1):
             where = f"{xml_path}: object {k}"
             name = (obj.findtext("name") or "").strip()
@@ -105,6 +102,6 @@ def read_voc(src: Path, split: str | None = None) -> LabelSet:
                 labels.skip("box", where, "zero or negative width/height")
                 continue
             difficult = (obj.findtext("difficult") or "").strip() == "1"
-            labels.add_box(image, (xmin - 1, ymin - 1, xmax, ymax), labels.category_id(name), where,
-                           **({"difficult": 1} if difficult else {}))
+            labels.add_box(image, ((xmin - 1) * sx, (ymin - 1) * sy, xmax * sx, ymax * sy), labels.category_id(name),
+                           where, **({"difficult": 1} if difficult else {}))
     return labels

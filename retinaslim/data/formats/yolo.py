@@ -2,10 +2,11 @@
 
 Layout (ultralytics): ``images/...`` and ``labels/...`` side by side, one ``.txt`` per image with one
 line per box: ``class cx cy w h`` normalised to [0, 1] by the displayed image size, plus a sixth column
-``score`` on machine labels (ultralytics' ``save_conf``). Darknet's layout, each ``.txt`` beside its
-image, is read too. Class names come from ``data.yaml`` (``names``: a list or {index: name}) or
-``classes.txt`` (one name per line). YOLO has class indices, not ids: reading gives category ids
-index + 1; writing numbers the classes in category-id order.
+``score`` on machine labels (ultralytics' ``save_conf``). A line ``class x1 y1 x2 y2 x3 y3 ...`` is a
+polygon (segmentation and oriented-box sets, e.g. Roboflow's exports): read as its enclosing box, as
+ultralytics does. Darknet's layout, each ``.txt`` beside its image, is read too. Class names come from
+``data.yaml`` (``names``: a list or {index: name}) or ``classes.txt`` (one name per line). YOLO has class
+indices, not ids: reading gives category ids index + 1; writing numbers the classes in category-id order.
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ def read_yolo(src: Path) -> LabelSet:
                 continue
             where = f"{label_path}:{n}"
             values = line.split()
-            if len(values) not in (5, 6):
-                labels.skip("box", where, f"{len(values)} values; expected class cx cy w h [score]")
+            polygon = len(values) >= 7
+            if len(values) < 5 or (polygon and len(values) % 2 == 0):
+                labels.skip("box", where, f"{len(values)} values; expected class cx cy w h [score]" if not polygon
+                            else f"{len(values) - 1} polygon coordinates; expected x y pairs")
                 continue
             try:
                 index, numbers = int(values[0]), [float(v) for v in values[1:]]
@@ -89,6 +92,11 @@ def read_yolo(src: Path) -> LabelSet:
                 continue
             if not 0 <= index < len(names):
                 labels.skip("box", where, f"class index outside 0..{len(names) - 1}")
+                continue
+            if polygon:
+                xs, ys = numbers[0::2], numbers[1::2]
+                labels.num_polygons += labels.add_box(
+                    image, (min(xs) * width, min(ys) * height, max(xs) * width, max(ys) * height), index + 1, where)
                 continue
             cx, cy, w, h = numbers[0] * width, numbers[1] * height, numbers[2] * width, numbers[3] * height
             score = numbers[4] if len(numbers) == 5 else None
@@ -107,7 +115,7 @@ def _refuse_leftovers(out: Path, rels: list[Path], paths: list[Path]) -> None:
     leftovers += [str(Path("images") / r) for r, p in zip(rels, paths) if (out / "images" / r).is_file()
                   and not (out / "images" / r).is_symlink() and not (out / "images" / r).samefile(p)]
     if leftovers:
-        raise UserError(f"--out {out}: holds {len(leftovers)} file(s) from another dataset (e.g. {leftovers[0]}) that a "
+        raise UserError(f"`out` {out}: holds {len(leftovers)} file(s) from another dataset (e.g. {leftovers[0]}) that a "
                         "YOLO trainer would read with this one; choose an empty folder or remove them")
 
 
