@@ -149,7 +149,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()
-    data = synth(SynthConfig(args.out / "data", args.labeled, args.unlabeled, 100, args.size, args.seed, overwrite=True))
+    data = synth(SynthConfig(args.out / "data", num_labeled=args.labeled, num_unlabeled=args.unlabeled, num_val=100,
+                             size=args.size, seed=args.seed, overwrite=True))
     teacher = args.teacher
     if teacher is None:
         role = "teacher" if args.arch in list_archs("teacher") else "student"

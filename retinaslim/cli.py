@@ -1,4 +1,9 @@
-"""The ``retinaslim`` command: typer commands that parse options, call one stage and render its result."""
+"""The ``retinaslim`` command: typer commands that parse options, call one API function and render its result.
+
+Each command calls the function of ``retinaslim.api`` named after it (the same one Python users call), so
+both resolve the same configuration; what the CLI adds is the workspace file (inputs taken from
+retinaslim.yaml, announced), the rendering, and errors as one line that names the flags as typed.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from retinaslim import console
+from retinaslim import api, console
 from retinaslim.config import (FILTER_SCORE_THRESH, IMPORT_IMAGE_SIZE, PSEUDO_FUSION, PSEUDO_SCALES,
                                PSEUDO_SCORE_FLOOR, TRAIN_DEFAULTS, WORKSPACE_FILE, WORKSPACE_TEMPLATE, Workspace)
 from retinaslim.errors import UserError
@@ -19,6 +24,7 @@ app = typer.Typer(
     help="Data distillation for object detection: a RetinaNet teacher labels unlabelled images, "
     "a slim student learns from human + machine labels.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help wraps to the terminal; rich's panels cut long words at 80 columns
 )
 
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.")]
@@ -27,13 +33,25 @@ SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 ImagesOpt = Annotated[Optional[Path], typer.Option(help="Folder the COCO files' image names resolve against (default: each JSON file's own folder).")]
 
 
+# API keywords whose flag is not the keyword with dashes.
+FLAGS = {"json_out": "--json", "from_format": "--from", "to_format": "--to", "max_images": "--max"}
+
+
+def _flag(name: str, arguments: tuple[str, ...] = ()) -> str:
+    """How the user typed an API keyword: SOURCE for a command's argument, else its --flag."""
+    return name.upper() if name in arguments else FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
 @contextmanager
-def _user_errors() -> Iterator[None]:
-    """A user's mistake ends in one red line and exit code 1, never a traceback."""
+def _user_errors(*arguments: str) -> Iterator[None]:
+    """A user's mistake ends in one red line and exit code 1, never a traceback.
+
+    The message's `keywords` become the flags typed; ``arguments``: the command's positional arguments.
+    """
     try:
         yield
     except UserError as e:
-        console.error(str(e))
+        console.error(str(e.renamed(lambda name: _flag(name, arguments))))
         raise typer.Exit(1) from None
     except OSError as e:  # the machine's problem, not the code's: a full disk, a permission, a vanished file
         console.error(f"{e.filename}: {e.strerror or e}" if e.filename else f"{e.strerror or e}")
@@ -56,13 +74,6 @@ def _pick(value, option: str, fallback, what: str):
         return fallback
     raise UserError(f"missing {option}: pass {option} or run in a folder with a {WORKSPACE_FILE} that names it "
                     "(`retinaslim init` writes one)")
-
-
-def _parse_floats(text: str, option: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UserError(f"{option} {text!r}: expected comma-separated numbers, e.g. 0.75,1.0,1.25") from None
 
 
 @app.command()
@@ -91,48 +102,29 @@ def synth(
     overwrite: Annotated[bool, typer.Option(help="Replace a dataset already in OUT.")] = False,
 ) -> None:
     """Make synthetic ID-card photographs with COCO labels (and a workspace file) in OUT."""
-    from retinaslim.stages.synth import SynthConfig, synth as run
-
-    with _user_errors(), console.RichReporter() as reporter:
-        names = tuple(name.strip() for name in classes.split(",") if name.strip())
-        result = run(SynthConfig(out, labeled, unlabeled, val, size, seed, classes=names, distractors=distractors,
-                                 overwrite=overwrite), reporter)
+    with _user_errors("out"), console.RichReporter() as reporter:
+        result = api.synth(out, labeled=labeled, unlabeled=unlabeled, val=val, size=size, classes=classes,
+                           distractors=distractors, seed=seed, overwrite=overwrite, reporter=reporter)
     console.table("synth", ["split", "images", "boxes", "file"],
                   [(s, result.num_images[s], result.num_boxes[s], result.files[s]) for s in result.num_images])
     console.info(f"saved to {result.out}; `cd {result.out}` to use its {WORKSPACE_FILE}")
 
 
-def _train(role: str, labeled, val, pseudo, images, out, arch, norm, image_size, batch_size, epochs, iterations,
-           optimizer, lr, weight_decay, augment, pseudo_ratio, pseudo_weight, pretrained, resume, device, workers,
-           seed, anchors: str = "default", init: str | None = None, keep_empty_classes: bool = False) -> None:
-    from retinaslim.stages.train import TrainConfig, train
-
+def _train(role: str, labeled, val, out, resume, options: dict) -> None:
     with _user_errors():
-        config = None
-        if anchors not in ("fit", "default"):
-            raise UserError(f"--anchors {anchors!r}: choose fit or default")
         if resume is None:
             ws = _workspace()
             labeled = _pick(labeled, "--labeled", ws and ws.labeled, "labelled data")
             val = _pick(val, "--val", ws and ws.val, "validation data")
             if out is None:
                 out = (ws.run_dir(role) if ws else Workspace(Path.cwd()).run_dir(role))
-            defaults = TRAIN_DEFAULTS[role]
-            config = TrainConfig(
-                role=role, labeled=labeled, val=val, out=out, pseudo=pseudo, images=images,
-                arch=arch or defaults["arch"], arch_options={"norm": norm} if norm else {},
-                image_size=image_size or defaults["image_size"], batch_size=batch_size or defaults["batch_size"],
-                epochs=epochs or defaults["epochs"], iterations=iterations, optimizer=optimizer or defaults["optimizer"],
-                lr=lr or defaults["lr"], weight_decay=defaults["weight_decay"] if weight_decay is None else weight_decay,
-                augment=augment or defaults["augment"], pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight,
-                pretrained=pretrained, init=init, fit_anchors=anchors == "fit", keep_empty_classes=keep_empty_classes,
-                device=device, workers=workers, seed=seed,
-            )
-            if pseudo is not None:
-                console.info(f"training on human labels {labeled} + machine labels {pseudo} "
-                             f"({pseudo_ratio:.0%} of each batch, loss weight {pseudo_weight:g})")
+            if options.get("pseudo") is not None:
+                console.info(f"training on human labels {labeled} + machine labels {options['pseudo']} "
+                             f"({options['pseudo_ratio']:.0%} of each batch, loss weight {options['pseudo_weight']:g})")
+        run = api.train_teacher if role == "teacher" else api.train_student
+        given = {k: v for k, v in options.items() if v is not None}  # None: the role's default
         with console.RichReporter() as reporter:
-            result = train(config, reporter, resume=resume)
+            result = run(labeled=labeled, val=val, out=out, resume=resume, reporter=reporter, **given)
     if int(os.environ.get("RANK", 0)) != 0:
         return  # under torchrun, rank 0 reports
     m = result.best_metrics
@@ -181,9 +173,10 @@ def train_teacher(
     keep_empty_classes: KeepEmptyOpt = False,
     resume: ResumeOpt = None, device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
 ) -> None:
-    _train("teacher", labeled, val, None, images, out, arch, None, image_size, batch_size, epochs, iterations, optimizer,
-           lr, weight_decay, augment, 0.0, 1.0, pretrained, resume, device, workers, seed, init=init,
-           keep_empty_classes=keep_empty_classes)
+    _train("teacher", labeled, val, out, resume, dict(
+        images=images, arch=arch, pretrained=pretrained, init=init, image_size=image_size, batch_size=batch_size,
+        epochs=epochs, iterations=iterations, optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment,
+        keep_empty_classes=keep_empty_classes, device=device, workers=workers, seed=seed))
 
 
 @app.command("import-teacher")
@@ -195,12 +188,8 @@ def import_teacher(
     image_size: Annotated[int, typer.Option(min=32, help="Longer side in pixels images are resized to by default (torchvision's own transform makes the shorter side 800, the longer at most 1333).")] = IMPORT_IMAGE_SIZE,
 ) -> None:
     """Wrap a RetinaNet trained elsewhere with torchvision into a teacher checkpoint (its own anchors and postprocess; no training)."""
-    from retinaslim.stages.import_teacher import ImportTeacherConfig
-    from retinaslim.stages.import_teacher import import_teacher as run
-
-    with _user_errors():
-        names = [name.strip() for name in classes.split(",")]
-        result = run(ImportTeacherConfig(weights, arch, names, out, image_size))
+    with _user_errors("weights"):
+        result = api.import_teacher(weights, arch=arch, classes=classes, out=out, image_size=image_size)
     console.table(f"import-teacher: {result.arch}", ["label", "category id", "class"],
                   [(k, c["id"], c["name"]) for k, c in enumerate(result.classes)])
     console.info(f"{result.num_tensors} tensors; torchvision's anchors and postprocess; images resized to "
@@ -228,19 +217,11 @@ def train_student(
         ws = _workspace()
         if pseudo is None and not human_only and resume is None and ws is not None and ws.filtered.is_file():
             pseudo = _pick(None, "--pseudo", ws.filtered, "machine labels")
-    _train("student", labeled, val, pseudo, images, out, arch, norm, image_size, batch_size, epochs, iterations, optimizer,
-           lr, weight_decay, augment, pseudo_ratio, pseudo_weight, False, resume, device, workers, seed, anchors,
-           keep_empty_classes=keep_empty_classes)
-
-
-def _parse_shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard {text!r}: expected I/N, e.g. 0/4 for the first of four shards") from None
-    return index, count
+    _train("student", labeled, val, out, resume, dict(
+        pseudo=pseudo, pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, images=images, arch=arch, norm=norm,
+        anchors=anchors, image_size=image_size, batch_size=batch_size, epochs=epochs, iterations=iterations,
+        optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment, keep_empty_classes=keep_empty_classes,
+        device=device, workers=workers, seed=seed))
 
 
 @app.command("pseudo-label")
@@ -265,17 +246,16 @@ def pseudo_label(
     Under `torchrun --nproc-per-node N -m retinaslim pseudo-label ...` each process takes a shard and
     rank 0 writes the output.
     """
-    from retinaslim.stages.pseudo_label import PseudoLabelConfig, pseudo_label as run
-
-    with _user_errors():
+    with _user_errors("source"):
         ws = _workspace()
         source = _pick(source, "SOURCE", ws and ws.unlabeled, "unlabelled images")
         teacher = _pick(teacher, "--teacher", ws and ws.newest_weights("teacher"), "teacher")
         out = _pick(out, "--out", ws and ws.pseudo, "output")
-        config = PseudoLabelConfig(source, teacher, out, _parse_floats(scales, "--scales"), hflip, vflip, rot90, fusion,
-                                   score_floor, image_size, batch_size, device, workers, resume, _parse_shard(shard))
         with console.RichReporter() as reporter:
-            result = run(config, reporter)
+            result = api.pseudo_label(source, teacher=teacher, out=out, scales=scales, hflip=hflip, vflip=vflip,
+                                      rot90=rot90, fusion=fusion, score_floor=score_floor, image_size=image_size,
+                                      batch_size=batch_size, resume=resume, shard=shard, device=device,
+                                      workers=workers, reporter=reporter)
     t = result.timings
     if result.num_images_resumed:
         console.info(f"resumed: {result.num_images_resumed} images were already labelled")
@@ -318,30 +298,20 @@ def filter_(
     device: DeviceOpt = "auto", workers: WorkersOpt = 2,
 ) -> None:
     """Keep the machine labels worth training on: thresholds, agreement, geometry, doubtful images."""
-    from dataclasses import asdict
-
-    from retinaslim.core.atomic import refuse_overwriting_inputs, write_json
-    from retinaslim.stages.filter import FilterConfig, filter_labels, parse_class_thresholds
-
-    with _user_errors():
+    with _user_errors("pseudo"):
         ws = _workspace()
         pseudo = _pick(pseudo, "PSEUDO", ws and ws.pseudo, "machine labels")
         out = _pick(out, "--out", ws and ws.filtered, "output")
         if auto_thresh == "instances":
             labeled = _pick(labeled, "--labeled", ws and ws.labeled, "human labels")
-        if report is not None:
-            refuse_overwriting_inputs([("--report", report)], [("PSEUDO", pseudo), ("--out", out), ("--review-out", review_out)])
-        aspect = _parse_floats(aspect_range, "--aspect-range") if aspect_range else None
-        if aspect is not None and len(aspect) != 2:
-            raise UserError(f"--aspect-range {aspect_range!r}: expected LO,HI, e.g. 0.3,3")
-        config = FilterConfig(
-            pseudo, out, parse_class_thresholds(score_thresh) if score_thresh else None, auto_thresh, labeled, calib,
-            calib_images, teacher, target_precision, min_agreement, min_size, max_size_frac, aspect, max_per_image,
-            ambiguous, ambiguous_low, keep_empty, truth, review_out, review_count, device, workers=workers)
         with console.RichReporter() as reporter:
-            result = filter_labels(config, reporter)
-        if report is not None:
-            write_json(report, asdict(result) | {"out": str(result.out), "review_out": str(result.review_out)})
+            result = api.filter(
+                pseudo, out=out, score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=labeled, calib=calib,
+                calib_images=calib_images, teacher=teacher, target_precision=target_precision,
+                min_agreement=min_agreement, min_size=min_size, max_size_frac=max_size_frac, aspect_range=aspect_range,
+                max_per_image=max_per_image, ambiguous=ambiguous, ambiguous_low=ambiguous_low, keep_empty=keep_empty,
+                truth=truth, review_out=review_out, review_count=review_count, report=report, device=device,
+                workers=workers, reporter=reporter)
     _render_filter(result)
     if report is not None:
         console.info(f"report saved to {report}")
@@ -398,16 +368,13 @@ def eval_(
     device: DeviceOpt = "auto", workers: WorkersOpt = 2,
 ) -> None:
     """COCO AP (overall, by size, per class), latency, throughput, parameters, MACs and size of one or more checkpoints."""
-    from retinaslim.stages.evaluate import EvalConfig, evaluate
-
     with _user_errors():
         ws = _workspace()
         data = _pick(data, "--data", ws and ws.val, "evaluation data")
-        config = EvalConfig(weights, data, images=images, image_size=image_size, device=device, batch_size=batch_size,
-                            workers=workers, latency_runs=latency_runs, warmup_runs=warmup_runs,
-                            predictions_out=predictions_out, json_out=json_out, plots_dir=plots)
         with console.RichReporter() as reporter:
-            result = evaluate(config, reporter)
+            result = api.evaluate(weights, data=data, images=images, image_size=image_size, batch_size=batch_size,
+                                  latency_runs=latency_runs, warmup_runs=warmup_runs, predictions_out=predictions_out,
+                                  json_out=json_out, plots=plots, device=device, workers=workers, reporter=reporter)
     _render_eval(result)
 
 
@@ -432,14 +399,15 @@ def _render_eval(result) -> None:
         ["weights", "ms", "p90 ms", f"img/s b{result.batch_size}", "GMACs"],
         [(_short(r.weights), r.latency_ms, r.latency_p90_ms, r.throughput, r.macs / 1e9) for r in reports],
     )
-    names = list(r0.per_class_ap)
-
     console.table(
-        "accuracy (pycocotools; AP per class at IoU 0.50:0.95)",
-        ["weights", "AP75", "AP small", "AP medium", "AP large", "AR@100", *names],
-        [(_short(r.weights), r.ap75, r.ap_small, r.ap_medium, r.ap_large, r.ar100,  # None: no truth of that size or class
-          *(r.per_class_ap[n] for n in names)) for r in reports],
+        "accuracy (pycocotools; AP by object size at IoU 0.50:0.95)",
+        ["weights", "AP75", "AP small", "AP medium", "AP large", "AR@100"],
+        [(_short(r.weights), r.ap75, r.ap_small, r.ap_medium, r.ap_large, r.ar100)  # None: no truth of that size
+         for r in reports],
     )
+    # A row per class (as Ultralytics and spaCy print them): any number of classes fits the terminal.
+    console.table("AP per class (IoU 0.50:0.95)", ["class", *(_short(r.weights) for r in reports)],
+                  [(name, *(r.per_class_ap[name] for r in reports)) for name in r0.per_class_ap])  # None: no truth
     for r in reports:
         if r.num_skipped_images:
             console.info(f"{_short(r.weights)}: {r.num_skipped_images} image(s) could not be decoded; "
@@ -465,11 +433,9 @@ def profile_(
     device: Annotated[str, typer.Option(help="cpu (default), cuda, or auto.")] = "cpu",
 ) -> None:
     """Parameters, MACs (multiply-accumulates) per module and in total, size, and latency of a model."""
-    from retinaslim.stages.profile import ProfileConfig, profile
-
     with _user_errors():
-        result = profile(ProfileConfig(arch, weights, image_size, num_classes, runs, depth=depth, device=device,
-                                       json_out=json_out))
+        result = api.profile(arch=arch, weights=weights, image_size=image_size, num_classes=num_classes, runs=runs,
+                             depth=depth, json_out=json_out, device=device)
     if per_layer:
         console.table(f"{result.arch}: MACs per module at {result.image_size} x {result.image_size}",
                       ["module", "params", "MMACs", "share %"],
@@ -515,11 +481,8 @@ def convert(
     split: Annotated[str | None, typer.Option(help="VOC only: convert the images ImageSets/Main/<split>.txt lists (e.g. train, val, test).")] = None,
 ) -> None:
     """Convert labels between COCO, Pascal VOC, YOLO and Label Studio; report what was skipped and why."""
-    from retinaslim.stages.convert import ConvertConfig
-    from retinaslim.stages.convert import convert as run
-
-    with _user_errors():
-        result = run(ConvertConfig(src, from_format, to_format, out, images, split))
+    with _user_errors("src"):
+        result = api.convert(src, from_format=from_format, to_format=to_format, out=out, images=images, split=split)
     console.table(f"convert {from_format} -> {to_format}", ["class", "boxes"],
                   [*result.num_boxes.items(), ("all", sum(result.num_boxes.values()))])
     console.info(f"{result.num_images:,} images")
@@ -556,12 +519,10 @@ def predict(
     device: DeviceOpt = "auto", workers: WorkersOpt = 2,
 ) -> None:
     """Detect objects in images with a trained model: COCO JSON out, optional drawings."""
-    from retinaslim.stages.predict import PredictConfig
-    from retinaslim.stages.predict import predict as run
-
-    with _user_errors(), console.RichReporter() as reporter:
-        result = run(PredictConfig(weights, images, out, draw, score_thresh, tta, image_size, batch_size, device, workers),
-                     reporter)
+    with _user_errors("images"), console.RichReporter() as reporter:
+        result = api.predict(images, weights=weights, out=out, draw=draw, score_thresh=score_thresh, tta=tta,
+                             image_size=image_size, batch_size=batch_size, device=device, workers=workers,
+                             reporter=reporter)
     console.table("predict", ["class", "boxes"], [*result.num_boxes.items(), ("all", sum(result.num_boxes.values()))])
     console.info(f"{result.num_images:,} images, {len(result.transforms)} transform(s), "
                  f"{result.num_images / max(result.seconds, 1e-9):.1f} images/s")
@@ -583,11 +544,9 @@ def show(
     columns: Annotated[int, typer.Option(min=1, help="Thumbnails per row of the contact sheet.")] = 6,
 ) -> None:
     """Pictures to audit labels in a minute: boxes coloured by class, machine labels dashed with their scores."""
-    from retinaslim.stages.show import ShowConfig
-    from retinaslim.stages.show import show as run
-
-    with _user_errors():
-        result = run(ShowConfig(labels, out, images, sort, max_images, thumb_size, columns))
+    with _user_errors("labels"):
+        result = api.show(labels, out=out, images=images, sort=sort, max_images=max_images, thumb_size=thumb_size,
+                          columns=columns)
     rows = result.rows[:10]
     console.table(f"show: {len(result.rows)} of {result.num_images:,} images, sorted by {result.sort} (first {len(rows)})",
                   ["#", "image", "human", "machine", "lowest score", "disagreement"],
@@ -611,11 +570,11 @@ def export(
     val: Annotated[Path | None, typer.Option(help="COCO JSON for int8's AP (default: --calibration when it is a COCO file with boxes).")] = None,
 ) -> None:
     """Export a model to ONNX (network only; decode + NMS outside), check it against PyTorch, optionally int8."""
-    from retinaslim.stages.export import BOX_TOL_PX, SCORE_TOL, ExportConfig
-    from retinaslim.stages.export import export as run
+    from retinaslim.stages.export import BOX_TOL_PX, SCORE_TOL
 
     with _user_errors():
-        result = run(ExportConfig(weights, out, format_, image_size, opset, dynamic_batch, int8, calibration, val))
+        result = api.export(weights, format=format_, out=out, image_size=image_size, opset=opset,
+                            dynamic_batch=dynamic_batch, int8=int8, calibration=calibration, val=val)
     p = result.parity
     console.info(f"parity OK (onnxruntime vs PyTorch, {p.num_images} images, {p.num_empty_images} without detections): "
                  f"{p.num_matched} of {p.num_reference} detections matched, max box difference {p.max_box_diff_px:.2g} px "

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -66,14 +67,43 @@ def info(message: str) -> None:
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """A results table; columns of numbers right-aligned; None shows as "-" (no such number)."""
+    """A results table; columns of numbers right-aligned; None shows as "-" (no such number).
+
+    Too wide for the terminal, it is drawn transposed (a row per column; the first column's names, such
+    as checkpoints, head the columns) when that fits, as Ultralytics and spaCy print metrics per row;
+    whatever is still too wide wraps. No name or number is ever cut short to "...".
+    """
+    t = _table(title, columns, rows)
+    if _width(t) > console.width:
+        flipped = _table(title, *_transposed(columns, rows))
+        t = flipped if _width(flipped) <= _width(t) else t
+    t.show_header = any(column.header for column in t.columns)  # a transposed single row has no names to head it
+    for column in t.columns:
+        column.overflow = "fold"
+    console.print(t)
+
+
+def _width(t: Table) -> int:
+    """Columns the table takes when nothing is wrapped."""
+    return Measurement.get(console, console.options.update(width=1 << 16), t).maximum
+
+
+def _transposed(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> tuple[list[str], list[list[object]]]:
+    """One row per column; when the first column holds names, they head the new columns."""
+    if rows and all(isinstance(row[0], str) for row in rows):
+        return [columns[0], *(str(row[0]) for row in rows)], [[name, *(row[i] for row in rows)]
+                                                              for i, name in enumerate(columns) if i]
+    return ["", *("" for _ in rows)], [[name, *(row[i] for row in rows)] for i, name in enumerate(columns)]
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
     t = Table(title=escape(title), title_justify="left")
     for i, name in enumerate(columns):
         numeric = all(isinstance(row[i], (int, float)) or row[i] is None for row in rows)
         t.add_column(escape(name), justify="right" if numeric else "left")
     for row in rows:
         t.add_row(*(escape(_fmt(v)) for v in row))
-    console.print(t)
+    return t
 
 
 def _fmt(value: object) -> str:

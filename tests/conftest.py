@@ -44,7 +44,8 @@ def one_card_set(tmp_path_factory):
 def labeller(one_card_set, tmp_path_factory):
     """A quickly trained slim model that finds cards: any retinaslim checkpoint can label images."""
     labeled = one_card_set.files["labeled"]
-    options = {**TRAIN_DEFAULTS["student"], "image_size": 128, "batch_size": 8, "epochs": 30, "augment": "none"}
+    options = {**TRAIN_DEFAULTS["student"], "image_size": 128, "batch_size": 8, "epochs": 30, "augment": "none",
+               "workers": 0}
     out = tmp_path_factory.mktemp("labeller")
     return train(TrainConfig(role="student", labeled=labeled, val=labeled, out=out, **options)).best
 

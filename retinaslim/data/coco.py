@@ -189,7 +189,7 @@ def rescale_image(coco: CocoData, image: dict[str, Any], width: int, height: int
     image["width"], image["height"] = width, height
 
 
-def require_image_files(coco: CocoData, option: str = "--images") -> str | None:
+def require_image_files(coco: CocoData, option: str = "`images`") -> str | None:
     """Check the images the file names against the files on disk, before they train or score anything.
 
     Raises if one is missing (a typo'd folder would otherwise train or score on nothing) or is not the shape

@@ -76,7 +76,7 @@ class LeanDetector(nn.Module):
                 largest = max(max(i.shape[1:]) for i in images)
                 raise UserError(f"an image of {largest} px (longer side) does not fit the model's fixed "
                                 f"{self.input_size[0]} x {self.input_size[1]} input; use an image size up to "
-                                f"{min(self.input_size)}, or export again with a larger --image-size")
+                                f"{min(self.input_size)}, or export again with a larger `image_size`")
             height, width = self.input_size
         if all(i.shape[1:] == (height, width) for i in images):
             batch = (torch.stack(images) - self.mean) / self.std

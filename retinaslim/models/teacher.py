@@ -38,11 +38,11 @@ def coco_weights_path(arch: str) -> Path:
     Raises ``UserError`` for an architecture without COCO weights, or when the file is not there.
     """
     if arch not in COCO_WEIGHTS:
-        raise UserError(f"--init coco: torchvision has COCO weights for {', '.join(COCO_WEIGHTS)} only, not {arch}")
+        raise UserError(f"`init` coco: torchvision has COCO weights for {', '.join(COCO_WEIGHTS)} only, not {arch}")
     path = cached_weights_path(COCO_WEIGHTS[arch].url)
     if not path.is_file():
-        raise UserError(f"--init coco needs torchvision's COCO weights for {arch} at {path} (nothing is downloaded); "
-                        "copy the file there or pass its path to --init")
+        raise UserError(f"`init` coco needs torchvision's COCO weights for {arch} at {path} (nothing is downloaded); "
+                        "copy the file there or pass its path to `init`")
     return path
 
 
@@ -54,8 +54,8 @@ def _imagenet_weights(pretrained: bool) -> ResNet50_Weights | None:
     cached = cached_weights_path(weights.url)
     if not cached.is_file():
         raise UserError(
-            f"--pretrained needs torchvision's ImageNet ResNet50 weights at {cached} (nothing is downloaded); "
-            "copy the file there or train without --pretrained"
+            f"`pretrained` needs torchvision's ImageNet ResNet50 weights at {cached} (nothing is downloaded); "
+            "copy the file there or train without `pretrained`"
         )
     return weights
 

@@ -9,7 +9,7 @@ or COCO, writing COCO, YOLO or Label Studio. Every output file is written atomic
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 from retinaslim.data.formats.labelset import LabelSet, Skipped, read_coco, write_coco
@@ -28,12 +28,16 @@ class ConvertConfig:
     from_format: str
     to_format: str
     out: Path  # a .json file (coco, labelstudio) or a folder (yolo)
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     images: Path | None = None  # where COCO / Label Studio image names resolve
     split: str | None = None  # VOC only: read the images ImageSets/Main/<split>.txt lists
 
 
 @dataclass
 class ConvertResult:
+    """What ``convert`` wrote to ``out``: images, boxes per class name, boxes carrying a score, boxes clipped
+    to their image, and every item skipped (``skipped``: kind, where, reason)."""
+
     out: Path
     num_images: int
     num_boxes: dict[str, int]  # per class name, written
@@ -51,19 +55,19 @@ class ConvertResult:
 
 def _validate(config: ConvertConfig) -> None:
     if config.from_format not in READ_FORMATS:
-        raise UserError(f"--from {config.from_format!r}: choose one of {', '.join(READ_FORMATS)}")
+        raise UserError(f"`from_format` {config.from_format!r}: choose one of {', '.join(READ_FORMATS)}")
     if config.to_format not in WRITE_FORMATS:
-        raise UserError(f"--to {config.to_format!r}: choose one of {', '.join(WRITE_FORMATS)}")
+        raise UserError(f"`to_format` {config.to_format!r}: choose one of {', '.join(WRITE_FORMATS)}")
     out = Path(config.out)
     if config.to_format == "yolo":
         if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out}: YOLO output is a folder (images/, labels/, data.yaml), and this is a file")
+            raise UserError(f"`out` {out}: YOLO output is a folder (images/, labels/, data.yaml), and this is a file")
     elif out.suffix.lower() != ".json":
-        raise UserError(f"--out {out}: expected a .json file name for {config.to_format}")
+        raise UserError(f"`out` {out}: expected a .json file name for {config.to_format}")
     if config.split and config.from_format != "voc":
-        raise UserError(f"--split {config.split}: only Pascal VOC sources have split lists (ImageSets/Main/*.txt)")
+        raise UserError(f"`split` {config.split}: only Pascal VOC sources have split lists (ImageSets/Main/*.txt)")
     if out.absolute() == Path(config.src).absolute():
-        raise UserError(f"--out {out}: the output would overwrite the input; choose another --out")
+        raise UserError(f"`out` {out}: the output would overwrite the input; choose another `out`")
 
 
 def read_labels(src: Path, fmt: str, images: Path | None = None, split: str | None = None) -> LabelSet:

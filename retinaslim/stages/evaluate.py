@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +38,12 @@ from retinaslim.stages.inference import interleaved_ms, predict_on_coco, resolve
 class EvalConfig:
     weights: list[Path]
     data: Path
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     images: Path | None = None
     image_size: int | None = None  # None: each checkpoint's training size
     device: str = "auto"
     batch_size: int = 8  # AP run, and the throughput measurement
-    workers: int = 0
+    workers: int = 2  # image-decoding processes; 0: decode in the main process
     latency_runs: int = 20
     warmup_runs: int = 3
     predictions_out: Path | None = None
@@ -52,6 +53,11 @@ class EvalConfig:
 
 @dataclass
 class ModelReport:
+    """One checkpoint's scores on the evaluation data: COCO AP, AP50, AP75, AP by object size and AR@100 (all
+    0..1, from pycocotools; None where the data has no objects of that size or class), latency in ms at batch
+    1 (median, p90; images resized so the longer side is ``image_size`` px), FPS, throughput in images/s at
+    ``batch_size``, parameters, MACs, checkpoint size in MB (10^6 bytes), and the files written."""
+
     weights: str
     arch: str
     ap: float
@@ -80,6 +86,8 @@ class ModelReport:
 
 @dataclass
 class EvalResult:
+    """One ``ModelReport`` per checkpoint, in the order given, and how the speed was measured."""
+
     reports: list[ModelReport]
     latency_runs: int
     warmup_runs: int
@@ -143,14 +151,14 @@ def plot_precision_recall(path: Path, evaluation: CocoEvaluation, title: str) ->
 def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult:
     reporter = reporter or Reporter()
     if not config.weights:
-        raise UserError("no checkpoint to evaluate; pass --weights W.pt")
+        raise UserError("no checkpoint to evaluate; pass `weights` W.pt")
     if config.latency_runs < 1 or config.warmup_runs < 0 or config.batch_size < 1:
-        raise UserError(f"--latency-runs {config.latency_runs} and --batch-size {config.batch_size} must be at least 1, "
-                        f"--warmup-runs {config.warmup_runs} at least 0")
+        raise UserError(f"`latency_runs` {config.latency_runs} and `batch_size` {config.batch_size} must be at least 1, "
+                        f"`warmup_runs` {config.warmup_runs} at least 0")
     prediction_files = [_numbered(Path(config.predictions_out), i, len(config.weights))
                         for i in range(len(config.weights))] if config.predictions_out is not None else []
-    refuse_overwriting_inputs([("--json", config.json_out)] + [("--predictions-out", p) for p in prediction_files],
-                              [("--data", config.data)] + [("--weights", w) for w in config.weights])
+    refuse_overwriting_inputs([("`json_out`", config.json_out)] + [("`predictions_out`", p) for p in prediction_files],
+                              [("`data`", config.data)] + [("`weights`", w) for w in config.weights])
     data = load_coco(config.data, config.images)
     if not data.images:
         raise UserError(f"{data.path}: no images to evaluate on")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ FORMATS = ("onnx",)
 @dataclass
 class ExportConfig:
     weights: Path
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     out: Path | None = None  # None: the weights' name with .onnx
     format: str = "onnx"
     image_size: int | None = None  # None: the checkpoint's training size
@@ -85,6 +86,8 @@ class ParityReport:
 
 @dataclass
 class Measurement:
+    """One model's AP and AP50 (0..1; None without a COCO file) and latency in ms on the CPU."""
+
     name: str  # pytorch, onnx fp32, onnx int8
     network_ms: float  # median, batch 1: normalised batch -> head outputs
     end_to_end_ms: float  # median, batch 1: image -> detections
@@ -94,6 +97,9 @@ class Measurement:
 
 @dataclass
 class Int8Report:
+    """The int8 model (``out``, MB), its calibration images, the COCO file its AP was measured on (``val``),
+    each model's measurements (pytorch, onnx fp32, onnx int8), its agreement with PyTorch, and CPU threads."""
+
     out: Path
     size_mb: float
     num_calibration_images: int
@@ -105,6 +111,9 @@ class Int8Report:
 
 @dataclass
 class ExportResult:
+    """The .onnx file (``out``), its opset, fixed input size (height, width in px), batch axis and size in MB;
+    ``parity``: onnxruntime against PyTorch on the same images; ``int8``: the int8 model's report, if asked."""
+
     out: Path
     opset: int
     input_size: tuple[int, int]
@@ -177,21 +186,21 @@ def parity_images(sampled: list[torch.Tensor], image_size: int, count: int) -> l
 
 def _check(config: ExportConfig) -> Path:
     if config.format not in FORMATS:
-        raise UserError(f"--format {config.format!r}: only {', '.join(FORMATS)} is supported")
+        raise UserError(f"`format` {config.format!r}: only {', '.join(FORMATS)} is supported")
     if not MIN_OPSET <= config.opset <= MAX_OPSET:
-        raise UserError(f"--opset {config.opset}: supported opsets are {MIN_OPSET} to {MAX_OPSET} "
+        raise UserError(f"`opset` {config.opset}: supported opsets are {MIN_OPSET} to {MAX_OPSET} "
                         f"({MIN_OPSET}: per-channel int8; {MAX_OPSET}: the newest torch's exporter writes)")
     out = Path(config.out) if config.out is not None else Path(config.weights).with_suffix(".onnx")
     if out.suffix.lower() != ".onnx":
-        raise UserError(f"--out {out}: expected a .onnx file name")
+        raise UserError(f"`out` {out}: expected a .onnx file name")
     if config.image_size is not None and config.image_size < SIZE_DIVISIBLE:
-        raise UserError(f"--image-size {config.image_size}: must be at least {SIZE_DIVISIBLE}")
+        raise UserError(f"`image_size` {config.image_size}: must be at least {SIZE_DIVISIBLE}")
     if config.int8 and config.calibration is None:
-        raise UserError("--int8 needs calibration images: pass --calibration FOLDER (or an image list or COCO JSON)")
+        raise UserError("`int8` needs calibration images: pass `calibration` FOLDER (or an image list or COCO JSON)")
     if config.val is not None and not config.int8:
-        raise UserError("--val sets where int8's AP is measured: use it with --int8")
+        raise UserError("`val` sets where int8's AP is measured: use it with `int8`")
     if config.val is not None and Path(config.val).suffix.lower() != ".json":
-        raise UserError(f"--val {config.val}: expected a COCO JSON file")
+        raise UserError(f"`val` {config.val}: expected a COCO JSON file")
     return out
 
 
@@ -221,9 +230,9 @@ def export(config: ExportConfig) -> ExportResult:
                 raise UserError(
                     f"parity check failed: onnxruntime matches {parity.num_matched} of PyTorch's {parity.num_reference} "
                     f"detections ({parity.num_candidate} found) within {BOX_TOL_PX:g} px and {SCORE_TOL:g} score on "
-                    f"{parity.num_images} images; {out} not written (try another --opset)")
+                    f"{parity.num_images} images; {out} not written (try another `opset`)")
     except OSError as e:
-        raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
+        raise UserError(f"`out` {out}: cannot write ({e.strerror or e})") from None
     result = ExportResult(out=out, opset=config.opset, input_size=(side, side), dynamic_batch=config.dynamic_batch,
                           size_mb=out.stat().st_size / 1e6, parity=parity, notes=val_notes)
     if config.int8:
@@ -244,7 +253,7 @@ def _val_data(config: ExportConfig, coco: CocoData | None, categories: list[dict
     truth = load_coco(config.val) if config.val is not None else (coco if coco is not None and coco.num_annotations else None)
     if truth is None:
         return None, []
-    notes = [match_classes(ClassMap.from_categories(categories), config.weights, truth), require_image_files(truth, "--val")]
+    notes = [match_classes(ClassMap.from_categories(categories), config.weights, truth), require_image_files(truth, "`val`")]
     return truth, [note for note in notes if note]
 
 

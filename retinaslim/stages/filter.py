@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ AMBIGUOUS_ACTIONS = ("keep", "drop", "ignore")
 class FilterConfig:
     pseudo: Path
     out: Path
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     score_thresh: float | dict[str, float] | None = None  # None: FILTER_SCORE_THRESH unless auto_thresh
     auto_thresh: str | None = None
     labeled: Path | None = None  # auto "instances"
@@ -71,11 +72,13 @@ class FilterConfig:
     review_count: int = 100
     device: str = "auto"
     batch_size: int = 8
-    workers: int = 0
+    workers: int = 2  # image-decoding processes; 0: decode in the main process
 
 
 @dataclass
 class RuleCount:
+    """What one filter rule removed: boxes per class name and whole images."""
+
     rule: str
     boxes_removed: dict[str, int]  # per class name
     images_removed: int = 0
@@ -94,6 +97,13 @@ class Calibration:
 
 @dataclass
 class FilterResult:
+    """What ``filter`` kept, per class name: the ``thresholds`` used (0..1), boxes in and kept, and per
+    rule (in order) the boxes and images it removed; ``histogram``: boxes in and kept per score bin (lo, hi).
+    ``calibration``: per class, what the precision rule reached; ``truth_metrics``: with truth, precision,
+    recall (IoU 0.5), AP and AP50 "before" and "after" filtering, overall and per class. ``review_out``:
+    the Label Studio file of the ``num_review`` most doubtful images, if asked for.
+    """
+
     out: Path
     thresholds: dict[str, float]
     num_images_in: int
@@ -118,34 +128,34 @@ def parse_class_thresholds(text: str) -> float | dict[str, float]:
         pairs = dict(item.split("=", 1) for item in text.split(","))
         return {name.strip(): float(v) for name, v in pairs.items()}
     except ValueError:
-        raise UserError(f"--score-thresh {text!r}: expected a number or NAME=VALUE pairs, e.g. id_card=0.6,passport=0.7") from None
+        raise UserError(f"`score_thresh` {text!r}: expected a number or NAME=VALUE pairs, e.g. id_card=0.6,passport=0.7") from None
 
 
 def _validate(config: FilterConfig) -> None:
     review_coco = Path(config.review_out).with_suffix(".coco.json") if config.review_out is not None else None
     refuse_overwriting_inputs(
-        [("--out", config.out), ("--review-out", config.review_out), ("--review-out", review_coco)],
-        [("PSEUDO", config.pseudo), ("--labeled", config.labeled), ("--calib", config.calib), ("--truth", config.truth),
-         ("--teacher", config.teacher)])
+        [("`out`", config.out), ("`review_out`", config.review_out), ("`review_out`", review_coco)],
+        [("`pseudo`", config.pseudo), ("`labeled`", config.labeled), ("`calib`", config.calib), ("`truth`", config.truth),
+         ("`teacher`", config.teacher)])
     if config.auto_thresh is not None and config.auto_thresh not in AUTO_RULES:
-        raise UserError(f"--auto-thresh {config.auto_thresh!r}: choose {' or '.join(AUTO_RULES)}")
+        raise UserError(f"`auto_thresh` {config.auto_thresh!r}: choose {' or '.join(AUTO_RULES)}")
     if config.auto_thresh and config.score_thresh is not None:
-        raise UserError("--score-thresh and --auto-thresh both set the threshold; pass one of them")
+        raise UserError("`score_thresh` and `auto_thresh` both set the threshold; pass one of them")
     if config.auto_thresh == "instances" and config.labeled is None:
-        raise UserError("--auto-thresh instances needs --labeled (the human-labelled COCO file)")
+        raise UserError("`auto_thresh` instances needs `labeled` (the human-labelled COCO file)")
     if config.auto_thresh == "precision" and config.calib is None:
-        raise UserError("--auto-thresh precision needs --calib (human-labelled COCO images to calibrate on)")
+        raise UserError("`auto_thresh` precision needs `calib` (human-labelled COCO images to calibrate on)")
     if config.ambiguous not in AMBIGUOUS_ACTIONS:
-        raise UserError(f"--ambiguous {config.ambiguous!r}: choose {', '.join(AMBIGUOUS_ACTIONS)}")
-    for name, value in [("--target-precision", config.target_precision), ("--ambiguous-low", config.ambiguous_low),
-                        ("--max-size-frac", config.max_size_frac)]:
+        raise UserError(f"`ambiguous` {config.ambiguous!r}: choose {', '.join(AMBIGUOUS_ACTIONS)}")
+    for name, value in [("`target_precision`", config.target_precision), ("`ambiguous_low`", config.ambiguous_low),
+                        ("`max_size_frac`", config.max_size_frac)]:
         if not 0 <= value <= 1:
             raise UserError(f"{name} {value} must be in [0, 1]")
     thresholds = config.score_thresh.values() if isinstance(config.score_thresh, dict) else [config.score_thresh]
     if any(t is not None and not 0 <= t <= 1 for t in thresholds):
-        raise UserError(f"--score-thresh {config.score_thresh} must be in [0, 1]")
+        raise UserError(f"`score_thresh` {config.score_thresh} must be in [0, 1]")
     if config.aspect_range is not None and not 0 < config.aspect_range[0] <= config.aspect_range[1]:
-        raise UserError(f"--aspect-range {config.aspect_range}: expected LO,HI with 0 < LO <= HI")
+        raise UserError(f"`aspect_range` {config.aspect_range}: expected LO,HI with 0 < LO <= HI")
 
 
 def _as_detections(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> Detections:
@@ -179,19 +189,19 @@ def instances_thresholds(scores_per_class: dict[int, torch.Tensor], human_per_im
 def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, reporter: Reporter) -> list[Calibration]:
     """Run the teacher with pseudo-label's transforms and fusion on the calibration images, per-class thresholds."""
     calib = load_coco(config.calib, config.calib_images)
-    for note in (match_classes(classes, pseudo.path, calib), require_image_files(calib, "--calib-images")):
+    for note in (match_classes(classes, pseudo.path, calib), require_image_files(calib, "`calib_images`")):
         if note:
             reporter.log(note)
     teacher_path = config.teacher or (Path(pseudo.info["teacher"]) if pseudo.info.get("teacher") else None)
     if teacher_path is None:
-        raise UserError(f"{pseudo.path}: names no teacher; pass --teacher")
+        raise UserError(f"{pseudo.path}: names no teacher; pass `teacher`")
     checkpoint = load_checkpoint(teacher_path)
     # The teacher's label k is its k-th class; the machine labels' classes may number the same names otherwise.
     teacher_names = ClassMap.from_categories(checkpoint.classes).names
     unknown = [name for name in teacher_names if name not in classes.names]
     if unknown:
         raise UserError(f"{teacher_path}: the teacher's class {unknown[0]!r} is not among {pseudo.path}'s classes "
-                        f"({', '.join(classes.names)}); calibrate with the teacher that made them (--teacher)")
+                        f"({', '.join(classes.names)}); calibrate with the teacher that made them (`teacher`)")
     to_label = torch.tensor([classes.names.index(name) for name in teacher_names], dtype=torch.int64)
     try:
         transforms = [Transform.from_name(n) for n in pseudo.info["transforms"]]
@@ -294,7 +304,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
     names = classes.names
     unknown = sorted(set(config.score_thresh) - set(names)) if isinstance(config.score_thresh, dict) else []
     if unknown:
-        raise UserError(f"--score-thresh: unknown class {unknown[0]!r}; {pseudo.path} has {', '.join(names)}")
+        raise UserError(f"`score_thresh`: unknown class {unknown[0]!r}; {pseudo.path} has {', '.join(names)}")
     score_thresh = config.score_thresh if config.score_thresh is not None or config.auto_thresh else FILTER_SCORE_THRESH
     dets_per_image = {im["id"]: _as_detections(pseudo, im, classes) for im in pseudo.images}
     removed = {rule: Counter() for rule in ("geometry", "agreement", "threshold", "max_per_image", "ambiguous")}

@@ -9,7 +9,7 @@ longer side to ``image_size``. Nothing is trained.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,15 @@ class ImportTeacherConfig:
     arch: str  # retinanet_resnet50_fpn or retinanet_resnet50_fpn_v2
     classes: list[str]  # one name per output of the class head, in output order: category ids 1..K
     out: Path  # the retinaslim checkpoint to write
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     image_size: int = IMPORT_IMAGE_SIZE  # longer side (px) images are resized to by default at inference
 
 
 @dataclass
 class ImportTeacherResult:
+    """The teacher checkpoint written (``out``), its architecture, classes as COCO categories in label order,
+    the input size (longer side, px) and the number of tensors copied from the file."""
+
     out: Path
     arch: str
     classes: list[dict[str, Any]]  # [{"id": 1, "name": ...}, ...] in label order
@@ -42,15 +46,15 @@ class ImportTeacherResult:
 
 def _validate(config: ImportTeacherConfig) -> None:
     if config.arch not in list_archs("teacher"):
-        raise UserError(f"--arch {config.arch!r}: choose one of {', '.join(list_archs('teacher'))}")
+        raise UserError(f"`arch` {config.arch!r}: choose one of {', '.join(list_archs('teacher'))}")
     if not config.classes or any(not name.strip() for name in config.classes):
-        raise UserError(f"--classes {','.join(config.classes)!r}: expected class names separated by commas, e.g. cat,dog")
+        raise UserError(f"`classes` {','.join(config.classes)!r}: expected class names separated by commas, e.g. cat,dog")
     duplicates = sorted({name for name in config.classes if config.classes.count(name) > 1})
     if duplicates:
-        raise UserError(f"--classes: {duplicates[0]!r} is named twice; every output of the class head needs its own name")
+        raise UserError(f"`classes`: {duplicates[0]!r} is named twice; every output of the class head needs its own name")
     if config.image_size < 32:
-        raise UserError(f"--image-size {config.image_size} is too small; use at least 32 px")
-    refuse_overwriting_inputs([("--out", config.out)], [("WEIGHTS", config.weights)])
+        raise UserError(f"`image_size` {config.image_size} is too small; use at least 32 px")
+    refuse_overwriting_inputs([("`out`", config.out)], [("`weights`", config.weights)])
 
 
 def import_teacher(config: ImportTeacherConfig) -> ImportTeacherResult:
@@ -67,14 +71,14 @@ def import_teacher(config: ImportTeacherConfig) -> ImportTeacherResult:
     logits = weights.state.get(CLASS_LOGITS + "weight")
     num_anchors = model.head.classification_head.num_anchors
     if logits is not None and logits.shape[0] != num_anchors * len(config.classes):
-        raise UserError(f"{weights.path}: its class head has {logits.shape[0] // num_anchors} outputs but --classes "
+        raise UserError(f"{weights.path}: its class head has {logits.shape[0] // num_anchors} outputs but `classes` "
                         f"names {len(config.classes)}; name one class per output, in output order")
     report = load_matching(model, weights, config.arch)
     problems = [f"{what}: {summarise_names(names)}" for what, names in
                 (("shapes differ", report.reinitialised), ("not in the model", report.unused),
                  ("missing", report.missing)) if names]
     if problems:
-        raise UserError(f"{weights.path}: not {config.arch} weights ({'; '.join(problems)}); check --arch")
+        raise UserError(f"{weights.path}: not {config.arch} weights ({'; '.join(problems)}); check `arch`")
     classes = [{"id": k + 1, "name": name} for k, name in enumerate(config.classes)]
     save_checkpoint(Path(config.out), Checkpoint(config.arch, dict(TORCHVISION_INFERENCE), classes, config.image_size,
                                                  model={k: v.detach() for k, v in model.state_dict().items()}))

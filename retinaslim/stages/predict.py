@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +39,23 @@ from retinaslim.stages.inference import (
 class PredictConfig:
     weights: Path
     sources: list[Path]  # image files, folders (searched recursively) or text files listing images
-    out: Path
+    out: Path = Path("preds.json")  # COCO JSON
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     draw: Path | None = None  # folder for copies of the images with their boxes drawn
     score_thresh: float = 0.3
     tta: bool = False  # pseudo-label's transforms (scales x horizontal flip), fused; boxes gain ``agreement``
     image_size: int | None = None  # None: the model's training size
     batch_size: int = 8
     device: str = "auto"
-    workers: int = 0
+    workers: int = 2  # image-decoding processes; 0: decode in the main process
 
 
 @dataclass
 class PredictResult:
+    """The COCO file written (``out``: boxes xywh in original pixels with scores), images, boxes per class
+    name, undecodable images skipped (file, reason), the transforms run (one without ``tta``), the folder
+    of drawings (``draw``) and the wall time in seconds."""
+
     out: Path
     num_images: int
     num_boxes: dict[str, int]  # per class name
@@ -92,9 +97,9 @@ def gather_images(sources: list[Path]) -> list[Path]:
 def predict(config: PredictConfig, reporter: Reporter | None = None) -> PredictResult:
     started = time.perf_counter()
     if not 0 <= config.score_thresh <= 1:
-        raise UserError(f"--score-thresh {config.score_thresh} must be in [0, 1]")
+        raise UserError(f"`score_thresh` {config.score_thresh} must be in [0, 1]")
     if Path(config.out).suffix.lower() != ".json":
-        raise UserError(f"--out {config.out}: expected a .json file name")
+        raise UserError(f"`out` {config.out}: expected a .json file name")
     if not config.sources:
         raise UserError("no images given: pass image files or folders")
     paths = gather_images(config.sources)

@@ -22,7 +22,7 @@ from retinaslim.models.registry import build_model
 from retinaslim.stages.inference import median_ms, resolve_device
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ProfileConfig:
     arch: str | None = None
     weights: Path | None = None
@@ -37,6 +37,8 @@ class ProfileConfig:
 
 @dataclass
 class ModuleCost:
+    """A module's parameters, MACs per image and share (0..1) of the model's MACs."""
+
     name: str
     params: int
     macs: int
@@ -45,6 +47,11 @@ class ModuleCost:
 
 @dataclass
 class ProfileResult:
+    """Parameters, MACs (multiply-accumulates) per image, checkpoint size in MB (None for an untrained
+    ``arch``), latency in ms (median of ``runs`` at batch 1: ``network_latency_ms`` from a normalised tensor
+    to head outputs, ``latency_ms`` from image to detections), the square input side in px, and per-module
+    costs (``modules``)."""
+
     arch: str
     params: int
     macs: int
@@ -60,10 +67,10 @@ class ProfileResult:
 
 def profile(config: ProfileConfig) -> ProfileResult:
     if (config.arch is None) == (config.weights is None):
-        raise UserError("pass exactly one of --arch NAME or --weights W.pt")
+        raise UserError("pass exactly one of `arch` NAME or `weights` W.pt")
     if config.runs < 1 or config.image_size < 32:
-        raise UserError("--runs must be at least 1 and --image-size at least 32")
-    refuse_overwriting_inputs([("--json", config.json_out)], [("--weights", config.weights)])
+        raise UserError("`runs` must be at least 1 and `image_size` at least 32")
+    refuse_overwriting_inputs([("`json_out`", config.json_out)], [("`weights`", config.weights)])
     if config.weights is not None:
         checkpoint = load_checkpoint(config.weights)
         model, arch, size_mb = checkpoint.build(), checkpoint.arch, config.weights.stat().st_size / 1e6

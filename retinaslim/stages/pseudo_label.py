@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class PseudoLabelConfig:
     source: Path  # folder of images (recursive) or a text file of paths
     teacher: Path
     out: Path
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     scales: tuple[float, ...] = PSEUDO_SCALES
     hflip: bool = True
     vflip: bool = False
@@ -57,13 +58,19 @@ class PseudoLabelConfig:
     image_size: int | None = None  # None: the teacher's training size
     batch_size: int = 8
     device: str = "auto"
-    workers: int = 0
+    workers: int = 2  # image-decoding processes; 0: decode in the main process
     resume: bool = False
     shard: tuple[int, int] | None = None  # (index, count); None: torchrun's RANK/WORLD_SIZE, else (0, 1)
 
 
 @dataclass
 class PseudoLabelResult:
+    """What a pseudo-label run wrote to ``out`` (COCO JSON; each box with score 0..1 and agreement, the number
+    of ``transforms`` that found it). ``merged`` is False when this process labelled one ``shard`` (index,
+    count) and others are still running; then only the ``*_this_run`` counts are final. ``skipped``: images
+    that could not be decoded, with reasons. ``timings``: seconds waiting for images, in forwards, in fusion.
+    """
+
     out: Path
     merged: bool  # False: this shard finished, others are still running
     shard: tuple[int, int]
@@ -125,7 +132,7 @@ def _journal_errors(journal: Path) -> Iterator[None]:
         yield
     except OSError as e:
         raise UserError(f"{journal}: writing the journal failed ({e.strerror or e}); the batches already in it "
-                        "are kept: fix that, then rerun with --resume") from None
+                        "are kept: fix that, then rerun with `resume`") from None
 
 
 def _journal_batches(path: Path) -> Iterator[tuple[int, list[dict[str, Any]]]]:
@@ -178,21 +185,21 @@ def _resolve_shard(config: PseudoLabelConfig) -> tuple[int, int]:
     if config.shard is not None:
         index, count = config.shard
         if not (count >= 1 and 0 <= index < count):
-            raise UserError(f"--shard {index}/{count}: expected I/N with 0 <= I < N, e.g. 0/4")
+            raise UserError(f"`shard` {index}/{count}: expected I/N with 0 <= I < N, e.g. 0/4")
         return index, count
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _validate(config: PseudoLabelConfig) -> None:
     if config.fusion not in FUSION_METHODS:
-        raise UserError(f"--fusion {config.fusion!r} is unknown; choose one of {', '.join(FUSION_METHODS)}")
+        raise UserError(f"`fusion` {config.fusion!r} is unknown; choose one of {', '.join(FUSION_METHODS)}")
     if not 0 <= config.score_floor <= 1:
-        raise UserError(f"--score-floor {config.score_floor} must be in [0, 1]")
+        raise UserError(f"`score_floor` {config.score_floor} must be in [0, 1]")
     if not config.scales or any(s <= 0 for s in config.scales):
-        raise UserError(f"--scales {config.scales} must be positive numbers, e.g. 0.75,1.0,1.25")
+        raise UserError(f"`scales` {config.scales} must be positive numbers, e.g. 0.75,1.0,1.25")
     if Path(config.out).suffix.lower() != ".json":
-        raise UserError(f"--out {config.out}: expected a .json file name")
-    refuse_overwriting_inputs([("--out", config.out)], [("SOURCE", config.source), ("--teacher", config.teacher)])
+        raise UserError(f"`out` {config.out}: expected a .json file name")
+    refuse_overwriting_inputs([("`out`", config.out)], [("`source`", config.source), ("`teacher`", config.teacher)])
 
 
 def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLabelResult:
@@ -211,7 +218,7 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"--out {out}: cannot create the folder {out.parent} ({e.strerror or e})") from None
+        raise UserError(f"`out` {out}: cannot create the folder {out.parent} ({e.strerror or e})") from None
     info = {
         "description": "retinaslim pseudo-labels (raw teacher output, fused)", "teacher": str(config.teacher),
         "image_size": image_size, "transforms": [t.name for t in transforms], "fusion": config.fusion,
@@ -227,7 +234,7 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
     done = False
     if journal.exists():
         if not config.resume:
-            raise UserError(f"{journal}: an interrupted run's journal is here; pass --resume to continue it, or delete it")
+            raise UserError(f"{journal}: an interrupted run's journal is here; pass `resume` to continue it, or delete it")
         old_header, finished, done = _read_journal(journal)
         changed = sorted(k for k in header if old_header is None or old_header.get(k) != header[k])
         if not finished and not done:  # killed before its first batch was written: nothing to continue

@@ -20,7 +20,7 @@ import base64
 import html
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ BACKGROUND = (40, 40, 40)
 class ShowConfig:
     labels: Path  # any COCO file: human labels, pseudo.json, filtered labels, predictions
     out: Path  # .png / .jpg: contact sheet; .html: report
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     images: Path | None = None
     sort: str | None = None  # None: score when the file has machine labels, else file
     max_images: int = 48
@@ -63,6 +64,9 @@ class ImageRow:
 
 @dataclass
 class ShowResult:
+    """The picture or report written (``out``), the sort used, the number of images in the labels file, one
+    row per image shown (in order) and images that could not be read (file, reason)."""
+
     out: Path
     sort: str
     num_images: int  # in the labels file
@@ -207,11 +211,11 @@ def show(config: ShowConfig) -> ShowResult:
     out = Path(config.out)
     suffix = out.suffix.lower()
     if suffix not in (*SHEET_SUFFIXES, ".html"):
-        raise UserError(f"--out {out}: expected a .png or .jpg contact sheet or an .html report")
+        raise UserError(f"`out` {out}: expected a .png or .jpg contact sheet or an .html report")
     if config.sort is not None and config.sort not in SORTS:
-        raise UserError(f"--sort {config.sort!r}: choose one of {', '.join(SORTS)}")
+        raise UserError(f"`sort` {config.sort!r}: choose one of {', '.join(SORTS)}")
     if config.max_images < 1 or config.thumb_size < 32 or config.columns < 1:
-        raise UserError("--max and --columns must be at least 1, --thumb-size at least 32")
+        raise UserError("`max_images` and `columns` must be at least 1, `thumb_size` at least 32")
     coco = load_coco(config.labels, config.images)
     agreements = [a["agreement"] for anns in coco.annotations_per_image.values() for a in anns if "agreement" in a]
     transforms = coco.info.get("transforms")
@@ -220,11 +224,11 @@ def show(config: ShowConfig) -> ShowResult:
     has_scores = any(r.num_machine for r in rows)
     sort = config.sort or ("score" if has_scores else "file")
     if sort == "score" and not has_scores:
-        raise UserError(f"{config.labels}: --sort score needs machine labels (annotations with a 'score'); "
-                        "this file has none: use --sort file")
+        raise UserError(f"{config.labels}: `sort` score needs machine labels (annotations with a 'score'); "
+                        "this file has none: use `sort` file")
     if sort == "disagreement" and not agreements:
-        raise UserError(f"{config.labels}: --sort disagreement needs each box's 'agreement' (written by "
-                        "pseudo-label with several transforms); use --sort score")
+        raise UserError(f"{config.labels}: `sort` disagreement needs each box's 'agreement' (written by "
+                        "pseudo-label with several transforms); use `sort` score")
 
     result = ShowResult(out, sort, len(coco.images))
     shown: list[tuple[Image.Image, ImageRow]] = []
@@ -237,7 +241,7 @@ def show(config: ShowConfig) -> ShowResult:
             result.skipped.append({"file": str(coco.image_path(coco.images[i])), "reason": str(e).split(": ", 1)[-1]})
     if not shown:
         raise UserError(f"{config.labels}: none of its images could be read (first: {result.skipped[0]['file']}: "
-                        f"{result.skipped[0]['reason']}); pass --images DIR, the folder they resolve against")
+                        f"{result.skipped[0]['reason']}); pass `images` DIR, the folder they resolve against")
     result.rows = [row for _, row in shown]
     order = {"score": "lowest score first", "disagreement": "most disagreement first", "file": "file order"}[sort]
     title = f"{Path(config.labels).name}: {len(shown)} of {len(coco.images)} images, {order}"

@@ -8,7 +8,7 @@ is drawn from its own seed (split, index, --seed), so the same seed gives the sa
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ SPLITS = ("labeled", "val", "unlabeled")
 @dataclass
 class SynthConfig:
     out: Path
+    _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     num_labeled: int = 100
     num_unlabeled: int = 900
     num_val: int = 100
@@ -39,6 +40,9 @@ class SynthConfig:
 
 @dataclass
 class SynthResult:
+    """What ``synth`` wrote: the folder, and per split (labeled, val, unlabeled) its images, true boxes and
+    file (``files["labeled"]``: labeled.json; ``files["unlabeled"]``: unlabeled.truth.json, the hidden truth)."""
+
     out: Path
     num_images: dict[str, int]
     num_boxes: dict[str, int]
@@ -55,16 +59,16 @@ def synth(config: SynthConfig, reporter: Reporter | None = None) -> SynthResult:
     reporter = reporter or Reporter()
     out = Path(config.out)
     if config.size < 32:
-        raise UserError(f"--size {config.size} is too small; use at least 32 px")
+        raise UserError(f"`size` {config.size} is too small; use at least 32 px")
     counts = {"labeled": config.num_labeled, "val": config.num_val, "unlabeled": config.num_unlabeled}
     if any(n < 0 for n in counts.values()) or config.num_labeled == 0 or config.num_val == 0:
-        raise UserError("--labeled and --val must be at least 1, --unlabeled at least 0")
+        raise UserError("`num_labeled` and `num_val` must be at least 1, `num_unlabeled` at least 0")
     unknown = [name for name in config.classes if name not in CARD_CLASSES]
     if unknown or not config.classes or len(set(config.classes)) != len(config.classes):
-        raise UserError(f"--classes {','.join(config.classes)!r}: choose distinct names among {', '.join(CARD_CLASSES)}")
+        raise UserError(f"`classes` {','.join(config.classes)!r}: choose distinct names among {', '.join(CARD_CLASSES)}")
     kinds = tuple(CARD_CLASSES.index(name) for name in config.classes)
     if (out / "labeled.json").exists() and not config.overwrite:
-        raise UserError(f"{out}: already holds a synthetic dataset; choose another folder or pass --overwrite")
+        raise UserError(f"{out}: already holds a synthetic dataset; choose another folder or pass `overwrite`")
 
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(config.classes)]
     files: dict[str, Path] = {}

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from retinaslim.config import WARMUP_ITERS, save_run_config
+from retinaslim.config import TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
 from retinaslim.core.atomic import atomic_path
 from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import ClassMap, CocoData, load_coco, match_classes, require_image_files, trained_classes
@@ -41,20 +41,26 @@ from retinaslim.stages.inference import evaluate_on_coco, resolve_device
 PATH_FIELDS = ("labeled", "val", "out", "pseudo", "images")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
+    """What a training run does; saved as the run's config.yaml and in its checkpoints.
+
+    Fields left None take the role's default from ``TRAIN_DEFAULTS`` (retinaslim/config.py), so
+    ``TrainConfig(role=..., labeled=..., val=..., out=...)`` is the configuration the command resolves.
+    """
+
     role: str  # "teacher" or "student"
     labeled: Path
     val: Path
     out: Path
-    arch: str
-    image_size: int
-    batch_size: int
-    epochs: int
-    optimizer: str
-    lr: float
-    weight_decay: float
-    augment: str
+    arch: str | None = None  # None, here to augment: the role's default in TRAIN_DEFAULTS
+    image_size: int | None = None  # images are resized so that their longer side is this many pixels
+    batch_size: int | None = None
+    epochs: int | None = None
+    optimizer: str | None = None  # sgd or adamw
+    lr: float | None = None  # peak learning rate, after linear warm-up; cosine decay
+    weight_decay: float | None = None
+    augment: str | None = None  # none, light or strong
     pseudo: Path | None = None
     pseudo_ratio: float = 0.4  # share of machine-labelled images in every batch (Data Distillation: ~6:4)
     pseudo_weight: float = 1.0  # scales the loss of machine-labelled images
@@ -67,8 +73,15 @@ class TrainConfig:
     iterations: int | None = None  # total optimiser steps; replaces epochs when set
     ema_decay: float = 0.9998
     device: str = "auto"
-    workers: int = 0
+    workers: int = 2  # image-decoding processes; 0: decode in the main process
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.role not in TRAIN_DEFAULTS:
+            raise UserError(f"`role` {self.role!r}: choose {' or '.join(TRAIN_DEFAULTS)}")
+        for name, value in TRAIN_DEFAULTS[self.role].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, path: Path) -> TrainConfig:
@@ -82,6 +95,14 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """A finished (or resumed and finished) training run.
+
+    ``best``: best.pt, the EMA weights of the epoch with the highest validation AP (``best_epoch``,
+    ``best_metrics``: ap, ap50, ap75, ap_small, ap_medium, ap_large, ar100, all 0..1). ``history``: one row
+    per epoch (epoch, step, losses, the same metrics, lr, seconds), as in results.csv. ``num_images``: human
+    ("labeled") and machine ("pseudo") training images. ``seconds``: wall time of this invocation.
+    """
+
     out: Path
     best: Path
     best_epoch: int
@@ -172,7 +193,7 @@ def train_one_epoch(model, ema: ModelEMA, loader, optimizer, scheduler, scaler, 
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise UserError(f"training loss became non-finite in epoch {epoch} ({ {k: float(v) for k, v in losses.items()} }); "
-                            "lower --lr; the last good checkpoint is kept")
+                            "lower `lr`; the last good checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -283,19 +304,19 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     reporter = (reporter or Reporter()) if distributed.main else Reporter()
     _seed_everything(config.seed)
     if config.image_size < 32:
-        raise UserError(f"--image-size {config.image_size} is too small; use at least 32 px")
+        raise UserError(f"`image_size` {config.image_size} is too small; use at least 32 px")
     if config.init is not None and config.pretrained:
-        raise UserError(f"--init {config.init} and --pretrained both choose the starting weights; pass one of them")
+        raise UserError(f"`init` {config.init} and `pretrained` both choose the starting weights; pass one of them")
     if not 0 <= config.pseudo_ratio < 1:
-        raise UserError(f"--pseudo-ratio {config.pseudo_ratio} must be in [0, 1)")
+        raise UserError(f"`pseudo_ratio` {config.pseudo_ratio} must be in [0, 1)")
     out = Path(config.out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; the run folder must be a folder")
+        raise UserError(f"`out` {out}: is a file; the run folder must be a folder")
     if previous is None and (out / "last.pt").exists():
-        raise UserError(f"--out {out}: already holds a run; continue it with --resume {out / 'last.pt'}, "
-                        "or choose another --out (a new run would replace its checkpoints)")
+        raise UserError(f"`out` {out}: already holds a run; continue it with `resume` {out / 'last.pt'}, "
+                        "or choose another `out` (a new run would replace its checkpoints)")
     if previous is None and (out / "best.pt").exists():
-        raise UserError(f"--out {out}: already holds a run's best.pt; choose another --out, or delete the folder "
+        raise UserError(f"`out` {out}: already holds a run's best.pt; choose another `out`, or delete the folder "
                         "to start over (a new run would replace it)")
 
     labeled = load_coco(config.labeled, config.images)
@@ -363,7 +384,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"--out {out}: cannot create the run folder ({e.strerror or e})") from None
+            raise UserError(f"`out` {out}: cannot create the run folder ({e.strerror or e})") from None
         save_run_config(out / "config.yaml", asdict(config))
     earlier_seconds = history[-1].get("time", 0.0) if history else 0.0  # seconds of the invocations before a resume
     train_model = distributed.wrap(model)

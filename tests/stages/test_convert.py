@@ -160,7 +160,7 @@ def test_yolo_output_refuses_another_datasets_files_and_keeps_images_in_place(sc
     one["annotations"] = [a for a in one["annotations"] if a["image_id"] == 5]
     (tmp_path / "one.json").write_text(json.dumps(one))
     # q.png's label and link would stay behind and train with the new set
-    with pytest.raises(UserError, match=r"--out .*yolo: holds 2 file\(s\) from another dataset \(e.g. images/sub/q.png\)"):
+    with pytest.raises(UserError, match=r"`out` .*yolo: holds 2 file\(s\) from another dataset \(e.g. images/sub/q.png\)"):
         convert(ConvertConfig(tmp_path / "one.json", "coco", "yolo", out))
     assert (out / "labels" / "p.txt").read_text() == "0 0.200000 0.150000 0.200000 0.100000\n1 0.501500 0.378750 0.997000 0.750500 0.42000\n"
 

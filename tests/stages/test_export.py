@@ -46,7 +46,7 @@ def _random_checkpoint(path, norm, image_size=96):
 @pytest.mark.parametrize("norm, opset, dynamic_batch", [("gn", 17, False), ("bn", 13, True)])
 def test_export_matches_pytorch_including_an_empty_image(norm, opset, dynamic_batch, tmp_path):
     weights = _random_checkpoint(tmp_path / f"{norm}.pt", norm)
-    result = export(ExportConfig(weights, tmp_path / f"{norm}.onnx", opset=opset, dynamic_batch=dynamic_batch))
+    result = export(ExportConfig(weights, out=tmp_path / f"{norm}.onnx", opset=opset, dynamic_batch=dynamic_batch))
     parity = result.parity
     assert parity.num_images == 10 and parity.num_empty_images == 1  # 8 synthetic scenes, the blank image, a 4:3 crop
     assert parity.passed and parity.num_reference >= 20
@@ -74,7 +74,7 @@ def test_export_matches_pytorch_including_an_empty_image(norm, opset, dynamic_ba
 def test_predict_with_onnx_equals_predict_with_pt(labeller, one_card_set, tmp_path):
     folder = one_card_set.files["labeled"].parent / "labeled"
     checkpoint = load_checkpoint(labeller)
-    assert export(ExportConfig(labeller, tmp_path / "m.onnx", calibration=folder)).parity.passed
+    assert export(ExportConfig(labeller, out=tmp_path / "m.onnx", calibration=folder)).parity.passed
 
     # the .onnx file gives the .pt file's boxes, scores and COCO category ids on every image
     by_weights = {}
@@ -99,7 +99,7 @@ def test_predict_with_onnx_equals_predict_with_pt(labeller, one_card_set, tmp_pa
 
 def test_int8_reports_ap_and_latency(labeller, one_card_set, tmp_path):
     labels = one_card_set.files["labeled"]
-    result = export(ExportConfig(labeller, tmp_path / "m.onnx", int8=True, calibration=labels, num_calibration=8,
+    result = export(ExportConfig(labeller, out=tmp_path / "m.onnx", int8=True, calibration=labels, num_calibration=8,
                                  latency_runs=3))
     q = result.int8
     assert q.out == tmp_path / "m.int8.onnx" and q.out.is_file() and q.num_calibration_images == 8
@@ -107,7 +107,9 @@ def test_int8_reports_ap_and_latency(labeller, one_card_set, tmp_path):
     found = {m.name: m for m in q.measurements}
     assert list(found) == ["pytorch", "onnx fp32", "onnx int8"]
     assert found["onnx fp32"].ap == pytest.approx(found["pytorch"].ap, abs=1e-3)  # parity carries over to AP
-    assert found["pytorch"].ap50 > 0.3 and 0 <= found["onnx int8"].ap <= 1
+    assert found["pytorch"].ap50 > 0.3
+    # int8 keeps the accuracy (measured: AP 1.0 for pytorch, fp32 and int8 on these images)
+    assert found["onnx int8"].ap50 >= found["onnx fp32"].ap50 - 0.1 and found["onnx int8"].ap >= found["onnx fp32"].ap - 0.15
     assert all(m.network_ms > 0 and m.end_to_end_ms > 0 for m in q.measurements)
     nodes = {n.op_type for n in onnx.load(q.out).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= nodes

@@ -119,7 +119,7 @@ def test_truth_metrics_and_review_file(pseudo, tmp_path):
 def test_bad_options(pseudo, tmp_path):
     with pytest.raises(UserError, match="unknown class 'visa'"):
         filter_labels(FilterConfig(pseudo, tmp_path / "f.json", score_thresh=parse_class_thresholds("visa=0.3")))
-    with pytest.raises(UserError, match="needs --labeled"):
+    with pytest.raises(UserError, match="needs `labeled`"):
         filter_labels(FilterConfig(pseudo, tmp_path / "f.json", auto_thresh="instances"))
     with pytest.raises(UserError, match="both set the threshold"):
         filter_labels(FilterConfig(pseudo, tmp_path / "f.json", score_thresh=0.5, auto_thresh="instances", labeled=pseudo))

@@ -6,7 +6,8 @@ from retinaslim.stages.train import TrainConfig, train
 
 def test_student_learns_a_handful_of_images(one_card_set, tmp_path):
     labeled = one_card_set.files["labeled"]
-    options = {**TRAIN_DEFAULTS["student"], "image_size": 128, "batch_size": 8, "epochs": 40, "lr": 0.01, "augment": "none"}
+    options = {**TRAIN_DEFAULTS["student"], "image_size": 128, "batch_size": 8, "epochs": 40, "lr": 0.01, "augment": "none",
+               "workers": 0}
     result = train(TrainConfig(role="student", labeled=labeled, val=labeled, out=tmp_path / "run", **options))
     first, best = result.history[0], result.best_metrics
     assert len(result.history) == 40  # 40 steps: 8 images, batch 8

@@ -101,7 +101,7 @@ def test_shards_merge_into_the_single_process_output(unlabeled, labeller, tmp_pa
     assert last.merged and last.num_images == 40
     assert (tmp_path / "sharded.json").read_bytes() == (tmp_path / "one.json").read_bytes()
     assert not list(tmp_path.glob("*.journal")) and not list(tmp_path.glob("*.merging"))
-    with pytest.raises(UserError, match="--shard 3/3"):
+    with pytest.raises(UserError, match="`shard` 3/3"):
         pseudo_label(config(unlabeled, labeller, tmp_path / "x.json", shard=(3, 3)))
 
 

@@ -85,7 +85,7 @@ def test_missing_images_are_skipped_and_bad_requests_refused(labels, tmp_path):
     human["annotations"] = [human["annotations"][1]]
     (tmp_path / "human.json").write_text(json.dumps(human))
     assert show(ShowConfig(tmp_path / "human.json", tmp_path / "s.png")).sort == "file"
-    with pytest.raises(UserError, match="--sort disagreement needs each box's 'agreement'"):
+    with pytest.raises(UserError, match="`sort` disagreement needs each box's 'agreement'"):
         show(ShowConfig(tmp_path / "human.json", tmp_path / "s.png", sort="disagreement"))
     assert_user_error(run_cli("show", labels, "--out", tmp_path / "s.gif"), "expected a .png or .jpg contact sheet")
     result = run_cli("show", labels, "--out", tmp_path / "r.html", "--sort", "disagreement")

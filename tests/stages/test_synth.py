@@ -24,5 +24,5 @@ def test_one_class_without_distractors(tmp_path):
 
 @pytest.mark.parametrize("classes", [("visa",), (), ("id_card", "id_card")])
 def test_bad_class_names_are_refused(classes, tmp_path):
-    with pytest.raises(UserError, match="--classes"):
+    with pytest.raises(UserError, match="`classes`"):
         synth(SynthConfig(tmp_path, num_labeled=1, num_unlabeled=0, num_val=1, size=64, classes=classes))

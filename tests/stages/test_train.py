@@ -176,7 +176,7 @@ def test_init_starts_from_the_files_weights_exactly(tmp_path):
     torch.save({"state_dict": {"module." + k: v for k, v in coco_like.items()}}, init)  # as DDP users save
     config = TrainConfig(role="teacher", labeled=data["labeled"], val=data["val"], out=tmp_path / "run",
                          **{**TRAIN_DEFAULTS["teacher"], "image_size": 32, "batch_size": 2, "epochs": 1, "lr": 0.0,
-                            "augment": "none"}, init=str(init))
+                            "augment": "none", "workers": 0}, init=str(init))
     reporter = LogLines()
     train(config, reporter)
 
@@ -203,7 +203,7 @@ def test_resume_ignores_init(tiny_cards, tmp_path):
     torch.save(model.state_dict(), init)
     config = TrainConfig(role="student", labeled=tiny_cards.files["labeled"], val=tiny_cards.files["val"],
                          out=tmp_path / "run", **{**TRAIN_DEFAULTS["student"], "image_size": 64, "batch_size": 8,
-                                                  "epochs": 2}, init=str(init))
+                                                  "epochs": 2, "workers": 0}, init=str(init))
     first = LogLines(stop=1)
     with pytest.raises(KeyboardInterrupt):
         train(config, first)
@@ -233,5 +233,5 @@ def test_init_from_a_checkpoint_with_other_classes_reinitialises_the_class_head(
 def test_init_and_pretrained_together_are_refused(tiny_cards, tmp_path):
     config = TrainConfig(role="teacher", labeled=tiny_cards.files["labeled"], val=tiny_cards.files["val"],
                          out=tmp_path / "run", **TRAIN_DEFAULTS["teacher"], init="coco", pretrained=True)
-    with pytest.raises(UserError, match="--init coco and --pretrained both choose the starting weights"):
+    with pytest.raises(UserError, match="`init` coco and `pretrained` both choose the starting weights"):
         train(config)

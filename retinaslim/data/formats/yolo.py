@@ -121,7 +121,7 @@ def _refuse_leftovers(out: Path, rels: list[Path], paths: list[Path]) -> None:
     leftovers += [str(Path("images") / r) for r, p in zip(rels, paths) if (out / "images" / r).is_file()
                   and not (out / "images" / r).is_symlink() and not (out / "images" / r).samefile(p)]
     if leftovers:
-        raise UserError(f"--out {out}: holds {len(leftovers)} file(s) from another dataset (e.g. {leftovers[0]}) that a "
+        raise UserError(f"`out` {out}: holds {len(leftovers)} file(s) from another dataset (e.g. {leftovers[0]}) that a "
                         "YOLO trainer would read with this one; choose an empty folder or remove them")
 
 

@@ -1,0 +1,73 @@
+"""Result tables stay readable on an 80-column terminal: no name or number cut short."""
+
+import io
+import re
+
+import pytest
+from rich.console import Console
+
+from retinaslim import cli, console
+from retinaslim.stages.evaluate import EvalResult, ModelReport
+
+CLASSES = ["id_card", "bank_card", "passport", "residence_permit_back"]
+WEIGHTS = ["runs/teacher/best.pt", "runs/student-human/best.pt", "runs/student/best.pt", "runs/student/last.pt"]
+SHORT = ["teacher", "student-human", "student", "student/last.pt"]
+
+
+@pytest.fixture
+def screen(monkeypatch):
+    """The console as an 80-column terminal; returns what was drawn."""
+    out = io.StringIO()
+    monkeypatch.setattr(console, "console", Console(file=out, width=80, color_system=None))
+    return out
+
+
+def _report(k: int, weights: str) -> ModelReport:
+    per_class = {name: round(0.101 * (k + 1) + 0.011 * c, 3) for c, name in enumerate(CLASSES)}
+    per_class["passport"] = None  # no truth of that class
+    return ModelReport(weights=weights, arch="slim-s", ap=0.4 + k / 100, ap50=0.7, ap75=0.35 + k / 100, ap_small=None,
+                       ap_medium=0.3, ap_large=0.5, ar100=0.6, per_class_ap=per_class, latency_ms=8.6 + k,
+                       latency_p90_ms=9.9, fps=116.3, throughput=210.4, batch_size=8, params=130_000,
+                       macs=90_000_000, size_mb=0.55, image_size=320, device="cpu", threads=2, predictions=None,
+                       pr_plot=None)
+
+
+def _rows(text: str, first: str) -> list[list[str]]:
+    """The cells of every table row whose first cell is ``first``."""
+    return [[cell.strip() for cell in re.split("[│┃]", line.strip().strip("│┃"))] for line in text.splitlines()
+            if re.match(rf"[│┃]\s*{re.escape(first)}\s*[│┃]", line)]
+
+
+def _row(text: str, first: str) -> list[str]:
+    rows = _rows(text, first)
+    assert len(rows) == 1, (first, rows)
+    return rows[0]
+
+
+def test_eval_tables_fit_80_columns_with_every_name_and_value(screen):
+    reports = [_report(k, w) for k, w in enumerate(WEIGHTS)]
+    cli._render_eval(EvalResult(reports, latency_runs=20, warmup_runs=3, batch_size=8, json_out=None))
+    text = screen.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    for name in SHORT:  # a checkpoint's name whole, in its own cell: a row in each of the three tables
+        assert len(_rows(text, name)) == 3, name
+    assert ["weights", "AP75", "AP small", "AP medium", "AP large", "AR@100"] in _rows(text, "weights")
+    assert ["student-human", "0.360", "-", "0.300", "0.500", "0.600"] in _rows(text, "student-human")  # - : no small objects
+    assert _row(text, "class") == ["class", *SHORT]
+    for name in CLASSES:  # a row per class: the class's AP for each checkpoint, in order
+        expected = ["-" if r.per_class_ap[name] is None else f"{r.per_class_ap[name]:.3f}" for r in reports]
+        assert _row(text, name) == [name, *expected]
+
+
+def test_a_wide_table_is_transposed_and_nothing_is_cut(screen):
+    columns = ["images", "skipped", "boxes", "boxes/image", "images/s", "decode wait s", "forward s", "fusion s"]
+    console.table("pseudo-label: 6 transforms", columns, [(1800, 3, 4321, 2.4, 31.5, 0.25, 50.5, 3.25)])
+    text = screen.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    assert _row(text, "decode wait s") == ["decode wait s", "0.250"] and _row(text, "images") == ["images", "1,800"]
+
+    screen.truncate(0)
+    narrow = [("slim-s", 0.13, 0.09)]  # fits: drawn as it is
+    console.table("profile", ["arch", "params M", "GMACs"], narrow)
+    assert _row(screen.getvalue(), "slim-s") == ["slim-s", "0.130", "0.090"]
