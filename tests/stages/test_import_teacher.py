@@ -10,6 +10,7 @@ from PIL import Image
 from torchvision.models.detection import retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2
 from torchvision.ops import box_iou
 
+from retinaslim.data.coco import coco_bbox
 from retinaslim.data.images import read_image
 from retinaslim.models.checkpoint import load_checkpoint
 from tests.conftest import assert_user_error, run_cli
@@ -59,7 +60,9 @@ def test_imported_retinanet_predicts_what_torchvision_predicts(arch, tmp_path):
                      "--out", tmp_path / "preds.json", "--workers", 0, "--device", "cpu")
     assert result.exit_code == 0, result.stdout + result.stderr
     found = json.loads((tmp_path / "preds.json").read_text())["annotations"]
-    assert len(found) == len(expected["boxes"]) == 300
+    # Every box torchvision found, except the slivers on the border that the COCO box rule leaves out of any file
+    assert len(expected["boxes"]) == 300
+    assert len(found) == sum(coco_bbox(box, 160, 120) is not None for box in expected["boxes"].tolist()) > 290
     boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in found)])
     scores = torch.tensor([a["score"] for a in found])
     labels = torch.tensor([a["category_id"] - 1 for a in found])
