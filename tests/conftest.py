@@ -16,6 +16,16 @@ def run_cli(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+class CreatesFile:
+    """Unpickling this runs open(path, "w"): the file appearing proves a loader ran code from a file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
 def assert_user_error(result, *fragments: str) -> None:
     """A user mistake: non-zero exit, no traceback, one error line naming what is wrong."""
     assert result.exit_code != 0, result.stdout

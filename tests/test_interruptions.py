@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from retinaslim.models.checkpoint import load_checkpoint
-from tests.conftest import assert_user_error, run_cli
+from tests.conftest import CreatesFile, assert_user_error, run_cli
 
 # Runs `retinaslim ARGS`; with PAUSE="NAME:N:MARKER" the N-th atomic rename onto a file called NAME
 # creates MARKER and sleeps instead, so the test can kill the process at exactly that moment.
@@ -255,16 +255,6 @@ def test_full_disk_leaves_every_old_file_intact(tiny_cards, labeller, tmp_path, 
 
 
 # ------------------------------------------------------------------------------------ untrusted files
-
-class CreatesFile:
-    """Unpickling this runs open(path, "w"): the file appearing proves code ran."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
 
 def test_code_carrying_checkpoint_is_refused_by_every_command_that_loads_weights(tiny_cards, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -6,6 +6,7 @@ import torch
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from retinaslim.models.registry import build_model, list_archs
+from tests.conftest import CreatesFile
 
 
 def test_round_trip_keeps_everything(tmp_path):
@@ -23,19 +24,11 @@ def test_round_trip_keeps_everything(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
 
 
-class Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_code_carrying_checkpoint_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
-        pickle.dump({"format": "retinaslim-checkpoint/1", "model": Exploit(str(marker))}, f)
+        pickle.dump({"format": "retinaslim-checkpoint/1", "model": CreatesFile(str(marker))}, f)
     with pytest.raises(UserError, match="refused to load"):
         load_checkpoint(path)
     assert not marker.exists()

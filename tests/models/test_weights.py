@@ -11,6 +11,7 @@ from retinaslim.errors import UserError
 from retinaslim.models.registry import build_model
 from retinaslim.models.teacher import coco_weights_path
 from retinaslim.models.weights import load_matching, read_weights, summarise_names
+from tests.conftest import CreatesFile
 
 STATE = {"backbone.body.conv1.weight": torch.arange(6.0).view(2, 3), "head.bias": torch.ones(2)}
 
@@ -59,18 +60,10 @@ def test_a_class_head_for_other_classes_is_reinitialised_and_named(tmp_path):
             assert torch.equal(state[name], tensor), name
 
 
-class Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_a_file_that_carries_code_is_refused_unrun(tmp_path):
     marker = tmp_path / "pwned"
     with open(tmp_path / "evil.pth", "wb") as f:
-        pickle.dump({"model": STATE, "args": Exploit(str(marker))}, f)
+        pickle.dump({"model": STATE, "args": CreatesFile(str(marker))}, f)
     with pytest.raises(UserError, match=r"evil\.pth: refused to load.*save only the weights"):
         read_weights(tmp_path / "evil.pth")
     assert not marker.exists()

@@ -13,7 +13,7 @@ from torchvision.ops import box_iou
 from retinaslim.data.coco import coco_bbox
 from retinaslim.data.images import read_image
 from retinaslim.models.checkpoint import load_checkpoint
-from tests.conftest import assert_user_error, run_cli
+from tests.conftest import CreatesFile, assert_user_error, run_cli
 
 BUILDERS = {"retinanet_resnet50_fpn": retinanet_resnet50_fpn, "retinanet_resnet50_fpn_v2": retinanet_resnet50_fpn_v2}
 TOP = 20  # boxes compared, best first
@@ -90,14 +90,6 @@ def test_weights_of_another_architecture_are_refused(v1_weights, tmp_path):
     assert_user_error(run_cli("import-teacher", v1_weights, "--arch", "retinanet_resnet50_fpn", "--classes", "a,b,a",
                               "--out", tmp_path / "teacher.pt"), "'a' is named twice")
     assert not (tmp_path / "teacher.pt").exists()
-
-
-class CreatesFile:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 def test_a_file_that_carries_code_is_refused(tmp_path):
