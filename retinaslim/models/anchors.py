@@ -1,9 +1,14 @@
-"""Student anchors: sizes and aspect ratios as fractions of the input side, fitted to the training boxes.
+"""Anchors fitted to the training boxes: sizes and aspect ratios as fractions of the input side.
 
-An anchor set is ``{"scales": [[s, s], [s, s], [s, s]], "ratios": [r, r, r]}``: per FPN level (C3, C4, C5)
-its sizes (sqrt(w*h) / image side) and, shared by every level, aspect ratios (h / w), so each location
-has len(scales[0]) * len(ratios) anchors (torchvision needs the same number on every level). The set is
+An anchor set is ``{"scales": [[s, ...], ...], "ratios": [r, ...]}``: per FPN level its sizes
+(sqrt(w*h) / image side) and, shared by every level, aspect ratios (h / w), so each location has
+len(scales[0]) * len(ratios) anchors (torchvision needs the same number on every level). The set is
 stored in the checkpoint's ``arch_options``, so a model is rebuilt with the anchors it was trained with.
+
+Students (levels C3-C5) fit sizes by k-means (``fit_anchors``). The ResNet50 teacher (P3-P7) keeps
+torchvision's layout and fits one scale to the boxes at their real positions on its anchor grid
+(``fit_retinanet_anchors``): anchors much smaller than their level's stride leave boxes that fall between
+anchor centres without any anchor of IoU >= 0.5, which starves the classifier of positives.
 """
 
 from __future__ import annotations
@@ -13,9 +18,19 @@ from typing import Any
 
 import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import box_iou
 
 # ID-1 cards spanning ~10% to ~65% of the frame, in both orientations.
 DEFAULT_ANCHORS: dict[str, Any] = {"scales": [[0.1, 0.159], [0.2, 0.318], [0.4, 0.636]], "ratios": [0.63, 1.0, 1.59]}
+
+# torchvision RetinaNet's levels P3-P7 and its anchors: three sizes 2^(1/3) apart per level, the smallest
+# RETINANET_STRIDE_MULTIPLE x the level's stride (32..512 px; Lin et al., "Focal Loss", 2017, section 4).
+RETINANET_STRIDES = (8, 16, 32, 64, 128)
+RETINANET_STRIDE_MULTIPLE = 4.0
+RETINANET_RATIOS = (0.5, 1.0, 2.0)
+MATCH_IOU = 0.5  # RetinaNet's foreground IoU: an anchor at or above it is a positive for the box
+MAX_FIT_BOXES = 2000  # boxes a fit looks at (a seeded sample beyond this)
 
 
 def anchor_generator(image_size: int, anchors: dict[str, Any]) -> AnchorGenerator:
@@ -51,3 +66,41 @@ def fit_anchors(boxes_wh: torch.Tensor, levels: int = 3, sizes_per_level: int = 
     ratios = _kmeans_1d((boxes_wh[:, 1] / boxes_wh[:, 0]).log(), num_ratios)
     scales = [[round(math.exp(s), 4) for s in sizes[i * sizes_per_level:(i + 1) * sizes_per_level]] for i in range(levels)]
     return {"scales": scales, "ratios": [round(math.exp(r), 4) for r in ratios]}
+
+
+def retinanet_anchors(image_size: int, multiple: float, ratios) -> dict[str, Any]:
+    """torchvision's P3-P7 layout with the smallest anchor of each level ``multiple`` x its stride."""
+    scales = [[round(multiple * stride * 2 ** (k / 3) / image_size, 5) for k in range(3)] for stride in RETINANET_STRIDES]
+    return {"scales": scales, "ratios": [round(float(r), 4) for r in ratios]}
+
+
+def grid_coverage(boxes_xyxy: torch.Tensor, image_size: int, anchors: dict[str, Any]) -> float:
+    """Share (0..1) of boxes that have an anchor of IoU >= 0.5 on a RetinaNet's P3-P7 grid at their position.
+
+    boxes_xyxy: (M, 4) pixels in images resized so that the longer side is ``image_size``.
+    """
+    generator = anchor_generator(image_size, anchors)
+    feature_maps = [torch.zeros(1, 1, math.ceil(image_size / s), math.ceil(image_size / s)) for s in RETINANET_STRIDES]
+    grid = generator(ImageList(torch.zeros(1, 3, image_size, image_size), [(image_size, image_size)]), feature_maps)[0]
+    covered = sum(int((box_iou(chunk.float(), grid).amax(dim=1) >= MATCH_IOU).sum()) for chunk in boxes_xyxy.split(256))
+    return covered / max(len(boxes_xyxy), 1)
+
+
+def fit_retinanet_anchors(boxes_xyxy: torch.Tensor, image_size: int, seed: int = 0) -> tuple[dict[str, Any], float]:
+    """Anchors for the ResNet50 teacher fitted to its training boxes; returns (anchors, grid coverage 0..1).
+
+    boxes_xyxy: (M, 4) pixels in images resized so that the longer side is ``image_size``. Ratios: k-means
+    on log aspect ratio (three; torchvision's 0.5, 1, 2 for fewer than 20 boxes). Sizes: torchvision's layout
+    with the smallest anchor of each level m x its stride, m the largest of 4, 4 * 2^-1/4, ..., 1 whose grid
+    coverage is within one point of the best m: torchvision's own anchors where the boxes allow, smaller ones
+    only as far as small boxes need.
+    """
+    if len(boxes_xyxy) > MAX_FIT_BOXES:
+        boxes_xyxy = boxes_xyxy[torch.randperm(len(boxes_xyxy), generator=torch.Generator().manual_seed(seed))[:MAX_FIT_BOXES]]
+    wh = boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]
+    ratios = [math.exp(r) for r in _kmeans_1d((wh[:, 1] / wh[:, 0]).log().double(), 3)] if len(wh) >= 20 else RETINANET_RATIOS
+    candidates = [retinanet_anchors(image_size, RETINANET_STRIDE_MULTIPLE * 2 ** (-k / 4), ratios) for k in range(9)]
+    coverage = [grid_coverage(boxes_xyxy, image_size, c) for c in candidates]
+    best = max(coverage)
+    chosen = next(i for i, c in enumerate(coverage) if c >= best - 0.01)
+    return candidates[chosen], coverage[chosen]

@@ -1,6 +1,7 @@
 """The teacher: torchvision's ResNet50-FPN RetinaNet (v1 or v2).
 
-A teacher trained here has anchors scaled to its input size. A teacher trained elsewhere with torchvision
+A teacher trained here has anchors fitted to its training boxes (``models.anchors.fit_retinanet_anchors``;
+teachers trained before that scaled torchvision's to the input size). A teacher trained elsewhere with torchvision
 (``retinaslim import-teacher``) keeps torchvision's own anchors and postprocess: ``TORCHVISION_INFERENCE``
 are the builder options its checkpoint stores.
 """
@@ -8,6 +9,7 @@ are the builder options its checkpoint stores.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.models import ResNet50_Weights
@@ -15,6 +17,7 @@ from torchvision.models.detection import (RetinaNet_ResNet50_FPN_V2_Weights, Ret
                                           retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2)
 
 from retinaslim.errors import UserError
+from retinaslim.models.anchors import anchor_generator
 from retinaslim.models.common import IgnoreAwareRetinaNet, configure, scaled_anchor_generator
 from retinaslim.models.registry import register
 
@@ -60,30 +63,37 @@ def _imagenet_weights(pretrained: bool) -> ResNet50_Weights | None:
     return weights
 
 
-def _build(builder, num_classes: int, image_size: int, pretrained: bool, anchor_sizes: str, detections_per_image: int):
+def _build(builder, num_classes: int, image_size: int, pretrained: bool, anchor_sizes: str, detections_per_image: int,
+           anchors: dict[str, Any] | None):
     if anchor_sizes not in ("scaled", "torchvision"):
         raise UserError(f"anchor_sizes {anchor_sizes!r}: choose scaled or torchvision")
     stock = builder(weights=None, weights_backbone=_imagenet_weights(pretrained), num_classes=num_classes)
-    anchors = stock.anchor_generator if anchor_sizes == "torchvision" else scaled_anchor_generator(image_size)
+    if anchors is not None:
+        generator = anchor_generator(image_size, anchors)
+    else:
+        generator = stock.anchor_generator if anchor_sizes == "torchvision" else scaled_anchor_generator(image_size)
     # torchvision's backbone and head (v1 or v2), in the RetinaNet that honours ignore regions.
-    model = IgnoreAwareRetinaNet(stock.backbone, num_classes, anchor_generator=anchors, head=stock.head)
+    model = IgnoreAwareRetinaNet(stock.backbone, num_classes, anchor_generator=generator, head=stock.head)
     return configure(model, detections_per_image)
 
 
 @register("retinanet_resnet50_fpn", role="teacher")
 def retinanet_r50(num_classes: int, image_size: int, pretrained: bool = False, anchor_sizes: str = "scaled",
-                  detections_per_image: int = 100):
+                  detections_per_image: int = 100, anchors: dict[str, Any] | None = None):
     """torchvision RetinaNet v1 (no head norm, L1 box loss).
 
-    ``anchor_sizes``: ``scaled`` (torchvision's 32-512 px scaled to ``image_size`` / 512, for training here) or
-    ``torchvision`` (its own 32-512 px, for weights trained by torchvision); ``detections_per_image``: the most
-    boxes one image keeps after NMS.
+    ``anchors``: fitted anchors (``models.anchors``: 3 sizes per level P3-P7 as fractions of ``image_size``, and
+    ratios h/w), which train-teacher stores; without them ``anchor_sizes`` chooses ``scaled`` (torchvision's
+    32-512 px scaled to ``image_size`` / 512, teachers trained before anchors were fitted) or ``torchvision`` (its
+    own 32-512 px, for weights trained by torchvision). ``detections_per_image``: the most boxes one image keeps
+    after NMS.
     """
-    return _build(retinanet_resnet50_fpn, num_classes, image_size, pretrained, anchor_sizes, detections_per_image)
+    return _build(retinanet_resnet50_fpn, num_classes, image_size, pretrained, anchor_sizes, detections_per_image, anchors)
 
 
 @register("retinanet_resnet50_fpn_v2", role="teacher")
 def retinanet_r50_v2(num_classes: int, image_size: int, pretrained: bool = False, anchor_sizes: str = "scaled",
-                     detections_per_image: int = 100):
+                     detections_per_image: int = 100, anchors: dict[str, Any] | None = None):
     """torchvision RetinaNet v2 (GroupNorm heads, GIoU box loss, P6 from P5); options as for v1."""
-    return _build(retinanet_resnet50_fpn_v2, num_classes, image_size, pretrained, anchor_sizes, detections_per_image)
+    return _build(retinanet_resnet50_fpn_v2, num_classes, image_size, pretrained, anchor_sizes, detections_per_image,
+                  anchors)

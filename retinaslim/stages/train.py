@@ -30,7 +30,7 @@ from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import ClassMap, CocoData, load_coco, match_classes, require_image_files, trained_classes
 from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, MixedDataset, collate_skip
 from retinaslim.errors import UserError
-from retinaslim.models.anchors import DEFAULT_ANCHORS, fit_anchors, shape_iou
+from retinaslim.models.anchors import DEFAULT_ANCHORS, fit_anchors, fit_retinanet_anchors, shape_iou
 from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from retinaslim.models.ema import ModelEMA
 from retinaslim.models.registry import build_model, takes_option
@@ -68,7 +68,7 @@ class TrainConfig:
     arch_options: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
     init: str | None = None  # starting weights: a weights file, or "coco" (torchvision's COCO weights for arch, cached)
-    fit_anchors: bool = True  # slim students: fit anchor sizes and ratios to the human-labelled boxes (`--anchors fit`)
+    fit_anchors: bool = True  # fit anchor sizes and ratios to the human-labelled boxes (`--anchors fit`)
     keep_empty_classes: bool = False  # train categories with no boxes in ``labeled`` too (see ``trained_classes``)
     iterations: int | None = None  # total optimiser steps; replaces epochs when set
     ema_decay: float = 0.9998
@@ -256,8 +256,20 @@ def _box_shapes(coco: CocoData) -> torch.Tensor:
     return torch.tensor(shapes, dtype=torch.float64).reshape(-1, 2)
 
 
+def _teacher_anchors(labeled: CocoData, image_size: int, reporter: Reporter) -> dict[str, Any]:
+    """The teacher's P3-P7 anchors fitted to the human boxes at their positions (``fit_retinanet_anchors``)."""
+    boxes = [(x, y, x + w, y + h) for image in labeled.images for side in [max(image["width"], image["height"])]
+             for a in labeled.annotations_per_image[image["id"]] if not a.get("iscrowd") and a["bbox"][2] > 0 and a["bbox"][3] > 0
+             for x, y, w, h in [[v * image_size / side for v in a["bbox"]]]]
+    anchors, coverage = fit_retinanet_anchors(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), image_size)
+    smallest = [round(level[0] * image_size, 1) for level in anchors["scales"]]
+    reporter.log(f"anchors fitted to {len(boxes)} boxes: smallest per level P3-P7 {smallest} px, ratios {anchors['ratios']}; "
+                 f"{coverage:.0%} of the boxes have an anchor of IoU >= 0.5")
+    return anchors
+
+
 def _fitted_anchors(labeled: CocoData, reporter: Reporter) -> dict[str, Any]:
-    """Anchors fitted to the human boxes, kept only when they match the boxes better than the defaults."""
+    """Student anchors fitted to the human boxes, kept only when they match the boxes better than the defaults."""
     shapes = _box_shapes(labeled)
     if len(shapes) < 20:
         reporter.log(f"anchors: default ({len(shapes)} boxes are too few to fit)")
@@ -353,7 +365,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         persistent_workers=config.workers > 0, pin_memory=device.type == "cuda",
     )
     if config.fit_anchors and previous is None and takes_option(config.arch, "anchors") and "anchors" not in config.arch_options:
-        config.arch_options["anchors"] = _fitted_anchors(labeled, reporter)
+        config.arch_options["anchors"] = (_teacher_anchors(labeled, config.image_size, reporter) if config.role == "teacher"
+                                          else _fitted_anchors(labeled, reporter))
     init_options = {"pretrained": True} if config.pretrained and previous is None else {}
     model = build_model(config.arch, len(classes), config.image_size, **config.arch_options, **init_options)
     if config.init is not None and previous is None:  # a resumed run's weights are in last.pt

@@ -1,6 +1,8 @@
 import torch
 
-from retinaslim.models.anchors import DEFAULT_ANCHORS, anchor_generator, fit_anchors, shape_iou
+from retinaslim.models.anchors import (DEFAULT_ANCHORS, anchor_generator, fit_anchors, fit_retinanet_anchors, grid_coverage,
+                                      retinanet_anchors, shape_iou)
+from retinaslim.models.common import scaled_anchor_generator
 from retinaslim.models.registry import build_model
 
 
@@ -35,3 +37,38 @@ def test_anchor_sets_build_generators_and_students():
     model = build_model("slim-s", 1, 320, anchors=fitted)
     assert model.anchor_generator.num_anchors_per_location() == [4, 4, 4]
     assert model.head.classification_head.cls_logits.out_channels == 4
+
+
+def _boxes(size: int, sides: tuple[float, float], num: int, seed: int = 0) -> torch.Tensor:
+    """(num, 4) xyxy boxes with sides drawn uniformly in ``sides`` px (aspect ratio 0.63), anywhere in the image."""
+    g = torch.Generator().manual_seed(seed)
+    w = sides[0] + (sides[1] - sides[0]) * torch.rand(num, generator=g, dtype=torch.float64)
+    h = 0.63 * w
+    x = (size - w) * torch.rand(num, generator=g, dtype=torch.float64)
+    y = (size - h) * torch.rand(num, generator=g, dtype=torch.float64)
+    return torch.stack([x, y, x + w, y + h], dim=1)
+
+
+def test_teacher_keeps_torchvisions_anchors_when_the_boxes_allow():
+    boxes = _boxes(512, (40, 300), 300)
+    anchors, coverage = fit_retinanet_anchors(boxes, 512)
+    assert [round(level[0] * 512) for level in anchors["scales"]] == [32, 64, 128, 256, 512]  # 4x each stride
+    assert coverage > 0.97 and 0.55 < anchors["ratios"][0] < 0.7  # every box has the ratio 0.63
+
+
+def test_teacher_anchors_shrink_for_small_boxes_and_cover_them_where_scaled_ones_did_not():
+    # 128 px images with 12-40 px boxes: the teacher's old anchors (torchvision's scaled by 128/512) are 1x their
+    # stride, so boxes between anchor centres have no anchor of IoU >= 0.5
+    boxes = _boxes(128, (12, 40), 400)
+    anchors, coverage = fit_retinanet_anchors(boxes, 128)
+    scaled = {"scales": [[s / 128 for s in level] for level in scaled_anchor_generator(128).sizes], "ratios": [0.63, 1.0, 1.59]}
+    assert anchors["scales"][0][0] * 128 < 32  # smaller than torchvision's 32 px at P3
+    assert coverage > 0.85 and coverage > grid_coverage(boxes, 128, scaled) + 0.15  # 0.87 vs 0.65
+    assert coverage > grid_coverage(boxes, 128, retinanet_anchors(128, 4.0, anchors["ratios"])) + 0.4  # vs 0.39
+
+
+def test_teacher_builds_with_fitted_anchors():
+    anchors, _ = fit_retinanet_anchors(_boxes(128, (12, 40), 100), 128)
+    model = build_model("retinanet_resnet50_fpn", 2, 128, anchors=anchors)
+    assert model.anchor_generator.num_anchors_per_location() == [9] * 5
+    assert model.anchor_generator.sizes[0][0] == 128 * anchors["scales"][0][0]
