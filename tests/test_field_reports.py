@@ -22,8 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
+import retinaslim.engine.inference as inference
 import retinaslim.stages.evaluate as evaluate_stage
-import retinaslim.stages.inference as inference
 import retinaslim.stages.pseudo_label as pseudo_label_stage
 from retinaslim.config import TRAIN_DEFAULTS
 from retinaslim.core.detections import Detections
@@ -568,7 +568,7 @@ def truth_run(tmp_path_factory):
 
 def test_filter_calibration_matches_calib_and_teacher_classes_by_name(truth_run, tmp_path, monkeypatch):
     import retinaslim.stages.filter as filter_stage
-    from retinaslim.stages.inference import ImageResult
+    from retinaslim.engine.inference import ImageResult
     truth, weights = truth_run
     teacher_label = {"card": 0, "passport": 1}  # the checkpoint's classes: card 1, passport 2
     calib = renumbered(truth, RENUMBERINGS["from zero"], tmp_path / "calib.json")

@@ -1,4 +1,4 @@
-"""Imports point one way: cli -> api -> stages -> models/data -> core; only the CLI side draws on the terminal."""
+"""Imports point one way: cli -> api -> stages -> engine -> models/data -> core; only the CLI side draws on the terminal."""
 
 import ast
 import re
@@ -11,7 +11,8 @@ ALLOWED = {
     "core": {"core", "errors"},
     "data": {"data", "core", "errors"},
     "models": {"models", "core", "errors"},
-    "stages": {"stages", "models", "data", "core", "config", "errors"},
+    "engine": {"engine", "models", "data", "core", "errors"},
+    "stages": {"stages", "engine", "models", "data", "core", "config", "errors"},
     "api": {"stages", "core", "config", "errors"},
     "config": {"core", "errors"},
     "console": {"core"},

@@ -18,7 +18,6 @@ reported with AP (on a COCO file) and network latency of PyTorch, ONNX fp32 and 
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
@@ -31,6 +30,8 @@ from retinaslim.core.tta import Transform
 from retinaslim.data.coco import ClassMap, CocoData, load_coco, match_classes, require_image_files
 from retinaslim.data.images import ImageError, list_images, read_image
 from retinaslim.data.scenes import render_scene
+from retinaslim.engine.inference import evaluate_on_coco
+from retinaslim.engine.timing import measure, median_ms
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.lean import SIZE_DIVISIBLE, LeanDetector
@@ -43,7 +44,6 @@ from retinaslim.models.onnx import (
     quantize_int8,
     write_metadata,
 )
-from retinaslim.stages.inference import evaluate_on_coco, interleaved_ms
 
 BOX_TOL_PX = 1.0
 SCORE_TOL = 1e-3
@@ -272,10 +272,9 @@ def quantize(config: ExportConfig, fp32_path: Path, metadata: dict, reference: L
     detectors = {"pytorch": reference, "onnx fp32": fp32, "onnx int8": int8}
     image = samples[0]
     batch = reference.batch([image])
-    times = interleaved_ms({f"{name} {kind}": (lambda d=d: d.raw(batch)) if kind == "network" else (lambda d=d: d([image]))
-                            for name, d in detectors.items() for kind in ("network", "end-to-end")},
-                           config.latency_runs, 2, torch.device("cpu"))
-    timings = {name: statistics.median(values) for name, values in times.items()}
+    times = measure({f"{name} {kind}": (lambda d=d: d.raw(batch)) if kind == "network" else (lambda d=d: d([image]))
+                     for name, d in detectors.items() for kind in ("network", "end-to-end")}, config.latency_runs, 2)
+    timings = {name: median_ms(m) for name, m in times.items()}
     metrics: dict[str, dict[str, float]] = {}
     if truth is not None:
         for name, detector in detectors.items():

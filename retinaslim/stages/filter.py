@@ -39,9 +39,9 @@ from retinaslim.data.coco import (ClassMap, CocoData, annotation_boxes, coco_met
                                   require_image_files, rescale_image)
 from retinaslim.data.formats import labelstudio
 from retinaslim.data.images import same_shape
+from retinaslim.engine.inference import ImageResult, chunks, predict_batches, resolve_device
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
-from retinaslim.stages.inference import ImageResult, chunks, predict_batches, resolve_device
 
 AUTO_RULES = ("instances", "precision")
 AMBIGUOUS_ACTIONS = ("keep", "drop", "ignore")

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 
 from retinaslim.core.atomic import refuse_overwriting_inputs, write_json
+from retinaslim.engine.inference import resolve_device
+from retinaslim.engine.timing import measure, median_ms
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.lean import LeanDetector
 from retinaslim.models.macs import count_macs, group_by_prefix
 from retinaslim.models.registry import build_model
-from retinaslim.stages.inference import median_ms, resolve_device
 
 
 @dataclass(kw_only=True)
@@ -88,8 +89,9 @@ def profile(config: ProfileConfig) -> ProfileResult:
     image = torch.rand(3, config.image_size, config.image_size, device=device)
     with torch.no_grad():
         batch = detector.batch([image])  # normalised and padded, as the network sees it
-        network = median_ms(lambda: detector.raw(batch), config.runs, config.warmup, device)
-        end_to_end = median_ms(lambda: detector([image]), config.runs, config.warmup, device)
+    times = measure({"network": lambda: detector.raw(batch), "end-to-end": lambda: detector([image])},
+                    config.runs, config.warmup, rounds=1)
+    network, end_to_end = median_ms(times["network"]), median_ms(times["end-to-end"])
     result = ProfileResult(arch, sum(p.numel() for p in model.parameters()), total, size_mb, end_to_end, network,
                            config.image_size, torch.get_num_threads(), str(device), config.runs, modules)
     if config.json_out is not None:

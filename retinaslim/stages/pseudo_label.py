@@ -35,9 +35,9 @@ from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import make_transforms
 from retinaslim.data.coco import ClassMap, detections_to_annotations
 from retinaslim.data.images import list_images
+from retinaslim.engine.inference import ImageResult, Timings, chunks, predict_batches, resolve_device
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
-from retinaslim.stages.inference import ImageResult, Timings, chunks, predict_batches, resolve_device
 
 
 MIN_BOX_SIDE = 1.0  # pixels

@@ -29,6 +29,7 @@ from retinaslim.core.atomic import atomic_path
 from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import ClassMap, CocoData, load_coco, match_classes, require_image_files, trained_classes
 from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, MixedDataset, collate_skip
+from retinaslim.engine.inference import evaluate_on_coco, resolve_device
 from retinaslim.errors import UserError
 from retinaslim.models.anchors import DEFAULT_ANCHORS, fit_anchors, shape_iou
 from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -36,7 +37,6 @@ from retinaslim.models.ema import ModelEMA
 from retinaslim.models.registry import build_model, takes_option
 from retinaslim.models.teacher import coco_weights_path
 from retinaslim.models.weights import CLASS_LOGITS, load_matching, read_weights, summarise_names
-from retinaslim.stages.inference import evaluate_on_coco, resolve_device
 
 PATH_FIELDS = ("labeled", "val", "out", "pseudo", "images")
 
