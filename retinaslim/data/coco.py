@@ -301,6 +301,15 @@ def annotation_boxes(annotations: list[dict[str, Any]]) -> torch.Tensor:
     return xywh_to_xyxy(torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4))
 
 
+def box_shapes(coco: CocoData) -> torch.Tensor:
+    """(M, 2) widths and heights of the non-crowd boxes as fractions of their image's longer side (the side
+    training resizes to ``image_size``)."""
+    shapes = [(a["bbox"][2] / side, a["bbox"][3] / side)
+              for image in coco.images for side in [max(image["width"], image["height"])]
+              for a in coco.annotations_per_image[image["id"]] if not a.get("iscrowd") and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+    return torch.tensor(shapes, dtype=torch.float64).reshape(-1, 2)
+
+
 def image_targets(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> tuple[torch.Tensor, torch.Tensor]:
     """An image's boxes (N, 4) xyxy in its own pixels and labels (N,), crowd/ignore annotations excluded."""
     kept = [a for a in coco.annotations_per_image[image["id"]] if not a.get("iscrowd", 0)]

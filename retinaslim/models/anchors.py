@@ -51,3 +51,17 @@ def fit_anchors(boxes_wh: torch.Tensor, levels: int = 3, sizes_per_level: int = 
     ratios = _kmeans_1d((boxes_wh[:, 1] / boxes_wh[:, 0]).log(), num_ratios)
     scales = [[round(math.exp(s), 4) for s in sizes[i * sizes_per_level:(i + 1) * sizes_per_level]] for i in range(levels)]
     return {"scales": scales, "ratios": [round(math.exp(r), 4) for r in ratios]}
+
+
+def fitted_or_default(boxes_wh: torch.Tensor, min_boxes: int = 20) -> tuple[dict[str, Any], str]:
+    """Anchors fitted to box shapes (``fit_anchors``), kept only when their mean best shape IoU with the boxes beats
+    ``DEFAULT_ANCHORS``'s; with a line saying which set was chosen and why. boxes_wh: as for ``fit_anchors``."""
+    if len(boxes_wh) < min_boxes:
+        return DEFAULT_ANCHORS, f"anchors: default ({len(boxes_wh)} boxes are too few to fit)"
+    fitted = fit_anchors(boxes_wh)
+    fitted_iou, default_iou = shape_iou(boxes_wh, fitted).mean().item(), shape_iou(boxes_wh, DEFAULT_ANCHORS).mean().item()
+    if fitted_iou <= default_iou:
+        return DEFAULT_ANCHORS, (f"anchors: default (mean best IoU with {len(boxes_wh)} boxes {default_iou:.3f}, "
+                                 f"fitted {fitted_iou:.3f})")
+    return fitted, (f"anchors fitted to {len(boxes_wh)} boxes: mean best IoU {fitted_iou:.3f} (default {default_iou:.3f}); "
+                    f"sizes {fitted['scales']} of the input side, ratios {fitted['ratios']}")

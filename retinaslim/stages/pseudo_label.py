@@ -26,8 +26,6 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from retinaslim.config import PSEUDO_FUSION, PSEUDO_SCALES, PSEUDO_SCORE_FLOOR
 from retinaslim.core.atomic import atomic_path, refuse_overwriting_inputs
 from retinaslim.core.fusion import FUSION_METHODS
@@ -35,6 +33,7 @@ from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import make_transforms
 from retinaslim.data.coco import ClassMap, detections_to_annotations
 from retinaslim.data.images import list_images
+from retinaslim.engine import ddp
 from retinaslim.engine.inference import ImageResult, Timings, chunks, predict_batches, resolve_device
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
@@ -187,7 +186,7 @@ def _resolve_shard(config: PseudoLabelConfig) -> tuple[int, int]:
         if not (count >= 1 and 0 <= index < count):
             raise UserError(f"`shard` {index}/{count}: expected I/N with 0 <= I < N, e.g. 0/4")
         return index, count
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return ddp.rank(), ddp.world_size()
 
 
 def _validate(config: PseudoLabelConfig) -> None:
@@ -250,8 +249,8 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
     num_resumed = sum(len(all_batches[k]) for k in mine if k in finished)
     if not done:
         device = resolve_device(config.device)
-        if distributed and device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if distributed:
+            device = ddp.process_device(device)
         model = checkpoint.build().to(device)
         with _journal_errors(journal), open(journal, "a" if finished else "w") as log:
             if not finished:  # durable before any work: a run killed in its first batch leaves a header to check
@@ -291,7 +290,7 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
                                 num_images_resumed=num_resumed, timings=timings)
     journals = [_journal_path(out, (i, shard[1])) for i in range(shard[1])]
     if distributed:
-        _barrier()
+        ddp.barrier()
         if shard[0] != 0:
             partial.seconds = time.perf_counter() - started
             return partial
@@ -322,12 +321,3 @@ def _claim_merge(out: Path, journals: list[Path]) -> bool:
     except FileExistsError:
         return False
     return True
-
-
-def _barrier() -> None:
-    """Wait for every torchrun process (gloo: a barrier needs no accelerator)."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    dist.barrier()
