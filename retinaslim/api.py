@@ -375,9 +375,6 @@ def filter(  # noqa: A001 - the command's name
         UserError: a malformed file, an unknown class or option value, a value out of range, an output
             that would overwrite an input.
     """
-    from dataclasses import asdict
-
-    from retinaslim.core.atomic import refuse_overwriting_inputs, write_json
     from retinaslim.stages.filter import FilterConfig, filter_labels, parse_class_thresholds
 
     if isinstance(score_thresh, str):
@@ -386,19 +383,14 @@ def filter(  # noqa: A001 - the command's name
         aspect_range = _floats(aspect_range, "aspect_range", "0.3,3")
         if len(aspect_range) != 2:
             raise UserError(f"`aspect_range` {aspect_range}: expected LO,HI, e.g. 0.3,3")
-    if report is not None:
-        refuse_overwriting_inputs([("`report`", report)],
-                                  [("`pseudo`", pseudo), ("`out`", out), ("`review_out`", review_out)])
     config = FilterConfig(
         Path(pseudo), Path(out), score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=_path(labeled),
         calib=_path(calib), calib_images=_path(calib_images), teacher=_path(teacher), target_precision=target_precision,
         min_agreement=min_agreement, min_size=min_size, max_size_frac=max_size_frac, aspect_range=aspect_range,
         max_per_image=max_per_image, ambiguous=ambiguous, ambiguous_low=ambiguous_low, keep_empty=keep_empty,
-        truth=_path(truth), review_out=_path(review_out), review_count=review_count, device=device, workers=workers)
-    result = filter_labels(config, reporter)
-    if report is not None:
-        write_json(Path(report), asdict(result) | {"out": str(result.out), "review_out": str(result.review_out)})
-    return result
+        truth=_path(truth), review_out=_path(review_out), review_count=review_count, report=_path(report), device=device,
+        workers=workers)
+    return filter_labels(config, reporter)
 
 
 def evaluate(

@@ -567,7 +567,7 @@ def truth_run(tmp_path_factory):
 
 
 def test_filter_calibration_matches_calib_and_teacher_classes_by_name(truth_run, tmp_path, monkeypatch):
-    import retinaslim.stages.filter as filter_stage
+    import retinaslim.engine.thresholds as thresholds
     from retinaslim.engine.inference import ImageResult
     truth, weights = truth_run
     teacher_label = {"card": 0, "passport": 1}  # the checkpoint's classes: card 1, passport 2
@@ -589,7 +589,7 @@ def test_filter_calibration_matches_calib_and_teacher_classes_by_name(truth_run,
                 labels = torch.tensor([teacher_label[names[a["category_id"]]] for a in anns])
                 results.append(ImageResult(k, 64, 96, Detections(boxes, torch.full((len(anns),), 0.9), labels)))
             on_batch(results)
-    monkeypatch.setattr(filter_stage, "predict_batches", perfect)
+    monkeypatch.setattr(thresholds, "predict_batches", perfect)
     result = filter_labels(FilterConfig(pseudo, tmp_path / "f.json", auto_thresh="precision", calib=calib, device="cpu"))
     assert {c.class_name: (c.precision, c.recall, c.reached) for c in result.calibration} == {
         "card": (1.0, 1.0, True), "passport": (1.0, 1.0, True)}
