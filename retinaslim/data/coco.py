@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.ops import box_convert
 
-from retinaslim.core.boxes import xywh_to_xyxy
 from retinaslim.core.detections import Detections
 from retinaslim.data.images import ImageError, SizeMismatch, check_declared_size, displayed_size
 from retinaslim.errors import UserError
@@ -298,7 +298,8 @@ def match_classes(classes: ClassMap, source: Path | str, other: CocoData,
 
 def annotation_boxes(annotations: list[dict[str, Any]]) -> torch.Tensor:
     """(N, 4) xyxy boxes of COCO annotations (whose bboxes are xywh)."""
-    return xywh_to_xyxy(torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4))
+    boxes_xywh = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
+    return box_convert(boxes_xywh, "xywh", "xyxy")
 
 
 def box_shapes(coco: CocoData) -> torch.Tensor:
