@@ -18,7 +18,7 @@ def eval_(
     weights: Annotated[list[Path], typer.Option(help="Checkpoint to evaluate; repeat for a side-by-side table.")],
     data: Annotated[Optional[Path], typer.Option(help="COCO JSON with the truth (default: the workspace's val).")] = None,
     images: ImagesOpt = None,
-    image_size: Annotated[Optional[int], typer.Option(min=32, help="Input size (default: each checkpoint's training size).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=32, help="Longer side in pixels images are resized to (default: each checkpoint's training size).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass for the AP run and the throughput measurement.")] = 8,
     latency_runs: Annotated[int, typer.Option(min=1, help="Timed forwards at batch 1 (median and p90 reported) and at --batch-size (throughput).")] = 20,
     warmup_runs: Annotated[int, typer.Option(min=0, help="Untimed forwards before each timing.")] = 3,

@@ -16,7 +16,7 @@ def export(
     weights: Annotated[Path, typer.Option(help="A retinaslim checkpoint (.pt).")],
     format_: Annotated[str, typer.Option("--format", help="Output format: onnx.")] = "onnx",
     out: Annotated[Path | None, typer.Option(help="Output .onnx file (default: the weights' name with .onnx).")] = None,
-    image_size: Annotated[int | None, typer.Option(min=32, help="Fixed input size: the graph takes S x S, S this rounded up to a multiple of 32 (default: the training size).")] = None,
+    image_size: Annotated[int | None, typer.Option(min=32, help="Longer side in pixels images are resized to (default: the training size); the graph's fixed S x S input is this rounded up to a multiple of 32.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset, 13 to 20.")] = 17,
     dynamic_batch: Annotated[bool, typer.Option(help="Make the batch axis dynamic (default: batch 1).")] = False,
     int8: Annotated[bool, typer.Option(help="Also write NAME.int8.onnx by static quantisation, with AP and latency before and after.")] = False,

@@ -19,7 +19,7 @@ def predict(
     draw: Annotated[Path | None, typer.Option(help="Folder for copies of the images with their boxes, class names and scores drawn.")] = None,
     score_thresh: Annotated[float, typer.Option(help="Keep boxes scoring at least this (0.05 for an AP evaluation).")] = 0.3,
     tta: Annotated[bool, typer.Option(help="Ensemble pseudo-label's transforms (3 scales x flip, fused by WBF); boxes gain an agreement count.")] = False,
-    image_size: Annotated[int | None, typer.Option(min=32, help="Input size (default: the model's training size).")] = None,
+    image_size: Annotated[int | None, typer.Option(min=32, help="Longer side in pixels images are resized to (default: the model's training size).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     device: DeviceOpt = "auto", workers: WorkersOpt = 2,
 ) -> None:

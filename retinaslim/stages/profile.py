@@ -1,9 +1,9 @@
 """profile: parameters, MACs (total and per module), checkpoint size and latency of a model.
 
-Latency is measured twice at batch 1 on a square image of ``image_size``, through the lean inference
-path every command uses (``models.lean``): the network alone (backbone, FPN, head on a normalised
-tensor) and end to end (normalise, pad, network, cached anchors, decode, NMS), each the median of
-``runs`` timed runs after ``warmup`` runs.
+Latency is measured twice at batch 1 on a square image whose side (its longer side, as everywhere) is
+``image_size``, through the lean inference path every command uses (``models.lean``): the network alone
+(backbone, FPN, head on a normalised tensor) and end to end (normalise, pad, network, cached anchors,
+decode, NMS), each the median of ``runs`` timed runs after ``warmup`` runs (``engine.timing``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from retinaslim.models.registry import build_model
 class ProfileConfig:
     arch: str | None = None
     weights: Path | None = None
-    image_size: int = 320
+    image_size: int = 320  # longer side in px; the test image is square
     num_classes: int = 1  # with --arch; a checkpoint has its own
     runs: int = 50
     warmup: int = 5
@@ -50,8 +50,8 @@ class ModuleCost:
 class ProfileResult:
     """Parameters, MACs (multiply-accumulates) per image, checkpoint size in MB (None for an untrained
     ``arch``), latency in ms (median of ``runs`` at batch 1: ``network_latency_ms`` from a normalised tensor
-    to head outputs, ``latency_ms`` from image to detections), the square input side in px, and per-module
-    costs (``modules``)."""
+    to head outputs, ``latency_ms`` from image to detections), ``image_size`` (the input's longer side in px;
+    the test image is square) and per-module costs (``modules``)."""
 
     arch: str
     params: int

@@ -1,6 +1,7 @@
 """pseudo-label: the teacher labels unlabelled images with multi-transform ensembling.
 
-Each image is run through every transform (scales x flips [x rotations]), predictions are mapped back to
+Each image is run through every transform (sizes x flips [x rotations]; a size is a factor of ``image_size``,
+the longer side in pixels, from ``scales``, or a shorter side in pixels from ``short_sides``), predictions are mapped back to
 the original image and fused (WBF by default) into one box set with a ``score`` and an ``agreement``
 (how many transforms found the box). Every fused box above a low floor is kept, so thresholds can be
 chosen later (``retinaslim filter``) without running the teacher again.
@@ -40,6 +41,7 @@ from retinaslim.models.checkpoint import load_checkpoint
 
 
 MIN_BOX_SIDE = 1.0  # pixels
+MAX_SCALE = 16  # a factor of image_size; sizes in pixels are short_sides
 
 
 @dataclass
@@ -48,13 +50,14 @@ class PseudoLabelConfig:
     teacher: Path
     out: Path
     _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
-    scales: tuple[float, ...] = PSEUDO_SCALES
+    scales: tuple[float, ...] | None = None  # factors of image_size; None: PSEUDO_SCALES unless short_sides
+    short_sides: tuple[int, ...] = ()  # shorter sides in pixels (Data Distillation's 400..1200), after the scales
     hflip: bool = True
     vflip: bool = False
     rot90: bool = False
     fusion: str = PSEUDO_FUSION
     score_floor: float = PSEUDO_SCORE_FLOOR
-    image_size: int | None = None  # None: the teacher's training size
+    image_size: int | None = None  # longer side in pixels at scale 1; None: the teacher's training size
     batch_size: int = 8
     device: str = "auto"
     workers: int = 2  # image-decoding processes; 0: decode in the main process
@@ -189,13 +192,25 @@ def _resolve_shard(config: PseudoLabelConfig) -> tuple[int, int]:
     return ddp.rank(), ddp.world_size()
 
 
+def _scales(config: PseudoLabelConfig) -> tuple[float, ...]:
+    if config.scales is not None:
+        return tuple(config.scales)
+    return () if config.short_sides else PSEUDO_SCALES
+
+
 def _validate(config: PseudoLabelConfig) -> None:
     if config.fusion not in FUSION_METHODS:
         raise UserError(f"`fusion` {config.fusion!r} is unknown; choose one of {', '.join(FUSION_METHODS)}")
     if not 0 <= config.score_floor <= 1:
         raise UserError(f"`score_floor` {config.score_floor} must be in [0, 1]")
-    if not config.scales or any(s <= 0 for s in config.scales):
-        raise UserError(f"`scales` {config.scales} must be positive numbers, e.g. 0.75,1.0,1.25")
+    scales = _scales(config)
+    if any(not 0 < s <= MAX_SCALE for s in scales):
+        raise UserError(f"`scales` {scales}: factors of `image_size` in (0, {MAX_SCALE}], e.g. 0.75,1.0,1.25; "
+                        "for shorter sides in pixels (400,600,800) use `short_sides`")
+    if any(s < 1 for s in config.short_sides):
+        raise UserError(f"`short_sides` {config.short_sides} must be pixel counts of at least 1, e.g. 400,600,800")
+    if not scales and not config.short_sides:
+        raise UserError("`scales` and `short_sides` are both empty: give at least one size")
     if Path(config.out).suffix.lower() != ".json":
         raise UserError(f"`out` {config.out}: expected a .json file name")
     refuse_overwriting_inputs([("`out`", config.out)], [("`source`", config.source), ("`teacher`", config.teacher)])
@@ -210,7 +225,7 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
     paths = list_images(config.source)
     checkpoint = load_checkpoint(config.teacher)
     image_size = config.image_size or checkpoint.image_size
-    transforms = make_transforms(tuple(config.scales), config.hflip, config.vflip, config.rot90)
+    transforms = make_transforms(_scales(config), config.hflip, config.vflip, config.rot90, tuple(config.short_sides))
     classes = ClassMap.from_categories(checkpoint.classes)
     out = Path(config.out)
     out_dir = out.parent.resolve()
