@@ -3,6 +3,14 @@
 Every artifact of the pipeline (human labels, raw teacher output, filtered labels, predictions) is a
 COCO file. A file's images resolve against an explicit image folder if given, else against the JSON
 file's own folder.
+
+Why ``load_coco`` validates instead of handing the file to pycocotools: pycocotools' ``COCO`` reads a file
+without checking it. Duplicate image or annotation ids overwrite each other in its index, and boxes with
+zero, negative or NaN sides, or pointing at a missing image or category, load silently and surface later as
+wrong numbers or a KeyError far from the file; a truth box with id 0 is never matched (0 is its "unmatched"
+id; ``coco_evaluate`` renumbers). ``load_coco`` refuses such a file in one line naming the file, the entry
+and the value: the cases are tested in ``tests/test_bad_inputs.py`` and ``tests/test_field_reports.py``
+(docs/reliability.md). pycocotools still does all the scoring.
 """
 
 from __future__ import annotations
