@@ -161,7 +161,7 @@ def _as_detections(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> 
 
 
 def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, reporter: Reporter) -> list[Calibration]:
-    """The precision rule on ``calib``, with the teacher ``teacher`` names or else the one that made ``pseudo``."""
+    """The precision rule on ``calib``, run with ``config.teacher``, else the teacher that made ``pseudo``."""
     calib = load_coco(config.calib, config.calib_images)
     for note in (match_classes(classes, pseudo.path, calib), require_image_files(calib, "`calib_images`")):
         if note:
