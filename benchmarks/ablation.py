@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -39,13 +38,13 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
 from retinaslim.core.atomic import write_json
+from retinaslim.engine.timing import measure, median_ms
 from retinaslim.models.anchors import DEFAULT_ANCHORS, anchor_generator
 from retinaslim.models.common import IgnoreAwareRetinaNet, configure, scaled_anchor_generator
 from retinaslim.models.lean import LeanDetector
 from retinaslim.models.macs import count_macs
 from retinaslim.models.registry import build_model, register
 from retinaslim.models.student import SlimBackbone, dilated_stem, slim_fpn, slim_head, snet_stages
-from retinaslim.stages.inference import interleaved_ms
 from retinaslim.stages.synth import SynthConfig, synth
 from retinaslim.stages.train import TrainConfig, train
 
@@ -112,8 +111,7 @@ def latencies(models: dict[str, nn.Module], image_size: int, runs: int, rounds: 
     """Median end-to-end ms per model at batch 1 (lean path), interleaved over ``rounds``."""
     image = [torch.rand(3, image_size, image_size)]
     calls = {name: (lambda d=LeanDetector(model): d(image)) for name, model in models.items()}
-    samples = interleaved_ms(calls, runs, 3, torch.device("cpu"), rounds)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: median_ms(m) for name, m in measure(calls, runs, 3, rounds).items()}
 
 
 def main() -> None:

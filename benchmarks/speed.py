@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,12 +42,12 @@ import onnxruntime as ort
 import torch
 import torchvision
 
+from retinaslim.engine.timing import measure, median_ms
 from retinaslim.models.checkpoint import Checkpoint, save_checkpoint
 from retinaslim.models.lean import LeanDetector, fold_batchnorm
 from retinaslim.models.macs import count_macs
 from retinaslim.models.onnx import OnnxDetector, export_metadata, export_network, quantize_int8, write_metadata
 from retinaslim.models.registry import build_model
-from retinaslim.stages.inference import interleaved_ms
 
 STUDENTS = [("slim-s", {"norm": "gn"}), ("slim-s", {"norm": "bn"}), ("slim-m", {"norm": "gn"}), ("slim-m", {"norm": "bn"})]
 PEERS = [("retinanet_shufflenet_v2_fpn", {}), ("retinanet_mobilenet_v2_fpn", {}), ("retinanet_resnet18_fpn", {}),
@@ -136,10 +135,9 @@ class Runner:
 def time_models(runners: dict[str, Runner], runs: int, warmup: int, rounds: int) -> dict[str, dict[str, float]]:
     """Median ms per (model, call), the calls of all models interleaved round by round."""
     calls = {(name, c): call for name, runner in runners.items() for c, call in runner.calls.items()}
-    samples = interleaved_ms(calls, runs, warmup, torch.device("cpu"), rounds)
     timings: dict[str, dict[str, float]] = {name: {} for name in runners}
-    for (name, c), values in samples.items():
-        timings[name][c] = statistics.median(values)
+    for (name, c), measurement in measure(calls, runs, warmup, rounds).items():
+        timings[name][c] = median_ms(measurement)
     return timings
 
 

@@ -23,10 +23,10 @@ import torch
 from retinaslim.config import TRAIN_DEFAULTS
 from retinaslim.core.atomic import write_json
 from retinaslim.data.coco import ClassMap, load_coco
+from retinaslim.engine.inference import evaluate_on_coco
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.registry import build_model
 from retinaslim.stages.convert import ConvertConfig, convert
-from retinaslim.stages.inference import evaluate_on_coco
 from retinaslim.stages.synth import SynthConfig, synth
 from retinaslim.stages.train import TrainConfig, train
 

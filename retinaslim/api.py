@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from retinaslim.config import IMPORT_IMAGE_SIZE, PSEUDO_FUSION, PSEUDO_SCALES, PSEUDO_SCORE_FLOOR, TRAIN_DEFAULTS
+from retinaslim.config import IMPORT_IMAGE_SIZE, PSEUDO_FUSION, PSEUDO_SCORE_FLOOR, TRAIN_DEFAULTS
 from retinaslim.errors import UserError
 
 if TYPE_CHECKING:
@@ -76,6 +76,14 @@ def _floats(value: str | Sequence[float], name: str, example: str) -> tuple[floa
         return tuple(float(v) for v in items)
     except (TypeError, ValueError):
         raise UserError(f"`{name}` {value!r}: expected numbers, e.g. {example}") from None
+
+
+def _ints(value: str | Sequence[int], name: str, example: str) -> tuple[int, ...]:
+    """'400,600' or (400, 600) -> (400, 600)."""
+    numbers = _floats(value, name, example)
+    if any(v != int(v) for v in numbers):
+        raise UserError(f"`{name}` {value!r}: expected whole numbers, e.g. {example}")
+    return tuple(int(v) for v in numbers)
 
 
 def _shard(value: str | Sequence[int] | None) -> tuple[int, int] | None:
@@ -278,15 +286,15 @@ def import_teacher(
 
 
 def pseudo_label(
-    source: PathLike, *, teacher: PathLike, out: PathLike, scales: str | Sequence[float] = PSEUDO_SCALES,
-    hflip: bool = True, vflip: bool = False, rot90: bool = False, fusion: str = PSEUDO_FUSION,
+    source: PathLike, *, teacher: PathLike, out: PathLike, scales: str | Sequence[float] | None = None,
+    short_sides: str | Sequence[int] = (), hflip: bool = True, vflip: bool = False, rot90: bool = False, fusion: str = PSEUDO_FUSION,
     score_floor: float = PSEUDO_SCORE_FLOOR, image_size: int | None = None, batch_size: int = 8,
     resume: bool = False, shard: str | tuple[int, int] | None = None, device: str = "auto", workers: int = 2,
     reporter: Reporter | None = None,
 ) -> PseudoLabelResult:
     """Label unlabelled images with the teacher, ensembling several transforms of each image.
 
-    Every image runs at each scale, also flipped/rotated as asked; the detections are mapped back to the
+    Every image runs at each size, also flipped/rotated as asked; the detections are mapped back to the
     original image and fused. Each fused box gets a score (0..1) and ``agreement``: how many transforms
     found it. Written as COCO JSON to ``out`` (boxes xywh in original pixels), streamed through a journal
     (``out``.journal) so a killed run can continue with ``resume``.
@@ -295,11 +303,14 @@ def pseudo_label(
         source: folder of images (searched recursively) or a text file of image paths.
         teacher: a checkpoint (any retinaslim checkpoint can label).
         out: the COCO JSON file to write.
-        scales: factors of ``image_size`` (e.g. 0.75, 1, 1.25) or, above 16, absolute shorter sides in pixels.
-        hflip, vflip, rot90: also run each scale flipped horizontally, vertically, rotated by 90 and 270 degrees.
+        scales: factors of ``image_size`` (e.g. 0.75, 1, 1.25; at most 16), a list or one comma-separated string.
+            None: ``config.PSEUDO_SCALES`` (0.75, 1, 1.25), or none when ``short_sides`` are given.
+        short_sides: shorter sides in pixels (e.g. 400, 600, 800, as Data Distillation sizes its transforms),
+            run after the scales.
+        hflip, vflip, rot90: also run each size flipped horizontally, vertically, rotated by 90 and 270 degrees.
         fusion: wbf (weighted boxes fusion), nms, or vote (NMS + box voting).
         score_floor: keep fused boxes scoring at least this (filter later).
-        image_size: input size for scale 1 (None: the teacher's training size).
+        image_size: longer side in pixels at scale 1 (None: the teacher's training size).
         batch_size: images per forward pass, also the unit of the resume journal.
         resume: continue an interrupted run from its journal (else a journal is an error).
         shard: (I, N) or 'I/N': label only shard I of N (0-based); the last shard to finish writes ``out``.
@@ -318,7 +329,8 @@ def pseudo_label(
     from retinaslim.stages.pseudo_label import pseudo_label as run
 
     config = PseudoLabelConfig(Path(source), Path(teacher), Path(out),
-                               scales=_floats(scales, "scales", "0.75,1.0,1.25"), hflip=hflip, vflip=vflip,
+                               scales=None if scales is None else _floats(scales, "scales", "0.75,1.0,1.25"),
+                               short_sides=_ints(short_sides, "short_sides", "400,600,800"), hflip=hflip, vflip=vflip,
                                rot90=rot90, fusion=fusion, score_floor=score_floor, image_size=image_size,
                                batch_size=batch_size, device=device, workers=workers, resume=resume,
                                shard=_shard(shard))
@@ -375,9 +387,6 @@ def filter(  # noqa: A001 - the command's name
         UserError: a malformed file, an unknown class or option value, a value out of range, an output
             that would overwrite an input.
     """
-    from dataclasses import asdict
-
-    from retinaslim.core.atomic import refuse_overwriting_inputs, write_json
     from retinaslim.stages.filter import FilterConfig, filter_labels, parse_class_thresholds
 
     if isinstance(score_thresh, str):
@@ -386,19 +395,14 @@ def filter(  # noqa: A001 - the command's name
         aspect_range = _floats(aspect_range, "aspect_range", "0.3,3")
         if len(aspect_range) != 2:
             raise UserError(f"`aspect_range` {aspect_range}: expected LO,HI, e.g. 0.3,3")
-    if report is not None:
-        refuse_overwriting_inputs([("`report`", report)],
-                                  [("`pseudo`", pseudo), ("`out`", out), ("`review_out`", review_out)])
     config = FilterConfig(
         Path(pseudo), Path(out), score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=_path(labeled),
         calib=_path(calib), calib_images=_path(calib_images), teacher=_path(teacher), target_precision=target_precision,
         min_agreement=min_agreement, min_size=min_size, max_size_frac=max_size_frac, aspect_range=aspect_range,
         max_per_image=max_per_image, ambiguous=ambiguous, ambiguous_low=ambiguous_low, keep_empty=keep_empty,
-        truth=_path(truth), review_out=_path(review_out), review_count=review_count, device=device, workers=workers)
-    result = filter_labels(config, reporter)
-    if report is not None:
-        write_json(Path(report), asdict(result) | {"out": str(result.out), "review_out": str(result.review_out)})
-    return result
+        truth=_path(truth), review_out=_path(review_out), review_count=review_count, report=_path(report), device=device,
+        workers=workers)
+    return filter_labels(config, reporter)
 
 
 def evaluate(
@@ -483,7 +487,8 @@ def export(
         weights: a retinaslim checkpoint (.pt).
         format: onnx.
         out: the .onnx file (None: the weights' name with .onnx).
-        image_size: the graph takes S x S images, S this rounded up to a multiple of 32 (None: the training size).
+        image_size: longer side in pixels images are resized to (None: the training size); the graph takes
+            S x S images, S (``padded_size``) this rounded up to a multiple of 32.
         opset: ONNX opset, 13 to 20; dynamic_batch: a dynamic batch axis (else batch 1).
         int8: also write NAME.int8.onnx by static quantisation, with AP and latency before and after.
         calibration: image folder, image-list file or COCO JSON: parity samples (None: synthetic scenes)
@@ -542,7 +547,7 @@ def profile(
     Args:
         arch: a registered architecture, untrained (with ``num_classes`` classes); or
         weights: a checkpoint. Pass exactly one.
-        image_size: side in pixels of the square input.
+        image_size: longer side in pixels of the input, as everywhere; the test image is square, so its side.
         runs: timed batch-1 runs per latency (after 5 warm-up runs); the median is reported.
         depth: module-tree depth of the per-module costs.
         json_out: also write the result as JSON.

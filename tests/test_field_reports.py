@@ -22,8 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
+import retinaslim.engine.inference as inference
 import retinaslim.stages.evaluate as evaluate_stage
-import retinaslim.stages.inference as inference
 import retinaslim.stages.pseudo_label as pseudo_label_stage
 from retinaslim.config import TRAIN_DEFAULTS
 from retinaslim.core.detections import Detections
@@ -567,8 +567,8 @@ def truth_run(tmp_path_factory):
 
 
 def test_filter_calibration_matches_calib_and_teacher_classes_by_name(truth_run, tmp_path, monkeypatch):
-    import retinaslim.stages.filter as filter_stage
-    from retinaslim.stages.inference import ImageResult
+    import retinaslim.engine.thresholds as thresholds
+    from retinaslim.engine.inference import ImageResult
     truth, weights = truth_run
     teacher_label = {"card": 0, "passport": 1}  # the checkpoint's classes: card 1, passport 2
     calib = renumbered(truth, RENUMBERINGS["from zero"], tmp_path / "calib.json")
@@ -589,7 +589,7 @@ def test_filter_calibration_matches_calib_and_teacher_classes_by_name(truth_run,
                 labels = torch.tensor([teacher_label[names[a["category_id"]]] for a in anns])
                 results.append(ImageResult(k, 64, 96, Detections(boxes, torch.full((len(anns),), 0.9), labels)))
             on_batch(results)
-    monkeypatch.setattr(filter_stage, "predict_batches", perfect)
+    monkeypatch.setattr(thresholds, "predict_batches", perfect)
     result = filter_labels(FilterConfig(pseudo, tmp_path / "f.json", auto_thresh="precision", calib=calib, device="cpu"))
     assert {c.class_name: (c.precision, c.recall, c.reached) for c in result.calibration} == {
         "card": (1.0, 1.0, True), "passport": (1.0, 1.0, True)}

@@ -6,7 +6,8 @@ import re
 import pytest
 from rich.console import Console
 
-from retinaslim import cli, console
+from retinaslim import console
+from retinaslim.cli.evaluate import render_eval
 from retinaslim.stages.evaluate import EvalResult, ModelReport
 
 CLASSES = ["id_card", "bank_card", "passport", "residence_permit_back"]
@@ -46,7 +47,7 @@ def _row(text: str, first: str) -> list[str]:
 
 def test_eval_tables_fit_80_columns_with_every_name_and_value(screen):
     reports = [_report(k, w) for k, w in enumerate(WEIGHTS)]
-    cli._render_eval(EvalResult(reports, latency_runs=20, warmup_runs=3, batch_size=8, json_out=None))
+    render_eval(EvalResult(reports, latency_runs=20, warmup_runs=3, batch_size=8, json_out=None))
     text = screen.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "…" not in text

@@ -10,6 +10,14 @@ returns one ``Detections`` with ``extra["agreement"]``: how many distinct transf
 - ``nms``: pool all boxes, non-maximum suppression per class.
 - ``vote``: Detectron's TTA merge, NMS then box voting: each kept box becomes the score-weighted mean
   of the pooled boxes that overlap it by at least ``vote_iou_thresh``.
+
+Why WBF is written here: torchvision ships NMS (used above) but no WBF, and ensemble-boxes, WBF's reference
+implementation, neither says how many transforms found a fused box (the ``agreement`` that filter's
+``min_agreement`` and show's disagreement sort read) nor takes pixel boxes (it wants [0, 1] coordinates).
+``tests/core/test_fusion.py`` checks this ``wbf`` against ensemble-boxes (a test-only dependency) on 50
+random ensembles. Why it is the default, measured (docs/results.md, "pseudo-label"): machine labels of AP
+0.173 with WBF against 0.144 with NMS over the same six transforms; it costs about 14 ms per image for
+6 x 70 boxes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Test-time transforms for multi-transform inference, each with its exact inverse.
 
-A transform resizes an image (longer side ``scale * image_size`` pixels, or shorter side ``short_side``
-pixels when that is set), then optionally flips it horizontally and/or vertically, then rotates it
+A transform resizes an image (longer side ``scale * image_size`` pixels, ``image_size`` being the longer side
+as everywhere in retinaslim; or, when ``short_side`` is set, shorter side ``short_side`` pixels, Data
+Distillation's absolute sizes), then optionally flips it horizontally and/or vertically, then rotates it
 counter-clockwise by a multiple of 90 degrees. ``invert`` maps boxes predicted on the transformed image
 back to original-image pixels, so the predictions of every transform can be fused in one space.
 """
@@ -12,10 +13,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-# Scales above this are absolute shorter sides in pixels (Data Distillation's 400..1200), not factors.
-ABSOLUTE_SCALE_MIN = 16
-
 
 def long_side_size(height: int, width: int, long_side: int) -> tuple[int, int]:
     """(height, width) scaled so that the longer side is ``long_side``, aspect ratio kept."""
@@ -99,12 +96,13 @@ class Transform:
         return boxes
 
 
-def make_transforms(scales: tuple[float, ...], hflip: bool, vflip: bool = False, rot90: bool = False) -> list[Transform]:
-    """Every scale x (with and without each enabled flip) x (0 and +-90 degrees when ``rot90``).
+def make_transforms(scales: tuple[float, ...], hflip: bool, vflip: bool = False, rot90: bool = False,
+                    short_sides: tuple[int, ...] = ()) -> list[Transform]:
+    """Every size x (with and without each enabled flip) x (0 and +-90 degrees when ``rot90``).
 
-    A scale above ``ABSOLUTE_SCALE_MIN`` is an absolute shorter side in pixels.
+    Sizes: each of ``scales`` (factors of ``image_size``), then each of ``short_sides`` (shorter sides in pixels).
     """
-    sizes = [{"short_side": int(s)} if s > ABSOLUTE_SCALE_MIN else {"scale": s} for s in scales]
+    sizes = [{"scale": s} for s in scales] + [{"short_side": int(s)} for s in short_sides]
     hflips = (False, True) if hflip else (False,)
     vflips = (False, True) if vflip else (False,)
     rotations = (0, 90, 270) if rot90 else (0,)

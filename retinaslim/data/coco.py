@@ -3,6 +3,14 @@
 Every artifact of the pipeline (human labels, raw teacher output, filtered labels, predictions) is a
 COCO file. A file's images resolve against an explicit image folder if given, else against the JSON
 file's own folder.
+
+Why ``load_coco`` validates instead of handing the file to pycocotools: pycocotools' ``COCO`` reads a file
+without checking it. Duplicate image or annotation ids overwrite each other in its index, and boxes with
+zero, negative or NaN sides, or pointing at a missing image or category, load silently and surface later as
+wrong numbers or a KeyError far from the file; a truth box with id 0 is never matched (0 is its "unmatched"
+id; ``coco_evaluate`` renumbers). ``load_coco`` refuses such a file in one line naming the file, the entry
+and the value: the cases are tested in ``tests/test_bad_inputs.py`` and ``tests/test_field_reports.py``
+(docs/reliability.md). pycocotools still does all the scoring.
 """
 
 from __future__ import annotations
@@ -18,8 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.ops import box_convert
 
-from retinaslim.core.boxes import xywh_to_xyxy
 from retinaslim.core.detections import Detections
 from retinaslim.data.images import ImageError, SizeMismatch, check_declared_size, displayed_size
 from retinaslim.errors import UserError
@@ -298,7 +306,18 @@ def match_classes(classes: ClassMap, source: Path | str, other: CocoData,
 
 def annotation_boxes(annotations: list[dict[str, Any]]) -> torch.Tensor:
     """(N, 4) xyxy boxes of COCO annotations (whose bboxes are xywh)."""
-    return xywh_to_xyxy(torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4))
+    boxes_xywh = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
+    return box_convert(boxes_xywh, "xywh", "xyxy")
+
+
+def relative_boxes(coco: CocoData) -> torch.Tensor:
+    """(M, 4) xyxy non-crowd boxes as fractions of their image's longer side (the side training resizes to
+    ``image_size``): multiplied by ``image_size``, the boxes in pixels as training sees them."""
+    boxes = [(x / side, y / side, (x + w) / side, (y + h) / side)
+             for image in coco.images for side in [max(image["width"], image["height"])]
+             for a in coco.annotations_per_image[image["id"]] if not a.get("iscrowd") and a["bbox"][2] > 0 and a["bbox"][3] > 0
+             for x, y, w, h in [a["bbox"]]]
+    return torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
 
 
 def image_targets(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> tuple[torch.Tensor, torch.Tensor]:

@@ -68,6 +68,22 @@ def fit_anchors(boxes_wh: torch.Tensor, levels: int = 3, sizes_per_level: int = 
     return {"scales": scales, "ratios": [round(math.exp(r), 4) for r in ratios]}
 
 
+def fitted_or_default(boxes: torch.Tensor, min_boxes: int = 20) -> tuple[dict[str, Any], str]:
+    """Student anchors fitted to box shapes (``fit_anchors``), kept only when their mean best shape IoU with the boxes
+    beats ``DEFAULT_ANCHORS``'s; with a line saying which set was chosen and why. boxes: (M, 4) xyxy as fractions
+    of the image side (``data.coco.relative_boxes``)."""
+    boxes_wh = boxes[:, 2:] - boxes[:, :2]
+    if len(boxes_wh) < min_boxes:
+        return DEFAULT_ANCHORS, f"anchors: default ({len(boxes_wh)} boxes are too few to fit)"
+    fitted = fit_anchors(boxes_wh)
+    fitted_iou, default_iou = shape_iou(boxes_wh, fitted).mean().item(), shape_iou(boxes_wh, DEFAULT_ANCHORS).mean().item()
+    if fitted_iou <= default_iou:
+        return DEFAULT_ANCHORS, (f"anchors: default (mean best IoU with {len(boxes_wh)} boxes {default_iou:.3f}, "
+                                 f"fitted {fitted_iou:.3f})")
+    return fitted, (f"anchors fitted to {len(boxes_wh)} boxes: mean best IoU {fitted_iou:.3f} (default {default_iou:.3f}); "
+                    f"sizes {fitted['scales']} of the input side, ratios {fitted['ratios']}")
+
+
 def retinanet_anchors(image_size: int, multiple: float, ratios) -> dict[str, Any]:
     """torchvision's P3-P7 layout with the smallest anchor of each level ``multiple`` x its stride."""
     scales = [[round(multiple * stride * 2 ** (k / 3) / image_size, 5) for k in range(3)] for stride in RETINANET_STRIDES]
@@ -84,6 +100,15 @@ def grid_coverage(boxes_xyxy: torch.Tensor, image_size: int, anchors: dict[str, 
     grid = generator(ImageList(torch.zeros(1, 3, image_size, image_size), [(image_size, image_size)]), feature_maps)[0]
     covered = sum(int((box_iou(chunk.float(), grid).amax(dim=1) >= MATCH_IOU).sum()) for chunk in boxes_xyxy.split(256))
     return covered / max(len(boxes_xyxy), 1)
+
+
+def retinanet_fit(boxes: torch.Tensor, image_size: int) -> tuple[dict[str, Any], str]:
+    """The teacher's anchors (``fit_retinanet_anchors``) with a line saying what was chosen. boxes: (M, 4) xyxy as
+    fractions of the image side (``data.coco.relative_boxes``), ``image_size``: the training input's longer side (px)."""
+    anchors, coverage = fit_retinanet_anchors(boxes * image_size, image_size)
+    smallest = [round(level[0] * image_size, 1) for level in anchors["scales"]]
+    return anchors, (f"anchors fitted to {len(boxes)} boxes: smallest per level P3-P7 {smallest} px, ratios "
+                     f"{anchors['ratios']}; {coverage:.0%} of the boxes have an anchor of IoU >= {MATCH_IOU}")
 
 
 def fit_retinanet_anchors(boxes_xyxy: torch.Tensor, image_size: int, seed: int = 0) -> tuple[dict[str, Any], float]:

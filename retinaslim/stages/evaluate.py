@@ -13,12 +13,10 @@ Size: parameters, MACs of the network for a square ``image_size`` input (``model
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from retinaslim.core.atomic import atomic_path, refuse_overwriting_inputs, write_json
@@ -27,11 +25,12 @@ from retinaslim.core.tta import Transform
 from retinaslim.data.coco import (ClassMap, CocoEvaluation, coco_evaluate, load_coco, match_classes,
                                   require_image_files)
 from retinaslim.data.images import ImageError, read_image
+from retinaslim.engine.inference import predict_on_coco, resolve_device
+from retinaslim.engine.timing import measure, median_ms, p90_ms
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.lean import LeanDetector
 from retinaslim.models.macs import count_macs
-from retinaslim.stages.inference import interleaved_ms, predict_on_coco, resolve_device
 
 
 @dataclass
@@ -207,13 +206,12 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
             image_size=image_size, device=str(device), threads=torch.get_num_threads(), predictions=predictions,
             pr_plot=pr_plot, num_skipped_images=len(skipped),
         ))
-    timings = interleaved_ms(calls, config.latency_runs, config.warmup_runs, device)
+    timings = measure(calls, config.latency_runs, config.warmup_runs)
     reports = []
     for index, fields in enumerate(measured):
         single, batched = timings[index, 1], timings[index, config.batch_size]
-        median = statistics.median(single)
-        reports.append(ModelReport(**fields, latency_ms=median, latency_p90_ms=float(np.percentile(single, 90)),
-                                   fps=1000.0 / median, throughput=1000.0 * config.batch_size / statistics.median(batched)))
+        reports.append(ModelReport(**fields, latency_ms=median_ms(single), latency_p90_ms=p90_ms(single),
+                                   fps=1000.0 / median_ms(single), throughput=config.batch_size / batched.median))
     if config.json_out is not None:
         write_json(Path(config.json_out), [asdict(r) for r in reports])
     return EvalResult(reports, config.latency_runs, config.warmup_runs, config.batch_size, config.json_out, plots)

@@ -1,8 +1,9 @@
 """export: a checkpoint -> an ONNX graph of its network, checked against PyTorch; optionally an int8 copy.
 
 The graph is the network alone (``models.onnx``: normalised (N, 3, S, S) batch -> head outputs, S the
-image size rounded up to a multiple of 32); decode + NMS run outside it, in the same ``LeanDetector.decode``
-PyTorch uses, with the anchors rebuilt from the metadata stored in the file.
+``padded_size``: ``image_size``, the longer side images are resized to, rounded up to a multiple of 32);
+decode + NMS run outside it, in the same ``LeanDetector.decode`` PyTorch uses, with the anchors rebuilt from
+the metadata stored in the file.
 
 Parity: after writing, the graph runs in onnxruntime on sample images (``--calibration`` images, else
 synthetic scenes) plus a blank image (no detections) and a non-square one (padding), and its detections
@@ -18,7 +19,6 @@ reported with AP (on a COCO file) and network latency of PyTorch, ONNX fp32 and 
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
@@ -31,6 +31,8 @@ from retinaslim.core.tta import Transform
 from retinaslim.data.coco import ClassMap, CocoData, load_coco, match_classes, require_image_files
 from retinaslim.data.images import ImageError, list_images, read_image
 from retinaslim.data.scenes import render_scene
+from retinaslim.engine.inference import evaluate_on_coco
+from retinaslim.engine.timing import measure, median_ms
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.lean import SIZE_DIVISIBLE, LeanDetector
@@ -43,7 +45,6 @@ from retinaslim.models.onnx import (
     quantize_int8,
     write_metadata,
 )
-from retinaslim.stages.inference import evaluate_on_coco, interleaved_ms
 
 BOX_TOL_PX = 1.0
 SCORE_TOL = 1e-3
@@ -56,7 +57,7 @@ class ExportConfig:
     _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     out: Path | None = None  # None: the weights' name with .onnx
     format: str = "onnx"
-    image_size: int | None = None  # None: the checkpoint's training size
+    image_size: int | None = None  # longer side images are resized to; None: the checkpoint's training size
     opset: int = 17
     dynamic_batch: bool = False
     int8: bool = False
@@ -111,7 +112,8 @@ class Int8Report:
 
 @dataclass
 class ExportResult:
-    """The .onnx file (``out``), its opset, fixed input size (height, width in px), batch axis and size in MB;
+    """The .onnx file (``out``), its opset, fixed input size (height, width in px: ``padded_size`` each), batch
+    axis and size in MB;
     ``parity``: onnxruntime against PyTorch on the same images; ``int8``: the int8 model's report, if asked."""
 
     out: Path
@@ -209,9 +211,9 @@ def export(config: ExportConfig) -> ExportResult:
     out = _check(config)
     checkpoint = load_checkpoint(config.weights)
     image_size = config.image_size or checkpoint.image_size
-    side = math.ceil(image_size / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
+    padded_size = math.ceil(image_size / SIZE_DIVISIBLE) * SIZE_DIVISIBLE  # the graph's fixed square input
     model = checkpoint.build()
-    reference = LeanDetector(model, input_size=(side, side))
+    reference = LeanDetector(model, input_size=(padded_size, padded_size))
     paths, coco = _source_images(config.calibration) if config.calibration is not None else ([], None)
     truth, val_notes = _val_data(config, coco, checkpoint.classes) if config.int8 else (None, [])
     sampled = _read_spread(paths, config.num_parity_images, image_size) if paths else []
@@ -233,7 +235,8 @@ def export(config: ExportConfig) -> ExportResult:
                     f"{parity.num_images} images; {out} not written (try another `opset`)")
     except OSError as e:
         raise UserError(f"`out` {out}: cannot write ({e.strerror or e})") from None
-    result = ExportResult(out=out, opset=config.opset, input_size=(side, side), dynamic_batch=config.dynamic_batch,
+    result = ExportResult(out=out, opset=config.opset, input_size=(padded_size, padded_size),
+                          dynamic_batch=config.dynamic_batch,
                           size_mb=out.stat().st_size / 1e6, parity=parity, notes=val_notes)
     if config.int8:
         result.int8 = quantize(config, out, metadata, reference, samples, expected, paths, truth, image_size)
@@ -272,10 +275,9 @@ def quantize(config: ExportConfig, fp32_path: Path, metadata: dict, reference: L
     detectors = {"pytorch": reference, "onnx fp32": fp32, "onnx int8": int8}
     image = samples[0]
     batch = reference.batch([image])
-    times = interleaved_ms({f"{name} {kind}": (lambda d=d: d.raw(batch)) if kind == "network" else (lambda d=d: d([image]))
-                            for name, d in detectors.items() for kind in ("network", "end-to-end")},
-                           config.latency_runs, 2, torch.device("cpu"))
-    timings = {name: statistics.median(values) for name, values in times.items()}
+    times = measure({f"{name} {kind}": (lambda d=d: d.raw(batch)) if kind == "network" else (lambda d=d: d([image]))
+                     for name, d in detectors.items() for kind in ("network", "end-to-end")}, config.latency_runs, 2)
+    timings = {name: median_ms(m) for name, m in times.items()}
     metrics: dict[str, dict[str, float]] = {}
     if truth is not None:
         for name, detector in detectors.items():

@@ -15,14 +15,16 @@ counted per class:
    ``drop`` the image, or ``ignore`` (those boxes become ``iscrowd`` ignore regions that give no loss);
 6. images left without a box: kept as background images, or dropped.
 
-The output's ``info.filter`` records every rule and the threshold used per class.
+The output's ``info.filter`` records every rule and the threshold used per class. The automatic thresholds
+are ``engine.thresholds``', the scores against ``truth`` ``engine.truth``'s and the ``review_out`` file
+``engine.review``'s; with ``report`` the result is also written as JSON, last.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +33,12 @@ import torch
 from retinaslim.config import FILTER_SCORE_THRESH
 from retinaslim.core.atomic import refuse_overwriting_inputs, write_json
 from retinaslim.core.detections import Detections
-from retinaslim.core.matching import lowest_threshold_for_precision, match
 from retinaslim.core.progress import Reporter
-from retinaslim.core.tta import Transform
-from retinaslim.data.coco import (ClassMap, CocoData, annotation_boxes, coco_metrics,
-                                  detections_to_annotations, image_targets, load_coco, match_classes,
-                                  require_image_files, rescale_image)
-from retinaslim.data.formats import labelstudio
-from retinaslim.data.images import same_shape
+from retinaslim.data.coco import ClassMap, CocoData, annotation_boxes, load_coco, match_classes, require_image_files
+from retinaslim.engine.review import doubt, write_review
+from retinaslim.engine.thresholds import Calibration, instances_thresholds, precision_thresholds
+from retinaslim.engine.truth import truth_metrics
 from retinaslim.errors import UserError
-from retinaslim.models.checkpoint import load_checkpoint
-from retinaslim.stages.inference import ImageResult, chunks, predict_batches, resolve_device
 
 AUTO_RULES = ("instances", "precision")
 AMBIGUOUS_ACTIONS = ("keep", "drop", "ignore")
@@ -70,6 +67,7 @@ class FilterConfig:
     truth: Path | None = None
     review_out: Path | None = None
     review_count: int = 100
+    report: Path | None = None  # the result as JSON
     device: str = "auto"
     batch_size: int = 8
     workers: int = 2  # image-decoding processes; 0: decode in the main process
@@ -82,17 +80,6 @@ class RuleCount:
     rule: str
     boxes_removed: dict[str, int]  # per class name
     images_removed: int = 0
-
-
-@dataclass
-class Calibration:
-    """What the precision rule found per class on the calibration images."""
-
-    class_name: str
-    threshold: float
-    precision: float
-    recall: float
-    reached: bool
 
 
 @dataclass
@@ -137,6 +124,10 @@ def _validate(config: FilterConfig) -> None:
         [("`out`", config.out), ("`review_out`", config.review_out), ("`review_out`", review_coco)],
         [("`pseudo`", config.pseudo), ("`labeled`", config.labeled), ("`calib`", config.calib), ("`truth`", config.truth),
          ("`teacher`", config.teacher)])
+    refuse_overwriting_inputs(
+        [("`report`", config.report)],
+        [("`pseudo`", config.pseudo), ("`out`", config.out), ("`review_out`", config.review_out),
+         ("`labeled`", config.labeled), ("`calib`", config.calib), ("`truth`", config.truth), ("`teacher`", config.teacher)])
     if config.auto_thresh is not None and config.auto_thresh not in AUTO_RULES:
         raise UserError(f"`auto_thresh` {config.auto_thresh!r}: choose {' or '.join(AUTO_RULES)}")
     if config.auto_thresh and config.score_thresh is not None:
@@ -169,128 +160,25 @@ def _as_detections(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> 
     )
 
 
-def instances_thresholds(scores_per_class: dict[int, torch.Tensor], human_per_image: dict[int, float],
-                         num_unlabeled: int, floor: float) -> dict[int, float]:
-    """Data Distillation's rule: per class, the score of the k-th best machine box, where
-    k = (human boxes of the class per labelled image) x (unlabelled images). ``floor`` when fewer boxes."""
-    thresholds = {}
-    for label, scores in scores_per_class.items():
-        wanted = round(human_per_image.get(label, 0.0) * num_unlabeled)
-        ordered = torch.sort(scores, descending=True).values
-        if wanted <= 0:
-            thresholds[label] = 1.0 + 1e-6  # no human instances of this class: keep none
-        elif wanted >= len(ordered):
-            thresholds[label] = floor
-        else:
-            thresholds[label] = float(ordered[wanted - 1])
-    return thresholds
-
-
 def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, reporter: Reporter) -> list[Calibration]:
-    """Run the teacher with pseudo-label's transforms and fusion on the calibration images, per-class thresholds."""
+    """The precision rule on ``calib``, run with ``config.teacher``, else the teacher that made ``pseudo``."""
     calib = load_coco(config.calib, config.calib_images)
     for note in (match_classes(classes, pseudo.path, calib), require_image_files(calib, "`calib_images`")):
         if note:
             reporter.log(note)
-    teacher_path = config.teacher or (Path(pseudo.info["teacher"]) if pseudo.info.get("teacher") else None)
-    if teacher_path is None:
+    teacher = config.teacher or (Path(pseudo.info["teacher"]) if pseudo.info.get("teacher") else None)
+    if teacher is None:
         raise UserError(f"{pseudo.path}: names no teacher; pass `teacher`")
-    checkpoint = load_checkpoint(teacher_path)
-    # The teacher's label k is its k-th class; the machine labels' classes may number the same names otherwise.
-    teacher_names = ClassMap.from_categories(checkpoint.classes).names
-    unknown = [name for name in teacher_names if name not in classes.names]
-    if unknown:
-        raise UserError(f"{teacher_path}: the teacher's class {unknown[0]!r} is not among {pseudo.path}'s classes "
-                        f"({', '.join(classes.names)}); calibrate with the teacher that made them (`teacher`)")
-    to_label = torch.tensor([classes.names.index(name) for name in teacher_names], dtype=torch.int64)
-    try:
-        transforms = [Transform.from_name(n) for n in pseudo.info["transforms"]]
-        fusion, image_size = pseudo.info["fusion"], int(pseudo.info["image_size"])
-    except (KeyError, ValueError, TypeError):
-        raise UserError(f"{pseudo.path}: its info lacks pseudo-label's transforms/fusion/image_size; "
-                        "the precision rule needs them to run the teacher the same way") from None
-    device = resolve_device(config.device)
-    model = checkpoint.build().to(device)
-    paths = [calib.image_path(im) for im in calib.images]
-    scores: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(classes))}
-    hits: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(classes))}
-    num_true: Counter[int] = Counter()
-
-    def collect(batch: list[ImageResult]) -> None:
-        for result in batch:
-            if result.detections is None:
-                continue
-            boxes, labels = image_targets(calib, calib.images[result.index], classes)
-            num_true.update(labels.tolist())
-            dets = result.detections
-            dets = Detections(dets.boxes, dets.scores, to_label[dets.labels], dets.extra)
-            is_tp = match(dets, boxes, labels)
-            for k in range(len(classes)):
-                scores[k].append(dets.scores[dets.labels == k])
-                hits[k].append(is_tp[dets.labels == k])
-
-    predict_batches(model, paths, chunks(list(range(len(paths))), config.batch_size), image_size, transforms, device,
-                    collect, fusion=fusion, workers=config.workers, reporter=reporter, task="calibrate")
-    found = []
-    for k, name in enumerate(classes.names):
-        chosen = lowest_threshold_for_precision(torch.cat(scores[k]), torch.cat(hits[k]), num_true[k], config.target_precision)
-        found.append(Calibration(name, *chosen, True) if chosen else Calibration(name, 1.0 + 1e-6, 0.0, 0.0, False))
-    return found
+    return precision_thresholds(pseudo, classes, calib, teacher, config.target_precision, config.device,
+                                config.batch_size, config.workers, reporter)
 
 
-def _truth_metrics(truth_path: Path, classes: ClassMap, source: Path, coco_images: list[dict[str, Any]], root: Path,
-                   annotations: list[dict[str, Any]]) -> dict[str, Any]:
-    """AP, and precision/recall at IoU 0.5, of ``annotations`` (on ``coco_images`` under ``root``, category ids of
-    ``classes``, those of the file ``source``) against a truth file; the same precision/recall per class under
-    ``per_class`` (None where a class has no boxes or no truth). The truth's classes are matched to ``classes`` by
-    name (``match_classes``; the ids renumbered, if any, under ``renumbered``). Truth images declaring another
-    size than the machine labels' (the decoded images') are rescaled to it when they are the same shape (counted
-    in ``images_rescaled``), refused when not."""
-    truth = load_coco(truth_path)
-    renumbered = match_classes(classes, source, truth)
-    by_path = {os.path.normpath(truth.image_path(im).resolve()): im for im in truth.images}
-    results = []
-    counts = torch.zeros(3, len(classes), dtype=torch.int64)  # true positives, boxes, truth boxes per class
-    per_image: dict[int, list[dict[str, Any]]] = {}
-    for a in annotations:
-        per_image.setdefault(a["image_id"], []).append(a)
-    matched = num_rescaled = 0
-    for image in coco_images:
-        truth_image = by_path.get(os.path.normpath((root / image["file_name"]).resolve()))
-        if truth_image is None:
-            continue
-        matched += 1
-        sizes = (truth_image["width"], truth_image["height"]), (image["width"], image["height"])
-        if sizes[0] != sizes[1]:  # the machine labels' sizes are the decoded images'
-            if not same_shape(*sizes):
-                raise UserError(f"{truth_path}: image {truth_image['id']} ({truth_image['file_name']}) declares "
-                                f"{sizes[0][0]} x {sizes[0][1]}, but the image is {sizes[1][0]} x {sizes[1][1]} as "
-                                "pseudo-label decoded it; fix its width, height and boxes in the file")
-            rescale_image(truth, truth_image, *sizes[1])
-            num_rescaled += 1
-        anns = [a for a in per_image.get(image["id"], []) if not a.get("iscrowd", 0)]
-        results += [{**a, "image_id": truth_image["id"]} for a in anns]
-        boxes, labels = image_targets(truth, truth_image, classes)
-        det_labels = torch.tensor([classes.label(a["category_id"]) for a in anns], dtype=torch.int64)
-        dets = Detections(annotation_boxes(anns), torch.tensor([a["score"] for a in anns]), det_labels)
-        is_tp = match(dets, boxes, labels)
-        counts[0] += torch.bincount(det_labels[is_tp], minlength=len(classes))
-        counts[1] += torch.bincount(det_labels, minlength=len(classes))
-        counts[2] += torch.bincount(labels, minlength=len(classes))
-    if matched == 0:
-        raise UserError(f"{truth_path}: none of its images are in the machine labels (matched by file path)")
-    metrics = coco_metrics(truth, results)
-    tp, kept, true = counts.sum(1).tolist()
-    per_class = {name: {"boxes": n, "precision": t / n if n else None, "recall": t / m if m else None}
-                 for name, (t, n, m) in zip(classes.names, counts.T.tolist())}
-    return {"ap": metrics["ap"], "ap50": metrics["ap50"], "precision": tp / max(1, kept), "recall": tp / max(1, true),
-            "boxes": kept, "per_class": per_class, "images_rescaled": num_rescaled, "renumbered": renumbered}
-
-
-def _doubt(scores: torch.Tensor, thresholds: torch.Tensor) -> float:
-    """How much an image needs a person: each box's closeness to its class threshold (1 at it), summed."""
-    spread = torch.maximum(thresholds, 1 - thresholds).clamp(min=1e-6)
-    return float((1 - (scores - thresholds).abs() / spread).clamp(min=0).sum())
+def _histogram(scores_in: torch.Tensor, scores_kept: torch.Tensor) -> list[dict[str, Any]]:
+    """Boxes in and kept per score bin of width 0.1 (the last bin includes 1.0)."""
+    return [{"lo": lo / 10, "hi": (lo + 1) / 10,
+             "boxes_in": int(((scores_in >= lo / 10) & (scores_in < (lo + 1) / 10 + (lo == 9))).sum()),
+             "boxes_kept": int(((scores_kept >= lo / 10) & (scores_kept < (lo + 1) / 10 + (lo == 9))).sum())}
+            for lo in range(10)]
 
 
 def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> FilterResult:
@@ -358,7 +246,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         confident = dets.scores >= image_thresh
         doubtful = (dets.scores >= config.ambiguous_low) & ~confident
         if (dets.scores >= config.ambiguous_low).any():
-            review.append((_doubt(dets.scores, image_thresh), image, dets))
+            review.append((doubt(dets.scores, image_thresh), image, dets))
         kept = apply("threshold", confident, dets)
         if config.max_per_image is not None:
             order = torch.argsort(kept.scores, descending=True)
@@ -398,10 +286,6 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
     boxes_kept = Counter(names[classes.label(a["category_id"])] for a in annotations if not a.get("iscrowd", 0))
     all_scores = torch.cat([d.scores for d in dets_per_image.values()]) if dets_per_image else torch.zeros(0)
     kept_scores = torch.tensor([a["score"] for a in annotations if not a.get("iscrowd", 0)])
-    histogram = [{"lo": lo / 10, "hi": (lo + 1) / 10,
-                  "boxes_in": int(((all_scores >= lo / 10) & (all_scores < (lo + 1) / 10 + (lo == 9))).sum()),
-                  "boxes_kept": int(((kept_scores >= lo / 10) & (kept_scores < (lo + 1) / 10 + (lo == 9))).sum())}
-                 for lo in range(10)]
     result = FilterResult(
         out=out, thresholds=rules["thresholds"], num_images_in=len(pseudo.images), num_images_out=len(images),
         num_boxes_in={n: boxes_in[n] for n in names}, num_boxes_kept={n: boxes_kept[n] for n in names},
@@ -409,38 +293,20 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         rules=[RuleCount(rule, {n: counts[n] for n in names},
                          {"ambiguous": num_dropped_ambiguous}.get(rule, 0)) for rule, counts in removed.items()]
         + [RuleCount("empty images", dict.fromkeys(names, 0), num_dropped_empty)],
-        histogram=histogram, calibration=calibration,
+        histogram=_histogram(all_scores, kept_scores), calibration=calibration,
     )
     if config.truth is not None:
         all_annotations = [a for anns in pseudo.annotations_per_image.values() for a in anns]
         result.truth_metrics = {
-            "before": _truth_metrics(config.truth, classes, pseudo.path, pseudo.images, pseudo.image_root, all_annotations),
-            "after": _truth_metrics(config.truth, classes, pseudo.path, images, out.parent, annotations),
+            "before": truth_metrics(config.truth, classes, pseudo.path, pseudo.images, pseudo.image_root, all_annotations),
+            "after": truth_metrics(config.truth, classes, pseudo.path, images, out.parent, annotations),
         }
     if config.review_out is not None:
         result.review_out = config.review_out
-        result.num_review = _write_review(config.review_out, sorted(review, key=lambda r: -r[0])[:config.review_count],
-                                          pseudo, classes)
+        result.num_review = write_review(config.review_out, sorted(review, key=lambda r: -r[0])[:config.review_count],
+                                         pseudo, classes)
+    if config.report is not None:  # last: the labels and the review are complete before it
+        write_json(Path(config.report), asdict(result) | {
+            "out": str(result.out), "review_out": None if result.review_out is None else str(result.review_out)})
     return result
 
-
-def _write_review(path: Path, ranked: list[tuple[float, dict[str, Any], Detections]], pseudo: CocoData,
-                  classes: ClassMap) -> int:
-    """The most doubtful images, machine boxes as pre-annotations: Label Studio import JSON at ``path``,
-    and the same images as COCO beside it (``NAME.coco.json``)."""
-    tasks, images, annotations = [], [], []
-    for rank, (doubt, image, dets) in enumerate(ranked, start=1):
-        image_path = (pseudo.image_root / image["file_name"]).resolve()
-        boxes, scores, labels = dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist()
-        annotations += detections_to_annotations(Detections(dets.boxes, dets.scores, dets.labels), image["id"], classes,
-                                                 image["width"], image["height"], first_id=len(annotations) + 1)
-        review_task = labelstudio.task(str(image_path), image["width"], image["height"], boxes,
-                                       [classes.names[k] for k in labels], scores, model_version="retinaslim-teacher",
-                                       categories=pseudo.categories)
-        review_task["predictions"][0]["score"] = round(doubt, 4)
-        tasks.append({**review_task, "meta": {"rank": rank, "doubt": round(doubt, 4)}})
-        images.append({**image, "file_name": os.path.relpath(image_path, Path(path).parent.resolve())})
-    write_json(Path(path), tasks)
-    write_json(Path(path).with_suffix(".coco.json"), {"info": {"description": "retinaslim review: most doubtful images first"},
-                                                      "images": images, "annotations": annotations, "categories": pseudo.categories})
-    return len(tasks)

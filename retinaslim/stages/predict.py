@@ -24,15 +24,10 @@ from retinaslim.core.tta import Transform, make_transforms
 from retinaslim.data.coco import ClassMap, detections_to_annotations
 from retinaslim.data.draw import draw_boxes, save_image
 from retinaslim.data.images import ImageError, list_images, read_rgb
+from retinaslim.engine.inference import ImageResult, chunks, predict_batches, resolve_device
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.onnx import OnnxDetector
-from retinaslim.stages.inference import (
-    ImageResult,
-    chunks,
-    predict_batches,
-    resolve_device,
-)
 
 
 @dataclass

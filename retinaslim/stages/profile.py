@@ -1,9 +1,9 @@
 """profile: parameters, MACs (total and per module), checkpoint size and latency of a model.
 
-Latency is measured twice at batch 1 on a square image of ``image_size``, through the lean inference
-path every command uses (``models.lean``): the network alone (backbone, FPN, head on a normalised
-tensor) and end to end (normalise, pad, network, cached anchors, decode, NMS), each the median of
-``runs`` timed runs after ``warmup`` runs.
+Latency is measured twice at batch 1 on a square image whose side (its longer side, as everywhere) is
+``image_size``, through the lean inference path every command uses (``models.lean``): the network alone
+(backbone, FPN, head on a normalised tensor) and end to end (normalise, pad, network, cached anchors,
+decode, NMS), each the median of ``runs`` timed runs after ``warmup`` runs (``engine.timing``).
 """
 
 from __future__ import annotations
@@ -14,19 +14,20 @@ from pathlib import Path
 import torch
 
 from retinaslim.core.atomic import refuse_overwriting_inputs, write_json
+from retinaslim.engine.inference import resolve_device
+from retinaslim.engine.timing import measure, median_ms
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.lean import LeanDetector
 from retinaslim.models.macs import count_macs, group_by_prefix
 from retinaslim.models.registry import build_model
-from retinaslim.stages.inference import median_ms, resolve_device
 
 
 @dataclass(kw_only=True)
 class ProfileConfig:
     arch: str | None = None
     weights: Path | None = None
-    image_size: int = 320
+    image_size: int = 320  # longer side in px; the test image is square
     num_classes: int = 1  # with --arch; a checkpoint has its own
     runs: int = 50
     warmup: int = 5
@@ -49,8 +50,8 @@ class ModuleCost:
 class ProfileResult:
     """Parameters, MACs (multiply-accumulates) per image, checkpoint size in MB (None for an untrained
     ``arch``), latency in ms (median of ``runs`` at batch 1: ``network_latency_ms`` from a normalised tensor
-    to head outputs, ``latency_ms`` from image to detections), the square input side in px, and per-module
-    costs (``modules``)."""
+    to head outputs, ``latency_ms`` from image to detections), ``image_size`` (the input's longer side in px;
+    the test image is square) and per-module costs (``modules``)."""
 
     arch: str
     params: int
@@ -88,8 +89,9 @@ def profile(config: ProfileConfig) -> ProfileResult:
     image = torch.rand(3, config.image_size, config.image_size, device=device)
     with torch.no_grad():
         batch = detector.batch([image])  # normalised and padded, as the network sees it
-        network = median_ms(lambda: detector.raw(batch), config.runs, config.warmup, device)
-        end_to_end = median_ms(lambda: detector([image]), config.runs, config.warmup, device)
+    times = measure({"network": lambda: detector.raw(batch), "end-to-end": lambda: detector([image])},
+                    config.runs, config.warmup, rounds=1)
+    network, end_to_end = median_ms(times["network"]), median_ms(times["end-to-end"])
     result = ProfileResult(arch, sum(p.numel() for p in model.parameters()), total, size_mb, end_to_end, network,
                            config.image_size, torch.get_num_threads(), str(device), config.runs, modules)
     if config.json_out is not None:

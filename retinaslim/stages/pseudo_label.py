@@ -1,6 +1,7 @@
 """pseudo-label: the teacher labels unlabelled images with multi-transform ensembling.
 
-Each image is run through every transform (scales x flips [x rotations]), predictions are mapped back to
+Each image is run through every transform (sizes x flips [x rotations]; a size is a factor of ``image_size``,
+the longer side in pixels, from ``scales``, or a shorter side in pixels from ``short_sides``), predictions are mapped back to
 the original image and fused (WBF by default) into one box set with a ``score`` and an ``agreement``
 (how many transforms found the box). Every fused box above a low floor is kept, so thresholds can be
 chosen later (``retinaslim filter``) without running the teacher again.
@@ -26,8 +27,6 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from retinaslim.config import PSEUDO_FUSION, PSEUDO_SCALES, PSEUDO_SCORE_FLOOR
 from retinaslim.core.atomic import atomic_path, refuse_overwriting_inputs
 from retinaslim.core.fusion import FUSION_METHODS
@@ -35,12 +34,14 @@ from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import make_transforms
 from retinaslim.data.coco import ClassMap, detections_to_annotations
 from retinaslim.data.images import list_images
+from retinaslim.engine import ddp
+from retinaslim.engine.inference import ImageResult, Timings, chunks, predict_batches, resolve_device
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
-from retinaslim.stages.inference import ImageResult, Timings, chunks, predict_batches, resolve_device
 
 
 MIN_BOX_SIDE = 1.0  # pixels
+MAX_SCALE = 16  # a factor of image_size; sizes in pixels are short_sides
 
 
 @dataclass
@@ -49,13 +50,14 @@ class PseudoLabelConfig:
     teacher: Path
     out: Path
     _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
-    scales: tuple[float, ...] = PSEUDO_SCALES
+    scales: tuple[float, ...] | None = None  # factors of image_size; None: PSEUDO_SCALES unless short_sides
+    short_sides: tuple[int, ...] = ()  # shorter sides in pixels (Data Distillation's 400..1200), after the scales
     hflip: bool = True
     vflip: bool = False
     rot90: bool = False
     fusion: str = PSEUDO_FUSION
     score_floor: float = PSEUDO_SCORE_FLOOR
-    image_size: int | None = None  # None: the teacher's training size
+    image_size: int | None = None  # longer side in pixels at scale 1; None: the teacher's training size
     batch_size: int = 8
     device: str = "auto"
     workers: int = 2  # image-decoding processes; 0: decode in the main process
@@ -187,7 +189,13 @@ def _resolve_shard(config: PseudoLabelConfig) -> tuple[int, int]:
         if not (count >= 1 and 0 <= index < count):
             raise UserError(f"`shard` {index}/{count}: expected I/N with 0 <= I < N, e.g. 0/4")
         return index, count
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return ddp.rank(), ddp.world_size()
+
+
+def _scales(config: PseudoLabelConfig) -> tuple[float, ...]:
+    if config.scales is not None:
+        return tuple(config.scales)
+    return () if config.short_sides else PSEUDO_SCALES
 
 
 def _validate(config: PseudoLabelConfig) -> None:
@@ -195,8 +203,14 @@ def _validate(config: PseudoLabelConfig) -> None:
         raise UserError(f"`fusion` {config.fusion!r} is unknown; choose one of {', '.join(FUSION_METHODS)}")
     if not 0 <= config.score_floor <= 1:
         raise UserError(f"`score_floor` {config.score_floor} must be in [0, 1]")
-    if not config.scales or any(s <= 0 for s in config.scales):
-        raise UserError(f"`scales` {config.scales} must be positive numbers, e.g. 0.75,1.0,1.25")
+    scales = _scales(config)
+    if any(not 0 < s <= MAX_SCALE for s in scales):
+        raise UserError(f"`scales` {scales}: factors of `image_size` in (0, {MAX_SCALE}], e.g. 0.75,1.0,1.25; "
+                        "for shorter sides in pixels (400,600,800) use `short_sides`")
+    if any(s < 1 for s in config.short_sides):
+        raise UserError(f"`short_sides` {config.short_sides} must be pixel counts of at least 1, e.g. 400,600,800")
+    if not scales and not config.short_sides:
+        raise UserError("`scales` and `short_sides` are both empty: give at least one size")
     if Path(config.out).suffix.lower() != ".json":
         raise UserError(f"`out` {config.out}: expected a .json file name")
     refuse_overwriting_inputs([("`out`", config.out)], [("`source`", config.source), ("`teacher`", config.teacher)])
@@ -211,7 +225,7 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
     paths = list_images(config.source)
     checkpoint = load_checkpoint(config.teacher)
     image_size = config.image_size or checkpoint.image_size
-    transforms = make_transforms(tuple(config.scales), config.hflip, config.vflip, config.rot90)
+    transforms = make_transforms(_scales(config), config.hflip, config.vflip, config.rot90, tuple(config.short_sides))
     classes = ClassMap.from_categories(checkpoint.classes)
     out = Path(config.out)
     out_dir = out.parent.resolve()
@@ -250,8 +264,8 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
     num_resumed = sum(len(all_batches[k]) for k in mine if k in finished)
     if not done:
         device = resolve_device(config.device)
-        if distributed and device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if distributed:
+            device = ddp.process_device(device)
         model = checkpoint.build().to(device)
         with _journal_errors(journal), open(journal, "a" if finished else "w") as log:
             if not finished:  # durable before any work: a run killed in its first batch leaves a header to check
@@ -291,7 +305,7 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
                                 num_images_resumed=num_resumed, timings=timings)
     journals = [_journal_path(out, (i, shard[1])) for i in range(shard[1])]
     if distributed:
-        _barrier()
+        ddp.barrier()
         if shard[0] != 0:
             partial.seconds = time.perf_counter() - started
             return partial
@@ -322,12 +336,3 @@ def _claim_merge(out: Path, journals: list[Path]) -> bool:
     except FileExistsError:
         return False
     return True
-
-
-def _barrier() -> None:
-    """Wait for every torchrun process (gloo: a barrier needs no accelerator)."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    dist.barrier()

@@ -2,41 +2,41 @@
 
 Human labels (``labeled``) and optionally machine labels (``pseudo``) are mixed with a fixed share of
 machine images in every batch; machine images' losses can be scaled down; ignore regions and empty
-(background) images from the filter stage are honoured. Per epoch: train, measure val AP of the EMA
-weights with pycocotools, write ``last.pt`` (with everything ``--resume`` needs) and, when AP improved,
-``best.pt``; append a row to ``results.csv`` and redraw ``results.png``. The resolved configuration is
-saved as ``config.yaml`` first. Under torchrun, each process trains on its share of the batches (DDP);
-only rank 0 validates and writes.
+(background) images from the filter stage are honoured. Per epoch: train (``engine.loop.train_one_epoch``),
+measure val AP of the EMA weights with pycocotools, write ``last.pt`` (with everything ``resume`` needs,
+random state included: ``engine.rng``) and, when AP improved, ``best.pt``; append a row to ``results.csv``
+and redraw ``results.png`` (``engine.history``). The resolved configuration is saved as ``config.yaml``
+first. Under torchrun each process trains on its share of the batches (DDP, ``engine.ddp``); only rank 0
+validates and writes. Slim students' anchors are fitted to the human boxes first (``models.anchors``).
 """
 
 from __future__ import annotations
 
-import csv
 import math
-import os
-import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from retinaslim.config import TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
-from retinaslim.core.atomic import atomic_path
 from retinaslim.core.progress import Reporter
-from retinaslim.data.coco import ClassMap, CocoData, load_coco, match_classes, require_image_files, trained_classes
+from retinaslim.data.coco import ClassMap, load_coco, relative_boxes, match_classes, require_image_files, trained_classes
 from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, MixedDataset, collate_skip
+from retinaslim.engine.ddp import Distributed
+from retinaslim.engine.history import plot_history, write_history
+from retinaslim.engine.inference import evaluate_on_coco, resolve_device
+from retinaslim.engine.loop import make_optimizer, train_one_epoch, warmup_cosine
+from retinaslim.engine.rng import rng_state, seed_everything, set_rng_state
 from retinaslim.errors import UserError
-from retinaslim.models.anchors import DEFAULT_ANCHORS, fit_anchors, fit_retinanet_anchors, shape_iou
+from retinaslim.models.anchors import fitted_or_default, retinanet_fit
 from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from retinaslim.models.ema import ModelEMA
 from retinaslim.models.registry import build_model, takes_option
 from retinaslim.models.teacher import coco_weights_path
 from retinaslim.models.weights import CLASS_LOGITS, load_matching, read_weights, summarise_names
-from retinaslim.stages.inference import evaluate_on_coco, resolve_device
 
 PATH_FIELDS = ("labeled", "val", "out", "pseudo", "images")
 
@@ -114,176 +114,6 @@ class TrainResult:
     resumed_from_epoch: int = 0
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-
-
-def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    raise UserError(f"unknown optimizer {config.optimizer!r}; choose sgd or adamw")
-
-
-def warmup_cosine(total_iters: int, warmup_iters: int):
-    """Learning-rate factor per iteration: linear warm-up from 0.001, then cosine decay to 0.01."""
-
-    def factor(it: int) -> float:
-        if it < warmup_iters:
-            return 0.001 + (1 - 0.001) * it / warmup_iters
-        progress = (it - warmup_iters) / max(1, total_iters - warmup_iters)
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
-
-
-@dataclass
-class EpochStats:
-    losses: dict[str, float]
-    steps: int
-    num_skipped: int
-    human_images: int
-    machine_images: int
-    machine_boxes: int
-    data_wait_fraction: float  # share of the epoch spent waiting for the data loader
-
-
-def train_one_epoch(model, ema: ModelEMA, loader, optimizer, scheduler, scaler, device, reporter: Reporter,
-                    epoch: int, max_steps: int) -> EpochStats:
-    """Up to ``max_steps`` optimiser steps over ``loader``."""
-    model.train()
-    totals: dict[str, float] = {}
-    stats = EpochStats({}, 0, 0, 0, 0, 0, 0.0)
-    waited = 0.0
-    started = time.perf_counter()
-    reporter.start("train", min(len(loader), max_steps))
-    tick = time.perf_counter()
-    for images, targets, skipped in loader:
-        waited += time.perf_counter() - tick
-        stats.num_skipped += skipped
-        if not images:
-            reporter.advance("train")
-            tick = time.perf_counter()
-            continue
-        machine = [t for t in targets if t["machine"]]
-        stats.machine_images += len(machine)
-        stats.machine_boxes += sum(len(t["boxes"]) for t in machine)
-        stats.human_images += len(targets) - len(machine)
-        images = [im.to(device, non_blocking=True) for im in images]
-        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            losses = model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise UserError(f"training loss became non-finite in epoch {epoch} ({ {k: float(v) for k, v in losses.items()} }); "
-                            "lower `lr`; the last good checkpoint is kept")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        ema.update(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model)
-        stats.steps += 1
-        for k, v in losses.items():
-            totals[k] = totals.get(k, 0.0) + v.item()
-        totals["loss"] = totals.get("loss", 0.0) + loss.item()
-        # Report machine boxes per batch: when none pass the filter, the machine-label loss is silently zero.
-        reporter.advance("train", loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                         machine_boxes=str(sum(len(t["boxes"]) for t in machine)))
-        if stats.steps >= max_steps:
-            break
-        tick = time.perf_counter()
-    reporter.finish("train")
-    stats.losses = {k: v / max(1, stats.steps) for k, v in totals.items()}
-    stats.data_wait_fraction = waited / max(time.perf_counter() - started, 1e-9)
-    return stats
-
-
-class _Distributed:
-    """torchrun's RANK/WORLD_SIZE, with the process group set up when there are several processes."""
-
-    def __init__(self, device: torch.device):
-        self.rank, self.world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        self.device = device
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            if device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-                torch.cuda.set_device(self.device)
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            torch.distributed.barrier()
-
-    def wrap(self, model: nn.Module) -> nn.Module:
-        if self.world_size == 1:
-            return model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def _box_shapes(coco: CocoData) -> torch.Tensor:
-    """(M, 2) widths and heights of the non-crowd boxes as fractions of their image's longer side (the resized side)."""
-    shapes = [(a["bbox"][2] / side, a["bbox"][3] / side)
-              for image in coco.images for side in [max(image["width"], image["height"])]
-              for a in coco.annotations_per_image[image["id"]] if not a.get("iscrowd") and a["bbox"][2] > 0 and a["bbox"][3] > 0]
-    return torch.tensor(shapes, dtype=torch.float64).reshape(-1, 2)
-
-
-def _teacher_anchors(labeled: CocoData, image_size: int, reporter: Reporter) -> dict[str, Any]:
-    """The teacher's P3-P7 anchors fitted to the human boxes at their positions (``fit_retinanet_anchors``)."""
-    boxes = [(x, y, x + w, y + h) for image in labeled.images for side in [max(image["width"], image["height"])]
-             for a in labeled.annotations_per_image[image["id"]] if not a.get("iscrowd") and a["bbox"][2] > 0 and a["bbox"][3] > 0
-             for x, y, w, h in [[v * image_size / side for v in a["bbox"]]]]
-    anchors, coverage = fit_retinanet_anchors(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), image_size)
-    smallest = [round(level[0] * image_size, 1) for level in anchors["scales"]]
-    reporter.log(f"anchors fitted to {len(boxes)} boxes: smallest per level P3-P7 {smallest} px, ratios {anchors['ratios']}; "
-                 f"{coverage:.0%} of the boxes have an anchor of IoU >= 0.5")
-    return anchors
-
-
-def _fitted_anchors(labeled: CocoData, reporter: Reporter) -> dict[str, Any]:
-    """Student anchors fitted to the human boxes, kept only when they match the boxes better than the defaults."""
-    shapes = _box_shapes(labeled)
-    if len(shapes) < 20:
-        reporter.log(f"anchors: default ({len(shapes)} boxes are too few to fit)")
-        return DEFAULT_ANCHORS
-    fitted = fit_anchors(shapes)
-    fitted_iou, default_iou = shape_iou(shapes, fitted).mean().item(), shape_iou(shapes, DEFAULT_ANCHORS).mean().item()
-    if fitted_iou <= default_iou:
-        reporter.log(f"anchors: default (mean best IoU with {len(shapes)} boxes {default_iou:.3f}, fitted {fitted_iou:.3f})")
-        return DEFAULT_ANCHORS
-    reporter.log(f"anchors fitted to {len(shapes)} boxes: mean best IoU {fitted_iou:.3f} (default {default_iou:.3f}); "
-                 f"sizes {fitted['scales']} of the input side, ratios {fitted['ratios']}")
-    return fitted
-
-
 def initialise(model: nn.Module, init: str, arch: str, categories: list[dict[str, Any]], reporter: Reporter) -> None:
     """Load the starting weights ``init`` names into ``model`` (in place) and log what was not loaded.
 
@@ -311,10 +141,10 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         if previous.training_state is None:
             raise UserError(f"{resume}: holds no training state; resume from the run's last.pt")
         config = TrainConfig.from_checkpoint(previous, resume)
-    distributed = _Distributed(resolve_device(config.device))
+    distributed = Distributed(resolve_device(config.device))
     device = distributed.device
     reporter = (reporter or Reporter()) if distributed.main else Reporter()
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     if config.image_size < 32:
         raise UserError(f"`image_size` {config.image_size} is too small; use at least 32 px")
     if config.init is not None and config.pretrained:
@@ -365,15 +195,17 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         persistent_workers=config.workers > 0, pin_memory=device.type == "cuda",
     )
     if config.fit_anchors and previous is None and takes_option(config.arch, "anchors") and "anchors" not in config.arch_options:
-        config.arch_options["anchors"] = (_teacher_anchors(labeled, config.image_size, reporter) if config.role == "teacher"
-                                          else _fitted_anchors(labeled, reporter))
+        boxes = relative_boxes(labeled)
+        config.arch_options["anchors"], note = (retinanet_fit(boxes, config.image_size) if config.role == "teacher"
+                                                else fitted_or_default(boxes))
+        reporter.log(note)
     init_options = {"pretrained": True} if config.pretrained and previous is None else {}
     model = build_model(config.arch, len(classes), config.image_size, **config.arch_options, **init_options)
     if config.init is not None and previous is None:  # a resumed run's weights are in last.pt
         initialise(model, config.init, config.arch, classes.categories(), reporter)
     model = model.to(device)
     ema = ModelEMA(model, config.ema_decay)
-    optimizer = _make_optimizer(config, model)
+    optimizer = make_optimizer(config.optimizer, model, config.lr, config.weight_decay)
     total_iters = config.iterations or config.epochs * len(loader)
     num_epochs = math.ceil(total_iters / len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_iters, min(WARMUP_ITERS, total_iters // 5)))
@@ -388,7 +220,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         history, step, start_epoch = state["history"], state["step"], previous.epoch + 1
         best_ap, best_epoch = state["best_ap"], state["best_epoch"]
         best_metrics = next((h for h in history if h["epoch"] == best_epoch), {})
@@ -432,12 +264,12 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
             checkpoint.training_state = {
                 "raw_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(), "history": history, "step": step,
+                "scaler": scaler.state_dict(), "rng": rng_state(), "history": history, "step": step,
                 "best_ap": best_ap, "best_epoch": best_epoch,
             }
             save_checkpoint(out / "last.pt", checkpoint)
-            _write_history(out / "results.csv", history)
-            _plot_history(out / "results.png", history)
+            write_history(out / "results.csv", history)
+            plot_history(out / "results.png", history)
             reporter.log(f"epoch {epoch}/{num_epochs}  loss {stats.losses.get('loss', float('nan')):.3f}  "
                          f"val AP {metrics['ap']:.3f}  AP50 {metrics['ap50']:.3f}  "
                          f"machine boxes {stats.machine_boxes}  data wait {100 * stats.data_wait_fraction:.0f}%"
@@ -446,33 +278,3 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     return TrainResult(out, out / "best.pt", best_epoch, best_metrics, history, num_images, num_skipped,
                        time.perf_counter() - started, resumed_from_epoch=previous.epoch if previous else 0)
 
-
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-
-
-def _plot_history(path: Path, history: list[dict[str, float]]) -> None:
-    """Loss and validation AP per epoch, as a PNG beside results.csv."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key in ("loss", "classification", "bbox_regression"):
-        left.plot(epochs, [row.get(key, float("nan")) for row in history], marker=".", label=key)
-    left.set(xlabel="epoch", title="training loss")
-    left.legend()
-    for key in ("ap", "ap50", "ap75"):
-        right.plot(epochs, [row[key] for row in history], marker=".", label=key.upper())
-    right.set(xlabel="epoch", title="validation (EMA weights)", ylim=(0, 1))
-    right.legend()
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=90)
-    plt.close(figure)

@@ -30,8 +30,8 @@ def forward_boxes(transform: Transform, boxes, original_hw, resized_hw):
     corners=st.lists(st.tuples(*[st.floats(0, 1)] * 4), min_size=1, max_size=5),
 )
 def test_invert_undoes_transform_for_random_boxes(height, width, size, hflip, vflip, rot, image_size, corners):
-    base = make_transforms((size,), hflip=False)[0]  # integers above 16 are absolute shorter sides
-    transform = Transform(base.scale, hflip, vflip, rot, base.short_side)
+    transform = Transform(hflip=hflip, vflip=vflip, rot=rot,
+                          **({"short_side": size} if isinstance(size, int) else {"scale": size}))
     boxes = torch.tensor([[min(a, c) * width, min(b, d) * height, max(a, c) * width, max(b, d) * height]
                           for a, b, c, d in corners], dtype=torch.float64)
     there, transformed_hw = forward_boxes(transform, boxes, (height, width), transform.resized_size(height, width, image_size))
@@ -44,7 +44,7 @@ def test_transform_moves_pixels_where_invert_says():
     image = torch.zeros(3, 90, 160)
     image[:, 20:50, 30:90] = 1.0
     truth = torch.tensor([[30.0, 20.0, 90.0, 50.0]])
-    transforms = make_transforms((0.75, 1.0, 1.25, 60), hflip=True, vflip=True, rot90=True)
+    transforms = make_transforms((0.75, 1.0, 1.25), hflip=True, vflip=True, rot90=True, short_sides=(60,))
     assert len(transforms) == 4 * 2 * 2 * 3
     for transform in transforms:
         out = transform.apply(image, 128)
@@ -61,8 +61,10 @@ def test_transform_moves_pixels_where_invert_says():
 def test_make_transforms_and_names():
     names = [t.name for t in make_transforms((0.75, 1.0), hflip=True)]
     assert names == ["scale0.75", "scale0.75+hflip", "scale1", "scale1+hflip"]
-    assert [t.name for t in make_transforms((800,), hflip=False, rot90=True)] == ["short800", "short800+rot90", "short800+rot270"]
-    for t in make_transforms((0.75, 1.0, 600), hflip=True, vflip=True, rot90=True):
+    assert [t.name for t in make_transforms((), hflip=False, rot90=True, short_sides=(800,))] == [
+        "short800", "short800+rot90", "short800+rot270"]
+    assert [t.name for t in make_transforms((1.0,), hflip=False, short_sides=(600,))] == ["scale1", "short600"]
+    for t in make_transforms((0.75, 1.0), hflip=True, vflip=True, rot90=True, short_sides=(600,)):
         assert Transform.from_name(t.name) == t
     assert len(make_transforms((1.0,), hflip=False)) == 1
 

@@ -6,15 +6,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from retinaslim.data.coco import coco_evaluate, load_coco
+from retinaslim.engine.timing import measure, median_ms, p90_ms
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.macs import count_macs
-from retinaslim.stages.inference import interleaved_ms
 from tests.conftest import run_cli
 
 
@@ -74,8 +73,15 @@ def test_coco_evaluate_without_predictions_scores_zero_where_truth_exists(tiny_c
 def test_timed_calls_of_several_models_are_interleaved_in_rounds():
     order = []
     calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b")}
-    samples = interleaved_ms(calls, runs=5, warmup=1, device=torch.device("cpu"), rounds=3)
-    assert {name: len(v) for name, v in samples.items()} == {"a": 5, "b": 5}  # 2 + 2 + 1 timed calls each
+    measured = measure(calls, runs=5, warmup=1, rounds=3)
+    assert {name: len(m.times) for name, m in measured.items()} == {"a": 5, "b": 5}  # 2 + 2 + 1 timed calls each
     assert order == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 2 + ["b"] * 2  # one warm-up per visit
-    assert all(t >= 0 for v in samples.values() for t in v)
-    assert len(interleaved_ms(calls, runs=2, warmup=0, device=torch.device("cpu"), rounds=3)["a"]) == 2
+    assert all(t >= 0 for m in measured.values() for t in m.times)
+    assert len(measure(calls, runs=2, warmup=0, rounds=3)["a"].times) == 2
+
+
+def test_latency_is_the_median_and_p90_of_the_samples_in_ms():
+    measured = measure({"a": lambda: None}, runs=10, warmup=0)["a"]
+    ms = sorted(1000 * t for t in measured.times)
+    assert median_ms(measured) == pytest.approx((ms[4] + ms[5]) / 2)
+    assert median_ms(measured) <= p90_ms(measured) <= ms[-1]

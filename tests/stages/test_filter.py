@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from retinaslim.config import FILTER_SCORE_THRESH
+from retinaslim.engine.thresholds import instances_thresholds
 from retinaslim.errors import UserError
 from retinaslim.models.registry import build_model
-from retinaslim.stages.filter import FilterConfig, filter_labels, instances_thresholds, parse_class_thresholds
+from retinaslim.stages.filter import FilterConfig, filter_labels, parse_class_thresholds
 
 CATEGORIES = [{"id": 1, "name": "id_card"}, {"id": 2, "name": "passport"}]
 

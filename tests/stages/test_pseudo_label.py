@@ -37,6 +37,20 @@ def test_output_has_scores_agreement_and_every_image(unlabeled, labeller, tmp_pa
     assert not list(tmp_path.glob("*.journal"))  # the journal goes once the output is complete
 
 
+def test_sizes_are_factors_of_the_longer_side_or_shorter_sides_in_pixels(unlabeled, labeller, tmp_path):
+    images = sorted(unlabeled.iterdir())[:2]
+    listing = tmp_path / "two.txt"
+    listing.write_text("\n".join(map(str, images)))
+    result = pseudo_label(config(listing, labeller, tmp_path / "p.json", short_sides=(96,), hflip=False))
+    assert result.transforms == ["short96"]  # short sides replace the default scales
+    result = pseudo_label(config(listing, labeller, tmp_path / "q.json", scales=(1.0,), short_sides=(96,), hflip=False))
+    assert result.transforms == ["scale1", "short96"]
+    with pytest.raises(UserError, match="for shorter sides in pixels .* use `short_sides`"):
+        pseudo_label(config(listing, labeller, tmp_path / "r.json", scales=(800.0,)))
+    with pytest.raises(UserError, match="both empty"):
+        pseudo_label(config(listing, labeller, tmp_path / "r.json", scales=()))
+
+
 def test_unreadable_files_are_skipped_counted_and_listed(unlabeled, labeller, tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()

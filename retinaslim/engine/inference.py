@@ -1,8 +1,12 @@
-"""Inference over many images, shared by the stages that run a model (train's validation, eval, pseudo-label)."""
+"""Inference over many images, shared by the stages that run a model: train's validation, eval, pseudo-label,
+filter's calibration, predict and export's int8 check.
+
+Images are decoded in DataLoader workers, run batch by batch through ``models.lean`` and every test-time
+transform, mapped back to original-image pixels and fused (``core.fusion``) when there are several transforms.
+"""
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,40 +31,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def time_ms(fn: Callable[[], object], runs: int, warmup: int, device: torch.device) -> list[float]:
-    """Wall time of each of ``runs`` calls of ``fn()`` in milliseconds, after ``warmup`` untimed ones."""
-    timings = []
-    for i in range(warmup + runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            timings.append((time.perf_counter() - start) * 1000)
-    return timings
-
-
-def interleaved_ms(calls: dict[str, Callable[[], object]], runs: int, warmup: int, device: torch.device,
-                   rounds: int = 3) -> dict[str, list[float]]:
-    """Wall times (ms) of ``runs`` calls of each of ``calls``, taken in ``rounds`` rounds that visit every call in
-    turn (``warmup`` untimed calls each visit). A slow spell of the machine then falls on every call alike,
-    not on whichever happened to run last; one call after another drifted +-1.5 ms on 2 cores."""
-    rounds = max(1, min(rounds, runs))
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    with torch.inference_mode():
-        for r in range(rounds):
-            for name, call in calls.items():
-                samples[name] += time_ms(call, runs // rounds + (r < runs % rounds), warmup, device)
-    return samples
-
-
-def median_ms(fn: Callable[[], object], runs: int, warmup: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``runs`` calls after ``warmup`` untimed ones."""
-    return statistics.median(time_ms(fn, runs, warmup, device))
 
 
 @dataclass

@@ -1,0 +1,57 @@
+"""What every command shares: the typer app, the options several commands take, and errors as one line.
+
+A library error names its config field in backticks (`score_thresh`); ``user_errors`` shows it as the user
+typed it (--score-thresh, or PSEUDO for a command's argument) and exits 1 without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from retinaslim import console
+from retinaslim.errors import UserError
+
+app = typer.Typer(
+    help="Data distillation for object detection: a RetinaNet teacher labels unlabelled images, "
+    "a slim student learns from human + machine labels.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help wraps to the terminal; rich's panels cut long words at 80 columns
+)
+
+DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available, else cpu), cpu, cuda or cuda:N.")]
+WorkersOpt = Annotated[int, typer.Option(min=0, help="DataLoader worker processes that decode images (0: in the main process).")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+ImagesOpt = Annotated[Optional[Path], typer.Option(help="Folder the COCO files' image names resolve against (default: each JSON file's own folder).")]
+
+
+# API keywords whose flag is not the keyword with dashes.
+FLAGS = {"json_out": "--json", "from_format": "--from", "to_format": "--to", "max_images": "--max"}
+
+
+def flag(name: str, arguments: tuple[str, ...] = ()) -> str:
+    """How the user typed an API keyword: SOURCE for a command's argument, else its --flag."""
+    return name.upper() if name in arguments else FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+@contextmanager
+def user_errors(*arguments: str) -> Iterator[None]:
+    """A user's mistake ends in one red line and exit code 1, never a traceback.
+
+    The message's `keywords` become the flags typed; ``arguments``: the command's positional arguments.
+    """
+    try:
+        yield
+    except UserError as e:
+        console.error(str(e.renamed(lambda name: flag(name, arguments))))
+        raise typer.Exit(1) from None
+    except OSError as e:  # the machine's problem, not the code's: a full disk, a permission, a vanished file
+        console.error(f"{e.filename}: {e.strerror or e}" if e.filename else f"{e.strerror or e}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        raise typer.Exit(130) from None

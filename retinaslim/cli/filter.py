@@ -1,0 +1,94 @@
+"""``retinaslim filter``: the machine labels worth training on, and its tables (thresholds, rules, scores, truth)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from retinaslim import api, console
+from retinaslim.cli.common import DeviceOpt, WorkersOpt, app, user_errors
+from retinaslim.cli.workspace import pick
+from retinaslim.config import FILTER_SCORE_THRESH, Workspace
+
+
+@app.command("filter")
+def filter_(
+    pseudo: Annotated[Optional[Path], typer.Argument(help="Raw machine labels from pseudo-label (default: runs/pseudo.json).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Filtered COCO JSON (default: runs/pseudo.filtered.json).")] = None,
+    score_thresh: Annotated[Optional[str], typer.Option(help=f"Keep boxes scoring at least this: one value, or per class, e.g. id_card=0.6,passport=0.7 (default {FILTER_SCORE_THRESH} unless --auto-thresh).")] = None,
+    auto_thresh: Annotated[Optional[str], typer.Option(help="Choose the threshold per class: instances (as many machine boxes per image as human boxes per labelled image; needs --labeled) or precision (lowest threshold reaching --target-precision on --calib images).")] = None,
+    labeled: Annotated[Optional[Path], typer.Option(help="Human-labelled COCO file, for --auto-thresh instances (default: the workspace's).")] = None,
+    calib: Annotated[Optional[Path], typer.Option(help="Human-labelled COCO file to calibrate on, for --auto-thresh precision.")] = None,
+    calib_images: Annotated[Optional[Path], typer.Option(help="Folder the --calib file names resolve against.")] = None,
+    teacher: Annotated[Optional[Path], typer.Option(help="Teacher for --auto-thresh precision (default: the one pseudo.json names).")] = None,
+    target_precision: Annotated[float, typer.Option(help="Precision at IoU 0.5 that --auto-thresh precision aims for.")] = 0.95,
+    min_agreement: Annotated[int, typer.Option(min=1, help="Keep boxes found by at least this many transforms.")] = 1,
+    min_size: Annotated[float, typer.Option(min=0.0, help="Drop boxes whose shorter side is below this many pixels.")] = 0.0,
+    max_size_frac: Annotated[float, typer.Option(help="Drop boxes covering more than this fraction of the image area.")] = 1.0,
+    aspect_range: Annotated[Optional[str], typer.Option(help="LO,HI: keep boxes whose width/height lies in this range.")] = None,
+    max_per_image: Annotated[Optional[int], typer.Option(min=1, help="Keep at most this many boxes per image, best first.")] = None,
+    ambiguous: Annotated[str, typer.Option(help="Images with a box scored between --ambiguous-low and the threshold: keep, drop (the image), or ignore (those boxes give no loss).")] = "keep",
+    ambiguous_low: Annotated[float, typer.Option(help="Lower bound of the doubtful score band.")] = 0.2,
+    keep_empty: Annotated[bool, typer.Option("--keep-empty/--drop-empty", help="Keep images left without boxes as background images.")] = True,
+    truth: Annotated[Optional[Path], typer.Option(help="True labels of the unlabelled images (e.g. unlabeled.truth.json): report precision, recall and AP before and after.")] = None,
+    review_out: Annotated[Optional[Path], typer.Option(help="Write the most doubtful images with their machine boxes as Label Studio import JSON (and NAME.coco.json).")] = None,
+    review_count: Annotated[int, typer.Option(min=1, help="How many images --review-out lists.")] = 100,
+    report: Annotated[Optional[Path], typer.Option(help="Save the report as JSON.")] = None,
+    device: DeviceOpt = "auto", workers: WorkersOpt = 2,
+) -> None:
+    """Keep the machine labels worth training on: thresholds, agreement, geometry, doubtful images."""
+    with user_errors("pseudo"):
+        ws = Workspace.find()
+        pseudo = pick(pseudo, "PSEUDO", ws and ws.pseudo, "machine labels")
+        out = pick(out, "--out", ws and ws.filtered, "output")
+        if auto_thresh == "instances":
+            labeled = pick(labeled, "--labeled", ws and ws.labeled, "human labels")
+        with console.RichReporter() as reporter:
+            result = api.filter(
+                pseudo, out=out, score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=labeled, calib=calib,
+                calib_images=calib_images, teacher=teacher, target_precision=target_precision,
+                min_agreement=min_agreement, min_size=min_size, max_size_frac=max_size_frac, aspect_range=aspect_range,
+                max_per_image=max_per_image, ambiguous=ambiguous, ambiguous_low=ambiguous_low, keep_empty=keep_empty,
+                truth=truth, review_out=review_out, review_count=review_count, report=report, device=device,
+                workers=workers, reporter=reporter)
+    _render(result)
+    if report is not None:
+        console.info(f"report saved to {report}")
+    if result.review_out:
+        console.info(f"{result.num_review} doubtful images for review saved to {result.review_out}")
+    console.info(f"saved to {result.out}")
+
+
+def _render(result) -> None:
+    names = list(result.num_boxes_in)
+    calibrated = {c.class_name: c for c in result.calibration}
+    console.table("thresholds and boxes per class", ["class", "threshold", "boxes in", "boxes kept"] +
+                  (["calib precision", "calib recall"] if calibrated else []),
+                  [[n, result.thresholds[n], result.num_boxes_in[n], result.num_boxes_kept[n]] +
+                   ([calibrated[n].precision, calibrated[n].recall] if calibrated else []) for n in names])
+    for c in result.calibration:
+        if not c.reached:
+            console.info(f"{c.class_name}: no threshold reaches the target precision; none of its boxes are kept")
+    console.table("boxes removed per rule", ["rule", *names, "images removed"],
+                  [[r.rule, *(r.boxes_removed[n] for n in names), r.images_removed] for r in result.rules])
+    peak = max([h["boxes_in"] for h in result.histogram] + [1])
+    console.table("score histogram", ["score", "boxes in", "kept", ""],
+                  [(f"{h['lo']:.1f}-{h['hi']:.1f}", h["boxes_in"], h["boxes_kept"], "#" * round(30 * h["boxes_in"] / peak))
+                   for h in result.histogram])
+    if result.truth_metrics:
+        console.table("machine labels vs truth (IoU 0.5 for precision/recall)", ["labels", "boxes", "precision", "recall", "AP", "AP50"],
+                      [(k, m["boxes"], m["precision"], m["recall"], m["ap"], m["ap50"]) for k, m in result.truth_metrics.items()])
+        before, after = (result.truth_metrics[k]["per_class"] for k in ("before", "after"))
+        console.table("per class (precision / recall at IoU 0.5)", ["class", "boxes before", "precision", "recall",
+                                                                     "boxes after", "precision", "recall"],
+                      [(name, b["boxes"], b["precision"], b["recall"], after[name]["boxes"], after[name]["precision"],
+                        after[name]["recall"]) for name, b in before.items()])
+        if result.truth_metrics["before"]["images_rescaled"]:
+            console.info(f"{result.truth_metrics['before']['images_rescaled']} truth image(s) declare a resized copy of "
+                         "the size the images have; their boxes were rescaled to the images")
+        if result.truth_metrics["before"].get("renumbered"):
+            console.info(result.truth_metrics["before"]["renumbered"])
+    console.info(f"images: {result.num_images_in} in, {result.num_images_out} out ({result.num_empty_images} without boxes, "
+                 f"{result.num_ignore_regions} ignore regions)")

@@ -1,0 +1,62 @@
+"""``retinaslim pseudo-label``: the teacher labels unlabelled images, ensembling transforms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from retinaslim import api, console
+from retinaslim.cli.common import DeviceOpt, WorkersOpt, app, user_errors
+from retinaslim.cli.workspace import pick
+from retinaslim.config import PSEUDO_FUSION, PSEUDO_SCALES, PSEUDO_SCORE_FLOOR, Workspace
+
+
+@app.command("pseudo-label")
+def pseudo_label(
+    source: Annotated[Optional[Path], typer.Argument(help="Folder of unlabelled images (searched recursively) or a text file of image paths; default: the workspace's.")] = None,
+    teacher: Annotated[Optional[Path], typer.Option(help="Teacher checkpoint (default: the newest runs/teacher*/best.pt).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output COCO JSON (default: runs/pseudo.json).")] = None,
+    scales: Annotated[Optional[str], typer.Option(help=f"Comma-separated factors of --image-size, the longer side (default {','.join(f'{s:g}' for s in PSEUDO_SCALES)}; none when --short-sides are given).")] = None,
+    short_sides: Annotated[str, typer.Option(help="Comma-separated shorter sides in pixels, as Data Distillation sizes its transforms (e.g. 400,600,800); run after the --scales.")] = "",
+    hflip: Annotated[bool, typer.Option(help="Also run each size horizontally flipped.")] = True,
+    vflip: Annotated[bool, typer.Option(help="Also run each size vertically flipped.")] = False,
+    rot90: Annotated[bool, typer.Option(help="Also run each size rotated by 90 and 270 degrees (cards photographed sideways).")] = False,
+    fusion: Annotated[str, typer.Option(help="How transforms are fused: wbf (weighted boxes fusion), nms, or vote (NMS + box voting).")] = PSEUDO_FUSION,
+    score_floor: Annotated[float, typer.Option(help="Keep fused boxes scoring at least this (filter later).")] = PSEUDO_SCORE_FLOOR,
+    image_size: Annotated[Optional[int], typer.Option(min=32, help="Longer side in pixels at scale 1 (default: the teacher's training size).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass (also the unit of the resume journal).")] = 8,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its journal (OUT.journal) instead of refusing to start.")] = False,
+    shard: Annotated[Optional[str], typer.Option(help="I/N: label only shard I of N (0-based), for schedulers without torchrun; the last shard to finish writes OUT.")] = None,
+    device: DeviceOpt = "auto", workers: WorkersOpt = 2,
+) -> None:
+    """Label unlabelled images with the teacher, ensembling several transforms per image.
+
+    Under `torchrun --nproc-per-node N -m retinaslim pseudo-label ...` each process takes a shard and
+    rank 0 writes the output.
+    """
+    with user_errors("source"):
+        ws = Workspace.find()
+        source = pick(source, "SOURCE", ws and ws.unlabeled, "unlabelled images")
+        teacher = pick(teacher, "--teacher", ws and ws.newest_weights("teacher"), "teacher")
+        out = pick(out, "--out", ws and ws.pseudo, "output")
+        with console.RichReporter() as reporter:
+            result = api.pseudo_label(source, teacher=teacher, out=out, scales=scales, short_sides=short_sides,
+                                      hflip=hflip, vflip=vflip, rot90=rot90, fusion=fusion, score_floor=score_floor,
+                                      image_size=image_size, batch_size=batch_size, resume=resume, shard=shard,
+                                      device=device, workers=workers, reporter=reporter)
+    t = result.timings
+    if result.num_images_resumed:
+        console.info(f"resumed: {result.num_images_resumed} images were already labelled")
+    if not result.merged:
+        console.info(f"shard {result.shard[0]}/{result.shard[1]} done ({result.num_images_this_run} images, "
+                     f"{result.seconds:.1f} s); the output is written when every shard has finished")
+        return
+    console.table(f"pseudo-label: {len(result.transforms)} transforms ({', '.join(result.transforms)})",
+                  ["images", "skipped", "boxes", "boxes/image", "images/s", "decode wait s", "forward s", "fusion s"],
+                  [(result.num_images, len(result.skipped), result.num_boxes, result.num_boxes / max(1, result.num_images),
+                    result.num_images_this_run / max(result.seconds, 1e-9), t.data, t.forward, t.fusion)])
+    for item in result.skipped:
+        console.info(f"skipped {item['file']}: {item['reason']}")
+    console.info(f"saved to {result.out}")
