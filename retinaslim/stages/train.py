@@ -34,7 +34,7 @@ from retinaslim.errors import UserError
 from retinaslim.models.anchors import fitted_or_default, retinanet_fit
 from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from retinaslim.models.ema import ModelEMA
-from retinaslim.models.registry import build_model, takes_option
+from retinaslim.models.registry import build_model, list_archs, takes_option
 from retinaslim.models.teacher import coco_weights_path
 from retinaslim.models.weights import CLASS_LOGITS, load_matching, read_weights, summarise_names
 
@@ -196,7 +196,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     )
     if config.fit_anchors and previous is None and takes_option(config.arch, "anchors") and "anchors" not in config.arch_options:
         boxes = relative_boxes(labeled)
-        config.arch_options["anchors"], note = (retinanet_fit(boxes, config.image_size) if config.role == "teacher"
+        config.arch_options["anchors"], note = (retinanet_fit(boxes, config.image_size) if config.arch in list_archs("teacher")
                                                 else fitted_or_default(boxes))
         reporter.log(note)
     init_options = {"pretrained": True} if config.pretrained and previous is None else {}
