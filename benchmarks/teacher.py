@@ -33,6 +33,8 @@ from retinaslim.stages.train import TrainConfig, train
 # name -> overrides of TRAIN_DEFAULTS["teacher"] (the first is whatever config.py holds now).
 CANDIDATES = {
     "default": {},
+    # the teacher before its anchors were fitted: torchvision's 32-512 px scaled by image_size / 512
+    "scaled_anchors": {"fit_anchors": False},
     "v1_adamw_3e-4": {"arch": "retinanet_resnet50_fpn", "optimizer": "adamw", "lr": 3e-4},
     "v2_adamw_3e-4": {"arch": "retinanet_resnet50_fpn_v2", "optimizer": "adamw", "lr": 3e-4},
     "v2_adamw_1e-4": {"arch": "retinanet_resnet50_fpn_v2", "optimizer": "adamw", "lr": 1e-4},
@@ -144,7 +146,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in records:
         o = r["options"]
-        what = f"{o['arch']} {o['optimizer']} {o['lr']:g} {o['augment']}"
+        what = f"{o['arch']} {o['optimizer']} {o['lr']:g} {o['augment']}" + (" scaled anchors" if o.get("fit_anchors") is False else "")
         print(f"| {r['name']} | {what} | {r['val_ap_best']:.3f} / {r['val_ap_last']:.3f} | {r['test_ap']:.3f} | "
               f"{r['test_ap50']:.3f} | {r['steps']} | {r['train_min']:.1f} |")
 
