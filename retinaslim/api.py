@@ -539,7 +539,7 @@ def convert(
 
 
 def profile(
-    *, arch: str | None = None, weights: PathLike | None = None, image_size: int = 320, num_classes: int = 1,
+    *, arch: str | None = None, weights: PathLike | None = None, image_size: int | None = None, num_classes: int = 1,
     runs: int = 50, depth: int = 3, json_out: PathLike | None = None, device: str = "cpu",
 ) -> ProfileResult:
     """Parameters, MACs (multiply-accumulates) per module and in total, size and latency of a model.
@@ -548,6 +548,7 @@ def profile(
         arch: a registered architecture, untrained (with ``num_classes`` classes); or
         weights: a checkpoint. Pass exactly one.
         image_size: longer side in pixels of the input, as everywhere; the test image is square, so its side.
+            None: the checkpoint's training size with ``weights``, 320 with ``arch``.
         runs: timed batch-1 runs per latency (after 5 warm-up runs); the median is reported.
         depth: module-tree depth of the per-module costs.
         json_out: also write the result as JSON.

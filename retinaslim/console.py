@@ -62,6 +62,10 @@ def error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def warn(message: str) -> None:
+    console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def info(message: str) -> None:
     console.print(escape(message), highlight=False, soft_wrap=True)
 

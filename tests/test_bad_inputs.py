@@ -434,3 +434,55 @@ def test_image_size_zero_is_a_usage_error(args, tmp_path, monkeypatch):
 def test_synth_size_below_32_is_refused(size, tmp_path):
     assert_user_error(run_cli("synth", tmp_path / "s", "--size", size, "--labeled", 1, "--val", 1), f"--size {size}")
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--device", "gpu", "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
+    ("--augment", "heavy", "--augment 'heavy': choose none, light, strong"),
+    ("--norm", "ln", "--norm 'ln': choose gn or bn"),
+    ("--batch-size", "0", "Invalid value"),  # typer's range check, before the library's
+])
+def test_a_bad_training_option_value_is_one_line(tiny_cards, tmp_path, flag, value, fragment):
+    data = tiny_cards.files
+    args = ["train-student", "--labeled", data["labeled"], "--val", data["val"], "--out", tmp_path / "run", *FAST_TRAIN]
+    result = run_cli(*args, flag, value)
+    if fragment == "Invalid value":
+        assert result.exit_code == 2 and "Traceback" not in result.stdout + result.stderr
+    else:
+        assert_user_error(result, fragment)
+
+
+def test_a_library_config_out_of_range_is_a_user_error_naming_the_field(tiny_cards, tmp_path):
+    from retinaslim.errors import UserError
+    from retinaslim.stages.train import TrainConfig
+
+    data = tiny_cards.files
+    for field, value in [("batch_size", 0), ("epochs", 0), ("image_size", 16), ("lr", 0.0)]:
+        with pytest.raises(UserError, match=f"`{field}`"):
+            TrainConfig(role="student", labeled=data["labeled"], val=data["val"], out=tmp_path, **{field: value})
+
+
+@pytest.mark.parametrize("name, content", [("labels.json", b'{"images": []}'), ("photo.jpg.pt", b"\xff\xd8\xff\xe0 jpeg")])
+def test_a_file_that_is_not_a_checkpoint_says_so(tiny_cards, tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert_user_error(run_cli("eval", "--weights", path, "--data", tiny_cards.files["val"]), str(path),
+                      "not a PyTorch checkpoint")
+
+
+def test_pseudo_label_refuses_a_coco_file_and_a_list_without_images(tiny_cards, labeller, tmp_path):
+    coco = tiny_cards.files["labeled"]
+    assert_user_error(run_cli("pseudo-label", coco, "--teacher", labeller, "--out", tmp_path / "p.json"),
+                      str(coco), "a JSON file, not images")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("first line\nsecond line\n")
+    assert_user_error(run_cli("predict", notes, "--weights", labeller, "--out", tmp_path / "pred.json"),
+                      str(notes), "none of its 2 lines names an image file")
+
+
+def test_filter_warns_when_it_keeps_no_machine_box(tiny_cards, labeller, tmp_path):
+    pseudo = tmp_path / "pseudo.json"
+    assert run_cli("pseudo-label", tiny_cards.out / "unlabeled", "--teacher", labeller, "--out", pseudo,
+                   *FAST_PSEUDO).exit_code == 0
+    result = run_cli("filter", pseudo, "--score-thresh", "1.0", "--out", tmp_path / "f.json")
+    assert result.exit_code == 0 and "warning: no machine box was kept" in result.stdout

@@ -92,3 +92,6 @@ def _render(result) -> None:
             console.info(result.truth_metrics["before"]["renumbered"])
     console.info(f"images: {result.num_images_in} in, {result.num_images_out} out ({result.num_empty_images} without boxes, "
                  f"{result.num_ignore_regions} ignore regions)")
+    if result.num_boxes_in and not sum(result.num_boxes_kept.values()):
+        console.warn(f"no machine box was kept (of {sum(result.num_boxes_in.values())}): a student trained on this file "
+                     "learns only that its images are background; lower --score-thresh or check the teacher")

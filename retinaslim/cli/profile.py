@@ -15,7 +15,7 @@ from retinaslim.cli.common import app, user_errors
 def profile_(
     arch: Annotated[Optional[str], typer.Option(help="A registered architecture (slim-s, slim-m, retinanet_resnet50_fpn, ...), untrained.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="A checkpoint (its architecture and classes).")] = None,
-    image_size: Annotated[int, typer.Option(min=32, help="Longer side in pixels of the input, as everywhere; the test image is square, S x S.")] = 320,
+    image_size: Annotated[Optional[int], typer.Option(min=32, help="Longer side in pixels of the input, as everywhere; the test image is square, S x S. Default: the checkpoint's training size; 320 with --arch.")] = None,
     num_classes: Annotated[int, typer.Option(min=1, help="Classes, with --arch.")] = 1,
     runs: Annotated[int, typer.Option(min=1, help="Timed batch-1 runs per latency (after 5 warm-up runs); the median is reported.")] = 50,
     per_layer: Annotated[bool, typer.Option(help="Also print parameters and MACs per module, with each module's share.")] = False,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import albumentations as A
 import numpy as np
 
+from retinaslim.errors import UserError
+
 AUGMENT_PRESETS = ("none", "light", "strong")
 
 
@@ -29,7 +31,7 @@ def build_augment(preset: str) -> A.Compose | None:
             A.ImageCompression(quality_range=(40, 90), p=0.3),
         ]
     else:
-        raise ValueError(f"unknown augment preset {preset!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
+        raise UserError(f"`augment` {preset!r}: choose {', '.join(AUGMENT_PRESETS)}")
     # Boxes that leave the frame are clipped; ones left under 1 px (or 20% of their area) are dropped.
     bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], clip=True, min_width=1, min_height=1,
                                min_visibility=0.2)

@@ -140,6 +140,9 @@ def list_images(source: Path) -> list[Path]:
         if not paths:
             raise UserError(f"{source}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
         return sorted(paths)
+    if source.is_file() and source.suffix.lower() == ".json":
+        raise UserError(f"{source}: a JSON file, not images; pass the folder of images (a COCO file's images are in the "
+                        "folder its file_name entries are relative to)")
     if source.is_file():
         try:
             lines = [line.strip() for line in source.read_text().splitlines()]
@@ -151,6 +154,9 @@ def list_images(source: Path) -> list[Path]:
         paths = [(source.parent / line) for line in lines if line and not line.startswith("#")]
         if not paths:
             raise UserError(f"{source}: the image list is empty")
+        if not any(path.name.lower().endswith(IMAGE_SUFFIXES) for path in paths):
+            raise UserError(f"{source}: none of its {len(paths)} lines names an image file ({', '.join(IMAGE_SUFFIXES)}); "
+                            "expected one image path per line")
         return paths
     raise UserError(f"{source}: no such folder or image-list file")
 

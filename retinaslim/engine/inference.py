@@ -7,6 +7,7 @@ transform, mapped back to original-image pixels and fused (``core.fusion``) when
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +25,22 @@ from retinaslim.data.coco import ClassMap, CocoData, coco_metrics, detections_to
 from retinaslim.data.images import ImageListDataset, collate_list
 from retinaslim.models.lean import LeanDetector
 from retinaslim.models.predict import detect
+from retinaslim.errors import UserError
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
+    """``auto`` -> cuda when available, else cpu; ``cpu``, ``cuda`` or ``cuda:N`` as given.
+
+    Raises ``UserError`` for another name, or for cuda on a machine without a usable CUDA GPU.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise UserError(f"`device` {device!r}: choose auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"`device` {device}: no CUDA GPU is usable on this machine; use auto or cpu")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise UserError(f"`device` {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return torch.device(device)
 
 

@@ -17,9 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import TypeVar
 
+import logging
+
 import numpy as np
 import torch
-from torch.utils import benchmark
+
+# torch.utils.benchmark imports cpp_extension, which logs "No CUDA runtime is found" on CPU-only machines.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
 
 Key = TypeVar("Key", bound=Hashable)
 

@@ -15,6 +15,7 @@ file from a stranger cannot run code:
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,17 @@ def read_weights_file(path: Path, hint: str = "") -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save writes a zip archive (a pickle before torch 1.6)
+        raise UserError(f"{path}: not a PyTorch checkpoint (a file written by torch.save)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise UserError(f"{path}: refused to load: the file holds objects other than weights ({first_line}){hint}") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" such as {found.group(1)}" if found else ""
+        raise UserError(f"{path}: refused to load: the file holds Python objects{what} besides tensors, and loading them "
+                        f"could run code{hint}") from None
     except Exception as e:  # a damaged or foreign file can fail anywhere inside the unpickler
         raise UserError(f"{path}: not a readable checkpoint ({e.__class__.__name__})") from None
 

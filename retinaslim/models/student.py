@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork
 
+from retinaslim.errors import UserError
 from retinaslim.models.anchors import DEFAULT_ANCHORS, anchor_generator
 from retinaslim.models.common import IgnoreAwareRetinaNet, configure
 from retinaslim.models.registry import register
@@ -31,7 +32,7 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
         return nn.BatchNorm2d(channels)
     if kind == "gn":
         return nn.GroupNorm(8 if channels % 8 == 0 else 1, channels)
-    raise ValueError(f"unknown norm {kind!r}; choose gn or bn")
+    raise UserError(f"`norm` {kind!r}: choose gn or bn")
 
 
 def conv(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, dilation: int = 1, norm: str = "gn", relu: bool = True) -> nn.Sequential:

@@ -27,7 +27,7 @@ from retinaslim.models.registry import build_model
 class ProfileConfig:
     arch: str | None = None
     weights: Path | None = None
-    image_size: int = 320  # longer side in px; the test image is square
+    image_size: int | None = None  # longer side in px (the test image is square); None: the checkpoint's, else 320
     num_classes: int = 1  # with --arch; a checkpoint has its own
     runs: int = 50
     warmup: int = 5
@@ -69,15 +69,17 @@ class ProfileResult:
 def profile(config: ProfileConfig) -> ProfileResult:
     if (config.arch is None) == (config.weights is None):
         raise UserError("pass exactly one of `arch` NAME or `weights` W.pt")
-    if config.runs < 1 or config.image_size < 32:
+    if config.runs < 1 or (config.image_size is not None and config.image_size < 32):
         raise UserError("`runs` must be at least 1 and `image_size` at least 32")
     refuse_overwriting_inputs([("`json_out`", config.json_out)], [("`weights`", config.weights)])
     if config.weights is not None:
         checkpoint = load_checkpoint(config.weights)
         model, arch, size_mb = checkpoint.build(), checkpoint.arch, config.weights.stat().st_size / 1e6
+        image_size = config.image_size or checkpoint.image_size
     else:
-        model, arch, size_mb = build_model(config.arch, config.num_classes, config.image_size).eval(), config.arch, None
-    per_module = count_macs(model, config.image_size)
+        image_size = config.image_size or 320
+        model, arch, size_mb = build_model(config.arch, config.num_classes, image_size).eval(), config.arch, None
+    per_module = count_macs(model, image_size)
     total = sum(per_module.values())
     params = dict(model.named_parameters())
     modules = [
@@ -86,14 +88,14 @@ def profile(config: ProfileConfig) -> ProfileResult:
     ]
     device = resolve_device(config.device)
     detector = LeanDetector(model).to(device)
-    image = torch.rand(3, config.image_size, config.image_size, device=device)
+    image = torch.rand(3, image_size, image_size, device=device)
     with torch.no_grad():
         batch = detector.batch([image])  # normalised and padded, as the network sees it
     times = measure({"network": lambda: detector.raw(batch), "end-to-end": lambda: detector([image])},
                     config.runs, config.warmup, rounds=1)
     network, end_to_end = median_ms(times["network"]), median_ms(times["end-to-end"])
     result = ProfileResult(arch, sum(p.numel() for p in model.parameters()), total, size_mb, end_to_end, network,
-                           config.image_size, torch.get_num_threads(), str(device), config.runs, modules)
+                           image_size, torch.get_num_threads(), str(device), config.runs, modules)
     if config.json_out is not None:
         write_json(config.json_out, asdict(result))
     return result

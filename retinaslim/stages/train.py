@@ -82,6 +82,12 @@ class TrainConfig:
         for name, value in TRAIN_DEFAULTS[self.role].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        for name in ("batch_size", "epochs", "image_size", "iterations"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < (32 if name == "image_size" else 1)):
+                raise UserError(f"`{name}` {value!r}: must be a whole number of at least {32 if name == 'image_size' else 1}")
+        if not self.lr > 0:
+            raise UserError(f"`lr` {self.lr!r}: must be above 0")
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, path: Path) -> TrainConfig:
@@ -184,6 +190,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         datasets.append(DetectionDataset(pseudo, classes, config.image_size, config.augment,
                                          weight=config.pseudo_weight, machine=True, seed=config.seed + 1))
         num_images["pseudo"] = len(pseudo.images)
+        if not pseudo.annotations:
+            notes.append(f"warning: {pseudo.path} has no machine boxes: its {len(pseudo.images)} images train the student "
+                         "toward background only (PITFALLS: a silently zero machine-label loss)")
     for note in filter(None, notes):
         reporter.log(note)
     portrait = [[image["height"] > image["width"] for image in d.coco.images] for d in datasets]
