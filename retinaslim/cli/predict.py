@@ -13,7 +13,7 @@ from retinaslim.cli.common import DeviceOpt, WorkersOpt, app, user_errors
 
 @app.command()
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Image files, folders (searched recursively) or text files listing images.")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Image files, folders (searched recursively) or text files listing images.")],
     weights: Annotated[Path, typer.Option(help="A retinaslim checkpoint (.pt), or an ONNX model from retinaslim export (.onnx).")],
     out: Annotated[Path, typer.Option(help="Output COCO JSON: images, scored boxes, categories.")] = Path("preds.json"),
     draw: Annotated[Path | None, typer.Option(help="Folder for copies of the images with their boxes, class names and scores drawn.")] = None,
