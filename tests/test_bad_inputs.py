@@ -486,3 +486,15 @@ def test_filter_warns_when_it_keeps_no_machine_box(tiny_cards, labeller, tmp_pat
                    *FAST_PSEUDO).exit_code == 0
     result = run_cli("filter", pseudo, "--score-thresh", "1.0", "--out", tmp_path / "f.json")
     assert result.exit_code == 0 and "warning: no machine box was kept" in result.stdout
+
+
+def test_train_student_warns_when_the_machine_file_has_no_box(tiny_cards, tmp_path):
+    truth = json.loads((tiny_cards.out / "unlabeled.truth.json").read_text())
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({**truth, "annotations": []}))
+    (tmp_path / "unlabeled").symlink_to(tiny_cards.out / "unlabeled")  # its file names are relative to its folder
+    data = tiny_cards.files
+    result = run_cli("train-student", "--labeled", data["labeled"], "--val", data["val"], "--pseudo", empty,
+                     "--out", tmp_path / "run", *FAST_TRAIN)
+    assert result.exit_code == 0, result.stderr
+    assert f"warning: {empty} has no machine boxes" in result.stdout

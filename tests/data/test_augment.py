@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from retinaslim.data.augment import apply_augment, build_augment
+from retinaslim.errors import UserError
 
 
 @pytest.mark.parametrize("preset", ["light", "strong"])
@@ -35,5 +36,5 @@ def test_boxes_follow_the_pixels(preset):
 
 def test_none_and_unknown():
     assert build_augment("none") is None
-    with pytest.raises(ValueError, match="unknown augment preset"):
+    with pytest.raises(UserError, match="`augment` .extreme.: choose none, light, strong"):
         build_augment("extreme")
