@@ -457,7 +457,7 @@ def test_a_library_config_out_of_range_is_a_user_error_naming_the_field(tiny_car
     from retinaslim.stages.train import TrainConfig
 
     data = tiny_cards.files
-    for field, value in [("batch_size", 0), ("epochs", 0), ("image_size", 16), ("lr", 0.0)]:
+    for field, value in [("batch_size", 0), ("epochs", 0), ("image_size", 16), ("lr", -0.1)]:
         with pytest.raises(UserError, match=f"`{field}`"):
             TrainConfig(role="student", labeled=data["labeled"], val=data["val"], out=tmp_path, **{field: value})
 

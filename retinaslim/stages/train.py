@@ -86,8 +86,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < (32 if name == "image_size" else 1)):
                 raise UserError(f"`{name}` {value!r}: must be a whole number of at least {32 if name == 'image_size' else 1}")
-        if not self.lr > 0:
-            raise UserError(f"`lr` {self.lr!r}: must be above 0")
+        if not self.lr >= 0:
+            raise UserError(f"`lr` {self.lr!r}: must be 0 or more")
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, path: Path) -> TrainConfig:
