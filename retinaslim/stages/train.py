@@ -7,7 +7,7 @@ measure val AP of the EMA weights with pycocotools, write ``last.pt`` (with ever
 random state included: ``engine.rng``) and, when AP improved, ``best.pt``; append a row to ``results.csv``
 and redraw ``results.png`` (``engine.history``). The resolved configuration is saved as ``config.yaml``
 first. Under torchrun each process trains on its share of the batches (DDP, ``engine.ddp``); only rank 0
-validates and writes. Slim students' anchors are fitted to the human boxes first (``models.anchors``).
+validates and writes. Anchors (students' and the teacher's) are fitted to the human boxes first (``models.anchors``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import nn
 
 from retinaslim.config import TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
 from retinaslim.core.progress import Reporter
-from retinaslim.data.coco import ClassMap, load_coco, relative_boxes, match_classes, require_image_files, trained_classes
+from retinaslim.data.coco import ClassMap, load_coco, match_classes, relative_boxes, require_image_files, trained_classes
 from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, MixedDataset, collate_skip
 from retinaslim.engine.ddp import Distributed
 from retinaslim.engine.history import plot_history, write_history
