@@ -196,6 +196,10 @@ def test_init_starts_from_the_files_weights_exactly(tmp_path):
             "model 9x256x3x3), head.classification_head.cls_logits.bias (file 45, model 9)") in reporter.lines
     assert not any("unused" in line for line in reporter.lines)
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["init"] == str(init)
+    # the teacher's anchors were fitted to the human boxes (P3-P7, 3 sizes x 3 ratios), logged and stored
+    anchors = load_checkpoint(tmp_path / "run" / "best.pt").arch_options["anchors"]
+    assert [len(level) for level in anchors["scales"]] == [3] * 5 and len(anchors["ratios"]) == 3
+    assert any(line.startswith("anchors fitted to ") and "P3-P7" in line for line in reporter.lines)
 
 
 def test_resume_ignores_init(tiny_cards, tmp_path):
