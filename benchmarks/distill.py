@@ -3,6 +3,7 @@ human + machine labels, side by side (AP, latency, FPS, size), with the issue's 
 
     python benchmarks/distill.py --out bench/distill                  # full size: ~2 h on a 2-core CPU
     python benchmarks/distill.py --out bench/distill_quick --quick    # smoke test: minutes, numbers mean nothing
+    python benchmarks/distill.py --out bench/distill_gpu --device cuda --eval-device cpu --jobs 8 ...  # a GPU machine
 
 Every step is a `retinaslim` command run as a subprocess: it is printed before it runs, its output goes
 to OUT/logs/<step>.log (each attempt appended below a ==== line with its time and command), and OUT/steps/<step>.json records it with its wall time once it succeeded. A
@@ -11,7 +12,9 @@ resumes from its last.pt, an interrupted pseudo-label from its journal). OUT/set
 knobs: rerunning with other sizes into the same OUT is refused.
 
 Steps on `retinaslim synth` data (L human-labelled, U unlabelled with hidden truth, V validation images,
-and C extra human-labelled images that only the precision-calibrated filter variant uses):
+V test images of another seed, and C extra human-labelled images that only the precision-calibrated
+filter variant uses); with --jobs N, up to N independent steps (the two first trainings, the pseudo-label
+runs, the filters, the students) run at once:
 1. train-teacher (ResNet50 RetinaNet) on the human labels;
 2. train-student (slim-s) on the human labels only;
 3. pseudo-label the unlabelled images with the default ensemble (scales 0.75/1/1.25 x flip, WBF), and
@@ -20,7 +23,7 @@ and C extra human-labelled images that only the precision-calibrated filter vari
 4. filter the machine labels (scored against the hidden truth): the default (fixed 0.2) and one
    variant per rule;
 5. train-student on human + each set of machine labels (default settings otherwise);
-6. eval every checkpoint on the validation images in one side-by-side table (+ precision-recall PNGs).
+6. eval every checkpoint on the test images in one side-by-side table (+ precision-recall PNGs).
 
 Outputs: the `synthetic` and `setup` objects merged into --results-json (other sections are kept), a
 markdown section (table, targets, exact commands) written between the `<!-- distill:begin -->` and
@@ -46,6 +49,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -127,8 +131,10 @@ class Dataset:
     calib: Path
 
 
-def comparison_steps(data: Dataset, out: Path, knobs: dict, label_sets: list[str], device: str, seed: int) -> list[Step]:
-    """Teacher, students and machine labels for one prepared dataset, as `retinaslim` commands."""
+def comparison_steps(data: Dataset, out: Path, knobs: dict, label_sets: list[str], device: str, eval_device: str,
+                     seed: int) -> list[list[Step]]:
+    """Teacher, students and machine labels for one prepared dataset, as `retinaslim` commands, in waves:
+    the steps of a wave depend only on earlier waves (trainings, pseudo-labels, filters, students, eval)."""
     runs, labels = out / "runs", out / "labels"
     common = ["--image-size", knobs["size"], "--workers", knobs["workers"], "--device", device, "--seed", seed]
     data_args = ["--labeled", data.labeled, "--val", data.val]
@@ -145,23 +151,24 @@ def comparison_steps(data: Dataset, out: Path, knobs: dict, label_sets: list[str
                 "--workers", knobs["workers"], "--device", device, *extra]
         return Step(f"pseudo_{name}", args, [*args, "--resume"], target.with_name(target.name + ".journal"))
 
-    steps = [training("teacher", "teacher", knobs["teacher_epochs"], []),
-             training("student", "student_human", knobs["student_epochs"], ["--human-only"])]
+    trainings = [training("teacher", "teacher", knobs["teacher_epochs"], []),
+                 training("student", "student_human", knobs["student_epochs"], ["--human-only"])]
     runs_needed = {LABEL_SETS[name][0] for name in label_sets}
-    steps += [pseudo(name) for name in PSEUDO_RUNS if name in runs_needed]
+    pseudos = [pseudo(name) for name in PSEUDO_RUNS if name in runs_needed]
+    filters, students = [], []
     for name in label_sets:
         source, options, _ = LABEL_SETS[name]
         options = [o.format(labeled=data.labeled, calib=data.calib) for o in options]
         filtered = labels / f"filtered_{name}.json"
-        steps.append(Step(f"filter_{name}", ["filter", labels / f"{source}.json", "--out", filtered, *options,
-                                             "--truth", data.unlabeled_truth, "--report", labels / f"filter_{name}.report.json",
-                                             "--workers", knobs["workers"], "--device", device]))
-        steps.append(training("student", f"student_{name}", knobs["student_epochs"], ["--pseudo", filtered]))
+        filters.append(Step(f"filter_{name}", ["filter", labels / f"{source}.json", "--out", filtered, *options,
+                                               "--truth", data.unlabeled_truth, "--report", labels / f"filter_{name}.report.json",
+                                               "--workers", knobs["workers"], "--device", device]))
+        students.append(training("student", f"student_{name}", knobs["student_epochs"], ["--pseudo", filtered]))
     weights = [runs / name / "best.pt" for name in ["teacher", "student_human", *(f"student_{n}" for n in label_sets)]]
-    steps.append(Step("eval", ["eval", *(a for w in weights for a in ("--weights", w)), "--data", data.test,
+    evaluation = Step("eval", ["eval", *(a for w in weights for a in ("--weights", w)), "--data", data.test,
                                "--latency-runs", knobs["latency_runs"], "--json", out / "eval.json", "--plots", out / "plots",
-                               "--workers", knobs["workers"], "--device", device], summary=True))
-    return steps
+                               "--workers", knobs["workers"], "--device", eval_device], summary=True)
+    return [trainings, pseudos, filters, students, [evaluation]]
 
 
 def run_step(step: Step, out: Path, earlier_ran: bool) -> dict:
@@ -225,7 +232,7 @@ def check_targets(result: dict) -> list[dict]:
          "measured": f"{distilled['ap']:.3f} vs {human['ap']:.3f}: {gain:+.1f} points", "holds": gain >= 3},
         {"target": "distilled student AP >= teacher AP - 3 points, at >= 25x the teacher's speed",
          "measured": f"{distilled['ap']:.3f} vs teacher {teacher['ap']:.3f} ({-gap:+.1f} points), {speedup:.1f}x faster "
-                     f"(batch-1 median latency, {result['setup']['device']})",
+                     f"(batch-1 median latency, {result['setup'].get('eval_device', result['setup']['device'])})",
          "holds": gap <= 3 and speedup >= 25},
     ]
     single = result["variants"].get("single_pass")
@@ -275,11 +282,14 @@ def markdown(result: dict, invocation: str) -> str:
     else:
         title = "### Synthetic cards"
         data = (f"Data: `retinaslim synth` seed {s['seed']}, {s['labeled']} human-labelled, {s['unlabeled']} unlabelled, "
-                f"{s['val']} validation (+{s['calib']} calibration) images of {s['size']} px.")
+                f"{s['val']} validation (+{s['calib']} calibration) images of {s['size']} px; the table is on "
+                f"{s['val']} test images of another seed ({s.get('test_seed', 'n/a')}).")
     lines = [
         title, "",
-        (f"Command: `{invocation}` ({result['seconds'] / 60:.0f} min of steps). Machine: {s['machine']}, "
-         f"{s['cpu_count']} CPUs, {s['threads']} torch threads, device {s['device']}, torch {s['torch']}. Date: {s['date']}."), "",
+        (f"Command: `{invocation}` ({result['seconds'] / 60:.0f} min of steps, summed over steps run side by side). "
+         f"Machine: {s['machine']}, {s['cpu_count']} CPUs{', ' + s['gpu'] if s.get('gpu') else ''}, torch {s['torch']}; "
+         f"training on {s['device']}, the table (AP and latency) on {s.get('eval_device', s['device'])}"
+         f"{' with ' + str(s['threads']) + ' torch threads' if s.get('eval_device', s['device']) == 'cpu' else ''}. Date: {s['date']}."), "",
         (f"{data} Epochs: teacher {s['teacher_epochs']}, students {s['student_epochs']}; every other setting is the "
          f"commands' default. Latency: batch 1, median of {s['latency_runs']} runs after 3 warm-up runs; img/s at batch {batch}."), "",
         f"| model | AP | AP50 | AP75 | ms (p50) | ms (p90) | FPS | img/s b{batch} | params | GMACs | MB | train min |",
@@ -329,17 +339,20 @@ def write_markdown(path: Path, section: str, marker: str) -> None:
 
 def synthetic_data(out: Path, knobs: dict, seed: int) -> tuple[list[Step], Dataset, dict]:
     """`retinaslim synth` steps for the data and the calibration images; the dataset; its sizes for setup."""
-    data_dir, calib_dir = out / "data", out / "calib"
+    data_dir, calib_dir, test_dir = out / "data", out / "calib", out / "test"
     synth_args = ["--size", knobs["size"], "--overwrite"]
     steps = [
         Step("synth", ["synth", data_dir, "--labeled", knobs["labeled"], "--unlabeled", knobs["unlabeled"],
                        "--val", knobs["val"], "--seed", seed, *synth_args]),
         Step("synth_calib", ["synth", calib_dir, "--labeled", knobs["calib"], "--unlabeled", 0, "--val", 1,
                              "--seed", seed + 1, *synth_args]),
+        # the table's images: a third seeded draw that no run trains on or picks its best epoch by
+        Step("synth_test", ["synth", test_dir, "--labeled", 1, "--unlabeled", 0, "--val", knobs["val"],
+                            "--seed", seed + 2, *synth_args]),
     ]
-    data = Dataset(data_dir / "labeled.json", data_dir / "val.json", data_dir / "val.json", data_dir / "unlabeled",
+    data = Dataset(data_dir / "labeled.json", data_dir / "val.json", test_dir / "val.json", data_dir / "unlabeled",
                    data_dir / "unlabeled.truth.json", calib_dir / "labeled.json")
-    return steps, data, {"calib_seed": seed + 1}
+    return steps, data, {"calib_seed": seed + 1, "test_seed": seed + 2}
 
 
 def bccd_steps(src: Path, out: Path) -> list[Step]:
@@ -388,7 +401,12 @@ def main() -> None:
                         help=f"machine-label sets to train students on, comma-separated (default: all; BCCD: {BCCD_LABEL_SETS}): "
                              f"{', '.join(LABEL_SETS)}")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="training, labelling and filtering device")
+    parser.add_argument("--eval-device", help="the table's device (AP and latency); default --device. With a GPU for "
+                                              "training, `--eval-device cpu` keeps the latency column a CPU measurement")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="independent steps run at once (e.g. the students of every label set); 1 on a 2-core CPU, "
+                             "more on a GPU machine")
     parser.add_argument("--results-json", type=Path, help="default docs/results.json (OUT/results.json with --quick)")
     parser.add_argument("--markdown", type=Path, help="default docs/results.md (OUT/results.md with --quick)")
     args = parser.parse_args()
@@ -419,7 +437,10 @@ def main() -> None:
     write_json(setup_path, pinned)
     device = args.device
     resolved = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    eval_device = args.eval_device or resolved
+    gpu = torch.cuda.get_device_name() if "cuda" in (resolved, eval_device) and torch.cuda.is_available() else None
     setup = {"dataset": key, "machine": machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "device": resolved,
+             "eval_device": eval_device, "gpu": gpu,
              "torch": torch.__version__, "python": platform.python_version(), "date": date.today().isoformat(),
              "teacher_arch": config.TRAIN_DEFAULTS["teacher"]["arch"], "student_arch": config.TRAIN_DEFAULTS["student"]["arch"],
              **pinned, "latency_runs": knobs["latency_runs"]}
@@ -429,9 +450,14 @@ def main() -> None:
     started = time.perf_counter()
     records: dict[str, dict] = {}
 
-    def run(steps: list[Step]) -> None:
-        for step in steps:
-            records[step.name] = run_step(step, out, any(r["ran"] for r in records.values()))
+    def run(wave: list[Step]) -> None:
+        """The steps of one wave, up to --jobs at a time (each a subprocess); a failure stops the benchmark
+        once the wave's other steps have finished."""
+        earlier_ran = any(r["ran"] for r in records.values())
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {step.name: pool.submit(run_step, step, out, earlier_ran) for step in wave}
+        for name, future in futures.items():
+            records[name] = future.result()
 
     if args.bccd:
         run(bccd_steps(args.bccd, out))
@@ -440,11 +466,12 @@ def main() -> None:
         steps, data, sizes = synthetic_data(out, knobs, args.seed)
         run(steps)
     setup |= sizes
-    run(comparison_steps(data, out, knobs, label_sets, device, args.seed))
+    for wave in comparison_steps(data, out, knobs, label_sets, device, eval_device, args.seed):
+        run(wave)
 
     result = collect(out, label_sets, records, setup)
     results = json.loads(results_json.read_text()) if results_json.is_file() else {}
-    machine_keys = ("machine", "cpu_count", "threads", "device", "torch", "python", "date")
+    machine_keys = ("machine", "cpu_count", "threads", "device", "eval_device", "gpu", "torch", "python", "date")
     datasets = results.get("setup", {}).get("datasets", {})  # sizes and seeds of each dataset's run
     datasets[key] = {k: v for k, v in setup.items() if k not in machine_keys}
     results["setup"] = {k: setup[k] for k in machine_keys} | {"datasets": datasets}

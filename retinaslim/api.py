@@ -356,13 +356,16 @@ def filter(  # noqa: A001 - the command's name
         out: the filtered COCO JSON to write (images left without boxes kept as background unless
             ``keep_empty`` is False).
         score_thresh: keep boxes scoring at least this (0..1): one value, or per class {name: value} (or
-            'name=value,...'); classes not named keep the default, 0.2 (measured) unless ``auto_thresh``.
-        auto_thresh: choose the threshold per class: 'instances' (as many machine boxes per image as human
-            boxes per labelled image; needs ``labeled``) or 'precision' (the lowest threshold reaching
-            ``target_precision`` at IoU 0.5 on ``calib``, labelled by ``teacher``).
+            'name=value,...'); classes not named keep the fixed default, 0.2.
+        auto_thresh: choose the threshold per class: 'f1' (the best F1 at IoU 0.5 on ``calib``, labelled by
+            ``teacher`` with the ensemble that made ``pseudo``), 'precision' (the lowest threshold reaching
+            ``target_precision`` there) or 'instances' (as many machine boxes per image as human boxes per
+            labelled image; needs ``labeled``). None with neither ``score_thresh`` nor ``calib``: 0.2 for every
+            class; None with ``calib`` (the validation set): 'f1' (config.FILTER_VALIDATION_RULE).
         labeled: human-labelled COCO file, for auto_thresh='instances'.
-        calib, calib_images: human-labelled COCO file to calibrate on and the folder its names resolve against.
-        teacher: checkpoint for auto_thresh='precision' (None: the one ``pseudo`` names).
+        calib, calib_images: human-labelled COCO file to choose thresholds on (the validation set) and the
+            folder its names resolve against.
+        teacher: checkpoint for 'f1' and 'precision' (None: the one ``pseudo`` names).
         target_precision: precision (0..1) that auto_thresh='precision' aims for.
         min_agreement: keep boxes found by at least this many transforms.
         min_size: drop boxes whose shorter side is below this many pixels (original image).
@@ -377,7 +380,7 @@ def filter(  # noqa: A001 - the command's name
         review_out: write the most doubtful ``review_count`` images with their machine boxes as Label Studio
             import JSON (and NAME.coco.json).
         report: also write the result as JSON here.
-        device, workers: for auto_thresh='precision', as for ``train_teacher``; reporter: receives progress.
+        device, workers: for 'f1' and 'precision', as for ``train_teacher``; reporter: receives progress.
 
     Returns:
         ``FilterResult``: thresholds per class, boxes in and kept per class, boxes removed per rule, a score

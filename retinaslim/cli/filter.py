@@ -10,19 +10,20 @@ import typer
 from retinaslim import api, console
 from retinaslim.cli.common import DeviceOpt, WorkersOpt, app, user_errors
 from retinaslim.cli.workspace import pick
-from retinaslim.config import FILTER_SCORE_THRESH, Workspace
+from retinaslim.config import FILTER_SCORE_THRESH, FILTER_VALIDATION_RULE, Workspace
+from retinaslim.engine.thresholds import VALIDATION_RULES
 
 
 @app.command("filter")
 def filter_(
     pseudo: Annotated[Optional[Path], typer.Argument(help="Raw machine labels from pseudo-label (default: runs/pseudo.json).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Filtered COCO JSON (default: runs/pseudo.filtered.json).")] = None,
-    score_thresh: Annotated[Optional[str], typer.Option(help=f"Keep boxes scoring at least this: one value, or per class, e.g. id_card=0.6,passport=0.7 (default {FILTER_SCORE_THRESH} unless --auto-thresh).")] = None,
-    auto_thresh: Annotated[Optional[str], typer.Option(help="Choose the threshold per class: instances (as many machine boxes per image as human boxes per labelled image; needs --labeled) or precision (lowest threshold reaching --target-precision on --calib images).")] = None,
+    score_thresh: Annotated[Optional[str], typer.Option(help=f"Keep boxes scoring at least this: one value, or per class, e.g. id_card=0.6,passport=0.7 (default: chosen per class on the validation set, see --auto-thresh; {FILTER_SCORE_THRESH} without one).")] = None,
+    auto_thresh: Annotated[Optional[str], typer.Option(help=f"Choose the threshold per class: f1 (the best F1 on the --calib images; the default when there are such images), precision (the lowest threshold reaching --target-precision on them) or instances (as many machine boxes per image as human boxes per labelled image; needs --labeled).")] = None,
     labeled: Annotated[Optional[Path], typer.Option(help="Human-labelled COCO file, for --auto-thresh instances (default: the workspace's).")] = None,
-    calib: Annotated[Optional[Path], typer.Option(help="Human-labelled COCO file to calibrate on, for --auto-thresh precision.")] = None,
+    calib: Annotated[Optional[Path], typer.Option(help="Human-labelled COCO file the teacher is run on to choose thresholds, for --auto-thresh f1 and precision (default: the workspace's validation set).")] = None,
     calib_images: Annotated[Optional[Path], typer.Option(help="Folder the --calib file names resolve against.")] = None,
-    teacher: Annotated[Optional[Path], typer.Option(help="Teacher for --auto-thresh precision (default: the one pseudo.json names).")] = None,
+    teacher: Annotated[Optional[Path], typer.Option(help="Teacher for --auto-thresh f1 and precision (default: the one pseudo.json names).")] = None,
     target_precision: Annotated[float, typer.Option(help="Precision at IoU 0.5 that --auto-thresh precision aims for.")] = 0.95,
     min_agreement: Annotated[int, typer.Option(min=1, help="Keep boxes found by at least this many transforms.")] = 1,
     min_size: Annotated[float, typer.Option(min=0.0, help="Drop boxes whose shorter side is below this many pixels.")] = 0.0,
@@ -45,6 +46,11 @@ def filter_(
         out = pick(out, "--out", ws and ws.filtered, "output")
         if auto_thresh == "instances":
             labeled = pick(labeled, "--labeled", ws and ws.labeled, "human labels")
+        if auto_thresh in VALIDATION_RULES or (auto_thresh is None and score_thresh is None):
+            calib = calib or (ws.val if ws else None)
+        if auto_thresh is None and score_thresh is None and calib is None:
+            console.info(f"no validation set (--calib, or the workspace's val): the fixed threshold {FILTER_SCORE_THRESH} "
+                         "for every class; with one, each class's threshold is chosen on it")
         with console.RichReporter() as reporter:
             result = api.filter(
                 pseudo, out=out, score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=labeled, calib=calib,
@@ -61,16 +67,29 @@ def filter_(
     console.info(f"saved to {result.out}")
 
 
+POOR_F1 = 0.5  # below it, at least half of a class's kept machine boxes are wrong or half its objects missed
+
+
+def f1(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
 def _render(result) -> None:
     names = list(result.num_boxes_in)
     calibrated = {c.class_name: c for c in result.calibration}
     console.table("thresholds and boxes per class", ["class", "threshold", "boxes in", "boxes kept"] +
-                  (["calib precision", "calib recall"] if calibrated else []),
+                  (["val precision", "val recall"] if calibrated else []),
                   [[n, result.thresholds[n], result.num_boxes_in[n], result.num_boxes_kept[n]] +
                    ([calibrated[n].precision, calibrated[n].recall] if calibrated else []) for n in names])
     for c in result.calibration:
         if not c.reached:
-            console.info(f"{c.class_name}: no threshold reaches the target precision; none of its boxes are kept")
+            console.warn(f"{c.class_name}: no threshold found on the validation images (the teacher finds none of its "
+                         "boxes there, or never reaches the target precision); none of its machine boxes are kept")
+        elif f1(c.precision, c.recall) < POOR_F1:
+            console.warn(f"{c.class_name}: the teacher finds it poorly on the validation images (at its threshold "
+                         f"{c.threshold:.2f}: precision {c.precision:.2f}, recall {c.recall:.2f}); its "
+                         f"{result.num_boxes_kept[c.class_name]} machine boxes may teach the student mistakes. To train "
+                         f"without them pass thresholds per class, e.g. --score-thresh {c.class_name}=1")
     console.table("boxes removed per rule", ["rule", *names, "images removed"],
                   [[r.rule, *(r.boxes_removed[n] for n in names), r.images_removed] for r in result.rules])
     peak = max([h["boxes_in"] for h in result.histogram] + [1])

@@ -28,6 +28,18 @@ def match(dets: Detections, boxes: torch.Tensor, labels: torch.Tensor, iou_thres
     return is_tp
 
 
+def _cuts(scores: torch.Tensor, is_tp: torch.Tensor, num_true: int) -> tuple[torch.Tensor, ...]:
+    """Scores in descending order with the precision and recall of keeping the boxes down to each, and which
+    positions are real cuts (only the last of equal scores is: a threshold keeps every box scoring >= it)."""
+    order = torch.argsort(scores, descending=True)
+    scores, is_tp = scores[order], is_tp[order].float()
+    precision = is_tp.cumsum(0) / torch.arange(1, len(scores) + 1)
+    recall = is_tp.cumsum(0) / max(1, num_true)
+    cut = torch.ones(len(scores), dtype=torch.bool)
+    cut[:-1] = scores[:-1] != scores[1:]
+    return scores, precision, recall, cut
+
+
 def lowest_threshold_for_precision(scores: torch.Tensor, is_tp: torch.Tensor, num_true: int,
                                    target: float) -> tuple[float, float, float] | None:
     """The lowest score threshold whose precision (of detections scoring >= it) reaches ``target``.
@@ -35,15 +47,24 @@ def lowest_threshold_for_precision(scores: torch.Tensor, is_tp: torch.Tensor, nu
     scores, is_tp: (N,) for one class over a calibration set; num_true: that class's truth boxes.
     Returns (threshold, precision, recall) at it, or None when no threshold reaches the target.
     """
-    order = torch.argsort(scores, descending=True)
-    scores, is_tp = scores[order], is_tp[order].float()
-    precision = is_tp.cumsum(0) / torch.arange(1, len(scores) + 1)
-    recall = is_tp.cumsum(0) / max(1, num_true)
-    # Only the last of equal scores is a real cut: a threshold keeps every box scoring at or above it.
-    cut = torch.ones(len(scores), dtype=torch.bool)
-    cut[:-1] = scores[:-1] != scores[1:]
+    scores, precision, recall, cut = _cuts(scores, is_tp, num_true)
     reached = torch.nonzero((precision >= target) & cut).flatten()
     if len(reached) == 0:
         return None
     k = int(reached[-1])
+    return float(scores[k]), float(precision[k]), float(recall[k])
+
+
+def best_f1_threshold(scores: torch.Tensor, is_tp: torch.Tensor, num_true: int) -> tuple[float, float, float] | None:
+    """The score threshold with the highest F1 (2PR / (P + R)) of the detections scoring >= it; of equal
+    F1, the highest threshold. Weighs a wrong machine box and a missed object alike.
+
+    scores, is_tp: (N,) for one class over a validation set; num_true: that class's truth boxes.
+    Returns (threshold, precision, recall) at it, or None when no detection is a true positive.
+    """
+    if not bool(is_tp.any()):
+        return None
+    scores, precision, recall, cut = _cuts(scores, is_tp, num_true)
+    f1 = torch.where(cut, 2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.tensor(-1.0))
+    k = int(torch.nonzero(f1 == f1.max()).flatten()[0])
     return float(scores[k]), float(precision[k]), float(recall[k])

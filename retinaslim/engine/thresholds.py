@@ -1,10 +1,12 @@
-"""filter's two automatic score-threshold rules, per class.
+"""filter's automatic score-threshold rules, per class.
 
 - ``instances_thresholds`` (Data Distillation): keep as many machine boxes per unlabelled image as there are
   human boxes per labelled image.
-- ``precision_thresholds``: run the teacher with pseudo-label's own transforms and fusion (read from the
-  machine labels' ``info``) on human-labelled calibration images, and take the lowest threshold whose
-  precision at IoU 0.5 reaches a target (``core.matching.lowest_threshold_for_precision``).
+- ``validation_thresholds``: run the teacher with pseudo-label's own transforms and fusion (read from the
+  machine labels' ``info``) on human-labelled validation images, score its boxes against the human boxes
+  (``ClassScores``) and take per class the threshold of the highest F1 (``core.matching.best_f1_threshold``)
+  or the lowest threshold whose precision at IoU 0.5 reaches a target
+  (``core.matching.lowest_threshold_for_precision``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 from retinaslim.core.detections import Detections
-from retinaslim.core.matching import lowest_threshold_for_precision, match
+from retinaslim.core.matching import best_f1_threshold, lowest_threshold_for_precision, match
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
 from retinaslim.data.coco import ClassMap, CocoData, image_targets
@@ -27,16 +29,52 @@ from retinaslim.models.checkpoint import load_checkpoint
 KEEP_NONE = 1.0 + 1e-6  # a threshold no score (0..1) reaches
 
 
+VALIDATION_RULES = ("f1", "precision")
+
+
 @dataclass
 class Calibration:
-    """What the precision rule found for one class on the calibration images: the threshold, the precision
-    and recall (IoU 0.5) at it, and whether it reached the target (if not, the threshold keeps nothing)."""
+    """What a validation rule found for one class on the human-labelled images: the threshold, the precision
+    and recall (IoU 0.5) at it, and whether it found one (if not, the threshold keeps nothing)."""
 
     class_name: str
     threshold: float
     precision: float
     recall: float
     reached: bool
+
+
+class ClassScores:
+    """A labeller's boxes on human-labelled images, per class: their scores (0..1), which are true positives
+    (IoU >= 0.5, ``core.matching.match``) and how many human boxes there are. ``choose`` turns them into a
+    threshold per class."""
+
+    def __init__(self, num_classes: int):
+        self.scores: dict[int, list[torch.Tensor]] = {k: [] for k in range(num_classes)}
+        self.hits: dict[int, list[torch.Tensor]] = {k: [] for k in range(num_classes)}
+        self.num_true: Counter[int] = Counter()
+
+    def add(self, dets: Detections, boxes: torch.Tensor, labels: torch.Tensor) -> None:
+        """One image: ``dets`` (xyxy pixels, labels in the same numbering) against its human ``boxes`` (M, 4) xyxy, ``labels`` (M,)."""
+        self.num_true.update(labels.tolist())
+        is_tp = match(dets, boxes, labels)
+        for k in self.scores:
+            self.scores[k].append(dets.scores[dets.labels == k])
+            self.hits[k].append(is_tp[dets.labels == k])
+
+    def choose(self, names: list[str], rule: str, target_precision: float = 0.95) -> list[Calibration]:
+        """Per class (``names`` in label order): ``f1``, the threshold of the best F1; ``precision``, the lowest
+        reaching ``target_precision``. A class where the rule finds none gets KEEP_NONE (``reached`` False)."""
+        if rule not in VALIDATION_RULES:
+            raise UserError(f"threshold rule {rule!r}: choose {' or '.join(VALIDATION_RULES)}")
+        found = []
+        for k, name in enumerate(names):
+            scores = torch.cat(self.scores[k]) if self.scores[k] else torch.zeros(0)
+            hits = torch.cat(self.hits[k]) if self.hits[k] else torch.zeros(0, dtype=torch.bool)
+            chosen = (best_f1_threshold(scores, hits, self.num_true[k]) if rule == "f1"
+                      else lowest_threshold_for_precision(scores, hits, self.num_true[k], target_precision))
+            found.append(Calibration(name, *chosen, True) if chosen else Calibration(name, KEEP_NONE, 0.0, 0.0, False))
+        return found
 
 
 def instances_thresholds(scores_per_class: dict[int, torch.Tensor], human_per_image: dict[int, float],
@@ -56,11 +94,12 @@ def instances_thresholds(scores_per_class: dict[int, torch.Tensor], human_per_im
     return thresholds
 
 
-def precision_thresholds(pseudo: CocoData, classes: ClassMap, calib: CocoData, teacher: Path, target_precision: float,
-                         device: str, batch_size: int, workers: int, reporter: Reporter) -> list[Calibration]:
-    """Per class of ``classes`` (the machine labels' ``pseudo``), the lowest threshold reaching ``target_precision``
-    on ``calib``, labelled by ``teacher`` as pseudo-label labelled ``pseudo``. The teacher's classes are matched
-    to ``classes`` by name."""
+def validation_thresholds(pseudo: CocoData, classes: ClassMap, calib: CocoData, teacher: Path, rule: str,
+                          target_precision: float, device: str, batch_size: int, workers: int,
+                          reporter: Reporter) -> list[Calibration]:
+    """Per class of ``classes`` (the machine labels' ``pseudo``), the threshold ``rule`` (``ClassScores.choose``)
+    picks on the human-labelled ``calib`` images, labelled by ``teacher`` as pseudo-label labelled ``pseudo``.
+    The teacher's classes are matched to ``classes`` by name."""
     checkpoint = load_checkpoint(teacher)
     # The teacher's label k is its k-th class; the machine labels' classes may number the same names otherwise.
     teacher_names = ClassMap.from_categories(checkpoint.classes).names
@@ -74,31 +113,20 @@ def precision_thresholds(pseudo: CocoData, classes: ClassMap, calib: CocoData, t
         fusion, image_size = pseudo.info["fusion"], int(pseudo.info["image_size"])
     except (KeyError, ValueError, TypeError):
         raise UserError(f"{pseudo.path}: its info lacks pseudo-label's transforms/fusion/image_size; "
-                        "the precision rule needs them to run the teacher the same way") from None
+                        "choosing thresholds on validation images needs them to run the teacher the same way") from None
     run_on = resolve_device(device)
     model = checkpoint.build().to(run_on)
     paths = [calib.image_path(im) for im in calib.images]
-    scores: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(classes))}
-    hits: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(classes))}
-    num_true: Counter[int] = Counter()
+    found = ClassScores(len(classes))
 
     def collect(batch: list[ImageResult]) -> None:
         for result in batch:
             if result.detections is None:
                 continue
             boxes, labels = image_targets(calib, calib.images[result.index], classes)
-            num_true.update(labels.tolist())
             dets = result.detections
-            dets = Detections(dets.boxes, dets.scores, to_label[dets.labels], dets.extra)
-            is_tp = match(dets, boxes, labels)
-            for k in range(len(classes)):
-                scores[k].append(dets.scores[dets.labels == k])
-                hits[k].append(is_tp[dets.labels == k])
+            found.add(Detections(dets.boxes, dets.scores, to_label[dets.labels], dets.extra), boxes, labels)
 
     predict_batches(model, paths, chunks(list(range(len(paths))), batch_size), image_size, transforms, run_on,
                     collect, fusion=fusion, workers=workers, reporter=reporter, task="calibrate")
-    found = []
-    for k, name in enumerate(classes.names):
-        chosen = lowest_threshold_for_precision(torch.cat(scores[k]), torch.cat(hits[k]), num_true[k], target_precision)
-        found.append(Calibration(name, *chosen, True) if chosen else Calibration(name, KEEP_NONE, 0.0, 0.0, False))
-    return found
+    return found.choose(classes.names, rule, target_precision)

@@ -7,9 +7,10 @@ counted per class:
    ``aspect_range`` (width / height), boxes outside are removed;
 2. ``min_agreement``: boxes found by fewer transforms are removed;
 3. score threshold per class: fixed (``score_thresh``: one value or per class name), or automatic:
-   ``instances`` (Data Distillation: as many machine boxes per unlabelled image as there are human boxes
-   per labelled image) or ``precision`` (the lowest threshold whose precision at IoU 0.5 reaches a
-   target on human-labelled calibration images, running the teacher with pseudo-label's settings);
+   ``f1`` (the threshold of the best F1 at IoU 0.5 on human-labelled calibration images, the validation set
+   as a rule, running the teacher with pseudo-label's settings), ``precision`` (the lowest threshold whose
+   precision reaches a target on those images) or ``instances`` (Data Distillation: as many machine boxes
+   per unlabelled image as there are human boxes per labelled image);
 4. ``max_per_image``: the best-scoring boxes only;
 5. doubtful images, holding a box scored between ``ambiguous_low`` and the threshold: ``keep``,
    ``drop`` the image, or ``ignore`` (those boxes become ``iscrowd`` ignore regions that give no loss);
@@ -30,17 +31,17 @@ from typing import Any
 
 import torch
 
-from retinaslim.config import FILTER_SCORE_THRESH
+from retinaslim.config import FILTER_SCORE_THRESH, FILTER_VALIDATION_RULE
 from retinaslim.core.atomic import refuse_overwriting_inputs, write_json
 from retinaslim.core.detections import Detections
 from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import ClassMap, CocoData, annotation_boxes, load_coco, match_classes, require_image_files
 from retinaslim.engine.review import doubt, write_review
-from retinaslim.engine.thresholds import Calibration, instances_thresholds, precision_thresholds
+from retinaslim.engine.thresholds import VALIDATION_RULES, Calibration, instances_thresholds, validation_thresholds
 from retinaslim.engine.truth import truth_metrics
 from retinaslim.errors import UserError
 
-AUTO_RULES = ("instances", "precision")
+AUTO_RULES = ("f1", "precision", "instances")
 AMBIGUOUS_ACTIONS = ("keep", "drop", "ignore")
 
 
@@ -49,12 +50,12 @@ class FilterConfig:
     pseudo: Path
     out: Path
     _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
-    score_thresh: float | dict[str, float] | None = None  # None: FILTER_SCORE_THRESH unless auto_thresh
-    auto_thresh: str | None = None
+    score_thresh: float | dict[str, float] | None = None  # None: see ``threshold_rule``
+    auto_thresh: str | None = None  # None: see ``threshold_rule``
     labeled: Path | None = None  # auto "instances"
-    calib: Path | None = None  # auto "precision"
+    calib: Path | None = None  # auto "f1" and "precision": human-labelled images, e.g. the validation set
     calib_images: Path | None = None
-    teacher: Path | None = None  # auto "precision"; default: the teacher named in pseudo.json
+    teacher: Path | None = None  # auto "f1"/"precision"; default: the teacher named in pseudo.json
     target_precision: float = 0.95
     min_agreement: int = 1
     min_size: float = 0.0
@@ -134,8 +135,8 @@ def _validate(config: FilterConfig) -> None:
         raise UserError("`score_thresh` and `auto_thresh` both set the threshold; pass one of them")
     if config.auto_thresh == "instances" and config.labeled is None:
         raise UserError("`auto_thresh` instances needs `labeled` (the human-labelled COCO file)")
-    if config.auto_thresh == "precision" and config.calib is None:
-        raise UserError("`auto_thresh` precision needs `calib` (human-labelled COCO images to calibrate on)")
+    if config.auto_thresh in VALIDATION_RULES and config.calib is None:
+        raise UserError(f"`auto_thresh` {config.auto_thresh} needs `calib` (human-labelled COCO images, e.g. the validation set)")
     if config.ambiguous not in AMBIGUOUS_ACTIONS:
         raise UserError(f"`ambiguous` {config.ambiguous!r}: choose {', '.join(AMBIGUOUS_ACTIONS)}")
     for name, value in [("`target_precision`", config.target_precision), ("`ambiguous_low`", config.ambiguous_low),
@@ -149,6 +150,14 @@ def _validate(config: FilterConfig) -> None:
         raise UserError(f"`aspect_range` {config.aspect_range}: expected LO,HI with 0 < LO <= HI")
 
 
+def threshold_rule(config: FilterConfig) -> str | None:
+    """The automatic rule a run uses: ``auto_thresh`` if set; else, with human-labelled ``calib`` images (the
+    validation set) and no ``score_thresh``, FILTER_VALIDATION_RULE; else None (fixed thresholds)."""
+    if config.auto_thresh is None and config.score_thresh is None and config.calib is not None:
+        return FILTER_VALIDATION_RULE
+    return config.auto_thresh
+
+
 def _as_detections(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> Detections:
     """An image's machine boxes as Detections (xyxy, score, label, agreement)."""
     anns = coco.annotations_per_image[image["id"]]
@@ -160,8 +169,8 @@ def _as_detections(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> 
     )
 
 
-def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, reporter: Reporter) -> list[Calibration]:
-    """The precision rule on ``calib``, run with ``config.teacher``, else the teacher that made ``pseudo``."""
+def _calibrate(config: FilterConfig, rule: str, pseudo: CocoData, classes: ClassMap, reporter: Reporter) -> list[Calibration]:
+    """The f1 or precision rule on ``calib``, run with ``config.teacher``, else the teacher that made ``pseudo``."""
     calib = load_coco(config.calib, config.calib_images)
     for note in (match_classes(classes, pseudo.path, calib), require_image_files(calib, "`calib_images`")):
         if note:
@@ -169,8 +178,8 @@ def _calibrate(config: FilterConfig, pseudo: CocoData, classes: ClassMap, report
     teacher = config.teacher or (Path(pseudo.info["teacher"]) if pseudo.info.get("teacher") else None)
     if teacher is None:
         raise UserError(f"{pseudo.path}: names no teacher; pass `teacher`")
-    return precision_thresholds(pseudo, classes, calib, teacher, config.target_precision, config.device,
-                                config.batch_size, config.workers, reporter)
+    return validation_thresholds(pseudo, classes, calib, teacher, rule, config.target_precision,
+                                 config.device, config.batch_size, config.workers, reporter)
 
 
 def _histogram(scores_in: torch.Tensor, scores_kept: torch.Tensor) -> list[dict[str, Any]]:
@@ -193,7 +202,8 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
     unknown = sorted(set(config.score_thresh) - set(names)) if isinstance(config.score_thresh, dict) else []
     if unknown:
         raise UserError(f"`score_thresh`: unknown class {unknown[0]!r}; {pseudo.path} has {', '.join(names)}")
-    score_thresh = config.score_thresh if config.score_thresh is not None or config.auto_thresh else FILTER_SCORE_THRESH
+    rule = threshold_rule(config)
+    score_thresh = config.score_thresh if config.score_thresh is not None or rule else FILTER_SCORE_THRESH
     dets_per_image = {im["id"]: _as_detections(pseudo, im, classes) for im in pseudo.images}
     removed = {rule: Counter() for rule in ("geometry", "agreement", "threshold", "max_per_image", "ambiguous")}
 
@@ -214,7 +224,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         candidates[image["id"]] = apply("agreement", dets.extra["agreement"] >= config.min_agreement, dets)
 
     calibration: list[Calibration] = []
-    if config.auto_thresh == "instances":
+    if rule == "instances":
         labeled = load_coco(config.labeled)
         note = match_classes(classes, pseudo.path, labeled)
         if note:
@@ -226,8 +236,8 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         scores_per_class = {k: all_dets.scores[all_dets.labels == k] for k in range(len(classes))}
         floor = float(pseudo.info.get("score_floor", 0.0))
         by_label = instances_thresholds(scores_per_class, per_image, len(pseudo.images), floor)
-    elif config.auto_thresh == "precision":
-        calibration = _calibrate(config, pseudo, classes, reporter)
+    elif rule in VALIDATION_RULES:
+        calibration = _calibrate(config, rule, pseudo, classes, reporter)
         by_label = {k: c.threshold for k, c in enumerate(calibration)}
     elif isinstance(score_thresh, dict):
         by_label = {k: score_thresh.get(name, FILTER_SCORE_THRESH) for k, name in enumerate(names)}
@@ -273,9 +283,9 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
     rules = {
         "min_size": config.min_size, "max_size_frac": config.max_size_frac,
         "aspect_range": list(config.aspect_range) if config.aspect_range else None,
-        "min_agreement": config.min_agreement, "threshold_rule": config.auto_thresh or "fixed",
+        "min_agreement": config.min_agreement, "threshold_rule": rule or "fixed",
         "thresholds": {name: float(by_label[k]) for k, name in enumerate(names)},
-        "target_precision": config.target_precision if config.auto_thresh == "precision" else None,
+        "target_precision": config.target_precision if rule == "precision" else None,
         "max_per_image": config.max_per_image, "ambiguous": config.ambiguous, "ambiguous_low": config.ambiguous_low,
         "keep_empty": config.keep_empty, "source": str(pseudo.path),
     }

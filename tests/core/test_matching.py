@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from retinaslim.core.detections import Detections
-from retinaslim.core.matching import lowest_threshold_for_precision, match
+from retinaslim.core.matching import best_f1_threshold, lowest_threshold_for_precision, match
 
 
 def test_match_is_greedy_by_score_and_per_class():
@@ -28,3 +28,25 @@ def test_equal_scores_cut_together():
     is_tp = torch.tensor([True, True, False])
     # a threshold of 0.5 keeps both 0.5 boxes: precision 2/3, not the 1.0 of the first two
     assert lowest_threshold_for_precision(scores, is_tp, num_true=2, target=0.9) == pytest.approx((0.9, 1.0, 0.5))
+
+
+def test_best_f1_threshold_on_hand_made_scores():
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    is_tp = torch.tensor([True, True, False, True, False, True])
+    # 5 truth boxes; F1 at each cut: 2/6, 4/7, 4/8, 6/9, 6/10, 8/11 -> best 8/11 at 0.4 (precision 4/6, recall 4/5)
+    assert best_f1_threshold(scores, is_tp, num_true=5) == pytest.approx((0.4, 4 / 6, 4 / 5))
+    # F1 = 2 TP / (kept + truth): with 10 truth boxes the last true positive still pays
+    assert best_f1_threshold(scores, is_tp, num_true=10)[0] == pytest.approx(0.4)
+    # a wrong box at the bottom is not worth keeping
+    assert best_f1_threshold(scores[:5], is_tp[:5], num_true=3) == pytest.approx((0.6, 3 / 4, 1.0))
+    assert best_f1_threshold(scores, torch.zeros(6, dtype=torch.bool), num_true=3) is None
+    assert best_f1_threshold(torch.zeros(0), torch.zeros(0, dtype=torch.bool), num_true=3) is None
+
+
+def test_best_f1_threshold_cuts_equal_scores_together_and_prefers_the_higher_threshold():
+    # 0.5 keeps both 0.5 boxes: F1 at 0.5 = 2 * (2/3 * 1) / (2/3 + 1) = 0.8 vs 2/3 at 0.9
+    assert best_f1_threshold(torch.tensor([0.9, 0.5, 0.5]), torch.tensor([True, True, False]), num_true=2) == \
+        pytest.approx((0.5, 2 / 3, 1.0))
+    # equal F1 at 0.9 (1 of 2 found, precision 1) and at 0.3 (2 of 2, precision 1/2): F1 2/3 both; the higher wins
+    assert best_f1_threshold(torch.tensor([0.9, 0.5, 0.4, 0.3]), torch.tensor([True, False, False, True]),
+                             num_true=2)[0] == pytest.approx(0.9)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from retinaslim.config import FILTER_SCORE_THRESH
-from retinaslim.engine.thresholds import instances_thresholds
+from retinaslim.core.detections import Detections
+from retinaslim.engine.thresholds import KEEP_NONE, ClassScores, instances_thresholds
 from retinaslim.errors import UserError
 from retinaslim.models.registry import build_model
 from retinaslim.stages.filter import FilterConfig, filter_labels, parse_class_thresholds
@@ -154,3 +155,54 @@ def test_auto_precision_calibrates_on_human_labels(one_card_set, labeller, tmp_p
         assert result.thresholds[c.class_name] == pytest.approx(c.threshold)
     assert any(c.reached for c in result.calibration)
     assert json.loads((tmp_path / "f.json").read_text())["info"]["filter"]["target_precision"] == 0.9
+
+
+def test_class_scores_choose_per_class_on_hand_made_validation_images():
+    scores = ClassScores(2)
+    truth = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    # image 1: class 0 found at 0.9, a wrong class-0 box at 0.6, class 1 found at 0.3
+    scores.add(Detections(torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30]]),
+                          torch.tensor([0.9, 0.6, 0.3]), torch.tensor([0, 0, 1])), truth, torch.tensor([0, 1]))
+    # image 2: class 0 found at 0.5, nothing of class 1 (its box missed)
+    scores.add(Detections(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([0.5]), torch.tensor([0])),
+               truth, torch.tensor([0, 1]))
+    f1 = scores.choose(["a", "b"], "f1")
+    # class 0: cuts 0.9 (P 1, R 1/2), 0.6 (1/2, 1/2), 0.5 (2/3, 1) -> F1 0.67, 0.5, 0.8: 0.5
+    assert (f1[0].threshold, f1[0].precision, f1[0].recall, f1[0].reached) == pytest.approx((0.5, 2 / 3, 1.0, True))
+    assert (f1[1].threshold, f1[1].precision, f1[1].recall) == pytest.approx((0.3, 1.0, 0.5))
+    precise = scores.choose(["a", "b"], "precision", target_precision=0.9)
+    assert [c.threshold for c in precise] == pytest.approx([0.9, 0.3])
+    empty = ClassScores(1)
+    empty.add(Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64)), truth[:1], torch.tensor([0]))
+    assert not empty.choose(["a"], "f1")[0].reached and empty.choose(["a"], "f1")[0].threshold == KEEP_NONE
+    with pytest.raises(UserError, match="instances"):
+        scores.choose(["a", "b"], "instances")
+
+
+def test_a_validation_set_makes_the_default_rule_f1(one_card_set, labeller, tmp_path):
+    from retinaslim.stages.pseudo_label import PseudoLabelConfig, pseudo_label
+
+    labeled = one_card_set.files["labeled"]
+    pseudo_label(PseudoLabelConfig(one_card_set.out / "labeled", labeller, tmp_path / "p.json", batch_size=4))
+    chosen = filter_labels(FilterConfig(tmp_path / "p.json", tmp_path / "f.json", calib=labeled))
+    rules = json.loads((tmp_path / "f.json").read_text())["info"]["filter"]
+    assert rules["threshold_rule"] == "f1" and [c.class_name for c in chosen.calibration] == ["id_card", "bank_card", "passport"]
+    found = [c for c in chosen.calibration if c.reached]
+    assert found, "the labeller finds cards on its own training images"
+    for c in chosen.calibration:
+        assert chosen.thresholds[c.class_name] == pytest.approx(c.threshold)
+    # the best F1 is at least the F1 of the fixed default on the same images
+    tuned = filter_labels(FilterConfig(tmp_path / "p.json", tmp_path / "g.json", auto_thresh="f1", calib=labeled,
+                                       truth=labeled))
+    assert tuned.thresholds == chosen.thresholds
+    plain = filter_labels(FilterConfig(tmp_path / "p.json", tmp_path / "h.json", truth=labeled))
+    assert json.loads((tmp_path / "h.json").read_text())["info"]["filter"]["threshold_rule"] == "fixed"
+    assert set(plain.thresholds.values()) == {FILTER_SCORE_THRESH}
+
+    def f1(m):
+        return 2 * m["precision"] * m["recall"] / max(1e-9, m["precision"] + m["recall"])
+
+    assert f1(tuned.truth_metrics["after"]) >= f1(plain.truth_metrics["after"]) - 1e-6
+    # a threshold given by hand wins over the validation set
+    by_hand = filter_labels(FilterConfig(tmp_path / "p.json", tmp_path / "i.json", calib=labeled, score_thresh=0.5))
+    assert set(by_hand.thresholds.values()) == {0.5} and not by_hand.calibration
