@@ -67,13 +67,6 @@ def filter_(
     console.info(f"saved to {result.out}")
 
 
-POOR_F1 = 0.5  # below it, at least half of a class's kept machine boxes are wrong or half its objects missed
-
-
-def f1(precision: float, recall: float) -> float:
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-
-
 def _render(result) -> None:
     names = list(result.num_boxes_in)
     calibrated = {c.class_name: c for c in result.calibration}
@@ -81,15 +74,19 @@ def _render(result) -> None:
                   (["val precision", "val recall"] if calibrated else []),
                   [[n, result.thresholds[n], result.num_boxes_in[n], result.num_boxes_kept[n]] +
                    ([calibrated[n].precision, calibrated[n].recall] if calibrated else []) for n in names])
+    unreliable = [c for c in result.calibration if not c.reliable]
     for c in result.calibration:
-        if not c.reached:
-            console.warn(f"{c.class_name}: no threshold found on the validation images (the teacher finds none of its "
-                         "boxes there, or never reaches the target precision); none of its machine boxes are kept")
-        elif f1(c.precision, c.recall) < POOR_F1:
-            console.warn(f"{c.class_name}: the teacher finds it poorly on the validation images (at its threshold "
-                         f"{c.threshold:.2f}: precision {c.precision:.2f}, recall {c.recall:.2f}); its "
-                         f"{result.num_boxes_kept[c.class_name]} machine boxes may teach the student mistakes. To train "
-                         f"without them pass thresholds per class, e.g. --score-thresh {c.class_name}=1")
+        if c in unreliable:
+            found = (f"its best F1 there is {c.f1:.2f} (precision {c.precision:.2f}, recall {c.recall:.2f} at {c.threshold:.2f})"
+                     if c.reached else "it finds none of its boxes there")
+            console.warn(f"{c.class_name}: the teacher is unreliable on the validation images ({found}); none of its "
+                         "machine boxes are trained on as objects, those scoring >= --ambiguous-low become ignore regions")
+        elif not c.reached:
+            console.info(f"{c.class_name}: no threshold reaches the target precision; none of its boxes are kept")
+    if result.calibration and len(unreliable) == len(result.calibration):
+        console.warn("the teacher is unreliable on every class: no machine image is kept, so a student trained on this "
+                     "file learns from the human labels only. Train the teacher longer or on more labels, or start it "
+                     "from trained weights (train-teacher --init)")
     console.table("boxes removed per rule", ["rule", *names, "images removed"],
                   [[r.rule, *(r.boxes_removed[n] for n in names), r.images_removed] for r in result.rules])
     peak = max([h["boxes_in"] for h in result.histogram] + [1])
@@ -111,6 +108,6 @@ def _render(result) -> None:
             console.info(result.truth_metrics["before"]["renumbered"])
     console.info(f"images: {result.num_images_in} in, {result.num_images_out} out ({result.num_empty_images} without boxes, "
                  f"{result.num_ignore_regions} ignore regions)")
-    if result.num_boxes_in and not sum(result.num_boxes_kept.values()):
+    if result.num_images_out and not sum(result.num_boxes_kept.values()):
         console.warn(f"no machine box was kept (of {sum(result.num_boxes_in.values())}): a student trained on this file "
                      "learns only that its images are background; lower --score-thresh or check the teacher")

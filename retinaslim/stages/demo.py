@@ -55,8 +55,14 @@ def _notes(evaluation: EvalResult, filtered: FilterResult, trainings: dict[str, 
                      "trained weights (`train-teacher --init`, `import-teacher`). Distillation pays only when the "
                      "teacher is the better model.")
     after = filtered.truth_metrics.get("after")
-    if after:
-        notes.append(f"Machine labels kept by the filter: {after['boxes']} boxes, precision {after['precision']:.2f} "
+    if filtered.calibration and not any(c.reliable for c in filtered.calibration):
+        best = max(filtered.calibration, key=lambda c: c.f1)
+        notes.append(f"The filter ran the teacher on the validation images, found it unreliable (best F1 {best.f1:.2f}) "
+                     "and kept no machine labels, so the distilled student learnt from the human labels only rather "
+                     "than from the teacher's mistakes.")
+    elif after:
+        notes.append(f"Machine labels kept by the filter (thresholds chosen per class on the validation images): "
+                     f"{after['boxes']} boxes, precision {after['precision']:.2f} "
                      f"and recall {after['recall']:.2f} against the unlabelled images' hidden truth.")
     verdict = "raised" if distilled > human else "did not raise"
     notes.append(f"Machine labels {verdict} the student's AP ({human:.3f} human only -> {distilled:.3f} with machine "
@@ -88,7 +94,9 @@ def demo(out: Path, seed: int = 0, device: str = "auto", reporter: Reporter | No
     reporter.log("pseudo-label")
     pseudo = pseudo_label(PseudoLabelConfig(out / "data" / "unlabeled", teacher, runs / "pseudo.json",
                                             device=device), reporter)
-    filtered = filter_labels(FilterConfig(pseudo.out, runs / "pseudo.filtered.json", truth=data.files["unlabeled"]))
+    # As `retinaslim filter` in a workspace: thresholds chosen per class on the validation images.
+    filtered = filter_labels(FilterConfig(pseudo.out, runs / "pseudo.filtered.json", calib=val, device=device,
+                                          truth=data.files["unlabeled"]), reporter)
     human = run_training("student", "student-human", scale["student_epochs"])
     distilled = run_training("student", "student", scale["student_epochs"], pseudo=filtered.out)
     evaluation = evaluate(EvalConfig([teacher, human, distilled], val, device=device,

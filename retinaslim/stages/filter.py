@@ -37,7 +37,7 @@ from retinaslim.core.detections import Detections
 from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import ClassMap, CocoData, annotation_boxes, load_coco, match_classes, require_image_files
 from retinaslim.engine.review import doubt, write_review
-from retinaslim.engine.thresholds import VALIDATION_RULES, Calibration, instances_thresholds, validation_thresholds
+from retinaslim.engine.thresholds import KEEP_NONE, VALIDATION_RULES, Calibration, instances_thresholds, validation_thresholds
 from retinaslim.engine.truth import truth_metrics
 from retinaslim.errors import UserError
 
@@ -243,41 +243,50 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         by_label = {k: score_thresh.get(name, FILTER_SCORE_THRESH) for k, name in enumerate(names)}
     else:
         by_label = dict.fromkeys(range(len(classes)), float(score_thresh))
+    # Classes the teacher does not find reliably on the validation images: none of their boxes are trained on
+    # as objects; those scoring >= ambiguous_low become ignore regions, so the student is not taught either way.
+    unreliable = torch.tensor([not c.reliable for c in calibration] or [False] * len(classes))
+    for k in torch.nonzero(unreliable).flatten().tolist():
+        by_label[k] = KEEP_NONE
+    drop_all = bool(unreliable.all())  # nothing left to teach: no machine image is trained on
     thresholds = torch.tensor([by_label[k] for k in range(len(classes))])
 
     out = Path(config.out)
     # File names resolve against each JSON file's own folder: rebase them when the folder changes.
     rebase = os.path.relpath(pseudo.path.parent.resolve(), out.parent.resolve())
     images, annotations, review = [], [], []
-    num_ignore = num_empty = num_dropped_ambiguous = num_dropped_empty = 0
+    num_ignore = num_empty = num_dropped_ambiguous = num_dropped_empty = num_dropped_unreliable = 0
     for image in pseudo.images:
         dets = candidates[image["id"]]
         image_thresh = thresholds[dets.labels]
         confident = dets.scores >= image_thresh
         doubtful = (dets.scores >= config.ambiguous_low) & ~confident
+        untrusted = doubtful & unreliable[dets.labels]
         if (dets.scores >= config.ambiguous_low).any():
             review.append((doubt(dets.scores, image_thresh), image, dets))
         kept = apply("threshold", confident, dets)
+        if drop_all:
+            num_dropped_unreliable += 1
+            continue
         if config.max_per_image is not None:
             order = torch.argsort(kept.scores, descending=True)
             keep = torch.zeros(len(kept), dtype=torch.bool)
             keep[order[:config.max_per_image]] = True
             kept = apply("max_per_image", keep, kept)
-        ignore = dets[doubtful]
-        if doubtful.any() and config.ambiguous == "drop":
+        ignore = dets[doubtful if config.ambiguous == "ignore" else untrusted]
+        if (doubtful & ~untrusted).any() and config.ambiguous == "drop":
             removed["ambiguous"].update(names[k] for k in kept.labels.tolist())
             num_dropped_ambiguous += 1
             continue
-        if len(kept) == 0 and (config.ambiguous != "ignore" or len(ignore) == 0):
+        if len(kept) == 0 and len(ignore) == 0:
             num_empty += 1
             if not config.keep_empty:
                 num_dropped_empty += 1
                 continue
         source = pseudo.annotations_per_image[image["id"]]
         annotations += [source[i] for i in kept.extra["index"].tolist()]
-        if config.ambiguous == "ignore":
-            annotations += [{**source[i], "iscrowd": 1} for i in ignore.extra["index"].tolist()]
-            num_ignore += len(ignore)
+        annotations += [{**source[i], "iscrowd": 1} for i in ignore.extra["index"].tolist()]
+        num_ignore += len(ignore)
         images.append({**image, "file_name": os.path.normpath(os.path.join(rebase, image["file_name"]))})
 
     rules = {
@@ -285,6 +294,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         "aspect_range": list(config.aspect_range) if config.aspect_range else None,
         "min_agreement": config.min_agreement, "threshold_rule": rule or "fixed",
         "thresholds": {name: float(by_label[k]) for k, name in enumerate(names)},
+        "unreliable_classes": [names[k] for k in torch.nonzero(unreliable).flatten().tolist()],
         "target_precision": config.target_precision if rule == "precision" else None,
         "max_per_image": config.max_per_image, "ambiguous": config.ambiguous, "ambiguous_low": config.ambiguous_low,
         "keep_empty": config.keep_empty, "source": str(pseudo.path),
@@ -302,14 +312,17 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         num_ignore_regions=num_ignore, num_empty_images=num_empty,
         rules=[RuleCount(rule, {n: counts[n] for n in names},
                          {"ambiguous": num_dropped_ambiguous}.get(rule, 0)) for rule, counts in removed.items()]
-        + [RuleCount("empty images", dict.fromkeys(names, 0), num_dropped_empty)],
+        + [RuleCount("empty images", dict.fromkeys(names, 0), num_dropped_empty),
+           RuleCount("teacher unreliable on every class", dict.fromkeys(names, 0), num_dropped_unreliable)],
         histogram=_histogram(all_scores, kept_scores), calibration=calibration,
     )
     if config.truth is not None:
         all_annotations = [a for anns in pseudo.annotations_per_image.values() for a in anns]
         result.truth_metrics = {
             "before": truth_metrics(config.truth, classes, pseudo.path, pseudo.images, pseudo.image_root, all_annotations),
-            "after": truth_metrics(config.truth, classes, pseudo.path, images, out.parent, annotations),
+            # no image kept: score the empty labels over every image (recall 0) rather than over none
+            "after": truth_metrics(config.truth, classes, pseudo.path, images or pseudo.images,
+                                   out.parent if images else pseudo.image_root, annotations),
         }
     if config.review_out is not None:
         result.review_out = config.review_out

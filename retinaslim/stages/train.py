@@ -190,7 +190,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         datasets.append(DetectionDataset(pseudo, classes, config.image_size, config.augment,
                                          weight=config.pseudo_weight, machine=True, seed=config.seed + 1))
         num_images["pseudo"] = len(pseudo.images)
-        if not any(pseudo.annotations_per_image.values()):
+        if not pseudo.images:
+            notes.append(f"{pseudo.path} holds no images (the filter kept none): the student trains on the human labels only")
+        elif not any(pseudo.annotations_per_image.values()):
             notes.append(f"warning: {pseudo.path} has no machine boxes: its {len(pseudo.images)} images train the student "
                          "toward background only (PITFALLS: a silently zero machine-label loss)")
     for note in filter(None, notes):

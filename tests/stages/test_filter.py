@@ -68,7 +68,8 @@ def test_ambiguous_images_drop_or_ignore_and_empty_images(pseudo, tmp_path):
                                          ambiguous_low=0.2, keep_empty=False))
     assert kept_ids(tmp_path / "d.json") == ([4, 5, 6, 7], [2, 3])  # image 1 is doubtful, image 4 empty
     assert {r.rule: r.images_removed for r in dropped.rules} == {
-        "geometry": 0, "agreement": 0, "threshold": 0, "max_per_image": 0, "ambiguous": 1, "empty images": 1}
+        "geometry": 0, "agreement": 0, "threshold": 0, "max_per_image": 0, "ambiguous": 1, "empty images": 1,
+        "teacher unreliable on every class": 0}
     filter_labels(FilterConfig(pseudo, tmp_path / "i.json", score_thresh=0.5, ambiguous="ignore", ambiguous_low=0.2))
     data = json.loads((tmp_path / "i.json").read_text())
     assert [(a["id"], a["iscrowd"]) for a in data["annotations"] if a["image_id"] == 1] == [(1, 0), (2, 0), (3, 1)]
@@ -206,3 +207,24 @@ def test_a_validation_set_makes_the_default_rule_f1(one_card_set, labeller, tmp_
     # a threshold given by hand wins over the validation set
     by_hand = filter_labels(FilterConfig(tmp_path / "p.json", tmp_path / "i.json", calib=labeled, score_thresh=0.5))
     assert set(by_hand.thresholds.values()) == {0.5} and not by_hand.calibration
+
+
+def test_classes_the_teacher_finds_unreliably_on_validation_give_ignore_regions(pseudo, tmp_path, monkeypatch):
+    from retinaslim.engine.thresholds import Calibration
+    from retinaslim.stages import filter as filter_stage
+
+    def calibrate(found):
+        monkeypatch.setattr(filter_stage, "_calibrate", lambda *args: found)
+
+    # id_card found reliably (threshold 0.5); passport's best F1 0.2: its box (0.6, image 1) becomes an ignore region
+    calibrate([Calibration("id_card", 0.5, 0.8, 0.8, True, True), Calibration("passport", 0.3, 0.2, 0.2, True, False)])
+    result = filter_labels(FilterConfig(pseudo, tmp_path / "f.json", calib=pseudo))
+    data = json.loads((tmp_path / "f.json").read_text())
+    assert data["info"]["filter"]["unreliable_classes"] == ["passport"]
+    assert [(a["id"], a["iscrowd"]) for a in data["annotations"] if a["image_id"] == 1] == [(1, 0), (2, 1)]
+    assert result.num_boxes_kept["passport"] == 0 and result.num_ignore_regions == 1
+    # every class unreliable: nothing to teach, no machine image is kept
+    calibrate([Calibration("id_card", 0.5, 0.1, 0.1, True, False), Calibration("passport", 1.0, 0, 0, False, False)])
+    result = filter_labels(FilterConfig(pseudo, tmp_path / "g.json", calib=pseudo))
+    assert result.num_images_out == 0 and json.loads((tmp_path / "g.json").read_text())["images"] == []
+    assert result.rules[-1].images_removed == 4
