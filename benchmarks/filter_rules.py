@@ -12,7 +12,9 @@ a rule that chooses thresholds on the validation set reads them from val_ensembl
 Rules (each a per-class score threshold for `retinaslim filter`):
 - default: filter's fixed threshold (config.FILTER_SCORE_THRESH);
 - f1: per class, the threshold of the best F1 (IoU 0.5) on the validation images;
-- precision: per class, the lowest threshold reaching precision 0.95 on the validation images.
+- precision: per class, the lowest threshold reaching precision 0.95 on the validation images;
+- precision_ignore: the same thresholds, and boxes scored from 0.2 up to them become ignore regions
+  (`--ambiguous ignore`), so that objects the teacher saw but was unsure of are not learnt as background.
 
 For each rule: filter (scored against the hidden truth), train-student on human + filtered machine labels
 (train-student's defaults, --epochs and --image-size as given), then one `retinaslim eval` of every student and
@@ -37,7 +39,8 @@ from retinaslim.core.detections import Detections
 from retinaslim.data.coco import annotation_boxes, image_targets, load_coco
 from retinaslim.engine.thresholds import ClassScores
 
-RULES = ("default", "f1", "precision")
+RULES = ("default", "f1", "precision", "precision_ignore")
+OPTIONS = {"precision_ignore": ["--ambiguous", "ignore"]}  # extra filter options per rule
 
 
 def validation_choice(run: Path, rule: str) -> list[dict]:
@@ -99,11 +102,12 @@ def main() -> None:
     student("student_human", ["--human-only"])
     chosen = {}
     for rule in rules:
-        chosen[rule] = validation_choice(args.run, rule)
+        chosen[rule] = validation_choice(args.run, rule.removesuffix("_ignore"))
         thresholds = ",".join(f"{c['class']}={c['threshold']:.5f}" for c in chosen[rule])
         filtered = out / f"filtered_{rule}.json"
         run(Step(f"filter_{rule}", ["filter", labels / "ensemble.json", "--out", filtered, "--score-thresh", thresholds,
-                                    "--truth", data / "unlabeled.truth.json", "--report", out / f"filter_{rule}.report.json"]))
+                                    "--truth", data / "unlabeled.truth.json", "--report", out / f"filter_{rule}.report.json",
+                                    *OPTIONS.get(rule, [])]))
         student(f"student_{rule}", ["--pseudo", filtered])
     names = ["student_human", *(f"student_{r}" for r in rules)]
     run(Step("eval", ["eval", *(a for n in names for a in ("--weights", out / "runs" / n / "best.pt")), "--data", args.test,

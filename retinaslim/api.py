@@ -357,11 +357,13 @@ def filter(  # noqa: A001 - the command's name
             ``keep_empty`` is False).
         score_thresh: keep boxes scoring at least this (0..1): one value, or per class {name: value} (or
             'name=value,...'); classes not named keep the fixed default, 0.2.
-        auto_thresh: choose the threshold per class: 'f1' (the best F1 at IoU 0.5 on ``calib``, labelled by
-            ``teacher`` with the ensemble that made ``pseudo``), 'precision' (the lowest threshold reaching
-            ``target_precision`` there) or 'instances' (as many machine boxes per image as human boxes per
-            labelled image; needs ``labeled``). None with neither ``score_thresh`` nor ``calib``: 0.2 for every
-            class; None with ``calib`` (the validation set): 'f1' (config.FILTER_VALIDATION_RULE).
+        auto_thresh: choose the threshold per class: 'precision' (the lowest threshold reaching
+            ``target_precision`` at IoU 0.5 on ``calib``, labelled by ``teacher`` with the ensemble that made
+            ``pseudo``), 'f1' (the best F1 there) or 'instances' (as many machine boxes per image as human boxes
+            per labelled image; needs ``labeled``). None with neither ``score_thresh`` nor ``calib``: 0.2 for
+            every class; None with ``calib`` (the validation set): 'precision' (config.FILTER_VALIDATION_RULE).
+            A class with no threshold found on ``calib`` (or, under 'f1', a best F1 below 0.25) is unreliable:
+            its boxes scoring >= ``ambiguous_low`` become ignore regions; all classes unreliable: no image kept.
         labeled: human-labelled COCO file, for auto_thresh='instances'.
         calib, calib_images: human-labelled COCO file to choose thresholds on (the validation set) and the
             folder its names resolve against.

@@ -19,7 +19,7 @@ def filter_(
     pseudo: Annotated[Optional[Path], typer.Argument(help="Raw machine labels from pseudo-label (default: runs/pseudo.json).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Filtered COCO JSON (default: runs/pseudo.filtered.json).")] = None,
     score_thresh: Annotated[Optional[str], typer.Option(help=f"Keep boxes scoring at least this: one value, or per class, e.g. id_card=0.6,passport=0.7 (default: chosen per class on the validation set, see --auto-thresh; {FILTER_SCORE_THRESH} without one).")] = None,
-    auto_thresh: Annotated[Optional[str], typer.Option(help=f"Choose the threshold per class: f1 (the best F1 on the --calib images; the default when there are such images), precision (the lowest threshold reaching --target-precision on them) or instances (as many machine boxes per image as human boxes per labelled image; needs --labeled).")] = None,
+    auto_thresh: Annotated[Optional[str], typer.Option(help=f"Choose the threshold per class: precision (the lowest threshold reaching --target-precision on the --calib images; the default when there are such images), f1 (the best F1 on them) or instances (as many machine boxes per image as human boxes per labelled image; needs --labeled).")] = None,
     labeled: Annotated[Optional[Path], typer.Option(help="Human-labelled COCO file, for --auto-thresh instances (default: the workspace's).")] = None,
     calib: Annotated[Optional[Path], typer.Option(help="Human-labelled COCO file the teacher is run on to choose thresholds, for --auto-thresh f1 and precision (default: the workspace's validation set).")] = None,
     calib_images: Annotated[Optional[Path], typer.Option(help="Folder the --calib file names resolve against.")] = None,
@@ -78,11 +78,9 @@ def _render(result) -> None:
     for c in result.calibration:
         if c in unreliable:
             found = (f"its best F1 there is {c.f1:.2f} (precision {c.precision:.2f}, recall {c.recall:.2f} at {c.threshold:.2f})"
-                     if c.reached else "it finds none of its boxes there")
+                     if c.reached else "no threshold reaches the rule's target there")
             console.warn(f"{c.class_name}: the teacher is unreliable on the validation images ({found}); none of its "
                          "machine boxes are trained on as objects, those scoring >= --ambiguous-low become ignore regions")
-        elif not c.reached:
-            console.info(f"{c.class_name}: no threshold reaches the target precision; none of its boxes are kept")
     if result.calibration and len(unreliable) == len(result.calibration):
         console.warn("the teacher is unreliable on every class: no machine image is kept, so a student trained on this "
                      "file learns from the human labels only. Train the teacher longer or on more labels, or start it "

@@ -30,19 +30,20 @@ KEEP_NONE = 1.0 + 1e-6  # a threshold no score (0..1) reaches
 
 
 VALIDATION_RULES = ("f1", "precision")
-# Below this best F1 on the validation images a class's machine labels teach more mistakes than objects (at
-# least ~3 of 4 kept boxes wrong, or ~3 of 4 objects missed): filter trains on none of them. A safety net for
-# a teacher that has not learnt a class, not a tuned value: the F1s the benchmarks' teachers reached were
-# 0.40-0.99 (docs/filter.md).
+# Under the f1 rule, below this best F1 on the validation images a class's machine labels teach more mistakes
+# than objects (at least ~3 of 4 kept boxes wrong, or ~3 of 4 objects missed): filter trains on none of them.
+# A safety net for a teacher that has not learnt a class, not a tuned value: the F1s the benchmarks' teachers
+# reached were 0.40-0.99 (docs/filter.md). Under the precision rule a class is unreliable when no threshold
+# reaches the target.
 RELIABLE_F1 = 0.25
 
 
 @dataclass
 class Calibration:
     """What a validation rule found for one class on the human-labelled images: the threshold, the precision
-    and recall (IoU 0.5) at it, whether it found one (if not, the threshold keeps nothing) and, under the f1
-    rule, whether the class's machine labels are worth training on at all (``reliable``: a threshold found with
-    an F1 of at least RELIABLE_F1; always True under the precision rule)."""
+    and recall (IoU 0.5) at it, whether it found one (if not, the threshold keeps nothing) and whether the
+    class's machine labels are worth training on at all (``reliable``: a threshold found, under the f1 rule
+    with an F1 of at least RELIABLE_F1)."""
 
     class_name: str
     threshold: float
@@ -76,8 +77,8 @@ class ClassScores:
 
     def choose(self, names: list[str], rule: str, target_precision: float = 0.95) -> list[Calibration]:
         """Per class (``names`` in label order): ``f1``, the threshold of the best F1; ``precision``, the lowest
-        reaching ``target_precision``. A class where the rule finds none gets KEEP_NONE (``reached`` False);
-        under ``f1`` a class whose best F1 is below RELIABLE_F1 is not ``reliable``."""
+        reaching ``target_precision``. A class where the rule finds none gets KEEP_NONE (``reached`` and
+        ``reliable`` False); under ``f1`` a class whose best F1 is below RELIABLE_F1 is not ``reliable``."""
         if rule not in VALIDATION_RULES:
             raise UserError(f"threshold rule {rule!r}: choose {' or '.join(VALIDATION_RULES)}")
         found = []
@@ -87,7 +88,7 @@ class ClassScores:
             chosen = (best_f1_threshold(scores, hits, self.num_true[k]) if rule == "f1"
                       else lowest_threshold_for_precision(scores, hits, self.num_true[k], target_precision))
             if chosen is None:
-                found.append(Calibration(name, KEEP_NONE, 0.0, 0.0, False, rule != "f1"))
+                found.append(Calibration(name, KEEP_NONE, 0.0, 0.0, False, False))
                 continue
             c = Calibration(name, *chosen, True, True)
             c.reliable = rule != "f1" or c.f1 >= RELIABLE_F1

@@ -56,10 +56,9 @@ def _notes(evaluation: EvalResult, filtered: FilterResult, trainings: dict[str, 
                      "teacher is the better model.")
     after = filtered.truth_metrics.get("after")
     if filtered.calibration and not any(c.reliable for c in filtered.calibration):
-        best = max(filtered.calibration, key=lambda c: c.f1)
-        notes.append(f"The filter ran the teacher on the validation images, found it unreliable (best F1 {best.f1:.2f}) "
-                     "and kept no machine labels, so the distilled student learnt from the human labels only rather "
-                     "than from the teacher's mistakes.")
+        notes.append("The filter ran the teacher on the validation images, found no score at which its boxes reach "
+                     "the target precision and kept no machine labels, so the distilled student learnt from the human "
+                     "labels only rather than from the teacher's mistakes.")
     elif after:
         notes.append(f"Machine labels kept by the filter (thresholds chosen per class on the validation images): "
                      f"{after['boxes']} boxes, precision {after['precision']:.2f} "

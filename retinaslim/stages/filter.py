@@ -7,10 +7,11 @@ counted per class:
    ``aspect_range`` (width / height), boxes outside are removed;
 2. ``min_agreement``: boxes found by fewer transforms are removed;
 3. score threshold per class: fixed (``score_thresh``: one value or per class name), or automatic:
-   ``f1`` (the threshold of the best F1 at IoU 0.5 on human-labelled calibration images, the validation set
-   as a rule, running the teacher with pseudo-label's settings), ``precision`` (the lowest threshold whose
-   precision reaches a target on those images) or ``instances`` (Data Distillation: as many machine boxes
-   per unlabelled image as there are human boxes per labelled image);
+   ``precision`` (the lowest threshold whose precision at IoU 0.5 reaches a target on human-labelled
+   calibration images, the validation set as a rule, running the teacher with pseudo-label's settings; the
+   default given such images), ``f1`` (the threshold of the best F1 there) or ``instances`` (Data
+   Distillation: as many machine boxes per unlabelled image as there are human boxes per labelled image);
+   classes the validation images show to be unreliable give ignore regions, not boxes;
 4. ``max_per_image``: the best-scoring boxes only;
 5. doubtful images, holding a box scored between ``ambiguous_low`` and the threshold: ``keep``,
    ``drop`` the image, or ``ignore`` (those boxes become ``iscrowd`` ignore regions that give no loss);

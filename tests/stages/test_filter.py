@@ -180,22 +180,25 @@ def test_class_scores_choose_per_class_on_hand_made_validation_images():
         scores.choose(["a", "b"], "instances")
 
 
-def test_a_validation_set_makes_the_default_rule_f1(one_card_set, labeller, tmp_path):
+def test_a_validation_set_makes_the_default_rule_precision_and_f1_beats_fixed_on_f1(one_card_set, labeller, tmp_path):
     from retinaslim.stages.pseudo_label import PseudoLabelConfig, pseudo_label
 
     labeled = one_card_set.files["labeled"]
     pseudo_label(PseudoLabelConfig(one_card_set.out / "labeled", labeller, tmp_path / "p.json", batch_size=4))
     chosen = filter_labels(FilterConfig(tmp_path / "p.json", tmp_path / "f.json", calib=labeled))
     rules = json.loads((tmp_path / "f.json").read_text())["info"]["filter"]
-    assert rules["threshold_rule"] == "f1" and [c.class_name for c in chosen.calibration] == ["id_card", "bank_card", "passport"]
-    found = [c for c in chosen.calibration if c.reached]
-    assert found, "the labeller finds cards on its own training images"
-    for c in chosen.calibration:
-        assert chosen.thresholds[c.class_name] == pytest.approx(c.threshold)
-    # the best F1 is at least the F1 of the fixed default on the same images
+    assert rules["threshold_rule"] == "precision" and rules["target_precision"] == 0.95
+    assert [c.class_name for c in chosen.calibration] == ["id_card", "bank_card", "passport"]
+    explicit = filter_labels(FilterConfig(tmp_path / "p.json", tmp_path / "e.json", auto_thresh="precision", calib=labeled))
+    assert chosen.thresholds == explicit.thresholds
+    assert any(c.reliable for c in chosen.calibration), "the labeller finds cards on its own training images"
+    for c in chosen.calibration:  # a class that never reaches 0.95 is unreliable: none of its boxes are kept
+        assert chosen.thresholds[c.class_name] == pytest.approx(c.threshold if c.reliable else KEEP_NONE)
+        assert c.reliable == c.reached and (not c.reliable or c.precision >= 0.95)
+    assert rules["unreliable_classes"] == [c.class_name for c in chosen.calibration if not c.reliable]
+    # f1: its thresholds give machine labels with at least the F1 of the fixed default on the same images
     tuned = filter_labels(FilterConfig(tmp_path / "p.json", tmp_path / "g.json", auto_thresh="f1", calib=labeled,
                                        truth=labeled))
-    assert tuned.thresholds == chosen.thresholds
     plain = filter_labels(FilterConfig(tmp_path / "p.json", tmp_path / "h.json", truth=labeled))
     assert json.loads((tmp_path / "h.json").read_text())["info"]["filter"]["threshold_rule"] == "fixed"
     assert set(plain.thresholds.values()) == {FILTER_SCORE_THRESH}
