@@ -246,10 +246,10 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         by_label = dict.fromkeys(range(len(classes)), float(score_thresh))
     # Classes the teacher does not find reliably on the validation images: none of their boxes are trained on
     # as objects; those scoring >= ambiguous_low become ignore regions, so the student is not taught either way.
-    unreliable = torch.tensor([not c.reliable for c in calibration] or [False] * len(classes))
+    unreliable = torch.tensor([not c.reliable for c in calibration] or [False] * len(classes), dtype=torch.bool)
     for k in torch.nonzero(unreliable).flatten().tolist():
         by_label[k] = KEEP_NONE
-    drop_all = bool(unreliable.all())  # nothing left to teach: no machine image is trained on
+    drop_all = bool(calibration) and bool(unreliable.all())  # nothing left to teach: no machine image is trained on
     thresholds = torch.tensor([by_label[k] for k in range(len(classes))])
 
     out = Path(config.out)
