@@ -19,7 +19,7 @@ def filter_(
     pseudo: Annotated[Optional[Path], typer.Argument(help="Raw machine labels from pseudo-label (default: runs/pseudo.json).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Filtered COCO JSON (default: runs/pseudo.filtered.json).")] = None,
     score_thresh: Annotated[Optional[str], typer.Option(help=f"Keep boxes scoring at least this: one value, or per class, e.g. id_card=0.6,passport=0.7 (default: chosen per class on the validation set, see --auto-thresh; {FILTER_SCORE_THRESH} without one).")] = None,
-    auto_thresh: Annotated[Optional[str], typer.Option(help=f"Choose the threshold per class: precision (the lowest threshold reaching --target-precision on the --calib images; the default when there are such images), f1 (the best F1 on them) or instances (as many machine boxes per image as human boxes per labelled image; needs --labeled).")] = None,
+    auto_thresh: Annotated[Optional[str], typer.Option(help=f"Choose the threshold per class: precision (the lowest threshold reaching --target-precision on the --calib images), f1 (the best F1 on them) or instances (as many machine boxes per image as human boxes per labelled image; needs --labeled). Default with --calib images (or the workspace's val): {FILTER_VALIDATION_RULE}.")] = None,
     labeled: Annotated[Optional[Path], typer.Option(help="Human-labelled COCO file, for --auto-thresh instances (default: the workspace's).")] = None,
     calib: Annotated[Optional[Path], typer.Option(help="Human-labelled COCO file the teacher is run on to choose thresholds, for --auto-thresh f1 and precision (default: the workspace's validation set).")] = None,
     calib_images: Annotated[Optional[Path], typer.Option(help="Folder the --calib file names resolve against.")] = None,
@@ -46,8 +46,10 @@ def filter_(
         out = pick(out, "--out", ws and ws.filtered, "output")
         if auto_thresh == "instances":
             labeled = pick(labeled, "--labeled", ws and ws.labeled, "human labels")
-        if auto_thresh in VALIDATION_RULES or (auto_thresh is None and score_thresh is None):
-            calib = calib or (ws.val if ws else None)
+        if (auto_thresh in VALIDATION_RULES or (auto_thresh is None and score_thresh is None)) and calib is None and ws:
+            calib = ws.val
+            if calib is not None:
+                console.info(f"thresholds chosen on the workspace's validation set: {calib}")
         if auto_thresh is None and score_thresh is None and calib is None:
             console.info(f"no validation set (--calib, or the workspace's val): the fixed threshold {FILTER_SCORE_THRESH} "
                          "for every class; with one, each class's threshold is chosen on it")
