@@ -75,7 +75,8 @@ def _render(result) -> None:
     console.table("thresholds and boxes per class", ["class", "threshold", "boxes in", "boxes kept"] +
                   (["val precision", "val recall"] if calibrated else []),
                   [[n, result.thresholds[n], result.num_boxes_in[n], result.num_boxes_kept[n]] +
-                   ([calibrated[n].precision, calibrated[n].recall] if calibrated else []) for n in names])
+                   ([calibrated[n].precision, calibrated[n].recall] if calibrated and calibrated[n].reached else
+                    [None, None] if calibrated else []) for n in names])
     unreliable = [c for c in result.calibration if not c.reliable]
     for c in result.calibration:
         if c in unreliable:
