@@ -20,7 +20,8 @@ For each rule: filter (scored against the hidden truth), train-student on human 
 (train-student's defaults, --epochs and --image-size as given), then one `retinaslim eval` of every student and
 the human-only student on TEST. The table puts what the validation images predicted (precision, recall per
 class) next to what the pool's hidden truth shows, and each student's test AP. Steps are recorded in OUT/steps
-and skipped when rerun (distill.py's machinery), so a killed run continues. Results: OUT/results.json.
+and skipped when rerun (distill.py's machinery), so a killed run continues. Results: OUT/results.json (and
+`filter_rules.NAME` of --results-json, e.g. docs/results.json).
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, required=True, help="students' --epochs (the run's)")
     parser.add_argument("--rules", default=",".join(RULES))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--results-json", type=Path, help="also merge the result into this file's `filter_rules` object")
+    parser.add_argument("--name", help="its key there (e.g. synthetic, bccd); default RUN's folder name")
     args = parser.parse_args()
     out = args.out or args.run / "rules"
     data, labels = args.run / "data", args.run / "labels"
@@ -131,6 +134,10 @@ def main() -> None:
                           f"{c['pool_precision'] or 0:.2f} / {c['pool_recall'] or 0:.2f} ({c['pool_boxes']})" for c in per_class)
         print(f"| {rule} | {result['rules'][rule]['student_ap']:.3f} | {cells} |")
     write_json(out / "results.json", result)
+    if args.results_json:
+        merged = json.loads(args.results_json.read_text()) if args.results_json.is_file() else {}
+        merged.setdefault("filter_rules", {})[args.name or args.run.name] = result
+        write_json(args.results_json, merged)
 
 
 if __name__ == "__main__":
