@@ -178,6 +178,18 @@ def test_class_scores_choose_per_class_on_hand_made_validation_images():
     assert not empty.choose(["a"], "f1")[0].reached and empty.choose(["a"], "f1")[0].threshold == KEEP_NONE
     with pytest.raises(UserError, match="instances"):
         scores.choose(["a", "b"], "instances")
+    # one card found, below nine wrong boxes: best F1 2 / (10 + 1) = 0.18 < RELIABLE_F1, so f1 distrusts the class;
+    # precision 0.95 is never reached, so the precision rule finds no threshold either
+    weak = ClassScores(1)
+    wrong = torch.tensor([[50.0 + 3 * i, 50, 60 + 3 * i, 60] for i in range(9)])
+    weak.add(Detections(torch.cat([wrong, truth[:1]]), torch.linspace(0.9, 0.4, 10), torch.zeros(10, dtype=torch.int64)),
+             truth[:1], torch.tensor([0]))
+    [distrusted] = weak.choose(["a"], "f1")
+    assert distrusted.reached and not distrusted.reliable and distrusted.f1 == pytest.approx(2 / 11)
+    assert distrusted.threshold == pytest.approx(0.4)
+    [unreached] = weak.choose(["a"], "precision")
+    assert not unreached.reached and not unreached.reliable and unreached.threshold == KEEP_NONE
+    assert all(c.reliable for c in f1 + precise)
 
 
 def test_a_validation_set_makes_the_default_rule_precision_and_f1_beats_fixed_on_f1(one_card_set, labeller, tmp_path):
