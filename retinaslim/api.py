@@ -109,7 +109,7 @@ def _keywords(**names: str) -> Iterator[None]:
 def synth(
     out: PathLike, *, labeled: int = 100, unlabeled: int = 900, val: int = 100, size: int = 320,
     classes: str | Sequence[str] = ("id_card", "bank_card", "passport"), distractors: bool = True, seed: int = 0,
-    overwrite: bool = False, reporter: Reporter | None = None,
+    overwrite: bool = False, workers: int = 0, reporter: Reporter | None = None,
 ) -> SynthResult:
     """Draw synthetic photographs of ID cards, bank cards and passports with COCO labels, into folder ``out``.
 
@@ -125,6 +125,7 @@ def synth(
         distractors: also draw paper, screens and books (card-like objects that are not cards).
         seed: every image is drawn from (split, index, seed).
         overwrite: replace a dataset already in ``out`` (else that is an error).
+        workers: processes drawing images (0: this one); the bytes do not depend on it.
         reporter: receives progress; None: silent.
 
     Returns:
@@ -139,7 +140,8 @@ def synth(
 
     with _keywords(num_labeled="labeled", num_unlabeled="unlabeled", num_val="val"):
         return run(SynthConfig(out=Path(out), num_labeled=labeled, num_unlabeled=unlabeled, num_val=val, size=size,
-                               seed=seed, classes=tuple(_names(classes)), distractors=distractors, overwrite=overwrite),
+                               seed=seed, classes=tuple(_names(classes)), distractors=distractors, overwrite=overwrite,
+                               workers=workers),
                    reporter)
 
 

@@ -23,11 +23,12 @@ def synth(
     distractors: Annotated[bool, typer.Option(help="Also draw paper, screens and books (card-like objects that are not cards).")] = True,
     seed: SeedOpt = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace a dataset already in OUT.")] = False,
+    workers: Annotated[int, typer.Option(help="Processes drawing images (0: this one); the same seed gives the same bytes.")] = 0,
 ) -> None:
     """Make synthetic ID-card photographs with COCO labels (and a workspace file) in OUT."""
     with user_errors("out"), console.RichReporter() as reporter:
         result = api.synth(out, labeled=labeled, unlabeled=unlabeled, val=val, size=size, classes=classes,
-                           distractors=distractors, seed=seed, overwrite=overwrite, reporter=reporter)
+                           distractors=distractors, seed=seed, overwrite=overwrite, workers=workers, reporter=reporter)
     console.table("synth", ["split", "images", "boxes", "file"],
                   [(s, result.num_images[s], result.num_boxes[s], result.files[s]) for s in result.num_images])
     console.info(f"saved to {result.out}; `cd {result.out}` to use its {WORKSPACE_FILE}")

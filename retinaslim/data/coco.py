@@ -94,6 +94,72 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def validate_categories(path: Path, categories: list[Any]) -> set[int]:
+    """Raise unless every category has an integer ``id`` (unique) and a string ``name``; -> the ids."""
+    category_ids: set[int] = set()
+    for c in categories:
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
+            raise _fail(path, f"category {c!r} needs an integer 'id' and a string 'name'")
+        if c["id"] in category_ids:
+            raise _fail(path, f"duplicate category id {c['id']}")
+        category_ids.add(c["id"])
+    return category_ids
+
+
+def image_id(path: Path, image: Any) -> int:
+    """The image entry's ``id``; raises unless it has an integer id and a string ``file_name``."""
+    if not isinstance(image, dict) or not isinstance(image.get("id"), int) or not isinstance(image.get("file_name"), str):
+        raise _fail(path, f"image {str(image)[:80]} needs an integer 'id' and a string 'file_name'")
+    return image["id"]
+
+
+def validate_image(path: Path, image: dict[str, Any], root: Path, unsized_ok: bool = False) -> int:
+    """Check an image entry's size, reading it from the image under ``root`` when the entry has none (as
+    ``load_coco`` says); -> 1 if it was read so, else 0."""
+    unread, read = "", 0
+    if image.get("width") is None or image.get("height") is None:  # not given: the image's own size
+        try:
+            image["width"], image["height"] = displayed_size(root / image["file_name"])
+            read = 1
+        except ImageError:
+            unread = ", and the image's own size cannot be read"
+            if unsized_ok:
+                image["width"] = image["height"] = None
+                return 0
+    for key in ("width", "height"):
+        if not (isinstance(image.get(key), int) and image[key] > 0):
+            raise _fail(path, f"image {image['id']} ({image['file_name']}) needs a positive integer '{key}'{unread}")
+    return read
+
+
+def annotation_id(path: Path, a: Any) -> int:
+    """The annotation's ``id``; raises unless it is an object with an integer id."""
+    if not isinstance(a, dict) or not isinstance(a.get("id"), int):
+        raise _fail(path, f"annotation {a.get('id') if isinstance(a, dict) else a!r} needs an integer 'id'")
+    return a["id"]
+
+
+def validate_annotation(path: Path, a: dict[str, Any], image: dict[str, Any], category_ids: set[int]) -> None:
+    """Raise unless ``a`` (an annotation of ``image``) has a known category, a finite box with positive sides
+    not wholly outside the image, and a score in [0, 1] if any."""
+    where = f"annotation {a['id']}"
+    if a.get("category_id") not in category_ids:
+        raise _fail(path, f"{where} has category id {a.get('category_id')!r}, which is not in 'categories'")
+    bbox = a.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)):
+        raise _fail(path, f"{where} needs 'bbox' as four finite numbers [x, y, width, height]")
+    if bbox[2] <= 0 or bbox[3] <= 0:
+        raise _fail(path, f"{where} has a box with width or height <= 0: {bbox}")
+    # A box reaching past the border is clipped in training; one wholly outside means a wrong image size.
+    outside = bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0 or (
+        image["width"] is not None and (bbox[0] >= image["width"] or bbox[1] >= image["height"]))
+    if outside:
+        raise _fail(path, f"{where} has box {bbox} (x, y, width, height) wholly outside its image "
+                          f"{image['file_name']} ({image['width']} x {image['height']})")
+    if "score" in a and not (_finite_number(a["score"]) and 0 <= a["score"] <= 1):
+        raise _fail(path, f"{where} has score {a['score']!r}; scores must be numbers in [0, 1]")
+
+
 def load_coco(path: Path, images_dir: Path | None = None, require_annotations: bool = True,
               unsized_ok: bool = False) -> CocoData:
     """Read and validate a COCO detection file; any problem raises a ``UserError`` naming the file.
@@ -120,66 +186,26 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
             raise _fail(path, f"not a COCO file: missing list '{key}'")
 
     categories = data["categories"]
-    category_ids: set[int] = set()
-    for c in categories:
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
-            raise _fail(path, f"category {c!r} needs an integer 'id' and a string 'name'")
-        if c["id"] in category_ids:
-            raise _fail(path, f"duplicate category id {c['id']}")
-        category_ids.add(c["id"])
-
+    category_ids = validate_categories(path, categories)
     images = data["images"]
     root = Path(images_dir) if images_dir is not None else path.parent
     annotations_per_image: dict[int, list[dict[str, Any]]] = {}
     num_sizes_read = 0
     for image in images:
-        if not isinstance(image, dict) or not isinstance(image.get("id"), int) or not isinstance(image.get("file_name"), str):
-            raise _fail(path, f"image {str(image)[:80]} needs an integer 'id' and a string 'file_name'")
-        if image["id"] in annotations_per_image:
+        if image_id(path, image) in annotations_per_image:
             raise _fail(path, f"duplicate image id {image['id']}")
-        unread = ""
-        if image.get("width") is None or image.get("height") is None:  # not given: the image's own size
-            try:
-                image["width"], image["height"] = displayed_size(root / image["file_name"])
-                num_sizes_read += 1
-            except ImageError:
-                unread = ", and the image's own size cannot be read"
-                if unsized_ok:
-                    image["width"] = image["height"] = None
-                    annotations_per_image[image["id"]] = []
-                    continue
-        for key in ("width", "height"):
-            if not (isinstance(image.get(key), int) and image[key] > 0):
-                raise _fail(path, f"image {image['id']} ({image['file_name']}) needs a positive integer '{key}'{unread}")
+        num_sizes_read += validate_image(path, image, root, unsized_ok)
         annotations_per_image[image["id"]] = []
 
     images_by_id = {image["id"]: image for image in images}
     annotation_ids: set[int] = set()
     for a in data.get("annotations", []):
-        where = f"annotation {a.get('id') if isinstance(a, dict) else a!r}"
-        if not isinstance(a, dict) or not isinstance(a.get("id"), int):
-            raise _fail(path, f"{where} needs an integer 'id'")
-        if a["id"] in annotation_ids:
+        if annotation_id(path, a) in annotation_ids:
             raise _fail(path, f"duplicate annotation id {a['id']}")
         annotation_ids.add(a["id"])
         if a.get("image_id") not in annotations_per_image:
-            raise _fail(path, f"{where} points at image id {a.get('image_id')!r}, which is not in 'images'")
-        if a.get("category_id") not in category_ids:
-            raise _fail(path, f"{where} has category id {a.get('category_id')!r}, which is not in 'categories'")
-        bbox = a.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)):
-            raise _fail(path, f"{where} needs 'bbox' as four finite numbers [x, y, width, height]")
-        if bbox[2] <= 0 or bbox[3] <= 0:
-            raise _fail(path, f"{where} has a box with width or height <= 0: {bbox}")
-        image = images_by_id[a["image_id"]]
-        # A box reaching past the border is clipped in training; one wholly outside means a wrong image size.
-        outside = bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0 or (
-            image["width"] is not None and (bbox[0] >= image["width"] or bbox[1] >= image["height"]))
-        if outside:
-            raise _fail(path, f"{where} has box {bbox} (x, y, width, height) wholly outside its image "
-                              f"{image['file_name']} ({image['width']} x {image['height']})")
-        if "score" in a and not (_finite_number(a["score"]) and 0 <= a["score"] <= 1):
-            raise _fail(path, f"{where} has score {a['score']!r}; scores must be numbers in [0, 1]")
+            raise _fail(path, f"annotation {a['id']} points at image id {a.get('image_id')!r}, which is not in 'images'")
+        validate_annotation(path, a, images_by_id[a["image_id"]], category_ids)
         annotations_per_image[a["image_id"]].append(a)
 
     info = data.get("info") if isinstance(data.get("info"), dict) else {}

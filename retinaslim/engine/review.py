@@ -14,7 +14,8 @@ import torch
 
 from retinaslim.core.atomic import write_json
 from retinaslim.core.detections import Detections
-from retinaslim.data.coco import ClassMap, CocoData, detections_to_annotations
+from retinaslim.data.coco import ClassMap, detections_to_annotations
+from retinaslim.data.stream import CocoStream
 from retinaslim.data.formats import labelstudio
 
 
@@ -25,7 +26,7 @@ def doubt(scores: torch.Tensor, thresholds: torch.Tensor) -> float:
     return float((1 - (scores - thresholds).abs() / spread).clamp(min=0).sum())
 
 
-def write_review(path: Path, ranked: list[tuple[float, dict[str, Any], Detections]], pseudo: CocoData,
+def write_review(path: Path, ranked: list[tuple[float, dict[str, Any], Detections]], pseudo: CocoStream,
                  classes: ClassMap) -> int:
     """The ``ranked`` (doubt, image, machine boxes) images, most doubtful first: Label Studio import JSON at
     ``path`` and COCO at ``NAME.coco.json``; returns the number of images written."""

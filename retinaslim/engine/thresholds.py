@@ -22,6 +22,7 @@ from retinaslim.core.matching import best_f1_threshold, lowest_threshold_for_pre
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
 from retinaslim.data.coco import ClassMap, CocoData, image_targets
+from retinaslim.data.stream import CocoStream
 from retinaslim.engine.inference import ImageResult, chunks, predict_batches, resolve_device
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
@@ -113,7 +114,7 @@ def instances_thresholds(scores_per_class: dict[int, torch.Tensor], human_per_im
     return thresholds
 
 
-def validation_thresholds(pseudo: CocoData, classes: ClassMap, calib: CocoData, teacher: Path, rule: str,
+def validation_thresholds(pseudo: CocoStream, classes: ClassMap, calib: CocoData, teacher: Path, rule: str,
                           target_precision: float, device: str, batch_size: int, workers: int,
                           reporter: Reporter) -> list[Calibration]:
     """Per class of ``classes`` (the machine labels' ``pseudo``), the threshold ``rule`` (``ClassScores.choose``)

@@ -24,7 +24,9 @@ are ``engine.thresholds``', the scores against ``truth`` ``engine.truth``'s and 
 
 from __future__ import annotations
 
+import heapq
 import os
+from collections.abc import Iterator
 from collections import Counter
 from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +38,8 @@ from retinaslim.config import FILTER_SCORE_THRESH, FILTER_VALIDATION_RULE
 from retinaslim.core.atomic import refuse_overwriting_inputs, write_json
 from retinaslim.core.detections import Detections
 from retinaslim.core.progress import Reporter
-from retinaslim.data.coco import ClassMap, CocoData, annotation_boxes, load_coco, match_classes, require_image_files
+from retinaslim.data.coco import ClassMap, annotation_boxes, load_coco, match_classes, require_image_files
+from retinaslim.data.stream import CocoStream, coco_writer, open_stream
 from retinaslim.engine.review import doubt, write_review
 from retinaslim.engine.thresholds import KEEP_NONE, VALIDATION_RULES, Calibration, instances_thresholds, validation_thresholds
 from retinaslim.engine.truth import truth_metrics
@@ -159,9 +162,8 @@ def threshold_rule(config: FilterConfig) -> str | None:
     return config.auto_thresh
 
 
-def _as_detections(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> Detections:
-    """An image's machine boxes as Detections (xyxy, score, label, agreement)."""
-    anns = coco.annotations_per_image[image["id"]]
+def _as_detections(anns: list[dict[str, Any]], classes: ClassMap) -> Detections:
+    """An image's machine boxes as Detections (xyxy, score, label, agreement; ``index`` into ``anns``)."""
     return Detections(
         annotation_boxes(anns),
         torch.tensor([a["score"] for a in anns], dtype=torch.float32),
@@ -170,7 +172,25 @@ def _as_detections(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> 
     )
 
 
-def _calibrate(config: FilterConfig, rule: str, pseudo: CocoData, classes: ClassMap, reporter: Reporter) -> list[Calibration]:
+def _candidate_mask(config: FilterConfig, image: dict[str, Any], dets: Detections) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rules 1-2, which decide the candidates the thresholds are chosen among: (geometry keeps, agreement keeps)."""
+    w, h = (dets.boxes[:, 2] - dets.boxes[:, 0]), (dets.boxes[:, 3] - dets.boxes[:, 1])
+    keep = (torch.minimum(w, h) >= config.min_size) & (w * h <= config.max_size_frac * image["width"] * image["height"])
+    if config.aspect_range is not None:
+        aspect = w / h.clamp(min=1e-6)
+        keep &= (aspect >= config.aspect_range[0]) & (aspect <= config.aspect_range[1])
+    return keep, dets.extra["agreement"] >= config.min_agreement
+
+
+def _machine_images(pseudo: CocoStream, classes: ClassMap) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]], Detections]]:
+    for image, anns in pseudo:
+        unscored = [a["id"] for a in anns if "score" not in a]
+        if unscored:
+            raise UserError(f"{pseudo.path}: annotation {unscored[0]} has no 'score'; filter reads pseudo-label output")
+        yield image, anns, _as_detections(anns, classes)
+
+
+def _calibrate(config: FilterConfig, rule: str, pseudo: CocoStream, classes: ClassMap, reporter: Reporter) -> list[Calibration]:
     """The f1 or precision rule on ``calib``, run with ``config.teacher``, else the teacher that made ``pseudo``."""
     calib = load_coco(config.calib, config.calib_images)
     for note in (match_classes(classes, pseudo.path, calib), require_image_files(calib, "`calib_images`")):
@@ -183,21 +203,18 @@ def _calibrate(config: FilterConfig, rule: str, pseudo: CocoData, classes: Class
                                  config.device, config.batch_size, config.workers, reporter)
 
 
-def _histogram(scores_in: torch.Tensor, scores_kept: torch.Tensor) -> list[dict[str, Any]]:
-    """Boxes in and kept per score bin of width 0.1 (the last bin includes 1.0)."""
-    return [{"lo": lo / 10, "hi": (lo + 1) / 10,
-             "boxes_in": int(((scores_in >= lo / 10) & (scores_in < (lo + 1) / 10 + (lo == 9))).sum()),
-             "boxes_kept": int(((scores_kept >= lo / 10) & (scores_kept < (lo + 1) / 10 + (lo == 9))).sum())}
-            for lo in range(10)]
+def _histogram_counts(scores: torch.Tensor) -> torch.Tensor:
+    """(10,) boxes per score bin of width 0.1 (the last bin includes 1.0)."""
+    return torch.bincount((scores * 10).long().clamp(0, 9), minlength=10)
 
 
 def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> FilterResult:
+    """Filter ``config.pseudo`` into ``config.out`` (see the module's rules), reading and writing image by image
+    (``data.stream``): memory does not grow with the number of images, except with ``truth``, whose scoring
+    holds every box."""
     reporter = reporter or Reporter()
     _validate(config)
-    pseudo = load_coco(config.pseudo)
-    missing_scores = [a["id"] for anns in pseudo.annotations_per_image.values() for a in anns if "score" not in a]
-    if missing_scores:
-        raise UserError(f"{pseudo.path}: annotation {missing_scores[0]} has no 'score'; filter reads pseudo-label output")
+    pseudo = open_stream(config.pseudo)
     classes = pseudo.classes
     names = classes.names
     unknown = sorted(set(config.score_thresh) - set(names)) if isinstance(config.score_thresh, dict) else []
@@ -205,24 +222,11 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         raise UserError(f"`score_thresh`: unknown class {unknown[0]!r}; {pseudo.path} has {', '.join(names)}")
     rule = threshold_rule(config)
     score_thresh = config.score_thresh if config.score_thresh is not None or rule else FILTER_SCORE_THRESH
-    dets_per_image = {im["id"]: _as_detections(pseudo, im, classes) for im in pseudo.images}
     removed = {rule: Counter() for rule in ("geometry", "agreement", "threshold", "max_per_image", "ambiguous")}
 
     def apply(rule: str, keep: torch.Tensor, dets: Detections) -> Detections:
         removed[rule].update(names[k] for k in dets.labels[~keep].tolist())
         return dets[keep]
-
-    # Rules 1-2 decide which boxes are candidates; the automatic thresholds are chosen among those.
-    candidates = {}
-    for image in pseudo.images:
-        dets = dets_per_image[image["id"]]
-        w, h = (dets.boxes[:, 2] - dets.boxes[:, 0]), (dets.boxes[:, 3] - dets.boxes[:, 1])
-        keep = (torch.minimum(w, h) >= config.min_size) & (w * h <= config.max_size_frac * image["width"] * image["height"])
-        if config.aspect_range is not None:
-            aspect = w / h.clamp(min=1e-6)
-            keep &= (aspect >= config.aspect_range[0]) & (aspect <= config.aspect_range[1])
-        dets = apply("geometry", keep, dets)
-        candidates[image["id"]] = apply("agreement", dets.extra["agreement"] >= config.min_agreement, dets)
 
     calibration: list[Calibration] = []
     if rule == "instances":
@@ -233,10 +237,19 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         human = Counter(classes.label(a["category_id"]) for anns in labeled.annotations_per_image.values()
                         for a in anns if not a.get("iscrowd", 0))
         per_image = {k: n / max(1, len(labeled.images)) for k, n in human.items()}
-        all_dets = Detections.cat(list(candidates.values()))
-        scores_per_class = {k: all_dets.scores[all_dets.labels == k] for k in range(len(classes))}
+        scores: list[torch.Tensor] = []  # candidates' scores, one pass ahead of the filtering pass
+        labels: list[torch.Tensor] = []
+        num_images = 0
+        for image, _, dets in _machine_images(pseudo, classes):
+            geometry, agreement = _candidate_mask(config, image, dets)
+            scores.append(dets.scores[geometry & agreement])
+            labels.append(dets.labels[geometry & agreement])
+            num_images += 1
+        all_scores, all_labels = torch.cat(scores or [torch.zeros(0)]), torch.cat(labels or [torch.zeros(0, dtype=torch.int64)])
+        scores_per_class = {k: all_scores[all_labels == k] for k in range(len(classes))}
+        del scores, labels, all_scores, all_labels
         floor = float(pseudo.info.get("score_floor", 0.0))
-        by_label = instances_thresholds(scores_per_class, per_image, len(pseudo.images), floor)
+        by_label = instances_thresholds(scores_per_class, per_image, num_images, floor)
     elif rule in VALIDATION_RULES:
         calibration = _calibrate(config, rule, pseudo, classes, reporter)
         by_label = {k: c.threshold for k, c in enumerate(calibration)}
@@ -252,44 +265,6 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
     drop_all = bool(calibration) and bool(unreliable.all())  # nothing left to teach: no machine image is trained on
     thresholds = torch.tensor([by_label[k] for k in range(len(classes))])
 
-    out = Path(config.out)
-    # File names resolve against each JSON file's own folder: rebase them when the folder changes.
-    rebase = os.path.relpath(pseudo.path.parent.resolve(), out.parent.resolve())
-    images, annotations, review = [], [], []
-    num_ignore = num_empty = num_dropped_ambiguous = num_dropped_empty = num_dropped_unreliable = 0
-    for image in pseudo.images:
-        dets = candidates[image["id"]]
-        image_thresh = thresholds[dets.labels]
-        confident = dets.scores >= image_thresh
-        doubtful = (dets.scores >= config.ambiguous_low) & ~confident
-        untrusted = doubtful & unreliable[dets.labels]
-        if (dets.scores >= config.ambiguous_low).any():
-            review.append((doubt(dets.scores, image_thresh), image, dets))
-        kept = apply("threshold", confident, dets)
-        if drop_all:
-            num_dropped_unreliable += 1
-            continue
-        if config.max_per_image is not None:
-            order = torch.argsort(kept.scores, descending=True)
-            keep = torch.zeros(len(kept), dtype=torch.bool)
-            keep[order[:config.max_per_image]] = True
-            kept = apply("max_per_image", keep, kept)
-        ignore = dets[doubtful if config.ambiguous == "ignore" else untrusted]
-        if (doubtful & ~untrusted).any() and config.ambiguous == "drop":
-            removed["ambiguous"].update(names[k] for k in kept.labels.tolist())
-            num_dropped_ambiguous += 1
-            continue
-        if len(kept) == 0 and len(ignore) == 0:
-            num_empty += 1
-            if not config.keep_empty:
-                num_dropped_empty += 1
-                continue
-        source = pseudo.annotations_per_image[image["id"]]
-        annotations += [source[i] for i in kept.extra["index"].tolist()]
-        annotations += [{**source[i], "iscrowd": 1} for i in ignore.extra["index"].tolist()]
-        num_ignore += len(ignore)
-        images.append({**image, "file_name": os.path.normpath(os.path.join(rebase, image["file_name"]))})
-
     rules = {
         "min_size": config.min_size, "max_size_frac": config.max_size_frac,
         "aspect_range": list(config.aspect_range) if config.aspect_range else None,
@@ -300,37 +275,93 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         "max_per_image": config.max_per_image, "ambiguous": config.ambiguous, "ambiguous_low": config.ambiguous_low,
         "keep_empty": config.keep_empty, "source": str(pseudo.path),
     }
-    write_json(out, {"info": {**pseudo.info, "filter": rules}, "images": images, "annotations": annotations,
-                     "categories": pseudo.categories})
+    out = Path(config.out)
+    # File names resolve against each JSON file's own folder: rebase them when the folder changes.
+    rebase = os.path.relpath(pseudo.path.parent.resolve(), out.parent.resolve())
+    review: list[tuple[float, int, dict[str, Any], Detections]] = []  # a min-heap of the most doubtful images
+    boxes_in, boxes_kept = torch.zeros(len(classes), dtype=torch.int64), torch.zeros(len(classes), dtype=torch.int64)
+    bins_in, bins_kept = torch.zeros(10, dtype=torch.int64), torch.zeros(10, dtype=torch.int64)
+    truth_images: list[dict[str, Any]] = []  # with truth only: every image and box, for the scoring
+    truth_before: list[dict[str, Any]] = []
+    truth_after: list[dict[str, Any]] = []
+    truth_kept: list[dict[str, Any]] = []
+    num_in = num_out = num_ignore = num_empty = num_dropped_ambiguous = num_dropped_empty = num_dropped_unreliable = 0
+    with coco_writer(out, {**pseudo.info, "filter": rules}, pseudo.categories) as write:
+        for seq, (image, source, all_dets) in enumerate(_machine_images(pseudo, classes)):
+            num_in += 1
+            boxes_in += torch.bincount(all_dets.labels, minlength=len(classes))
+            bins_in += _histogram_counts(all_dets.scores)
+            if config.truth is not None:
+                truth_images.append(image)
+                truth_before += source
+            geometry, agreement = _candidate_mask(config, image, all_dets)
+            dets = apply("geometry", geometry, all_dets)
+            dets = apply("agreement", agreement[geometry], dets)
+            image_thresh = thresholds[dets.labels]
+            confident = dets.scores >= image_thresh
+            doubtful = (dets.scores >= config.ambiguous_low) & ~confident
+            untrusted = doubtful & unreliable[dets.labels]
+            if config.review_out is not None and (dets.scores >= config.ambiguous_low).any():
+                item = (doubt(dets.scores, image_thresh), -seq, image, dets)
+                if len(review) < config.review_count:
+                    heapq.heappush(review, item)
+                elif config.review_count:
+                    heapq.heappushpop(review, item)
+            kept = apply("threshold", confident, dets)
+            if drop_all:
+                num_dropped_unreliable += 1
+                continue
+            if config.max_per_image is not None:
+                order = torch.argsort(kept.scores, descending=True)
+                keep = torch.zeros(len(kept), dtype=torch.bool)
+                keep[order[:config.max_per_image]] = True
+                kept = apply("max_per_image", keep, kept)
+            ignore = dets[doubtful if config.ambiguous == "ignore" else untrusted]
+            if (doubtful & ~untrusted).any() and config.ambiguous == "drop":
+                removed["ambiguous"].update(names[k] for k in kept.labels.tolist())
+                num_dropped_ambiguous += 1
+                continue
+            if len(kept) == 0 and len(ignore) == 0:
+                num_empty += 1
+                if not config.keep_empty:
+                    num_dropped_empty += 1
+                    continue
+            annotations = ([source[i] for i in kept.extra["index"].tolist()]
+                           + [{**source[i], "iscrowd": 1} for i in ignore.extra["index"].tolist()])
+            boxes_kept += torch.bincount(kept.labels, minlength=len(classes))
+            bins_kept += _histogram_counts(kept.scores)
+            num_ignore += len(ignore)
+            num_out += 1
+            out_image = {**image, "file_name": os.path.normpath(os.path.join(rebase, image["file_name"]))}
+            write(out_image, annotations)
+            if config.truth is not None:
+                truth_kept.append(out_image)
+                truth_after += annotations
 
-    boxes_in = Counter(names[k] for d in dets_per_image.values() for k in d.labels.tolist())
-    boxes_kept = Counter(names[classes.label(a["category_id"])] for a in annotations if not a.get("iscrowd", 0))
-    all_scores = torch.cat([d.scores for d in dets_per_image.values()]) if dets_per_image else torch.zeros(0)
-    kept_scores = torch.tensor([a["score"] for a in annotations if not a.get("iscrowd", 0)])
     result = FilterResult(
-        out=out, thresholds=rules["thresholds"], num_images_in=len(pseudo.images), num_images_out=len(images),
-        num_boxes_in={n: boxes_in[n] for n in names}, num_boxes_kept={n: boxes_kept[n] for n in names},
+        out=out, thresholds=rules["thresholds"], num_images_in=num_in, num_images_out=num_out,
+        num_boxes_in=dict(zip(names, boxes_in.tolist())), num_boxes_kept=dict(zip(names, boxes_kept.tolist())),
         num_ignore_regions=num_ignore, num_empty_images=num_empty,
         rules=[RuleCount(rule, {n: counts[n] for n in names},
                          {"ambiguous": num_dropped_ambiguous}.get(rule, 0)) for rule, counts in removed.items()]
         + [RuleCount("empty images", dict.fromkeys(names, 0), num_dropped_empty),
            RuleCount("teacher unreliable on every class", dict.fromkeys(names, 0), num_dropped_unreliable)],
-        histogram=_histogram(all_scores, kept_scores), calibration=calibration,
+        histogram=[{"lo": lo / 10, "hi": (lo + 1) / 10, "boxes_in": int(bins_in[lo]), "boxes_kept": int(bins_kept[lo])}
+                   for lo in range(10)],
+        calibration=calibration,
     )
     if config.truth is not None:
-        all_annotations = [a for anns in pseudo.annotations_per_image.values() for a in anns]
         result.truth_metrics = {
-            "before": truth_metrics(config.truth, classes, pseudo.path, pseudo.images, pseudo.image_root, all_annotations),
+            "before": truth_metrics(config.truth, classes, pseudo.path, truth_images, pseudo.image_root, truth_before),
             # no image kept: score the empty labels over every image (recall 0) rather than over none
-            "after": truth_metrics(config.truth, classes, pseudo.path, images or pseudo.images,
-                                   out.parent if images else pseudo.image_root, annotations),
+            "after": truth_metrics(config.truth, classes, pseudo.path, truth_kept or truth_images,
+                                   out.parent if truth_kept else pseudo.image_root, truth_after),
         }
     if config.review_out is not None:
+        ranked = [(d, image, dets) for d, _, image, dets in sorted(review, key=lambda r: (-r[0], -r[1]))]
         result.review_out = config.review_out
-        result.num_review = write_review(config.review_out, sorted(review, key=lambda r: -r[0])[:config.review_count],
-                                         pseudo, classes)
+        result.num_review = write_review(config.review_out, ranked, pseudo, classes)
     if config.report is not None:  # last: the labels and the review are complete before it
         write_json(Path(config.report), asdict(result) | {
             "out": str(result.out), "review_out": None if result.review_out is None else str(result.review_out)})
     return result
-
