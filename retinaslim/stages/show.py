@@ -20,14 +20,16 @@ import base64
 import html
 import io
 import math
+from array import array
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from retinaslim.core.atomic import atomic_path
-from retinaslim.data.coco import CocoData, load_coco
+from retinaslim.data.stream import CocoStream, open_stream
 from retinaslim.data.draw import class_colour, draw_boxes, save_image
 from retinaslim.data.images import ImageError, SizeMismatch, check_declared_size, read_rgb
 from retinaslim.errors import UserError
@@ -74,40 +76,66 @@ class ShowResult:
     skipped: list[dict[str, str]] = field(default_factory=list)  # file, reason
 
 
-def _row(coco: CocoData, image: dict[str, Any], num_transforms: int) -> ImageRow:
-    anns = coco.annotations_per_image[image["id"]]
-    scores = [a["score"] for a in anns if "score" in a]
-    agreements = [a["agreement"] for a in anns if isinstance(a.get("agreement"), (int, float))]
-    return ImageRow(image["file_name"], len(anns) - len(scores), len(scores), min(scores) if scores else None,
-                    1 - min(agreements) / num_transforms if agreements else None)
+@dataclass
+class _Signals:
+    """Per image of the file, in order (numpy arrays, a few bytes each: the file may hold 100,000s of images):
+    human and machine box counts, lowest machine score (NaN: none), lowest agreement (0: none)."""
 
+    num_human: np.ndarray
+    num_machine: np.ndarray
+    lowest: np.ndarray
+    agreement: np.ndarray
 
-def _order(rows: list[ImageRow], sort: str) -> list[int]:
-    """Indices of ``rows`` in display order; images without the sort's signal go last, in file order."""
+    @classmethod
+    def read(cls, stream: CocoStream) -> _Signals:
+        human, machine, lowest, agreement = array("l"), array("l"), array("d"), array("d")
+        for _, anns in stream:
+            scores = [a["score"] for a in anns if "score" in a]
+            agreements = [a["agreement"] for a in anns if isinstance(a.get("agreement"), (int, float))]
+            human.append(len(anns) - len(scores))
+            machine.append(len(scores))
+            lowest.append(min(scores) if scores else math.nan)
+            agreement.append(min(agreements) if agreements else 0)
+        return cls(np.asarray(human), np.asarray(machine), np.asarray(lowest), np.asarray(agreement))
 
-    def key(i: int) -> tuple:
-        row = rows[i]
-        lowest = 2.0 if row.lowest_score is None else row.lowest_score
+    def row(self, i: int, file_name: str, num_transforms: int) -> ImageRow:
+        lowest, agreement = float(self.lowest[i]), float(self.agreement[i])
+        return ImageRow(file_name, int(self.num_human[i]), int(self.num_machine[i]), None if math.isnan(lowest) else lowest,
+                        1 - agreement / num_transforms if agreement else None)
+
+    def order(self, sort: str, num_transforms: int) -> np.ndarray:
+        """Image indices in display order; images without the sort's signal go last, in file order."""
+        index = np.arange(len(self.lowest))
+        lowest = np.where(np.isnan(self.lowest), 2.0, self.lowest)
         if sort == "score":
-            return (lowest, i)
+            return np.lexsort((index, lowest))
         if sort == "disagreement":
-            return (row.disagreement is None, -(row.disagreement or 0.0), lowest, i)
-        return (i,)
+            disagreement = np.where(self.agreement > 0, 1 - self.agreement / num_transforms, 0.0)
+            return np.lexsort((index, lowest, -disagreement, self.agreement == 0))
+        return index
 
-    return sorted(range(len(rows)), key=key)
+
+def _chosen(stream: CocoStream, indices: list[int]) -> dict[int, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """The images (with their annotations) at ``indices`` of the file, read in one pass."""
+    wanted, found = set(indices), {}
+    for i, item in enumerate(stream):
+        if i in wanted:
+            found[i] = item
+            if len(found) == len(wanted):
+                break
+    return found
 
 
-def _thumbnail(coco: CocoData, image: dict[str, Any], size: int) -> Image.Image:
+def _thumbnail(stream: CocoStream, image: dict[str, Any], anns: list[dict[str, Any]], size: int) -> Image.Image:
     """The image scaled to fit ``size`` x ``size`` with its boxes drawn; raises ``ImageError``, or ``SizeMismatch``
     when the image is not the shape the file declares (a resized copy is fine: its boxes are scaled with it)."""
-    picture = read_rgb(coco.image_path(image))
-    check_declared_size(coco.image_path(image), image["width"], image["height"])
+    picture = read_rgb(stream.image_path(image))
+    check_declared_size(stream.image_path(image), image["width"], image["height"])
     scale = min(size / picture.width, size / picture.height)
     sx, sy = scale * picture.width / image["width"], scale * picture.height / image["height"]
     picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
                              Image.Resampling.BILINEAR)
-    anns = coco.annotations_per_image[image["id"]]
-    classes = coco.classes
+    classes = stream.classes
     labels = [classes.label(a["category_id"]) for a in anns]
     boxes = [[x * sx, y * sy, (x + w) * sx, (y + h) * sy] for x, y, w, h in (a["bbox"] for a in anns)]
     return draw_boxes(picture, boxes, labels, [classes.names[k] for k in labels], [a.get("score") for a in anns])
@@ -216,36 +244,41 @@ def show(config: ShowConfig) -> ShowResult:
         raise UserError(f"`sort` {config.sort!r}: choose one of {', '.join(SORTS)}")
     if config.max_images < 1 or config.thumb_size < 32 or config.columns < 1:
         raise UserError("`max_images` and `columns` must be at least 1, `thumb_size` at least 32")
-    coco = load_coco(config.labels, config.images)
-    agreements = [a["agreement"] for anns in coco.annotations_per_image.values() for a in anns if "agreement" in a]
-    transforms = coco.info.get("transforms")
-    num_transforms = len(transforms) if isinstance(transforms, list) and transforms else max(agreements, default=1)
-    rows = [_row(coco, image, num_transforms) for image in coco.images]
-    has_scores = any(r.num_machine for r in rows)
+    stream = open_stream(config.labels, config.images)  # read image by image: two passes, flat memory
+    signals = _Signals.read(stream)
+    num_images = len(signals.lowest)
+    transforms = stream.info.get("transforms")
+    max_agreement = int(signals.agreement.max()) if num_images else 0
+    num_transforms = len(transforms) if isinstance(transforms, list) and transforms else max(max_agreement, 1)
+    has_scores = bool((signals.num_machine > 0).any())
     sort = config.sort or ("score" if has_scores else "file")
     if sort == "score" and not has_scores:
         raise UserError(f"{config.labels}: `sort` score needs machine labels (annotations with a 'score'); "
                         "this file has none: use `sort` file")
-    if sort == "disagreement" and not agreements:
+    if sort == "disagreement" and not max_agreement:
         raise UserError(f"{config.labels}: `sort` disagreement needs each box's 'agreement' (written by "
                         "pseudo-label with several transforms); use `sort` score")
 
-    result = ShowResult(out, sort, len(coco.images))
+    result = ShowResult(out, sort, num_images)
     shown: list[tuple[Image.Image, ImageRow]] = []
-    for i in _order(rows, sort):
-        if len(shown) == config.max_images:
-            break
-        try:
-            shown.append((_thumbnail(coco, coco.images[i], config.thumb_size), rows[i]))
-        except (ImageError, SizeMismatch) as e:
-            result.skipped.append({"file": str(coco.image_path(coco.images[i])), "reason": str(e).split(": ", 1)[-1]})
+    order = signals.order(sort, num_transforms).tolist()
+    while order and len(shown) < config.max_images:  # more passes only when images cannot be read
+        batch, order = order[:config.max_images - len(shown)], order[config.max_images - len(shown):]
+        chosen = _chosen(stream, batch)
+        for i in batch:
+            image, anns = chosen[i]
+            try:
+                shown.append((_thumbnail(stream, image, anns, config.thumb_size),
+                              signals.row(i, image["file_name"], num_transforms)))
+            except (ImageError, SizeMismatch) as e:
+                result.skipped.append({"file": str(stream.image_path(image)), "reason": str(e).split(": ", 1)[-1]})
     if not shown:
         raise UserError(f"{config.labels}: none of its images could be read (first: {result.skipped[0]['file']}: "
                         f"{result.skipped[0]['reason']}); pass `images` DIR, the folder they resolve against")
     result.rows = [row for _, row in shown]
     order = {"score": "lowest score first", "disagreement": "most disagreement first", "file": "file order"}[sort]
-    title = f"{Path(config.labels).name}: {len(shown)} of {len(coco.images)} images, {order}"
-    names = coco.classes.names
+    title = f"{Path(config.labels).name}: {len(shown)} of {num_images} images, {order}"
+    names = stream.classes.names
     if suffix == ".html":
         page = _html(shown, title, names, num_transforms)
         with atomic_path(out) as tmp:
