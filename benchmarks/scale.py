@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--labeller-epochs", type=int, default=15)
     parser.add_argument("--iterations", type=int, default=300, help="train-student iterations at every size")
+    parser.add_argument("--prepare", action="store_true", help="only draw the data and train the labeller")
     parser.add_argument("--results-json", type=Path, help="also write its `scale` object, e.g. docs/results.json")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -171,6 +172,8 @@ def main() -> None:
         CLI + ["train-student", "--labeled", data / "labeled.json", "--val", data / "val.json", "--arch", "slim-s",
                "--image-size", args.image_size, "--epochs", args.labeller_epochs, "--out", out / "labeller",
                "--device", "cpu", "--workers", 2], out / "logs" / "labeller.log"))
+    if args.prepare:
+        return
 
     truth = None
     for n in sizes:

@@ -16,8 +16,8 @@ implementation, neither says how many transforms found a fused box (the ``agreem
 ``min_agreement`` and show's disagreement sort read) nor takes pixel boxes (it wants [0, 1] coordinates).
 ``tests/core/test_fusion.py`` checks this ``wbf`` against ensemble-boxes (a test-only dependency) on 50
 random ensembles. Why it is the default, measured (docs/results.md, "pseudo-label"): machine labels of AP
-0.173 with WBF against 0.144 with NMS over the same six transforms; it costs about 14 ms per image for
-6 x 70 boxes.
+0.173 with WBF against 0.144 with NMS over the same six transforms. ``wbf_many`` fuses a batch of images
+at once, with the same result per image (tests/core/test_fusion.py).
 """
 
 from __future__ import annotations
@@ -45,6 +45,13 @@ def fuse(
     if method == "vote":
         return vote(per_transform, 0.5 if iou_thresh is None else iou_thresh, vote_iou_thresh)
     raise ValueError(f"unknown fusion method {method!r}; choose one of {', '.join(FUSION_METHODS)}")
+
+
+def fuse_many(ensembles: list[list[Detections]], method: str = "wbf") -> list[Detections]:
+    """``fuse`` of each image's per-transform detections (default thresholds); WBF runs all images at once."""
+    if method == "wbf":
+        return wbf_many(ensembles)
+    return [fuse(per_transform, method) for per_transform in ensembles]
 
 
 def _pool(per_transform: list[Detections]) -> tuple[Detections, torch.Tensor]:
@@ -82,66 +89,95 @@ def vote(per_transform: list[Detections], iou_thresh: float = 0.5, vote_iou_thre
     return kept
 
 
-def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one (4,) xyxy box with (M, 4) xyxy boxes -> (M,)."""
-    ix1 = np.maximum(box[0], boxes[:, 0])
-    iy1 = np.maximum(box[1], boxes[:, 1])
-    ix2 = np.minimum(box[2], boxes[:, 2])
-    iy2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-12)
+def wbf_many(ensembles: list[list[Detections]], iou_thresh: float = 0.55) -> list[Detections]:
+    """WBF of several images at once: ``ensembles[i]`` is image i's detections per transform -> one fused
+    ``Detections`` per image (xyxy pixels, 0..1 scores, ``extra["agreement"]``), best score first.
 
-
-def _wbf_clusters(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> tuple[np.ndarray, list[list[int]]]:
-    """Greedy clustering of one class's boxes, best score first -> (K, 4) fused boxes, member indices per cluster.
-
-    A box joins the cluster whose running fused box it overlaps most, if that IoU is above ``iou_thresh``.
-    The fused box is kept as running score-weighted sums, so each step costs one vectorised IoU.
+    Greedy clustering (Solovyev et al.), one class of one image at a time in effect: its boxes, best score
+    first, each join the cluster whose running fused box (score-weighted mean of its members) they overlap
+    most, if that IoU is above ``iou_thresh``, else start one. The clustering is sequential within a class;
+    here step t places the t-th box of every (image, class) group at once, so the Python loop runs as many
+    times as the longest group has boxes instead of once per box, with bit-identical results. Measured on
+    200 64 px images, 546 boxes each (six transforms of a weak slim labeller), batches of 8, on the 2-core
+    VM: 14.4 ms per image box by box (the previous code), 4.9 ms so.
     """
-    fused = np.empty((len(boxes), 4))
-    weight_sum = np.empty(len(boxes))
-    weighted_box_sum = np.empty((len(boxes), 4))
-    members: list[list[int]] = []
-    for i in np.argsort(-scores, kind="stable"):
-        k = len(members)
-        if k:
-            ious = _iou_one_to_many(boxes[i], fused[:k])
-            best = int(np.argmax(ious))
-            if ious[best] > iou_thresh:
-                members[best].append(i)
-                weight_sum[best] += scores[i]
-                weighted_box_sum[best] += scores[i] * boxes[i]
-                fused[best] = weighted_box_sum[best] / weight_sum[best]
-                continue
-        members.append([i])
-        fused[k], weight_sum[k], weighted_box_sum[k] = boxes[i], scores[i], scores[i] * boxes[i]
-    return fused[:len(members)], members
+    groups = []  # (image, label, pooled indices best score first)
+    pooled = []
+    for i, per_transform in enumerate(ensembles):
+        dets, source = _pool(per_transform)
+        boxes, scores, labels = (t.numpy().astype(np.float64) for t in (dets.boxes, dets.scores, dets.labels))
+        pooled.append((boxes, scores, source.numpy()))
+        for label in np.unique(labels):
+            in_class = np.flatnonzero(labels == label)
+            groups.append((i, label, in_class[np.argsort(-scores[in_class], kind="stable")]))
+    order = sorted(range(len(groups)), key=lambda g: -len(groups[g][2]))  # the groups still active at step t: a prefix
+    lengths = np.array([len(groups[g][2]) for g in order], dtype=np.int64)
+    num_groups, longest = len(order), int(lengths[0]) if len(order) else 0
+    box = np.zeros((num_groups, longest, 4))
+    score = np.zeros((num_groups, longest))
+    source = np.zeros((num_groups, longest), dtype=np.int64)
+    for row, g in enumerate(order):
+        i, _, idx = groups[g]
+        box[row, :len(idx)], score[row, :len(idx)], source[row, :len(idx)] = pooled[i][0][idx], pooled[i][1][idx], pooled[i][2][idx]
+    # Slots not yet clusters hold a far-away empty box: IoU 0, never joined (iou_thresh >= 0), never preferred.
+    fused = np.full((num_groups, longest, 4), -1e9)
+    fused_area = np.zeros((num_groups, longest))
+    weight_sum = np.zeros((num_groups, longest))
+    weighted_box_sum = np.zeros((num_groups, longest, 4))
+    score_sum = np.zeros((num_groups, longest))
+    members = np.zeros((num_groups, longest), dtype=np.int64)
+    sources = np.zeros((num_groups, longest), dtype=np.int64)  # bit k: transform k found a member
+    num_clusters = np.zeros(num_groups, dtype=np.int64)
+    box_area = (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])
+    for t in range(longest):
+        m = int((lengths > t).sum())
+        rows, b, s = np.arange(m), box[:m, t], score[:m, t]
+        k_max = max(int(num_clusters[:m].max()), 1)
+        f = fused[:m, :k_max]
+        inter = (np.clip(np.minimum(b[:, None, 2], f[..., 2]) - np.maximum(b[:, None, 0], f[..., 0]), 0, None)
+                 * np.clip(np.minimum(b[:, None, 3], f[..., 3]) - np.maximum(b[:, None, 1], f[..., 1]), 0, None))
+        ious = inter / np.maximum(box_area[:m, t, None] + fused_area[:m, :k_max] - inter, 1e-12)
+        best = np.argmax(ious, axis=1)
+        join = ious[rows, best] > iou_thresh
+        k = np.where(join, best, num_clusters[:m])
+        weight_sum[rows, k] = np.where(join, weight_sum[rows, k] + s, s)
+        weighted_box_sum[rows, k] = np.where(join[:, None], weighted_box_sum[rows, k] + s[:, None] * b, s[:, None] * b)
+        new_box = np.where(join[:, None], weighted_box_sum[rows, k] / weight_sum[rows, k][:, None], b)
+        fused[rows, k] = new_box
+        fused_area[rows, k] = (new_box[:, 2] - new_box[:, 0]) * (new_box[:, 3] - new_box[:, 1])
+        score_sum[rows, k] += s
+        members[rows, k] += 1
+        sources[rows, k] |= 1 << source[:m, t]
+        num_clusters[:m] += ~join
+    results = []
+    num_transforms = [max(len(e), 1) for e in ensembles]
+    row_of = {g: row for row, g in enumerate(order)}
+    per_image: list[list[int]] = [[] for _ in ensembles]
+    for g, (i, _, _) in enumerate(groups):  # classes ascending within an image, as np.unique gave them
+        per_image[i].append(row_of[g])
+    for i, rows_i in enumerate(per_image):
+        out_boxes, out_scores, out_labels, out_agreement = [], [], [], []
+        for row in rows_i:
+            n = int(num_clusters[row])
+            out_boxes.append(fused[row, :n])
+            out_scores.append(score_sum[row, :n] / members[row, :n] * np.minimum(members[row, :n], num_transforms[i])
+                              / num_transforms[i])
+            out_labels.append(np.full(n, groups[order[row]][1]))
+            out_agreement.append([bin(int(v)).count("1") for v in sources[row, :n]])
+        if not rows_i:
+            result = Detections.empty()
+            result.extra["agreement"] = torch.zeros(0, dtype=torch.int64)
+            results.append(result)
+            continue
+        result = Detections(
+            torch.tensor(np.concatenate(out_boxes), dtype=torch.float32),
+            torch.tensor(np.concatenate(out_scores), dtype=torch.float32),
+            torch.tensor(np.concatenate(out_labels), dtype=torch.int64),
+            {"agreement": torch.tensor(np.concatenate(out_agreement), dtype=torch.int64)},
+        )
+        results.append(result[torch.argsort(result.scores, descending=True)])
+    return results
 
 
 def wbf(per_transform: list[Detections], iou_thresh: float = 0.55) -> Detections:
-    num_transforms = max(len(per_transform), 1)
-    pooled, source = _pool(per_transform)
-    boxes, scores, labels, sources = (t.numpy().astype(np.float64) for t in (pooled.boxes, pooled.scores, pooled.labels, source))
-    out_boxes, out_scores, out_labels, out_agreement = [], [], [], []
-    for label in np.unique(labels):
-        in_class = np.flatnonzero(labels == label)
-        fused, members = _wbf_clusters(boxes[in_class], scores[in_class], iou_thresh)
-        for box, idx in zip(fused, members):
-            idx = in_class[idx]
-            out_boxes.append(box)
-            out_scores.append(scores[idx].mean() * min(len(idx), num_transforms) / num_transforms)
-            out_labels.append(label)
-            out_agreement.append(len(np.unique(sources[idx])))
-    if not out_boxes:
-        result = Detections.empty()
-        result.extra["agreement"] = torch.zeros(0, dtype=torch.int64)
-        return result
-    result = Detections(
-        torch.tensor(np.stack(out_boxes), dtype=torch.float32),
-        torch.tensor(out_scores, dtype=torch.float32),
-        torch.tensor(out_labels, dtype=torch.int64),
-        {"agreement": torch.tensor(out_agreement, dtype=torch.int64)},
-    )
-    return result[torch.argsort(result.scores, descending=True)]
+    return wbf_many([per_transform], iou_thresh)[0]

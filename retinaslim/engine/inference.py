@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from retinaslim.core.detections import Detections
-from retinaslim.core.fusion import fuse
+from retinaslim.core.fusion import fuse_many
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
 from retinaslim.data.coco import ClassMap, CocoData, coco_metrics, detections_to_annotations
@@ -102,7 +102,7 @@ def predict_batches(
         per_image = detect(detector, good, image_size, transforms, device) if good else []
         fused_at = time.perf_counter()
         timings.forward += fused_at - started
-        fused = iter([p[0] if len(transforms) == 1 else fuse(p, fusion) for p in per_image])
+        fused = iter([p[0] for p in per_image] if len(transforms) == 1 else fuse_many(per_image, fusion))
         timings.fusion += time.perf_counter() - fused_at
         on_batch([ImageResult(i, error=error) if error is not None else
                   ImageResult(i, image.shape[1], image.shape[2], next(fused)) for i, image, error in batch])

@@ -102,28 +102,25 @@ def _journal_path(out: Path, shard: tuple[int, int]) -> Path:
 def _read_journal(path: Path) -> tuple[dict[str, Any] | None, set[int], bool]:
     """(header, finished batch numbers, done flag); a line cut short by a kill (and anything after it) is
     dropped from the file."""
-    data = path.read_bytes()
-    records, end = [], 0
-    for line in data.splitlines(keepends=True):
-        try:
-            record = json.loads(line) if line.endswith(b"\n") else None
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
-            break
-        records.append(record)
-        end += len(line)
-    if end < len(data):
+    header, finished, done, end = None, set(), False, 0
+    with open(path, "rb") as f:  # line by line: a 100,000-image journal is ~300 MB
+        for line in f:
+            try:
+                record = json.loads(line) if line.endswith(b"\n") else None
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                break
+            end += len(line)
+            if "header" in record:
+                header = record["header"]
+            elif "batch" in record:
+                finished.add(record["batch"])
+            elif record.get("done"):
+                done = True
+    if end < path.stat().st_size:
         with open(path, "r+b") as f:
             f.truncate(end)
-    header, finished, done = None, set(), False
-    for record in records:
-        if "header" in record:
-            header = record["header"]
-        elif "batch" in record:
-            finished.add(record["batch"])
-        elif record.get("done"):
-            done = True
     return header, finished, done
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from retinaslim.core.detections import Detections
-from retinaslim.core.fusion import fuse
+from retinaslim.core.fusion import fuse, fuse_many
 
 
 def dets(boxes, scores, labels=None):
@@ -92,3 +92,23 @@ def test_wbf_matches_reference_package_on_random_inputs():
         assert torch.allclose(ours.scores[order], torch.tensor(ref_scores, dtype=torch.float32), atol=1e-5), trial
         assert torch.allclose(ours.boxes[order] / 640, torch.tensor(ref_boxes, dtype=torch.float32), atol=1e-4), trial
         assert ours.labels[order].tolist() == [int(v) for v in ref_labels], trial
+
+
+def test_wbf_of_a_batch_equals_wbf_image_by_image():
+    """pseudo-label fuses a batch at once; each image's result must not depend on the others (resume, shards)."""
+    generator = torch.Generator().manual_seed(1)
+    ensembles = []
+    for _ in range(24):
+        per_transform = []
+        for _ in range(int(torch.randint(1, 7, (1,), generator=generator))):
+            n = int(torch.randint(0, 30, (1,), generator=generator))
+            xy = 200 * torch.rand(n, 2, generator=generator)
+            boxes = torch.cat([xy, xy + 20 + 40 * torch.rand(n, 2, generator=generator)], dim=1)
+            per_transform.append(Detections(boxes, torch.rand(n, generator=generator),
+                                            torch.randint(0, 3, (n,), generator=generator)))
+        ensembles.append(per_transform)
+    batched = fuse_many(ensembles, "wbf")
+    assert sum(len(d) for d in batched) > 100
+    for one, alone in zip(batched, [fuse(e, "wbf") for e in ensembles]):
+        assert torch.equal(one.boxes, alone.boxes) and torch.equal(one.scores, alone.scores)
+        assert torch.equal(one.labels, alone.labels) and torch.equal(one.extra["agreement"], alone.extra["agreement"])
