@@ -105,6 +105,8 @@ def wbf_many(ensembles: list[list[Detections]], iou_thresh: float = 0.55) -> lis
     | slim-s, 1 epoch | 546 | 13.9 ms | 3.6 ms | 1.8 ms |
     | slim-s, 15 epochs (benchmarks/scale.py) | 234 | 6.6 ms | 1.7 ms | 0.8 ms |
     """
+    if not 0 <= iou_thresh <= 1:
+        raise ValueError(f"iou_thresh {iou_thresh} must be in [0, 1]")
     groups = []  # (image, label, pooled indices best score first)
     pooled = []
     for i, per_transform in enumerate(ensembles):
@@ -159,8 +161,9 @@ def wbf_many(ensembles: list[list[Detections]], iou_thresh: float = 0.55) -> lis
     valid = np.arange(longest)[None, :] < lengths[:, None]
     flat = (all_rows[:, None] * longest + cluster)[valid]
     members = np.bincount(flat, minlength=num_groups * longest).reshape(num_groups, longest)
-    found = np.unique(flat * 64 + source[valid])  # (cluster, transform) pairs; transforms < 64
-    agreement = np.bincount(found // 64, minlength=num_groups * longest).reshape(num_groups, longest)
+    num_sources = max(len(e) for e in ensembles) if ensembles else 1
+    found = np.unique(flat * num_sources + source[valid])  # distinct (cluster, transform) pairs
+    agreement = np.bincount(found // num_sources, minlength=num_groups * longest).reshape(num_groups, longest)
     results = []
     num_transforms = [max(len(e), 1) for e in ensembles]
     row_of = {g: row for row, g in enumerate(order)}

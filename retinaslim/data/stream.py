@@ -33,6 +33,9 @@ from retinaslim.data.coco import (ClassMap, annotation_id, image_id, load_coco, 
 from retinaslim.errors import UserError
 
 
+_END = object()
+
+
 @dataclass
 class CocoStream:
     """A COCO detection file whose images (each with its annotations, bboxes COCO xywh) are read one at a time
@@ -56,8 +59,9 @@ class CocoStream:
         try:
             yield from ijson.items(f, prefix, use_float=True)
         except (ijson.JSONError, UnicodeDecodeError) as e:
-            load_coco(self.path)  # raises the precise one-line error (not JSON, not text, where)
-            raise UserError(f"{self.path}: not valid JSON ({type(e).__name__})") from None
+            load_coco(self.path, self.image_root)  # raises the precise one-line error (not JSON, not text, where)
+            raise UserError(f"{self.path}: not valid JSON for a streaming reader ({type(e).__name__}): NaN, Infinity "
+                            "and numbers beyond 64 bits are not JSON; write them as null or finite numbers") from None
 
     def _require_lists(self) -> None:
         """Raise load_coco's error unless the top level has 'images' and 'annotations' lists."""
@@ -67,7 +71,7 @@ class CocoStream:
                 if prefix in ("images", "annotations") and event == "start_array":
                     found.add(prefix)
         if found != {"images", "annotations"}:
-            load_coco(self.path)
+            load_coco(self.path, self.image_root)
             raise UserError(f"{self.path}: not a COCO file: missing list '{min({'images', 'annotations'} - found)}'")
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
@@ -81,25 +85,26 @@ class CocoStream:
         ids = array("q")  # annotation ids, checked for duplicates at the end
         with open(path, "rb") as image_file, open(path, "rb") as annotation_file:
             annotations = self._items(annotation_file, "annotations.item")
-            pending = next(annotations, None)
+            pending = next(annotations, _END)  # a JSON null is an annotation (and an error), not the end
             for image in self._items(image_file, "images.item"):
                 if image_id(path, image) in seen:
                     raise UserError(f"{path}: duplicate image id {image['id']}")
                 seen.add(image["id"])
                 validate_image(path, image, self.image_root)
                 own = []
-                while pending is not None:
+                while pending is not _END:
                     ids.append(annotation_id(path, pending))
                     if pending.get("image_id") != image["id"]:
                         ids.pop()  # counted when its image comes
                         break
                     validate_annotation(path, pending, image, category_ids)
                     own.append(pending)
-                    pending = next(annotations, None)
+                    pending = next(annotations, _END)
                 yield image, own
             if not seen or not ids:  # no image, or no box: a file lacking either list gets load_coco's error
                 self._require_lists()
-            if pending is not None:
+            if pending is not _END:
+                annotation_id(path, pending)
                 if pending.get("image_id") in seen:
                     raise UserError(f"{path}: annotation {pending['id']} (image {pending['image_id']}) comes after other "
                                     "images' annotations; this file is read image by image and needs its annotations "
@@ -123,7 +128,7 @@ def open_stream(path: Path, images_dir: Path | None = None) -> CocoStream:
     with open(path, "rb") as f:  # 'categories' and 'info' come first in the files we write: found at once
         categories = next(stream._items(f, "categories"), None)
     if not isinstance(categories, list):
-        load_coco(path)  # not COCO: its precise one-line error
+        load_coco(path, images_dir)  # not COCO: its precise one-line error
         raise UserError(f"{path}: not a COCO file: missing list 'categories'")
     validate_categories(path, categories)
     with open(path, "rb") as f:
@@ -136,7 +141,8 @@ def open_stream(path: Path, images_dir: Path | None = None) -> CocoStream:
 def _grouped(stream: CocoStream) -> bool:
     """Whether the annotations come grouped by image in the images' order (ids only are read)."""
     with open(stream.path, "rb") as f:
-        position = {image_id: k for k, image_id in enumerate(stream._items(f, "images.item.id"))}
+        position = {image_id: k for k, image_id in enumerate(stream._items(f, "images.item.id"))
+                    if isinstance(image_id, int)}
     last = 0
     with open(stream.path, "rb") as f:
         for image_id in stream._items(f, "annotations.item.image_id"):

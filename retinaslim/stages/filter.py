@@ -143,6 +143,8 @@ def _validate(config: FilterConfig) -> None:
         raise UserError(f"`auto_thresh` {config.auto_thresh} needs `calib` (human-labelled COCO images, e.g. the validation set)")
     if config.ambiguous not in AMBIGUOUS_ACTIONS:
         raise UserError(f"`ambiguous` {config.ambiguous!r}: choose {', '.join(AMBIGUOUS_ACTIONS)}")
+    if config.review_count < 1:
+        raise UserError(f"`review_count` {config.review_count} must be at least 1")
     for name, value in [("`target_precision`", config.target_precision), ("`ambiguous_low`", config.ambiguous_low),
                         ("`max_size_frac`", config.max_size_frac)]:
         if not 0 <= value <= 1:
@@ -328,8 +330,9 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
                     continue
             annotations = ([source[i] for i in kept.extra["index"].tolist()]
                            + [{**source[i], "iscrowd": 1} for i in ignore.extra["index"].tolist()])
-            boxes_kept += torch.bincount(kept.labels, minlength=len(classes))
-            bins_kept += _histogram_counts(kept.scores)
+            real = torch.tensor([not source[i].get("iscrowd", 0) for i in kept.extra["index"].tolist()], dtype=torch.bool)
+            boxes_kept += torch.bincount(kept.labels[real], minlength=len(classes))  # the input's own ignore
+            bins_kept += _histogram_counts(kept.scores[real])  # regions pass through, uncounted
             num_ignore += len(ignore)
             num_out += 1
             out_image = {**image, "file_name": os.path.normpath(os.path.join(rebase, image["file_name"]))}

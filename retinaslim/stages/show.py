@@ -79,39 +79,42 @@ class ShowResult:
 @dataclass
 class _Signals:
     """Per image of the file, in order (numpy arrays, a few bytes each: the file may hold 100,000s of images):
-    human and machine box counts, lowest machine score (NaN: none), lowest agreement (0: none)."""
+    human and machine box counts, lowest machine score and lowest and highest agreement (NaN: none)."""
 
     num_human: np.ndarray
     num_machine: np.ndarray
     lowest: np.ndarray
     agreement: np.ndarray
+    most_agreement: np.ndarray
 
     @classmethod
     def read(cls, stream: CocoStream) -> _Signals:
-        human, machine, lowest, agreement = array("l"), array("l"), array("d"), array("d")
+        human, machine, lowest, agreement, most = array("l"), array("l"), array("d"), array("d"), array("d")
         for _, anns in stream:
             scores = [a["score"] for a in anns if "score" in a]
             agreements = [a["agreement"] for a in anns if isinstance(a.get("agreement"), (int, float))]
             human.append(len(anns) - len(scores))
             machine.append(len(scores))
             lowest.append(min(scores) if scores else math.nan)
-            agreement.append(min(agreements) if agreements else 0)
-        return cls(np.asarray(human), np.asarray(machine), np.asarray(lowest), np.asarray(agreement))
+            agreement.append(min(agreements) if agreements else math.nan)
+            most.append(max(agreements) if agreements else math.nan)
+        return cls(*(np.asarray(a) for a in (human, machine, lowest, agreement, most)))
 
-    def row(self, i: int, file_name: str, num_transforms: int) -> ImageRow:
+    def row(self, i: int, file_name: str, num_transforms: float) -> ImageRow:
         lowest, agreement = float(self.lowest[i]), float(self.agreement[i])
         return ImageRow(file_name, int(self.num_human[i]), int(self.num_machine[i]), None if math.isnan(lowest) else lowest,
-                        1 - agreement / num_transforms if agreement else None)
+                        None if math.isnan(agreement) else 1 - agreement / num_transforms)
 
-    def order(self, sort: str, num_transforms: int) -> np.ndarray:
+    def order(self, sort: str, num_transforms: float) -> np.ndarray:
         """Image indices in display order; images without the sort's signal go last, in file order."""
         index = np.arange(len(self.lowest))
         lowest = np.where(np.isnan(self.lowest), 2.0, self.lowest)
         if sort == "score":
             return np.lexsort((index, lowest))
         if sort == "disagreement":
-            disagreement = np.where(self.agreement > 0, 1 - self.agreement / num_transforms, 0.0)
-            return np.lexsort((index, lowest, -disagreement, self.agreement == 0))
+            none = np.isnan(self.agreement)
+            disagreement = np.where(none, 0.0, 1 - np.nan_to_num(self.agreement) / num_transforms)
+            return np.lexsort((index, lowest, -disagreement, none))
         return index
 
 
@@ -248,30 +251,35 @@ def show(config: ShowConfig) -> ShowResult:
     signals = _Signals.read(stream)
     num_images = len(signals.lowest)
     transforms = stream.info.get("transforms")
-    max_agreement = int(signals.agreement.max()) if num_images else 0
-    num_transforms = len(transforms) if isinstance(transforms, list) and transforms else max(max_agreement, 1)
+    any_agreement = bool((~np.isnan(signals.most_agreement)).any())
+    most = float(np.nanmax(signals.most_agreement)) if any_agreement else 1.0
+    num_transforms = len(transforms) if isinstance(transforms, list) and transforms else max(most, 1)
     has_scores = bool((signals.num_machine > 0).any())
     sort = config.sort or ("score" if has_scores else "file")
     if sort == "score" and not has_scores:
         raise UserError(f"{config.labels}: `sort` score needs machine labels (annotations with a 'score'); "
                         "this file has none: use `sort` file")
-    if sort == "disagreement" and not max_agreement:
+    if sort == "disagreement" and not any_agreement:
         raise UserError(f"{config.labels}: `sort` disagreement needs each box's 'agreement' (written by "
                         "pseudo-label with several transforms); use `sort` score")
 
     result = ShowResult(out, sort, num_images)
     shown: list[tuple[Image.Image, ImageRow]] = []
     order = signals.order(sort, num_transforms).tolist()
-    while order and len(shown) < config.max_images:  # more passes only when images cannot be read
-        batch, order = order[:config.max_images - len(shown)], order[config.max_images - len(shown):]
+    wanted = config.max_images
+    while order and len(shown) < config.max_images:  # a pass per batch; batches double while images fail
+        batch, order = order[:wanted], order[wanted:]
         chosen = _chosen(stream, batch)
         for i in batch:
             image, anns = chosen[i]
+            if len(shown) == config.max_images:
+                break
             try:
                 shown.append((_thumbnail(stream, image, anns, config.thumb_size),
                               signals.row(i, image["file_name"], num_transforms)))
             except (ImageError, SizeMismatch) as e:
                 result.skipped.append({"file": str(stream.image_path(image)), "reason": str(e).split(": ", 1)[-1]})
+        wanted *= 2
     if not shown:
         raise UserError(f"{config.labels}: none of its images could be read (first: {result.skipped[0]['file']}: "
                         f"{result.skipped[0]['reason']}); pass `images` DIR, the folder they resolve against")

@@ -112,3 +112,11 @@ def test_wbf_of_a_batch_equals_wbf_image_by_image():
     for one, alone in zip(batched, [fuse(e, "wbf") for e in ensembles]):
         assert torch.equal(one.boxes, alone.boxes) and torch.equal(one.scores, alone.scores)
         assert torch.equal(one.labels, alone.labels) and torch.equal(one.extra["agreement"], alone.extra["agreement"])
+
+
+def test_wbf_agreement_counts_every_transform_beyond_63():
+    same_box = [dets([[0, 0, 10, 10]], [0.5]) for _ in range(70)]
+    out = fuse(same_box, "wbf")
+    assert len(out) == 1 and int(out.extra["agreement"][0]) == 70 and float(out.scores[0]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="iou_thresh"):
+        fuse(same_box, "wbf", iou_thresh=-0.1)

@@ -59,6 +59,10 @@ def test_writer_round_trip_and_atomicity(tmp_path):
     ("duplicate_annotation", "duplicate annotation id 1"),
     ("bad_score", "score 2"),
     ("no_annotations_list", "missing list 'annotations'"),
+    ("null_annotation", "annotation None needs an integer 'id'"),  # not mistaken for the end of the list
+    ("list_image_id", "needs an integer 'id'"),
+    ("no_images_number_annotation", "annotation 5 needs an integer 'id'"),
+    ("nan_area", "NaN, Infinity"),
 ])
 def test_stream_refuses_what_load_coco_refuses(tmp_path, case, fragment):
     data = machine_labels(3, boxes_per_image=2)
@@ -68,12 +72,21 @@ def test_stream_refuses_what_load_coco_refuses(tmp_path, case, fragment):
         data["annotations"][-1]["id"] = 1
     elif case == "bad_score":
         data["annotations"][2]["score"] = 2
-    else:
+    elif case == "no_annotations_list":
         del data["annotations"]
+    elif case == "null_annotation":
+        data["annotations"].insert(1, None)
+    elif case == "list_image_id":
+        data["images"][0]["id"] = [1]
+    elif case == "no_images_number_annotation":
+        data["images"], data["annotations"] = [], [5]
+    else:
+        data["annotations"][0]["area"] = float("nan")  # json.dumps writes NaN, which is not JSON
     path = tmp_path / "pseudo.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(UserError, match=fragment):
+    with pytest.raises(UserError, match=fragment) as error:
         read_all(open_stream(path))
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
 
 
 def peak_bytes_reading(path) -> int:

@@ -128,6 +128,17 @@ def test_bad_options(pseudo, tmp_path):
         filter_labels(FilterConfig(pseudo, tmp_path / "f.json", score_thresh=0.5, auto_thresh="instances", labeled=pseudo))
     with pytest.raises(UserError, match="expected a number"):
         parse_class_thresholds("id_card:0.5")
+    with pytest.raises(UserError, match="`review_count` 0 must be at least 1"):
+        filter_labels(FilterConfig(pseudo, tmp_path / "f.json", review_out=tmp_path / "r.json", review_count=0))
+
+
+def test_ignore_regions_of_the_input_pass_through_uncounted(pseudo, tmp_path):
+    """Filtering a file that already holds ignore regions: they stay ignore regions and are not counted as kept."""
+    filter_labels(FilterConfig(pseudo, tmp_path / "i.json", score_thresh=0.5, ambiguous="ignore", ambiguous_low=0.2))
+    again = filter_labels(FilterConfig(tmp_path / "i.json", tmp_path / "again.json", score_thresh=0.2))
+    crowd = [a["id"] for a in json.loads((tmp_path / "again.json").read_text())["annotations"] if a["iscrowd"]]
+    assert crowd == [3]  # image 1's 0.3 box, an ignore region since the first pass
+    assert again.num_boxes_kept == {"id_card": 5, "passport": 1}  # 1, 4, 5, 6, 7 and 2; not 3
 
 
 def test_ignore_regions_give_no_classification_loss():

@@ -91,3 +91,15 @@ def test_missing_images_are_skipped_and_bad_requests_refused(labels, tmp_path):
     result = run_cli("show", labels, "--out", tmp_path / "r.html", "--sort", "disagreement")
     assert result.exit_code == 0, result.stderr
     assert "sorted by disagreement" in result.stdout and "skipped" in result.stdout and "saved to" in result.stdout
+
+
+def test_without_info_transforms_the_most_agreeing_box_counts_them(labels, tmp_path):
+    """No info.transforms: the number of transforms is the highest agreement of any box (here a's 6, while
+    every image's lowest is at most 6 and c's is 2)."""
+    data = json.loads(labels.read_text())
+    del data["info"]["transforms"]
+    data["annotations"].append(ann(5, 3, 1, [40, 5, 10, 10], 0.7, 5))  # c: agreements 2 and 5
+    labels.write_text(json.dumps(data))
+    result = show(ShowConfig(labels, tmp_path / "sheet.png", sort="disagreement"))
+    assert [r.file_name[0] for r in result.rows] == ["c", "b", "a"]
+    assert result.rows[0].disagreement == pytest.approx(1 - 2 / 6)
