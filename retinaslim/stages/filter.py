@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import heapq
 import os
+from array import array
 from collections.abc import Iterator
 from collections import Counter
 from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from retinaslim.config import FILTER_SCORE_THRESH, FILTER_VALIDATION_RULE
@@ -239,17 +241,18 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         human = Counter(classes.label(a["category_id"]) for anns in labeled.annotations_per_image.values()
                         for a in anns if not a.get("iscrowd", 0))
         per_image = {k: n / max(1, len(labeled.images)) for k, n in human.items()}
-        scores: list[torch.Tensor] = []  # candidates' scores, one pass ahead of the filtering pass
-        labels: list[torch.Tensor] = []
+        # The candidates' scores per class, one pass ahead of the filtering pass: 4 bytes a box (array), not a
+        # tensor per image (~0.2 KB each: at 100,000 images that grew the peak by a third).
+        per_class = [array("f") for _ in classes.names]
         num_images = 0
         for image, _, dets in _machine_images(pseudo, classes):
             geometry, agreement = _candidate_mask(config, image, dets)
-            scores.append(dets.scores[geometry & agreement])
-            labels.append(dets.labels[geometry & agreement])
+            candidates = geometry & agreement
+            for score, label in zip(dets.scores[candidates].tolist(), dets.labels[candidates].tolist()):
+                per_class[label].append(score)
             num_images += 1
-        all_scores, all_labels = torch.cat(scores or [torch.zeros(0)]), torch.cat(labels or [torch.zeros(0, dtype=torch.int64)])
-        scores_per_class = {k: all_scores[all_labels == k] for k in range(len(classes))}
-        del scores, labels, all_scores, all_labels
+        scores_per_class = {k: torch.from_numpy(np.frombuffer(a, dtype=np.float32).copy()) for k, a in enumerate(per_class)}
+        del per_class
         floor = float(pseudo.info.get("score_floor", 0.0))
         by_label = instances_thresholds(scores_per_class, per_image, num_images, floor)
     elif rule in VALIDATION_RULES:
