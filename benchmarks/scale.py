@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -199,8 +200,8 @@ def main() -> None:
         for name, options in filters.items():
             run = step(name, CLI + ["filter", pseudo, "--out", folder / f"{name}.json", "--report",
                                     folder / f"{name}_report.json", "--device", "cpu", "--workers", 2] + options)
-            run.setdefault("outputs", sizes_mb(folder / f"{name}.json", folder / f"{name}_report.json",
-                                               folder / "review.json", folder / "review.coco.json"))
+            reviews = (folder / "review.json", folder / "review.coco.json") if name == "filter" else ()
+            run.setdefault("outputs", sizes_mb(folder / f"{name}.json", folder / f"{name}_report.json", *reviews))
         run = step("train_student", CLI + ["train-student", "--labeled", data / "labeled.json", "--val", data / "val.json",
                                            "--pseudo", folder / "filter_fixed.json", "--arch", "slim-s", "--image-size",
                                            args.image_size, "--iterations", args.iterations, "--out", folder / "student",
@@ -257,13 +258,23 @@ def main() -> None:
                 "teacher_images_per_s": round(400 / run["seconds"], 2),
                 "teacher_hours_100k_cpu": round(100_000 / (400 / run["seconds"]) / 3600, 1)}
     results.step("speeds", speeds)
-    report(results.data, sizes, args.results_json)
+    report(results.data, sizes, out, args.results_json)
 
 
 STAGES = ("pseudo_label", "filter", "filter_fixed", "filter_instances", "filter_f1", "train_student", "show", "eval")
 
 
-def report(data: dict, sizes: list[int], results_json: Path | None) -> None:
+def pseudo_label_timings(log: Path) -> dict[str, float]:
+    """The seconds pseudo-label's summary table reports: waiting for decoded images, forwards, fusion."""
+    text = log.read_text()
+    found = {}
+    for name in ("decode wait s", "forward s", "fusion s"):
+        match = re.search(re.escape(name) + r"\s*[│|]\s*([\d,.]+)", text)
+        found[name[:-2]] = float(match.group(1).replace(",", "")) if match else 0.0
+    return found
+
+
+def report(data: dict, sizes: list[int], out: Path, results_json: Path | None) -> None:
     small, large = sizes[0], sizes[-1]
     print(f"\nsynth: {data['synth']['images_per_s']} images/s (2 workers)")
     print(f"| stage | s {small} | s {large} | s/image ratio | peak RSS MB {small} | peak RSS MB {large} | RSS ratio |")
@@ -282,6 +293,11 @@ def report(data: dict, sizes: list[int], results_json: Path | None) -> None:
     kill, speeds = data["kill_resume"], data["speeds"]
     pseudo_speed = large / data[f"{large}/pseudo_label"]["seconds"]
     share = pseudo_speed / speeds["labeller_forward_images_per_s"]
+    parts = pseudo_label_timings(out / "logs" / f"{large}_pseudo_label.log")
+    wall = data[f"{large}/pseudo_label"]["seconds"]
+    parts["rest (start-up, journal, output)"] = wall - sum(parts.values())
+    print(f"pseudo-label at {large}, where the {wall:.0f} s went: "
+          + ", ".join(f"{name} {seconds:.0f} s ({seconds / wall:.1%})" for name, seconds in parts.items()))
     print(f"\nkill -9 at half way, then resume: pseudo-label identical {kill['pseudo_label']['identical']}, "
           f"filter identical {kill['filter']['identical']} (left a file: {kill['filter']['left_a_file']})")
     print(f"pseudo-label at {large}: {pseudo_speed:.1f} images/s = {share:.0%} of the labeller's pure forward speed "
@@ -290,6 +306,7 @@ def report(data: dict, sizes: list[int], results_json: Path | None) -> None:
           f"{speeds['teacher_hours_100k_cpu']} h for 100k images")
     scale = {"images": large, "resume_identical": kill["pseudo_label"]["identical"] and kill["filter"]["identical"],
              "stages": stages, "kill_resume": kill, "speeds": {**speeds, "pseudo_label_share_of_forward": round(share, 3)},
+             "pseudo_label_seconds_100k": {name: round(seconds, 1) for name, seconds in parts.items()},
              "synth_images_per_s": data["synth"]["images_per_s"], "setup": data["setup"],
              "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:])}
     if results_json is not None:
