@@ -106,8 +106,9 @@ def run_one(name: str, role: str, overrides: dict, files: dict[str, Path], args)
     model.load_state_dict(checkpoint.model)
     model.eval()
     test = load_coco(files["test"])
-    metrics, _, _ = evaluate_on_coco(model, test, ClassMap.from_categories(checkpoint.classes),
+    evaluation, _ = evaluate_on_coco(model, test, ClassMap.from_categories(checkpoint.classes),
                                      checkpoint.image_size, torch.device("cpu"))
+    metrics = evaluation.as_floats()
     history = result.history
     record = {"name": name, "role": role, "options": options, "best_epoch": result.best_epoch,
               "val_ap_best": result.best_metrics["ap"], "val_ap_last": history[-1]["ap"],

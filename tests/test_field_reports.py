@@ -23,7 +23,6 @@ import torch
 from PIL import Image
 
 import retinaslim.engine.inference as inference
-import retinaslim.stages.evaluate as evaluate_stage
 import retinaslim.stages.pseudo_label as pseudo_label_stage
 from retinaslim.config import TRAIN_DEFAULTS
 from retinaslim.core.detections import Detections
@@ -81,9 +80,11 @@ def truth_with_ids_from_zero(folder: Path) -> Path:
 
 def perfect_predictions(truth: Path):
     """A stand-in for a model's single pass over ``coco``: exactly its truth boxes, score 0.9."""
-    def predict_on_coco(model, coco, *args, **kwargs):
-        return [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
-                for anns in load_coco(truth).annotations_per_image.values() for a in anns], []
+    def predict_on_coco(model, coco, classes, image_size, device, on_chunk, *args, **kwargs):
+        on_chunk([image["id"] for image in coco.images],
+                 [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+                  for anns in load_coco(truth).annotations_per_image.values() for a in anns])
+        return []
     return predict_on_coco
 
 
@@ -115,7 +116,6 @@ def test_validation_ap_and_eval_with_ids_from_zero_are_one(tmp_path, monkeypatch
     monkeypatch.setattr(inference, "predict_on_coco", perfect_predictions(truth))
     run = tiny_train(truth, tmp_path / "run")
     assert run.history[-1]["ap"] == pytest.approx(1.0)  # training's validation AP
-    monkeypatch.setattr(evaluate_stage, "predict_on_coco", perfect_predictions(truth))
     report = evaluate(EvalConfig([run.best], truth, device="cpu", latency_runs=1, warmup_runs=0)).reports[0]
     assert report.ap == pytest.approx(1.0)
 
@@ -599,14 +599,13 @@ def test_eval_and_training_match_val_and_pseudo_by_class_name(truth_run, tmp_pat
     import retinaslim.stages.train as train_stage
     truth, weights = truth_run
     val = renumbered(truth, RENUMBERINGS["swapped"], tmp_path / "val.json")
-    monkeypatch.setattr(evaluate_stage, "predict_on_coco", perfect_predictions(truth))  # the model's ids
+    monkeypatch.setattr(inference, "predict_on_coco", perfect_predictions(truth))  # the model's ids
     report = evaluate(EvalConfig([weights], val, device="cpu", latency_runs=1, warmup_runs=0)).reports[0]
     assert report.ap == pytest.approx(1.0) and report.per_class_ap == {"card": pytest.approx(1.0),
                                                                        "passport": pytest.approx(1.0)}
     datasets = []
     monkeypatch.setattr(train_stage, "DetectionDataset",
                         lambda coco, classes, *a, **k: datasets.append((coco, classes)) or DetectionDataset(coco, classes, *a, **k))
-    monkeypatch.setattr(inference, "predict_on_coco", perfect_predictions(truth))
     pseudo = renumbered(truth, RENUMBERINGS["sparse"], tmp_path / "pseudo.json", score=0.9)
     run = tiny_train(truth, tmp_path / "run", val=val, pseudo=pseudo)
     assert run.history[-1]["ap"] == pytest.approx(1.0)  # validation AP against the renumbered val

@@ -416,43 +416,161 @@ class CocoEvaluation:
     recall_thresholds: np.ndarray
     precision: np.ndarray
 
+    def as_floats(self) -> dict[str, float]:
+        """``metrics`` with 0.0 where pycocotools cannot define one, as training's history records them."""
+        return {k: v or 0.0 for k, v in self.metrics.items()}
+
+
+class CocoEvaluator:
+    """pycocotools' bbox evaluation of ``gt``, fed the results of a chunk of images at a time.
+
+    ``add`` runs ``COCOeval.evaluate`` on its chunk (evaluate scores each image on its own) and keeps only
+    what ``COCOeval.accumulate`` reads: per class, area range and image, the detections' scores (float64),
+    which IoU thresholds matched and which ignored each detection (bits), and which truth boxes are ignored.
+    ``evaluation`` then hands pycocotools' own ``accumulate`` and ``summarize`` those records, read back
+    image by image. The numbers equal one COCOeval over all the results bit for bit, in any chunking
+    (tests/data/test_coco_eval.py). Why: one COCOeval holds every result and every image's evaluation as
+    Python objects; ``eval`` of 100,000 images peaked at 7.5 GB that way (docs/results.md, issue 17), while
+    these records take 24 bytes per detection.
+    """
+
+    def __init__(self, gt: CocoData):
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        self._gt_dict = gt.to_dict()
+        # pycocotools records a match as the matched annotation's id, 0 meaning none: a truth box with id 0
+        # could never be found. Number the truth 1..N here, where every score (eval, filter --truth,
+        # validation) passes.
+        self._gt_dict["annotations"] = [{"area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0, **a, "id": k}
+                                        for k, a in enumerate(self._gt_dict["annotations"], start=1)]
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints; the CLI owns the terminal
+            self._coco_gt = COCO()
+            self._coco_gt.dataset = self._gt_dict
+            self._coco_gt.createIndex()
+        self._params = COCOeval(self._coco_gt, iouType="bbox").params
+        self._chunks: list[_EvaluatedChunk] = []
+        self._where: dict[int, tuple[int, int]] = {}  # image id -> (chunk, its position there)
+
+    def add(self, image_ids: Sequence[int], results: list[dict[str, Any]]) -> None:
+        """Evaluate the images ``image_ids`` (ids of ``gt``, each added once) given ``results``: COCO result
+        dicts (``image_id`` among them, ``category_id`` of ``gt``, ``bbox`` xywh pixels, ``score``)."""
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            if results:
+                coco_dt = self._coco_gt.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")}
+                                                 for r in results])
+            else:  # loadRes refuses an empty list; no detections is a valid answer scoring 0
+                coco_dt = COCO()
+                coco_dt.dataset = {"images": self._gt_dict["images"], "categories": self._gt_dict["categories"],
+                                   "annotations": []}
+                coco_dt.createIndex()
+            evaluator = COCOeval(self._coco_gt, coco_dt, iouType="bbox")
+            evaluator.params.imgIds = sorted(set(image_ids))
+            evaluator.evaluate()
+        chunk = _EvaluatedChunk(evaluator.evalImgs, len(self._params.catIds), len(self._params.areaRng),
+                                len(evaluator.params.imgIds), len(self._params.iouThrs))
+        for position, image_id in enumerate(evaluator.params.imgIds):
+            self._where[int(image_id)] = (len(self._chunks), position)
+        self._chunks.append(chunk)
+
+    def evaluation(self) -> CocoEvaluation:
+        """pycocotools' accumulate and summarize over every image added so far."""
+        import copy
+
+        from pycocotools.cocoeval import COCOeval
+
+        evaluator = COCOeval(self._coco_gt, iouType="bbox")
+        evaluator.params.imgIds = sorted(self._where)
+        evaluator._paramsEval = copy.deepcopy(evaluator.params)
+        evaluator.evalImgs = _EvalImgs(self, evaluator.params.imgIds)
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.accumulate()
+            evaluator.summarize()
+        stats = [float(evaluator.stats[i]) for i in (0, 1, 2, 3, 4, 5, 8)]
+        precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K, area, max dets) -> all areas, 100 dets
+        names = {c["id"]: c["name"] for c in self._gt_dict["categories"]}
+        per_class_ap = {}
+        for k, category_id in enumerate(evaluator.params.catIds):
+            defined = precision[:, :, k][precision[:, :, k] > -1]
+            per_class_ap[names[category_id]] = float(defined.mean()) if defined.size else None
+        return CocoEvaluation(
+            dict(zip(COCO_METRIC_NAMES, (s if s >= 0 else None for s in stats))), per_class_ap,
+            evaluator.params.iouThrs.copy(), evaluator.params.recThrs.copy(), precision.copy(),
+        )
+
+
+class _EvaluatedChunk:
+    """One ``add``'s ``COCOeval.evalImgs`` (K classes x A area ranges x I images, None where an image has
+    neither truth nor detections of the class) as flat arrays: per (class, image) where its detections
+    and truth boxes start and how many there are (-1 detections: None); the scores once (they do not
+    depend on the area range); per area range the matched and ignored flags of each detection at the T
+    IoU thresholds, packed 8 to a byte along T, and the ignored flags of each truth box."""
+
+    def __init__(self, eval_imgs: list[dict[str, Any] | None], K: int, A: int, I: int, T: int):
+        self.T, self.I = T, I
+        self.dets = np.full((K, I), -1, dtype=np.int64)
+        self.gts = np.zeros((K, I), dtype=np.int64)
+        scores, matched, ignored, gt_ignored = [], [[] for _ in range(A)], [[] for _ in range(A)], [[] for _ in range(A)]
+        for k in range(K):
+            for i in range(I):
+                e = eval_imgs[(k * A) * I + i]
+                if e is None:
+                    continue
+                self.dets[k, i], self.gts[k, i] = len(e["dtScores"]), len(e["gtIgnore"])
+                scores.append(np.asarray(e["dtScores"], dtype=np.float64))
+                for a in range(A):
+                    e = eval_imgs[(k * A + a) * I + i]
+                    matched[a].append(e["dtMatches"] != 0)
+                    ignored[a].append(e["dtIgnore"] != 0)
+                    gt_ignored[a].append(np.asarray(e["gtIgnore"], dtype=bool))
+        self.det_start = np.concatenate([[0], np.cumsum(np.maximum(self.dets, 0).ravel())[:-1]]).reshape(K, I)
+        self.gt_start = np.concatenate([[0], np.cumsum(self.gts.ravel())[:-1]]).reshape(K, I)
+        self.scores = np.concatenate(scores) if scores else np.zeros(0)
+
+        def packed(flags: list[np.ndarray]) -> np.ndarray:
+            return np.packbits(np.concatenate(flags, axis=1), axis=0) if flags else np.zeros((0, 0), dtype=np.uint8)
+
+        self.matched = [packed(m) for m in matched]
+        self.ignored = [packed(g) for g in ignored]
+        self.gt_ignored = [np.concatenate(g) if g else np.zeros(0, dtype=bool) for g in gt_ignored]
+
+    def record(self, k: int, a: int, i: int) -> dict[str, np.ndarray] | None:
+        d = int(self.dets[k, i])
+        if d < 0:
+            return None
+        s, g, n = int(self.det_start[k, i]), int(self.gt_start[k, i]), int(self.gts[k, i])
+        return {"dtScores": self.scores[s:s + d],
+                "dtMatches": np.unpackbits(self.matched[a][:, s:s + d], axis=0, count=self.T).view(bool),
+                "dtIgnore": np.unpackbits(self.ignored[a][:, s:s + d], axis=0, count=self.T).view(bool),
+                "gtIgnore": self.gt_ignored[a][g:g + n]}
+
+
+class _EvalImgs(Sequence):
+    """``COCOeval.evalImgs`` as ``accumulate`` indexes it (class, area range, image), read back from the chunks."""
+
+    def __init__(self, evaluator: CocoEvaluator, image_ids: list[int]):
+        self._evaluator, self._image_ids = evaluator, image_ids
+        self._A, self._I = len(evaluator._params.areaRng), len(image_ids)
+
+    def __len__(self) -> int:
+        return len(self._evaluator._params.catIds) * self._A * self._I
+
+    def __getitem__(self, n: int) -> dict[str, np.ndarray] | None:
+        k, rest = divmod(n, self._A * self._I)
+        a, i = divmod(rest, self._I)
+        chunk, position = self._evaluator._where[self._image_ids[i]]
+        return self._evaluator._chunks[chunk].record(k, a, position)
+
 
 def coco_evaluate(gt: CocoData, results: list[dict[str, Any]]) -> CocoEvaluation:
-    """Score ``results`` (COCO result dicts with the dataset's category ids) against ``gt`` with pycocotools."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    gt_dict = gt.to_dict()
-    # pycocotools records a match as the matched annotation's id, 0 meaning none: a truth box with id 0 could
-    # never be found. Number the truth 1..N here, where every score (eval, filter --truth, validation) passes.
-    gt_dict["annotations"] = [{"area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0, **a, "id": k}
-                              for k, a in enumerate(gt_dict["annotations"], start=1)]
-    # pycocotools prints to stdout; the CLI owns the terminal.
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt_dict
-        coco_gt.createIndex()
-        if results:
-            coco_dt = coco_gt.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in results])
-        else:  # loadRes refuses an empty list; no detections is a valid answer scoring 0
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": gt_dict["images"], "categories": gt_dict["categories"], "annotations": []}
-            coco_dt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    stats = [float(evaluator.stats[i]) for i in (0, 1, 2, 3, 4, 5, 8)]
-    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K, area, max dets) -> all areas, 100 dets
-    names = {c["id"]: c["name"] for c in gt_dict["categories"]}
-    per_class_ap = {}
-    for k, category_id in enumerate(evaluator.params.catIds):
-        defined = precision[:, :, k][precision[:, :, k] > -1]
-        per_class_ap[names[category_id]] = float(defined.mean()) if defined.size else None
-    return CocoEvaluation(
-        dict(zip(COCO_METRIC_NAMES, (s if s >= 0 else None for s in stats))), per_class_ap,
-        evaluator.params.iouThrs.copy(), evaluator.params.recThrs.copy(), precision.copy(),
-    )
+    """Score ``results`` (COCO result dicts with the dataset's category ids) against every image of ``gt``
+    with pycocotools."""
+    evaluator = CocoEvaluator(gt)
+    evaluator.add([image["id"] for image in gt.images], results)
+    return evaluator.evaluation()
 
 
 def coco_metrics(gt: CocoData, results: list[dict[str, Any]]) -> dict[str, float]:
@@ -463,4 +581,4 @@ def coco_metrics(gt: CocoData, results: list[dict[str, Any]]) -> dict[str, float
     """
     if not results or gt.num_annotations == 0:
         return dict.fromkeys(COCO_METRIC_NAMES, 0.0)
-    return {k: v or 0.0 for k, v in coco_evaluate(gt, results).metrics.items()}
+    return coco_evaluate(gt, results).as_floats()

@@ -176,3 +176,21 @@ def coco_writer(path: Path, info: dict[str, Any], categories: list[dict[str, Any
         later.seek(0)
         shutil.copyfileobj(later, f)
         f.write("]}\n")
+
+
+@contextmanager
+def results_writer(path: Path) -> Iterator[Callable[[list[dict[str, Any]]], None]]:
+    """Write a COCO results file (a JSON list of result dicts, one per line) a chunk at a time: yields
+    ``add(results)``. ``path`` appears (atomically) only if the block finishes."""
+    with atomic_path(Path(path)) as tmp, open(tmp, "w") as f:
+        f.write("[")
+        count = 0
+
+        def add(results: list[dict[str, Any]]) -> None:
+            nonlocal count
+            for r in results:
+                f.write((",\n" if count else "\n") + json.dumps(r, allow_nan=False))
+                count += 1
+
+        yield add
+        f.write("\n]\n")

@@ -7,6 +7,7 @@ transform, mapped back to original-image pixels and fused (``core.fusion``) when
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -21,8 +22,9 @@ from retinaslim.core.detections import Detections
 from retinaslim.core.fusion import fuse_many
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
-from retinaslim.data.coco import ClassMap, CocoData, coco_metrics, detections_to_annotations
+from retinaslim.data.coco import ClassMap, CocoData, CocoEvaluation, CocoEvaluator, detections_to_annotations
 from retinaslim.data.images import ImageListDataset, collate_list
+from retinaslim.data.stream import results_writer
 from retinaslim.models.lean import LeanDetector
 from retinaslim.models.predict import detect
 from retinaslim.errors import UserError
@@ -112,38 +114,51 @@ def predict_batches(
     return timings
 
 
+EVAL_CHUNK_IMAGES = 1000  # images scored per pycocotools evaluate call: memory stays flat in the number of images
+
+
 def predict_on_coco(
     model: nn.Module,
     coco: CocoData,
     classes: ClassMap,
     image_size: int,
     device: torch.device,
+    on_chunk: Callable[[list[int], list[dict[str, Any]]], None],
     batch_size: int = 8,
     workers: int = 0,
     reporter: Reporter | None = None,
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Single-pass predictions on every image of ``coco`` -> (COCO result dicts, skipped).
+) -> list[str]:
+    """Single-pass predictions on every image of ``coco``, handed over ``EVAL_CHUNK_IMAGES`` images at a time.
 
-    Result dicts have ``image_id``, ``category_id`` in ``coco``'s own ids, ``bbox`` xywh in original
-    pixels and ``score``; an undecodable image has no predictions (its objects count as missed) and its
-    decoding error is listed in ``skipped``.
+    Calls ``on_chunk(image_ids, results)`` in the images' order, every image once; results are COCO result
+    dicts: ``image_id``, ``category_id`` in ``coco``'s own ids, ``bbox`` xywh in original pixels and
+    ``score`` 0..1. An undecodable image has no predictions (its objects count as missed); -> the decoding
+    errors, one per such image.
     """
-    results: list[dict[str, Any]] = []
     skipped: list[str] = []
+    image_ids: list[int] = []
+    results: list[dict[str, Any]] = []
 
     def collect(batch: list[ImageResult]) -> None:
         for result in batch:
+            image_id = coco.images[result.index]["id"]
+            image_ids.append(image_id)
             if result.error is not None:
                 skipped.append(result.error)
             else:
-                image_id = coco.images[result.index]["id"]
                 for ann in detections_to_annotations(result.detections, image_id, classes, result.width, result.height):
                     results.append({k: ann[k] for k in ("image_id", "category_id", "bbox", "score")})
+        if len(image_ids) >= EVAL_CHUNK_IMAGES:
+            on_chunk(image_ids.copy(), results.copy())
+            image_ids.clear()
+            results.clear()
 
     paths = [coco.image_path(image) for image in coco.images]
     predict_batches(model, paths, chunks(list(range(len(paths))), batch_size), image_size, [Transform()], device,
                     collect, workers=workers, reporter=reporter, task="validate")
-    return results, skipped
+    if image_ids:
+        on_chunk(image_ids, results)
+    return skipped
 
 
 def evaluate_on_coco(
@@ -155,7 +170,19 @@ def evaluate_on_coco(
     batch_size: int = 8,
     workers: int = 0,
     reporter: Reporter | None = None,
-) -> tuple[dict[str, float], list[dict[str, Any]], list[str]]:
-    """Single-pass predictions on every image of ``coco`` -> (pycocotools metrics, COCO result dicts, skipped)."""
-    results, skipped = predict_on_coco(model, coco, classes, image_size, device, batch_size, workers, reporter)
-    return coco_metrics(coco, results), results, skipped
+    predictions_out: Path | None = None,
+) -> tuple[CocoEvaluation, list[str]]:
+    """Single-pass predictions on every image of ``coco`` scored by pycocotools -> (evaluation, decoding errors).
+
+    Scored a chunk of images at a time (``data.coco.CocoEvaluator``), and the predictions written to
+    ``predictions_out`` (a COCO results file) as they come, so that memory does not grow with the images.
+    """
+    evaluator = CocoEvaluator(coco)
+    with results_writer(predictions_out) if predictions_out is not None else contextlib.nullcontext() as write:
+        def on_chunk(image_ids: list[int], results: list[dict[str, Any]]) -> None:
+            evaluator.add(image_ids, results)
+            if write is not None:
+                write(results)
+
+        skipped = predict_on_coco(model, coco, classes, image_size, device, on_chunk, batch_size, workers, reporter)
+    return evaluator.evaluation(), skipped

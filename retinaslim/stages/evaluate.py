@@ -22,10 +22,9 @@ import torch
 from retinaslim.core.atomic import atomic_path, refuse_overwriting_inputs, write_json
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
-from retinaslim.data.coco import (ClassMap, CocoEvaluation, coco_evaluate, load_coco, match_classes,
-                                  require_image_files)
+from retinaslim.data.coco import ClassMap, CocoEvaluation, load_coco, match_classes, require_image_files
 from retinaslim.data.images import ImageError, read_image
-from retinaslim.engine.inference import predict_on_coco, resolve_device
+from retinaslim.engine.inference import evaluate_on_coco, resolve_device
 from retinaslim.engine.timing import measure, median_ms, p90_ms
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
@@ -179,14 +178,10 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
         model = checkpoint.build()
         macs = sum(count_macs(model, image_size).values())
         detector = LeanDetector(model).to(device)  # one inference copy (BN folded) for accuracy and speed
-        results, skipped = predict_on_coco(detector, data, classes, image_size, device, config.batch_size, config.workers,
-                                           reporter)
-        evaluation = coco_evaluate(data, results)
-        predictions = pr_plot = None
-        if prediction_files:
-            path = prediction_files[index]
-            write_json(path, results)
-            predictions = str(path)
+        predictions = prediction_files[index] if prediction_files else None
+        evaluation, skipped = evaluate_on_coco(detector, data, classes, image_size, device, config.batch_size,
+                                               config.workers, reporter, predictions)
+        pr_plot = None
         if config.plots_dir is not None:
             path = Path(config.plots_dir) / f"pr_{index + 1}_{Path(weights).parent.name or 'model'}.png"
             name = f"{Path(weights).parent.name}/{Path(weights).name}"
@@ -203,7 +198,8 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
             ar100=metrics["ar100"] or 0.0, per_class_ap=evaluation.per_class_ap,
             batch_size=config.batch_size,
             params=sum(p.numel() for p in model.parameters()), macs=macs, size_mb=Path(weights).stat().st_size / 1e6,
-            image_size=image_size, device=str(device), threads=torch.get_num_threads(), predictions=predictions,
+            image_size=image_size, device=str(device), threads=torch.get_num_threads(),
+            predictions=str(predictions) if predictions else None,
             pr_plot=pr_plot, num_skipped_images=len(skipped),
         ))
     timings = measure(calls, config.latency_runs, config.warmup_runs)

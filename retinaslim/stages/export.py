@@ -281,8 +281,9 @@ def quantize(config: ExportConfig, fp32_path: Path, metadata: dict, reference: L
     metrics: dict[str, dict[str, float]] = {}
     if truth is not None:
         for name, detector in detectors.items():
-            metrics[name], _, _ = evaluate_on_coco(detector, truth, ClassMap.from_categories(metadata["classes"]),
-                                                   image_size, torch.device("cpu"))
+            evaluation, _ = evaluate_on_coco(detector, truth, ClassMap.from_categories(metadata["classes"]),
+                                             image_size, torch.device("cpu"))
+            metrics[name] = evaluation.as_floats()
     measurements = [Measurement(name, timings[f"{name} network"], timings[f"{name} end-to-end"],
                                 metrics.get(name, {}).get("ap"), metrics.get(name, {}).get("ap50")) for name in detectors]
     return Int8Report(out=out, size_mb=out.stat().st_size / 1e6, num_calibration_images=len(calibration),

@@ -251,8 +251,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         step += stats.steps
         num_skipped += stats.num_skipped
         if distributed.main:
-            metrics, _, skipped_val = evaluate_on_coco(ema.module, val, classes, config.image_size, device,
+            evaluation, skipped_val = evaluate_on_coco(ema.module, val, classes, config.image_size, device,
                                                        config.batch_size, config.workers, reporter)
+            metrics = evaluation.as_floats()
             if skipped_val and epoch == start_epoch:
                 reporter.log(f"validation: {len(skipped_val)} image(s) could not be decoded; their objects count as "
                              f"missed ({skipped_val[0]})")

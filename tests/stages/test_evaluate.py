@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -85,3 +86,26 @@ def test_latency_is_the_median_and_p90_of_the_samples_in_ms():
     ms = sorted(1000 * t for t in measured.times)
     assert median_ms(measured) == pytest.approx((ms[4] + ms[5]) / 2)
     assert median_ms(measured) <= p90_ms(measured) <= ms[-1]
+
+
+def test_eval_in_chunks_of_three_images_scores_and_writes_what_one_chunk_does(labeller, one_card_set, tmp_path,
+                                                                               monkeypatch):
+    from retinaslim.data.coco import ClassMap
+    from retinaslim.engine import inference
+
+    truth = load_coco(one_card_set.files["labeled"])
+    checkpoint = load_checkpoint(labeller)
+    model = checkpoint.build().eval()
+    classes = ClassMap.from_categories(checkpoint.classes)
+    runs = {}
+    for chunk in (1000, 3):  # 8 images: one chunk, then chunks of 3, 3 and 2
+        monkeypatch.setattr(inference, "EVAL_CHUNK_IMAGES", chunk)
+        out = tmp_path / f"preds_{chunk}.json"
+        evaluation, skipped = inference.evaluate_on_coco(model, truth, classes, checkpoint.image_size, torch.device("cpu"),
+                                                         batch_size=2, predictions_out=out)
+        runs[chunk] = evaluation, out.read_bytes()
+        assert skipped == []
+    (one, one_file), (three, three_file) = runs[1000], runs[3]
+    assert one.metrics == three.metrics and one.metrics["ap50"] > 0.3
+    assert np.array_equal(one.precision, three.precision)
+    assert one_file == three_file and len(json.loads(three_file)) > 8

@@ -1,0 +1,82 @@
+"""CocoEvaluator: pycocotools' numbers, bit for bit, however the images are chunked."""
+
+import contextlib
+import io
+import json
+import random
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from retinaslim.data.coco import CocoEvaluator, load_coco
+
+
+def random_set(tmp_path, seed=0, images=40):
+    """Truth with crowd boxes, boxes of every size and empty images; results with tied scores, misses,
+    images with only false detections, and more than 100 detections on one image."""
+    rng = random.Random(seed)
+    truth = {"images": [], "annotations": [], "categories": [{"id": 3, "name": "card"}, {"id": 7, "name": "coin"}]}
+    results = []
+    for image_id in rng.sample(range(1, 1000), images):  # ids out of order
+        truth["images"].append({"id": image_id, "file_name": f"{image_id}.jpg", "width": 640, "height": 480})
+        for _ in range(rng.choice([0, 0, 1, 3, 8])):
+            w, h = rng.choice([8, 20, 60, 150]), rng.choice([8, 25, 70, 200])
+            box = [rng.uniform(0, 640 - w), rng.uniform(0, 480 - h), w, h]
+            category = rng.choice([3, 7])
+            truth["annotations"].append({"id": len(truth["annotations"]) + 1, "image_id": image_id,
+                                         "category_id": category, "bbox": box, "area": w * h,
+                                         "iscrowd": int(rng.random() < 0.05)})
+            if rng.random() < 0.8:
+                jitter = [v + rng.uniform(-0.1, 0.1) * (w if i % 2 == 0 else h) for i, v in enumerate(box)]
+                jitter[2:] = [max(1.0, jitter[2]), max(1.0, jitter[3])]
+                results.append({"image_id": image_id, "category_id": category, "bbox": jitter,
+                                "score": rng.choice([0.9, 0.5, round(rng.random(), 2)])})
+        for _ in range(rng.choice([0, 2, 5, 120 if rng.random() < 0.05 else 1])):
+            w, h = rng.uniform(5, 200), rng.uniform(5, 200)
+            results.append({"image_id": image_id, "category_id": rng.choice([3, 7]),
+                            "bbox": [rng.uniform(0, 400), rng.uniform(0, 250), w, h], "score": round(rng.random(), 1)})
+    path = tmp_path / "truth.json"
+    path.write_text(json.dumps(truth))
+    return load_coco(path), truth, results
+
+
+def pycocotools_alone(truth, results):
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = truth
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(results), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_chunked_evaluation_equals_one_cocoeval_bit_for_bit(tmp_path, seed, chunk):
+    data, truth, results = random_set(tmp_path, seed)
+    reference = pycocotools_alone(truth, results)
+    evaluator = CocoEvaluator(data)
+    ids = [image["id"] for image in data.images]
+    starts = list(range(0, len(ids), chunk))
+    for start in reversed(starts):  # chunks out of order: accumulate must still see the images sorted by id
+        part = set(ids[start:start + chunk])
+        evaluator.add(sorted(part), [r for r in results if r["image_id"] in part])
+    evaluation = evaluator.evaluation()
+    expected = [float(reference.stats[i]) for i in (0, 1, 2, 3, 4, 5, 8)]
+    assert [v if v is not None else -1.0 for v in evaluation.metrics.values()] == expected
+    assert np.array_equal(evaluation.precision, reference.eval["precision"][:, :, :, 0, -1])
+    assert 0.05 < evaluation.metrics["ap"] < 0.95  # neither trivial nor perfect
+
+
+def test_images_without_results_count_their_truth_as_missed(tmp_path):
+    data, truth, results = random_set(tmp_path, 3)
+    evaluator = CocoEvaluator(data)
+    ids = [image["id"] for image in data.images]
+    evaluator.add(ids[:20], [r for r in results if r["image_id"] in set(ids[:20])])
+    evaluator.add(ids[20:], [])
+    kept = [r for r in results if r["image_id"] in set(ids[:20])]
+    assert evaluator.evaluation().metrics["ap"] == float(pycocotools_alone(truth, kept).stats[0])
