@@ -26,6 +26,8 @@
 
 Every step is recorded in OUT/results.json as it finishes and skipped when the script is rerun, so a killed
 benchmark continues. The table and the `scale` object (--results-json) are written at the end.
+`--stages eval,show` measures only those stages (data and labeller as above; no kill test or speeds) and
+replaces only their entries in an existing `scale` object, each marked with its own date and command.
 """
 
 from __future__ import annotations
@@ -55,8 +57,12 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 CLI = [str(Path(sys.executable).parent / "retinaslim")]
 
 
-def tree_rss(root: int) -> int:
-    """Bytes of RSS summed over ``root`` and all its descendants (read from /proc)."""
+def tree_memory(root: int) -> tuple[int, int, int]:
+    """Bytes of (RSS summed, PSS summed) over ``root`` and all its descendants, and ``root``'s own RSS (/proc).
+
+    RSS counts a page shared by several processes (a DataLoader worker's copy-on-write view of its parent's
+    heap after fork) once per process; PSS (proportional set size) divides it among them, so PSS summed is
+    the memory the tree really holds."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -67,29 +73,35 @@ def tree_rss(root: int) -> int:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [root]
+    rss = pss = own = 0
+    todo = [root]
     while todo:
         pid = todo.pop()
         todo += children.get(pid, [])
         try:
             with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
+                pages = int(f.read().split()[1]) * PAGE
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                pss += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+        except (OSError, IndexError, ValueError, StopIteration):
+            continue
+        rss += pages
+        own = pages if pid == root else own
+    return rss, pss, own
 
 
 def measure(cmd: list[str], log: Path, kill_after: float | None = None) -> dict:
-    """Run ``cmd`` (output to ``log``), sampling its process tree's RSS every 0.2 s; SIGKILL it after
-    ``kill_after`` seconds if given. -> seconds, peak_rss_mb, returncode, killed."""
+    """Run ``cmd`` (output to ``log``), sampling its process tree's memory every 0.2 s; SIGKILL it after
+    ``kill_after`` seconds if given. -> seconds, peak_rss_mb (summed over the tree), peak_pss_mb (summed),
+    peak_main_rss_mb (the command's own process), returncode, killed."""
     print("$", " ".join(map(str, cmd)), flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        peak, killed = 0, False
+        peak, killed = [0, 0, 0], False
         while proc.poll() is None:
-            peak = max(peak, tree_rss(proc.pid))
+            peak = [max(a, b) for a, b in zip(peak, tree_memory(proc.pid))]
             if kill_after is not None and time.perf_counter() - started >= kill_after:
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed = True
@@ -99,7 +111,8 @@ def measure(cmd: list[str], log: Path, kill_after: float | None = None) -> dict:
     seconds = time.perf_counter() - started
     if proc.returncode != 0 and not killed:
         sys.exit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{log.read_text()[-3000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak / 2**20, 1), "killed": killed}
+    rss, pss, own = (round(v / 2**20, 1) for v in peak)
+    return {"seconds": round(seconds, 2), "peak_rss_mb": rss, "peak_pss_mb": pss, "peak_main_rss_mb": own, "killed": killed}
 
 
 def sizes_mb(*paths: Path) -> dict[str, float]:
@@ -150,9 +163,14 @@ def main() -> None:
     parser.add_argument("--labeller-epochs", type=int, default=15)
     parser.add_argument("--iterations", type=int, default=300, help="train-student iterations at every size")
     parser.add_argument("--prepare", action="store_true", help="only draw the data and train the labeller")
+    parser.add_argument("--stages", default=",".join(STAGES), help="stages to measure, comma-separated (default: all)")
     parser.add_argument("--results-json", type=Path, help="also write its `scale` object, e.g. docs/results.json")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
+    wanted = [stage for stage in STAGES if stage in args.stages.split(",")]
+    unknown = set(args.stages.split(",")) - set(STAGES)
+    if unknown or not wanted:
+        parser.error(f"--stages: unknown {sorted(unknown)}; choose from {', '.join(STAGES)}")
     out, data = args.out, args.out / "data"
     results = Results(out / "results.json")
     torch.set_num_threads(2)
@@ -186,7 +204,10 @@ def main() -> None:
             listing.write_text("".join(f"{(data / im['file_name']).resolve()}\n" for im in truth["images"][:n]))
             subset(truth, n, truth_n, data)
         pseudo = folder / "pseudo.json"
-        step = lambda name, cmd: results.step(f"{n}/{name}", lambda: measure(cmd, out / "logs" / f"{n}_{name}.log"))
+        def step(name: str, cmd: list) -> dict:
+            if name not in wanted:
+                return {}
+            return results.step(f"{n}/{name}", lambda: measure(cmd, out / "logs" / f"{n}_{name}.log"))
 
         run = step("pseudo_label", CLI + ["pseudo-label", listing, "--teacher", labeller, "--out", pseudo,
                                           "--device", "cpu", "--workers", 2])
@@ -213,6 +234,10 @@ def main() -> None:
                                   "--json", folder / "eval.json"])
         run.setdefault("outputs", sizes_mb(folder / "eval.json"))
         write_json(results.path, results.data)
+
+    if wanted != list(STAGES):
+        report_stages(results.data, sizes, wanted, args.results_json)
+        return
 
     # Kill -9 at half way, resume, compare bytes (largest size).
     n = sizes[-1]
@@ -274,13 +299,15 @@ def pseudo_label_timings(log: Path) -> dict[str, float]:
     return found
 
 
-def report(data: dict, sizes: list[int], out: Path, results_json: Path | None) -> None:
+def stage_table(data: dict, sizes: list[int], measured: list[str]) -> dict[str, dict]:
+    """Print the table of the ``measured`` stages; -> their entries of the `scale` object."""
     small, large = sizes[0], sizes[-1]
     print(f"\nsynth: {data['synth']['images_per_s']} images/s (2 workers)")
-    print(f"| stage | s {small} | s {large} | s/image ratio | peak RSS MB {small} | peak RSS MB {large} | RSS ratio |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| stage | s {small} | s {large} | s/image ratio | peak RSS MB {small} | peak RSS MB {large} | RSS ratio "
+          f"| PSS ratio | command's own RSS ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     stages = {}
-    for stage in STAGES:
+    for stage in measured:
         a, b = data[f"{small}/{stage}"], data[f"{large}/{stage}"]
         per_image = b["seconds"] / a["seconds"] * (small / large if stage != "train_student" else 1)
         stages[stage] = {"seconds_10k": a["seconds"], "seconds_100k": b["seconds"], "peak_rss_mb_10k": a["peak_rss_mb"],
@@ -288,8 +315,34 @@ def report(data: dict, sizes: list[int], out: Path, results_json: Path | None) -
                          "images_per_s_100k": round(large / b["seconds"], 1), "time_ratio": round(per_image, 3),
                          "rss_ratio": round(b["peak_rss_mb"] / a["peak_rss_mb"], 3),
                          "outputs_mb_10k": a.get("outputs", {}), "outputs_mb_100k": b.get("outputs", {})}
+        ratios = {}
+        for key in ("peak_pss_mb", "peak_main_rss_mb"):  # recorded since the eval rerun of 2026-11-30
+            if key in a and key in b:
+                stages[stage] |= {f"{key}_10k": a[key], f"{key}_100k": b[key]}
+                ratios[key] = round(b[key] / a[key], 3)
+        stages[stage] |= {"pss_ratio": ratios.get("peak_pss_mb"), "main_rss_ratio": ratios.get("peak_main_rss_mb")}
+        shown = [f"{ratios[k]:.2f}" if k in ratios else "-" for k in ("peak_pss_mb", "peak_main_rss_mb")]
         print(f"| {stage} | {a['seconds']:.0f} | {b['seconds']:.0f} | {per_image:.2f} | {a['peak_rss_mb']:.0f} | "
-              f"{b['peak_rss_mb']:.0f} | {b['peak_rss_mb'] / a['peak_rss_mb']:.2f} |")
+              f"{b['peak_rss_mb']:.0f} | {b['peak_rss_mb'] / a['peak_rss_mb']:.2f} | {' | '.join(shown)} |")
+    return stages
+
+
+def report_stages(data: dict, sizes: list[int], measured: list[str], results_json: Path | None) -> None:
+    """A run of some stages: their rows, and only their entries replaced in results_json's `scale`."""
+    stages = stage_table(data, sizes, measured)
+    if results_json is not None:
+        merged = json.loads(results_json.read_text()) if results_json.exists() else {}
+        if "scale" not in merged:
+            sys.exit(f"{results_json}: no `scale` object to update; run every stage first")
+        rerun = {"date": data["setup"]["date"], "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:])}
+        for stage, entry in stages.items():
+            merged["scale"]["stages"][stage] = {**entry, "rerun": rerun}
+        write_json(results_json, merged)
+
+
+def report(data: dict, sizes: list[int], out: Path, results_json: Path | None) -> None:
+    small, large = sizes[0], sizes[-1]
+    stages = stage_table(data, sizes, list(STAGES))
     kill, speeds = data["kill_resume"], data["speeds"]
     pseudo_speed = large / data[f"{large}/pseudo_label"]["seconds"]
     share = pseudo_speed / speeds["labeller_forward_images_per_s"]
