@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models.detection import RetinaNet
 
 from retinaslim.core.detections import Detections
 from retinaslim.core.fusion import fuse_many
@@ -88,11 +89,13 @@ def predict_batches(
     Calls ``on_batch`` once per batch, in order, with each image's detections or decoding error. A
     batch's detections depend only on its own images, so re-running a batch reproduces it exactly.
     Images are decoded in ``workers`` DataLoader processes. ``model``: a RetinaNet, run through its lean
-    path, or a ``LeanDetector`` already (e.g. an ONNX session's), run as it is.
+    path; any other detector (a ``LeanDetector`` already, e.g. an ONNX session's, or another torchvision
+    detector such as benchmarks/peers.py trains) is called as it is: a list of (3, H, W) images in [0, 1] ->
+    a dict per image with ``boxes`` (xyxy pixels of that image), ``scores`` and 0-based ``labels``.
     """
     reporter = reporter or Reporter()
     timings = Timings()
-    detector = (model if isinstance(model, LeanDetector) else LeanDetector(model)).to(device)
+    detector = (LeanDetector(model) if isinstance(model, RetinaNet) else model).to(device)
     loader = torch.utils.data.DataLoader(ImageListDataset(paths), batch_sampler=batches, num_workers=workers,
                                          collate_fn=collate_list)
     reporter.start(task, sum(len(b) for b in batches))

@@ -10,6 +10,7 @@ backbone (with FPN) and head; anchors, box decoding and NMS have no MACs.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -22,8 +23,11 @@ def network_forward(model: nn.Module, batch: torch.Tensor) -> dict[str, torch.Te
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, image_size: int) -> OrderedDict[str, int]:
-    """MACs per leaf module (conv/linear) for one image_size x image_size image, in execution order."""
+def count_macs(model: nn.Module, image_size: int, run: Callable[[], object] | None = None) -> OrderedDict[str, int]:
+    """MACs per leaf module (conv/linear) for one image_size x image_size image, in execution order.
+
+    ``run``: what to call instead of the network on a zero image, e.g. a whole torchvision detector on an
+    image (benchmarks/peers.py: a Faster R-CNN's second stage runs after the network)."""
     counts: OrderedDict[str, int] = OrderedDict()
     handles = []
 
@@ -42,7 +46,10 @@ def count_macs(model: nn.Module, image_size: int) -> OrderedDict[str, int]:
             handles.append(module.register_forward_hook(hook(name)))
     try:
         model.eval()
-        network_forward(model, torch.zeros(1, 3, image_size, image_size))
+        if run is None:
+            network_forward(model, torch.zeros(1, 3, image_size, image_size))
+        else:
+            run()
     finally:
         for handle in handles:
             handle.remove()

@@ -1,0 +1,282 @@
+"""The student against what a user would otherwise train on the same human labels (issue 16).
+
+    python benchmarks/peers.py --out bench/peers_bccd --bccd ../shared/data/bccd --results-json docs/results.json
+    python benchmarks/peers.py --out bench/peers_synth --results-json docs/results.json
+    python benchmarks/peers.py --out bench/peers_quick --quick       # smoke test: minutes, numbers mean nothing
+
+Data: distill.py's splits. BCCD: a seeded draw of --labeled train-split images (distill's `hold_out`), the
+dataset's val split (each run's best epoch) and test split (the table). Synthetic: distill's `retinaslim
+synth` draws (labelled and val images; the test images from another seed).
+
+Models, each from scratch (no downloaded weights), on the human labels only, all trained by retinaslim's
+training stage with the student's recipe (AdamW, warm-up then cosine, light augmentation, EMA, the best epoch
+by validation AP), for the same --epochs at the same batch size and input size (every image resized so that
+its longer side is --image-size pixels):
+- slim-s, slim-m: retinaslim's students (anchors fitted to the human boxes, as train-student does), at the
+  student's learning rate;
+- ssdlite320_mobilenet_v3_large and fasterrcnn_mobilenet_v3_large_320_fpn: torchvision's builders with
+  weights=None, weights_backbone=None, and torchvision's own pre- and post-processing (their transforms
+  resize to 320 px inside the model, as users run them). Each is trained once per --peer-lrs value and the
+  run with the higher validation AP is kept (the slim students' rate was chosen so too: config.py).
+Same epochs, so the comparison is about the networks; each run's CPU minutes are reported (train_min).
+
+Scored: one single-pass prediction per test image and one pycocotools evaluation per model
+(engine.inference.evaluate_on_coco). Timed: end to end (a (3, H, W) image in [0, 1], longer side
+--image-size -> boxes, scores, labels), batch 1, all models interleaved in rounds (engine.timing.measure):
+slim models through their lean path (models.lean), the peers through torchvision's path with the same
+BatchNorm folding and channels-last layout; onnxruntime for the slim models (the graph `retinaslim export`
+writes; the peers' ONNX latency is not measured: null).
+
+Every finished training is recorded in OUT/runs.json and skipped when the script is rerun. Output: the table
+(printed, OUT/peers.json), one plot per dataset (AP against latency; --plot, default docs/img/peers_<dataset>.png
+when --results-json is given) and the `peers` object of --results-json: {dataset: {model: {"ap", "ap50",
+"latency_ms", "latency_ms_onnx", "params", "macs", "train_min", ...}}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distill import PRESETS, hold_out, machine  # noqa: E402  (the same splits)
+
+from retinaslim.config import TRAIN_DEFAULTS  # noqa: E402
+from retinaslim.core.atomic import atomic_path, write_json  # noqa: E402
+from retinaslim.core.progress import Reporter  # noqa: E402
+from retinaslim.core.tta import Transform  # noqa: E402
+from retinaslim.data.coco import ClassMap, load_coco  # noqa: E402
+from retinaslim.data.images import read_image  # noqa: E402
+from retinaslim.engine.inference import evaluate_on_coco  # noqa: E402
+from retinaslim.engine.timing import measure, median_ms  # noqa: E402
+from retinaslim.models.checkpoint import load_checkpoint  # noqa: E402
+from retinaslim.models.lean import LeanDetector, fold_batchnorm  # noqa: E402
+from retinaslim.models.macs import count_macs  # noqa: E402
+from retinaslim.models.onnx import OnnxDetector, export_metadata, export_network, write_metadata  # noqa: E402
+from retinaslim.models.registry import register  # noqa: E402
+from retinaslim.stages.convert import ConvertConfig, convert  # noqa: E402
+from retinaslim.stages.synth import SynthConfig, synth  # noqa: E402
+from retinaslim.stages.train import TrainConfig, train  # noqa: E402
+
+SLIM = ("slim-s", "slim-m")
+PEERS = ("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn")
+
+
+class TorchvisionPeer(nn.Module):
+    """A torchvision detector whose class 0 is the background, seen through retinaslim's 0-based labels:
+    training targets' labels + 1 in, detections' labels - 1 out. Otherwise the model as torchvision builds it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None):
+        if self.training:
+            return self.model(images, [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets])
+        return [{**out, "labels": out["labels"] - 1} for out in self.model(images)]
+
+
+@register("ssdlite320_mobilenet_v3_large", role="peer")
+def ssdlite(num_classes: int, image_size: int) -> nn.Module:
+    """torchvision's SSDLite (MobileNetV3-Large, 320 x 320 input), untrained."""
+    return TorchvisionPeer(torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=num_classes + 1))
+
+
+@register("fasterrcnn_mobilenet_v3_large_320_fpn", role="peer")
+def fasterrcnn_mobilenet(num_classes: int, image_size: int) -> nn.Module:
+    """torchvision's Faster R-CNN (MobileNetV3-Large FPN, shorter side 320), untrained."""
+    return TorchvisionPeer(torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=num_classes + 1))
+
+
+def prepare_data(args, out: Path) -> tuple[Path, Path, Path, dict]:
+    """(labelled, val, test) COCO files and the split sizes, made once under OUT/data."""
+    data_dir = out / "data"
+    if args.bccd:
+        for split in ("train", "val", "test"):
+            if not (data_dir / f"{split}.json").exists():
+                convert(ConvertConfig(args.bccd, "voc", "coco", data_dir / f"{split}.json", split=split))
+        data, sizes = hold_out(out, args.labeled, args.seed)
+        return data.labeled, data.val, data.test, {"labeled": args.labeled, **sizes}
+    test_dir = out / "test"
+    if not (data_dir / "val.json").exists():
+        synth(SynthConfig(data_dir, num_labeled=args.labeled, num_unlabeled=0, num_val=args.val, size=args.size,
+                          seed=args.seed, overwrite=True))
+    if not (test_dir / "val.json").exists():
+        synth(SynthConfig(test_dir, num_labeled=1, num_unlabeled=0, num_val=args.val, size=args.size,
+                          seed=args.seed + 2, overwrite=True))
+    return (data_dir / "labeled.json", data_dir / "val.json", test_dir / "val.json",
+            {"labeled": args.labeled, "val": args.val, "test": args.val, "test_seed": args.seed + 2})
+
+
+def train_runs(args, out: Path, labeled: Path, val: Path) -> dict[str, dict]:
+    """Every model's training (peers once per learning rate), recorded in OUT/runs.json; -> the kept run per model."""
+    path = out / "runs.json"
+    runs = json.loads(path.read_text()) if path.exists() else {}
+    plan = [(arch, None) for arch in SLIM] + [(arch, lr) for arch in PEERS for lr in args.peer_lrs]
+    for arch, lr in plan:
+        name = arch if lr is None else f"{arch}@lr{lr:g}"
+        if name in runs:
+            continue
+        print(f"\n== training {name}: {args.epochs} epochs at {args.image_size} px", flush=True)
+        config = TrainConfig(role="student", labeled=labeled, val=val, out=out / "runs" / name, arch=arch,
+                             image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+                             workers=args.workers, device="cpu", seed=args.seed, **({"lr": lr} if lr else {}))
+        last = out / "runs" / name / "last.pt"
+        result = train(config, Reporter(), resume=last if last.exists() else None)  # a killed run continues
+        runs[name] = {"arch": arch, "lr": config.lr, "best": str(result.best), "best_epoch": result.best_epoch,
+                      "val_ap": result.best_metrics["ap"], "train_min": round(result.history[-1]["time"] / 60, 2)}
+        write_json(path, runs)
+    kept = {}
+    for name, run in runs.items():
+        if run["arch"] not in kept or run["val_ap"] > kept[run["arch"]]["val_ap"]:
+            kept[run["arch"]] = {**run, "name": name}
+    for arch, run in kept.items():
+        run["lr_runs"] = {n: r["val_ap"] for n, r in runs.items() if r["arch"] == arch}
+        run["train_min_all_lrs"] = round(sum(r["train_min"] for r in runs.values() if r["arch"] == arch), 2)
+    return kept
+
+
+def inference_copy(model: nn.Module) -> nn.Module:
+    """What is timed: a RetinaNet's lean path, or a peer with BatchNorm folded and channels-last (as LeanDetector)."""
+    if not isinstance(model, TorchvisionPeer):
+        return LeanDetector(model)
+    return fold_batchnorm(model.eval()).to(memory_format=torch.channels_last)
+
+
+def onnx_detector(checkpoint, model: nn.Module, side: tuple[int, int], tmp: Path) -> OnnxDetector:
+    """The slim model as `retinaslim export` writes it (fp32, fixed input ``side``), in onnxruntime."""
+    fixed = LeanDetector(model, input_size=side)
+    path = tmp / f"{checkpoint.arch}.onnx"
+    export_network(fixed, path, opset=17, dynamic_batch=False)
+    write_metadata(path, export_metadata(checkpoint.arch, checkpoint.arch_options, checkpoint.classes,
+                                         checkpoint.image_size, checkpoint.image_size, fixed))
+    return OnnxDetector(path)
+
+
+def score_and_time(kept: dict[str, dict], test: Path, args) -> dict[str, dict]:
+    truth = load_coco(test)
+    image = Transform().apply(read_image(truth.image_path(truth.images[0])), args.image_size)
+    side = tuple(-(-s // 32) * 32 for s in image.shape[1:])
+    rows, calls = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch, run in kept.items():
+            checkpoint = load_checkpoint(Path(run["best"]))
+            model = checkpoint.build().eval()
+            classes = ClassMap.from_categories(checkpoint.classes)
+            evaluation, _ = evaluate_on_coco(model, truth, classes, checkpoint.image_size, torch.device("cpu"),
+                                             batch_size=8, workers=args.workers)
+            detector = inference_copy(model)
+            calls[(arch, "torch")] = lambda d=detector: d([image])
+            if arch in SLIM:
+                onnx = onnx_detector(checkpoint, model, side, Path(tmp))
+                calls[(arch, "onnx")] = lambda d=onnx: d([image])
+            rows[arch] = {"ap": evaluation.metrics["ap"] or 0.0, "ap50": evaluation.metrics["ap50"] or 0.0,
+                          "per_class_ap": evaluation.per_class_ap, "params": sum(p.numel() for p in model.parameters()),
+                          "macs": sum(count_macs(model, args.image_size, None if arch in SLIM else
+                                                 lambda m=model: m([image])).values()), "train_min": run["train_min"],
+                          "train_min_all_lrs": run["train_min_all_lrs"], "lr": run["lr"], "lr_runs": run["lr_runs"],
+                          "best_epoch": run["best_epoch"], "val_ap": run["val_ap"]}
+        timings = measure(calls, args.latency_runs, 3)
+    for arch, row in rows.items():
+        row["latency_ms"] = round(median_ms(timings[(arch, "torch")]), 2)
+        row["latency_ms_onnx"] = round(median_ms(timings[(arch, "onnx")]), 2) if (arch, "onnx") in timings else None
+    return rows
+
+
+def plot(path: Path, rows: dict[str, dict], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5.5, 4))
+    for arch, row in rows.items():
+        axes.scatter(row["latency_ms"], row["ap"], color="C0" if arch in SLIM else "C3")
+        axes.annotate(arch, (row["latency_ms"], row["ap"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    axes.set(xlabel="end-to-end latency, batch 1, CPU (ms)", ylabel="COCO AP (test)", title=title)
+    axes.set_xscale("log")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=90)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="working folder (resumable)")
+    parser.add_argument("--bccd", type=Path, metavar="DIR", help="Pascal VOC BCCD folder; default: synthetic data")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
+    parser.add_argument("--labeled", type=int, help="human-labelled images (default: distill.py's preset)")
+    parser.add_argument("--val", type=int, help="synthetic validation and test images (default: distill.py's)")
+    parser.add_argument("--size", type=int, help="synthetic image size in pixels (default: distill.py's)")
+    parser.add_argument("--image-size", type=int, default=320, help="every model's input (longer side, pixels)")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["student"]["batch_size"])
+    parser.add_argument("--peer-lrs", default="1e-3,1e-2", help="learning rates tried for each peer, comma-separated")
+    parser.add_argument("--latency-runs", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results-json", type=Path, help="write the `peers` object here, e.g. docs/results.json")
+    parser.add_argument("--plot", type=Path, help="AP against latency PNG (default docs/img/peers_<dataset>.png "
+                        "with --results-json, else OUT/peers.png)")
+    args = parser.parse_args()
+    preset = PRESETS[("bccd_quick" if args.quick else "bccd") if args.bccd else ("quick" if args.quick else "full")]
+    args.labeled = args.labeled or (100 if args.bccd and not args.quick else preset["labeled"])
+    args.val, args.size = args.val or preset.get("val"), args.size or preset.get("size")
+    args.peer_lrs = [float(v) for v in args.peer_lrs.split(",")]
+    if args.quick:
+        args.epochs, args.image_size, args.latency_runs, args.workers = 1, 96, 3, 0
+    dataset = "bccd" if args.bccd else "synthetic"
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+
+    labeled, val, test, sizes = prepare_data(args, out)
+    kept = train_runs(args, out, labeled, val)
+    rows = score_and_time(kept, test, args)
+    setup = {"dataset": dataset, "machine": machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+             "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
+             "date": date.today().isoformat(), "epochs": args.epochs, "image_size": args.image_size,
+             "batch_size": args.batch_size, "peer_lrs": args.peer_lrs, "latency_runs": args.latency_runs, **sizes,
+             "command": "python benchmarks/peers.py " + " ".join(sys.argv[1:])}
+    write_json(out / "peers.json", {"setup": setup, "models": rows})
+
+    print(f"\npeers on {dataset}: {args.epochs} epochs each, {args.image_size} px, human labels only; test split; "
+          f"latency end to end, batch 1, {setup['threads']} threads, {setup['machine']}")
+    print("| model | AP | AP50 | latency ms | ONNX ms | params | GMACs | train min | lr (val AP per lr) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for arch, r in sorted(rows.items(), key=lambda item: item[1]["latency_ms"]):
+        lrs = ", ".join(f"{n.split('@lr')[-1] if '@lr' in n else 'default'}: {ap:.3f}" for n, ap in r["lr_runs"].items())
+        onnx = f"{r['latency_ms_onnx']:.1f}" if r["latency_ms_onnx"] is not None else "-"
+        print(f"| {arch} | {r['ap']:.3f} | {r['ap50']:.3f} | {r['latency_ms']:.1f} | {onnx} | {r['params']:,} | "
+              f"{r['macs'] / 1e9:.2f} | {r['train_min']:.1f} | {r['lr']:g} ({lrs}) |")
+    for peer in PEERS:
+        best = max((rows[s] for s in SLIM), key=lambda r: (r["ap"] >= rows[peer]["ap"] - 0.005, -r["latency_ms"]))
+        holds = best["ap"] >= rows[peer]["ap"] - 0.005 and 2 * best["latency_ms"] <= rows[peer]["latency_ms"]
+        print(f"target vs {peer}: a slim model within 0.5 AP point of it at <= half its latency: "
+              f"{'HOLDS' if holds else 'NOT MET'}")
+
+    plot_path = args.plot or (Path(f"docs/img/peers_{dataset}.png") if args.results_json else out / "peers.png")
+    plot(plot_path, rows, f"{dataset}: {args.epochs} epochs, {args.image_size} px, human labels")
+    print(f"plot: {plot_path}")
+    if args.results_json is not None:
+        merged = json.loads(args.results_json.read_text()) if args.results_json.exists() else {}
+        merged.setdefault("peers", {})[dataset] = rows
+        merged.setdefault("peers_setup", {})[dataset] = setup
+        write_json(args.results_json, merged)
+
+
+if __name__ == "__main__":
+    main()
