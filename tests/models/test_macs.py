@@ -32,3 +32,14 @@ def test_hand_computed_conv_and_grouping():
     assert counts["backbone.stem.0.0"] == 32 * 32 * 16 * 3 * 9
     grouped = group_by_prefix(counts, 1)
     assert list(grouped) == ["backbone", "head"] and sum(grouped.values()) == sum(counts.values())
+
+
+def test_run_counts_a_whole_torchvision_detector_through_its_own_path():
+    import torchvision
+
+    ssd = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                                                     num_classes=2).eval()
+    network = sum(count_macs(ssd, 320).values())  # SSD has a backbone and a head: the network alone
+    whole = sum(count_macs(ssd, 320, run=lambda: ssd([torch.zeros(3, 160, 320)])).values())
+    assert whole == network > 0  # its transform resizes any image to 320 x 320: the same network runs
+    assert sum(count_macs(ssd, 160).values()) < network  # without run, the size given is what runs

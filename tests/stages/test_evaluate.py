@@ -109,3 +109,30 @@ def test_eval_in_chunks_of_three_images_scores_and_writes_what_one_chunk_does(la
     assert one.metrics == three.metrics and one.metrics["ap50"] > 0.3
     assert np.array_equal(one.precision, three.precision)
     assert one_file == three_file and len(json.loads(three_file)) > 8
+
+
+def test_a_detector_that_is_not_a_retinanet_is_called_as_it_is(tiny_cards):
+    """predict_batches wraps a RetinaNet in the lean path; any other detector (benchmarks/peers.py's
+    torchvision peers) is called as it is, and its boxes come back in original pixels."""
+    from retinaslim.data.coco import ClassMap
+    from retinaslim.engine.inference import evaluate_on_coco
+
+    truth = load_coco(tiny_cards.files["val"])
+    classes = ClassMap.from_categories(truth.categories)
+    sizes = []
+
+    class Fixed(torch.nn.Module):  # one box over the left half of every (resized) image, class 1
+        def forward(self, images):
+            sizes.extend(tuple(i.shape[1:]) for i in images)
+            return [{"boxes": torch.tensor([[0.0, 0.0, i.shape[2] / 2, i.shape[1]]]), "scores": torch.tensor([0.7]),
+                     "labels": torch.tensor([1])} for i in images]
+
+    evaluation, skipped = evaluate_on_coco(Fixed(), truth, classes, 48, torch.device("cpu"), batch_size=3,
+                                           predictions_out=None)
+    assert skipped == [] and sizes == [(48, 48)] * len(truth.images)  # 96 px images at image_size 48
+    assert evaluation.metrics["ap"] is not None
+    results = []
+    from retinaslim.engine.inference import predict_on_coco
+    predict_on_coco(Fixed(), truth, classes, 48, torch.device("cpu"), lambda ids, r: results.extend(r))
+    assert {r["category_id"] for r in results} == {classes.category_ids[1]}
+    assert all(r["bbox"] == [0.0, 0.0, 48.0, 96.0] and r["score"] == 0.7 for r in results)  # mapped back to 96 px
