@@ -12,7 +12,7 @@ Models, each from scratch (no downloaded weights), on the human labels only, all
 training stage with the student's recipe (AdamW, warm-up then cosine, light augmentation, EMA, the best epoch
 by validation AP), for the same --epochs at the same batch size and input size (every image resized so that
 its longer side is --image-size pixels):
-- slim-s, slim-m: retinaslim's students (anchors fitted to the human boxes, as train-student does), at the
+- slim-s, slim-m, slim-l: retinaslim's students (anchors fitted to the human boxes, as train-student does), at the
   student's learning rate;
 - ssdlite320_mobilenet_v3_large and fasterrcnn_mobilenet_v3_large_320_fpn: torchvision's builders with
   weights=None, weights_backbone=None, and torchvision's own pre- and post-processing (their transforms
@@ -77,7 +77,7 @@ from retinaslim.stages.convert import ConvertConfig, convert  # noqa: E402
 from retinaslim.stages.synth import SynthConfig, synth  # noqa: E402
 from retinaslim.stages.train import TrainConfig, train  # noqa: E402
 
-SLIM = ("slim-s", "slim-m")
+SLIM = ("slim-s", "slim-m", "slim-l")
 PEERS = ("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn")
 
 

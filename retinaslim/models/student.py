@@ -169,3 +169,11 @@ def slim_m(num_classes: int, image_size: int, norm: str = "gn", anchors: dict[st
     """SNet49-like widths: stem 24, stages 64/128/256 (3/6/3 units), FPN 96, heads 2 x 1x1 of 128."""
     return slim_retinanet(num_classes, image_size, stem=24, widths=(64, 128, 256), repeats=(3, 6, 3),
                           fpn_channels=96, head_hidden=128, head_layers=2, norm=norm, anchors=anchors)
+
+
+@register("slim-l", role="student")
+def slim_l(num_classes: int, image_size: int, norm: str = "gn", anchors: dict[str, Any] | None = None):
+    """~1.0 M parameters: ShuffleNetV2 1.0x widths 116/232/464 with its 4/8/4 units, stem 32, FPN 128, heads
+    2 x 1x1 of 128 (0.47 GMACs at 320 px): the family's top, for benchmarks/peers.py's frontier."""
+    return slim_retinanet(num_classes, image_size, stem=32, widths=(116, 232, 464), repeats=(4, 8, 4),
+                          fpn_channels=128, head_hidden=128, head_layers=2, norm=norm, anchors=anchors)
