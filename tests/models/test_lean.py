@@ -25,13 +25,13 @@ def _busy(model):
     return model.eval()
 
 
-def test_lean_path_matches_torchvision_on_a_mixed_size_batch():
+def test_lean_path_matches_torchvision_image_by_image_on_a_mixed_size_batch():
     torch.manual_seed(0)
     images = [torch.rand(3, 128, 96), torch.rand(3, 80, 128), torch.rand(3, 128, 128)]
     for arch, options in [("slim-s", {"norm": "gn"}), ("slim-m", {"norm": "bn"}), ("retinanet_resnet18_fpn", {})]:
         model = _busy(build_model(arch, 3, 128, **options))
-        with torch.no_grad():
-            expected = model(images)
+        with torch.no_grad():  # torchvision on each image alone: batched, it pads them all to one size
+            expected = [model([image])[0] for image in images]
         actual = LeanDetector(model)(images)
         assert sum(len(d["boxes"]) for d in actual) > 100  # the comparison is not vacuous
         _assert_same_detections(expected, actual)
@@ -66,3 +66,20 @@ def test_folding_batchnorm_keeps_outputs_and_removes_the_norms():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     for key in expected:
         assert torch.allclose(expected[key], actual[key], atol=1e-4)
+
+
+def test_an_images_detections_do_not_depend_on_what_it_is_batched_with():
+    """Padded to a portrait image's size, a landscape image's GroupNorm statistics take in the padding;
+    LeanDetector runs images of different padded sizes as separate batches instead."""
+    torch.manual_seed(0)
+    detector = LeanDetector(_busy(build_model("slim-s", num_classes=2, image_size=128, norm="gn")))
+    landscape, portrait, twin = torch.rand(3, 96, 128), torch.rand(3, 128, 96), torch.rand(3, 90, 120)
+    alone = detector([landscape])
+    assert len(alone[0]["boxes"]) > 10
+    mixed = detector([portrait, landscape, twin])
+    _assert_same_detections(alone, mixed[1:2])
+    _assert_same_detections(detector([portrait]), mixed[:1])
+    _assert_same_detections(detector([twin]), mixed[2:])  # 90 x 120 pads to 96 x 128: batched with landscape
+    with torch.no_grad():
+        padded_together = detector._forward([portrait, landscape])[1]  # what one padded batch gave
+    assert (padded_together["scores"][:10] - alone[0]["scores"][:10]).abs().max() > 3e-4
