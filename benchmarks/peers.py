@@ -43,6 +43,7 @@ when --results-json is given) and the `peers` object of --results-json: {dataset
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -229,7 +230,7 @@ def inference_copy(model: nn.Module) -> nn.Module:
     """What is timed: a RetinaNet's lean path, or a peer with BatchNorm folded and channels-last (as LeanDetector)."""
     if not isinstance(model, TorchvisionPeer):
         return LeanDetector(model)
-    return fold_batchnorm(model.eval()).to(memory_format=torch.channels_last)
+    return fold_batchnorm(copy.deepcopy(model).eval()).to(memory_format=torch.channels_last)
 
 
 def onnx_detector(checkpoint, model: nn.Module, side: tuple[int, int], tmp: Path) -> OnnxDetector:
@@ -267,7 +268,8 @@ def score_and_time(kept: dict[str, dict], yolo: dict | None, test: Path, args) -
                           "best_epoch": run["best_epoch"], "val_ap": run["val_ap"]}
         if yolo is not None:
             rows[YOLO], calls[(YOLO, "torch")] = score_and_time_yolo(yolo, truth, image, args)
-        timings = measure(calls, args.latency_runs, 3)
+        with torch.no_grad():  # as LeanDetector's forward and Ultralytics' predict run
+            timings = measure(calls, args.latency_runs, 3)
     for arch, row in rows.items():
         row["latency_ms"] = round(median_ms(timings[(arch, "torch")]), 2)
         row["latency_ms_onnx"] = round(median_ms(timings[(arch, "onnx")]), 2) if (arch, "onnx") in timings else None

@@ -27,7 +27,9 @@
 Every step is recorded in OUT/results.json as it finishes and skipped when the script is rerun, so a killed
 benchmark continues. The table and the `scale` object (--results-json) are written at the end.
 `--stages eval,show` measures only those stages (data and labeller as above; no kill test or speeds) and
-replaces only their entries in an existing `scale` object, each marked with its own date and command.
+replaces only their entries in an existing `scale` object, each marked with its own date and command. A
+stage already recorded in OUT/results.json is not measured again: delete its entries there (or use a new
+--out) to measure it anew.
 """
 
 from __future__ import annotations
@@ -81,12 +83,15 @@ def tree_memory(root: int) -> tuple[int, int, int]:
         try:
             with open(f"/proc/{pid}/statm") as f:
                 pages = int(f.read().split()[1]) * PAGE
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                pss += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
-        except (OSError, IndexError, ValueError, StopIteration):
-            continue
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended
         rss += pages
         own = pages if pid == root else own
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:  # Linux 4.14+
+                pss += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+        except (OSError, IndexError, ValueError, StopIteration):
+            pss += pages  # unreadable: counted as RSS (an upper bound)
     return rss, pss, own
 
 

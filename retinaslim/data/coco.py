@@ -8,7 +8,7 @@ Why ``load_coco`` validates instead of handing the file to pycocotools: pycocoto
 without checking it. Duplicate image or annotation ids overwrite each other in its index, and boxes with
 zero, negative or NaN sides, or pointing at a missing image or category, load silently and surface later as
 wrong numbers or a KeyError far from the file; a truth box with id 0 is never matched (0 is its "unmatched"
-id; ``coco_evaluate`` renumbers). ``load_coco`` refuses such a file in one line naming the file, the entry
+id; ``CocoEvaluator`` renumbers). ``load_coco`` refuses such a file in one line naming the file, the entry
 and the value: the cases are tested in ``tests/test_bad_inputs.py`` and ``tests/test_field_reports.py``
 (docs/reliability.md). pycocotools still does all the scoring.
 """
@@ -458,6 +458,11 @@ class CocoEvaluator:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
+        again = sorted(set(image_ids) & self._where.keys())
+        if again:
+            raise ValueError(f"image id {again[0]} was added before: each image is evaluated once")
+        if not image_ids:
+            return
         with contextlib.redirect_stdout(io.StringIO()):
             if results:
                 coco_dt = self._coco_gt.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")}
@@ -526,8 +531,9 @@ class _EvaluatedChunk:
                     matched[a].append(e["dtMatches"] != 0)
                     ignored[a].append(e["dtIgnore"] != 0)
                     gt_ignored[a].append(np.asarray(e["gtIgnore"], dtype=bool))
-        self.det_start = np.concatenate([[0], np.cumsum(np.maximum(self.dets, 0).ravel())[:-1]]).reshape(K, I)
-        self.gt_start = np.concatenate([[0], np.cumsum(self.gts.ravel())[:-1]]).reshape(K, I)
+        counts = np.maximum(self.dets, 0)
+        self.det_start = np.cumsum(counts, axis=None).reshape(K, I) - counts
+        self.gt_start = np.cumsum(self.gts, axis=None).reshape(K, I) - self.gts
         self.scores = np.concatenate(scores) if scores else np.zeros(0)
 
         def packed(flags: list[np.ndarray]) -> np.ndarray:

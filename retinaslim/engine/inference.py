@@ -90,8 +90,9 @@ def predict_batches(
     batch's detections depend only on its own images, so re-running a batch reproduces it exactly.
     Images are decoded in ``workers`` DataLoader processes. ``model``: a RetinaNet, run through its lean
     path; any other detector (a ``LeanDetector`` already, e.g. an ONNX session's, or another torchvision
-    detector such as benchmarks/peers.py trains) is called as it is: a list of (3, H, W) images in [0, 1] ->
-    a dict per image with ``boxes`` (xyxy pixels of that image), ``scores`` and 0-based ``labels``.
+    detector such as benchmarks/peers.py trains, in eval mode) is called as it is, without gradients: a list
+    of (3, H, W) images in [0, 1] -> a dict per image with ``boxes`` (xyxy pixels of that image), ``scores``
+    and 0-based ``labels``.
     """
     reporter = reporter or Reporter()
     timings = Timings()
@@ -131,7 +132,8 @@ def predict_on_coco(
     workers: int = 0,
     reporter: Reporter | None = None,
 ) -> list[str]:
-    """Single-pass predictions on every image of ``coco``, handed over ``EVAL_CHUNK_IMAGES`` images at a time.
+    """Single-pass predictions on every image of ``coco``, handed over in chunks of whole batches, each of at
+    least ``EVAL_CHUNK_IMAGES`` images but the last.
 
     Calls ``on_chunk(image_ids, results)`` in the images' order, every image once; results are COCO result
     dicts: ``image_id``, ``category_id`` in ``coco``'s own ids, ``bbox`` xywh in original pixels and

@@ -14,8 +14,8 @@ the network itself (PITFALLS.md). ``LeanDetector`` keeps torchvision's network a
 Why it is written here, measured: through torchvision's generic path (``model(images)``) slim-s (gn) takes
 9.6 ms end to end at 320 px, batch 1, against 8.6 ms here (docs/results.md, ``benchmarks/speed.py``); the
 shared notes measured a 0.2 M-parameter model at 9 ms for its network and 23 ms end to end on that path
-(PITFALLS.md). ``tests/models/test_lean.py`` checks the detections against torchvision's on a mixed-size
-batch and on a trained model.
+(PITFALLS.md). ``tests/models/test_lean.py`` checks the detections against torchvision's image by image on a
+mixed-size batch and on a trained model.
 
 BatchNorm layers are folded into their convolutions and the network runs channels-last (oneDNN's
 preferred layout on CPU), on a copy of the model: the original is untouched. ``raw`` is the network

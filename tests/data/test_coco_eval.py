@@ -33,9 +33,10 @@ def random_set(tmp_path, seed=0, images=40):
                 jitter[2:] = [max(1.0, jitter[2]), max(1.0, jitter[3])]
                 results.append({"image_id": image_id, "category_id": category, "bbox": jitter,
                                 "score": rng.choice([0.9, 0.5, round(rng.random(), 2)])})
-        for _ in range(rng.choice([0, 2, 5, 120 if rng.random() < 0.05 else 1])):
+        crowded = rng.random() < 0.1  # > 100 detections of one class: pycocotools keeps the top 100
+        for _ in range(120 if crowded else rng.choice([0, 1, 2, 5])):
             w, h = rng.uniform(5, 200), rng.uniform(5, 200)
-            results.append({"image_id": image_id, "category_id": rng.choice([3, 7]),
+            results.append({"image_id": image_id, "category_id": 3 if crowded else rng.choice([3, 7]),
                             "bbox": [rng.uniform(0, 400), rng.uniform(0, 250), w, h], "score": round(rng.random(), 1)})
     path = tmp_path / "truth.json"
     path.write_text(json.dumps(truth))
@@ -58,6 +59,11 @@ def pycocotools_alone(truth, results):
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
 def test_chunked_evaluation_equals_one_cocoeval_bit_for_bit(tmp_path, seed, chunk):
     data, truth, results = random_set(tmp_path, seed)
+    per_image_class = {}
+    for r in results:
+        key = (r["image_id"], r["category_id"])
+        per_image_class[key] = per_image_class.get(key, 0) + 1
+    assert max(per_image_class.values()) > 100  # the 100-detection cap is exercised
     reference = pycocotools_alone(truth, results)
     evaluator = CocoEvaluator(data)
     ids = [image["id"] for image in data.images]
@@ -80,3 +86,13 @@ def test_images_without_results_count_their_truth_as_missed(tmp_path):
     evaluator.add(ids[20:], [])
     kept = [r for r in results if r["image_id"] in set(ids[:20])]
     assert evaluator.evaluation().metrics["ap"] == float(pycocotools_alone(truth, kept).stats[0])
+
+
+def test_an_image_added_twice_is_refused_and_nothing_to_add_is_nothing(tmp_path):
+    data, _, results = random_set(tmp_path, 0)
+    evaluator = CocoEvaluator(data)
+    evaluator.add([], [])
+    ids = [image["id"] for image in data.images]
+    evaluator.add(ids[:5], [r for r in results if r["image_id"] in set(ids[:5])])
+    with pytest.raises(ValueError, match=f"image id {sorted(ids[:5])[2]} was added before"):
+        evaluator.add(sorted(ids[:5])[2:3], [])
