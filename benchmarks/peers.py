@@ -21,7 +21,8 @@ its longer side is --image-size pixels):
 - yolov8n: Ultralytics' YOLOv8 nano built from its yaml (no .pt), trained by Ultralytics' own trainer and
   recipe (its optimiser choice, mosaic and other augmentation, best epoch by its fitness on val) on a YOLO
   copy of the same files written by `retinaslim convert --to yolo`, at imgsz --image-size (letterboxed).
-  Needs the `bench` extra (`pip install -e '.[bench]'`); runs offline with plots off; --no-yolo skips it.
+  Needs the `bench` extra (`pip install -e '.[bench]'`); runs offline with plots off; --models without
+  yolov8n leaves it out.
 Same epochs, so the comparison is about the networks; each run's CPU minutes are reported (train_min).
 
 Scored: one single-pass prediction per test image and one pycocotools evaluation per model
@@ -80,6 +81,7 @@ from retinaslim.stages.train import TrainConfig, train  # noqa: E402
 
 SLIM = ("slim-s", "slim-m", "slim-l")
 PEERS = ("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn")
+YOLO = "yolov8n"
 
 
 class TorchvisionPeer(nn.Module):
@@ -134,7 +136,8 @@ def train_runs(args, out: Path, labeled: Path, val: Path) -> dict[str, dict]:
     """Every model's training (peers once per learning rate), recorded in OUT/runs.json; -> the kept run per model."""
     path = out / "runs.json"
     runs = json.loads(path.read_text()) if path.exists() else {}
-    plan = [(arch, None) for arch in SLIM] + [(arch, lr) for arch in PEERS for lr in args.peer_lrs]
+    plan = [(arch, None) for arch in SLIM if arch in args.models]
+    plan += [(arch, lr) for arch in PEERS if arch in args.models for lr in args.peer_lrs]
     for arch, lr in plan:
         name = arch if lr is None else f"{arch}@lr{lr:g}"
         if name in runs:
@@ -150,7 +153,7 @@ def train_runs(args, out: Path, labeled: Path, val: Path) -> dict[str, dict]:
         write_json(path, runs)
     kept = {}
     for name, run in runs.items():
-        if run["arch"] not in SLIM + PEERS:
+        if run["arch"] not in SLIM + PEERS or run["arch"] not in args.models:
             continue
         if run["arch"] not in kept or run["val_ap"] > kept[run["arch"]]["val_ap"]:
             kept[run["arch"]] = {**run, "name": name}
@@ -158,9 +161,6 @@ def train_runs(args, out: Path, labeled: Path, val: Path) -> dict[str, dict]:
         run["lr_runs"] = {n: r["val_ap"] for n, r in runs.items() if r["arch"] == arch}
         run["train_min_all_lrs"] = round(sum(r["train_min"] for r in runs.values() if r["arch"] == arch), 2)
     return kept
-
-
-YOLO = "yolov8n"
 
 
 def train_yolo(args, out: Path, labeled: Path, val: Path) -> dict:
@@ -172,7 +172,7 @@ def train_yolo(args, out: Path, labeled: Path, val: Path) -> dict:
     try:
         from ultralytics import YOLO as Ultralytics
     except ImportError:
-        sys.exit("yolov8n needs Ultralytics: pip install -e '.[bench]' (or pass --no-yolo)")
+        sys.exit("yolov8n needs Ultralytics: pip install -e '.[bench]' (or leave it out of --models)")
     folder = out / "yolo"
     for name, coco in (("train", labeled), ("val", val)):
         if not (folder / name / "data.yaml").exists():
@@ -306,7 +306,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["student"]["batch_size"])
     parser.add_argument("--peer-lrs", default="1e-3,1e-2", help="learning rates tried for each peer, comma-separated")
-    parser.add_argument("--no-yolo", action="store_true", help="leave out yolov8n (no Ultralytics installed)")
+    parser.add_argument("--models", default=",".join(SLIM + PEERS + (YOLO,)),
+                        help="models to train and compare, comma-separated (default: all; yolov8n needs Ultralytics)")
     parser.add_argument("--latency-runs", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -318,6 +319,10 @@ def main() -> None:
     args.labeled = args.labeled or (100 if args.bccd and not args.quick else preset["labeled"])
     args.val, args.size = args.val or preset.get("val"), args.size or preset.get("size")
     args.peer_lrs = [float(v) for v in args.peer_lrs.split(",")]
+    args.models = args.models.split(",")
+    unknown = set(args.models) - set(SLIM + PEERS + (YOLO,))
+    if unknown:
+        parser.error(f"--models: unknown {sorted(unknown)}; choose from {', '.join(SLIM + PEERS + (YOLO,))}")
     if args.quick:
         args.epochs, args.image_size, args.latency_runs, args.workers = 1, 96, 3, 0
     dataset = "bccd" if args.bccd else "synthetic"
@@ -328,7 +333,7 @@ def main() -> None:
 
     labeled, val, test, sizes = prepare_data(args, out)
     kept = train_runs(args, out, labeled, val)
-    yolo = None if args.no_yolo else train_yolo(args, out, labeled, val)
+    yolo = train_yolo(args, out, labeled, val) if YOLO in args.models else None
     torch.set_num_threads(threads)  # Ultralytics' trainer leaves torch at 1 thread; every model is timed alike
     rows = score_and_time(kept, yolo, test, args)
     setup = {"dataset": dataset, "machine": machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
@@ -350,7 +355,7 @@ def main() -> None:
               f"{r['macs'] / 1e9:.2f} | {r['train_min']:.1f} | {recipe} |")
     peers = [p for p in (*PEERS, YOLO) if p in rows]
     met = []
-    for slim in SLIM:
+    for slim in [m for m in SLIM if m in rows]:
         short = [p for p in peers if not (rows[slim]["ap"] >= rows[p]["ap"] - 0.005
                                           and 2 * rows[slim]["latency_ms"] <= rows[p]["latency_ms"])]
         met += [slim] if not short else []
