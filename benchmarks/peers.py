@@ -268,6 +268,7 @@ def score_and_time(kept: dict[str, dict], yolo: dict | None, test: Path, args) -
                           "best_epoch": run["best_epoch"], "val_ap": run["val_ap"]}
         if yolo is not None:
             rows[YOLO], calls[(YOLO, "torch")] = score_and_time_yolo(yolo, truth, image, args)
+        torch.set_num_threads(args.threads)  # Ultralytics sets torch to 1 thread when it trains or loads a model
         with torch.no_grad():  # as LeanDetector's forward and Ultralytics' predict run
             timings = measure(calls, args.latency_runs, 3)
     for arch, row in rows.items():
@@ -329,14 +330,13 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    threads = torch.get_num_threads()
+    args.threads = torch.get_num_threads()  # every model is timed with torch's default thread count
 
     labeled, val, test, sizes = prepare_data(args, out)
     kept = train_runs(args, out, labeled, val)
     yolo = train_yolo(args, out, labeled, val) if YOLO in args.models else None
-    torch.set_num_threads(threads)  # Ultralytics' trainer leaves torch at 1 thread; every model is timed alike
     rows = score_and_time(kept, yolo, test, args)
-    setup = {"dataset": dataset, "machine": machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+    setup = {"dataset": dataset, "machine": machine(), "cpu_count": os.cpu_count(), "threads": args.threads,
              "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
              "date": date.today().isoformat(), "epochs": args.epochs, "image_size": args.image_size,
              "batch_size": args.batch_size, "peer_lrs": args.peer_lrs, "latency_runs": args.latency_runs, **sizes,
