@@ -198,7 +198,8 @@ def score_and_time_yolo(run: dict, truth, image: torch.Tensor, args) -> tuple[di
     """YOLO's row (AP from its predict boxes on the test images) and its timed call."""
     from ultralytics import YOLO as Ultralytics
 
-    from retinaslim.data.coco import CocoEvaluator
+    from retinaslim.core.detections import Detections
+    from retinaslim.data.coco import CocoEvaluator, detections_to_annotations
 
     model = Ultralytics(run["best"])
     classes = ClassMap.from_categories(truth.categories)
@@ -206,11 +207,11 @@ def score_and_time_yolo(run: dict, truth, image: torch.Tensor, args) -> tuple[di
     results = []
     for im in truth.images:
         found = model.predict(str(truth.image_path(im)), imgsz=args.image_size, conf=0.001, iou=0.7, max_det=100,
-                              device="cpu", verbose=False)[0].boxes
-        for box, score, label in zip(found.xyxy.tolist(), found.conf.tolist(), found.cls.int().tolist()):
-            x1, y1, x2, y2 = box
-            results.append({"image_id": im["id"], "category_id": classes.category_ids[label],
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+                              device="cpu", verbose=False)[0]
+        height, width = found.orig_shape
+        detections = Detections(found.boxes.xyxy.float(), found.boxes.conf.float(), found.boxes.cls.long())
+        results += [{k: a[k] for k in ("image_id", "category_id", "bbox", "score")}  # the COCO box contract
+                    for a in detections_to_annotations(detections, im["id"], classes, width, height)]
     evaluator.add([im["id"] for im in truth.images], results)
     evaluation = evaluator.evaluation()
     network = model.model
@@ -341,7 +342,6 @@ def main() -> None:
              "date": date.today().isoformat(), "epochs": args.epochs, "image_size": args.image_size,
              "batch_size": args.batch_size, "peer_lrs": args.peer_lrs, "latency_runs": args.latency_runs, **sizes,
              "command": "python benchmarks/peers.py " + " ".join(sys.argv[1:])}
-    write_json(out / "peers.json", {"setup": setup, "models": rows})
 
     print(f"\npeers on {dataset}: {args.epochs} epochs each, {args.image_size} px, human labels only; test split; "
           f"latency end to end, batch 1, {setup['threads']} threads, {setup['machine']}")

@@ -145,6 +145,7 @@ def predict_on_coco(
     results: list[dict[str, Any]] = []
 
     def collect(batch: list[ImageResult]) -> None:
+        nonlocal image_ids, results
         for result in batch:
             image_id = coco.images[result.index]["id"]
             image_ids.append(image_id)
@@ -154,9 +155,8 @@ def predict_on_coco(
                 for ann in detections_to_annotations(result.detections, image_id, classes, result.width, result.height):
                     results.append({k: ann[k] for k in ("image_id", "category_id", "bbox", "score")})
         if len(image_ids) >= EVAL_CHUNK_IMAGES:
-            on_chunk(image_ids.copy(), results.copy())
-            image_ids.clear()
-            results.clear()
+            on_chunk(image_ids, results)
+            image_ids, results = [], []
 
     paths = [coco.image_path(image) for image in coco.images]
     predict_batches(model, paths, chunks(list(range(len(paths))), batch_size), image_size, [Transform()], device,
