@@ -74,8 +74,8 @@ PRESETS = {
     "bccd_quick": {"size": 96, "labeled": 8, "teacher_epochs": 1, "student_epochs": 1, "latency_runs": 3, "workers": 0},
 }
 
-# Machine-label sets: name -> (pseudo-label run, filter options, what it tests). `default` (filter's own
-# defaults) is the student_distilled of the results. The rule variants pin the threshold they were first
+# Machine-label sets: name -> (pseudo-label run, filter options, what it tests[, train-student options]).
+# `default` (filter's own defaults) is the student_distilled of the results. The rule variants pin the threshold they were first
 # measured at, 0.5 (filter's default before these results moved it to 0.2): each adds one rule to it.
 LABEL_SETS = {
     "default": ("ensemble", ["--calib", "{val}"], f"default ensemble ({len(config.PSEUDO_SCALES)} scales x flip, "
@@ -96,6 +96,8 @@ LABEL_SETS = {
     "auto_precision": ("ensemble", ["--auto-thresh", "precision", "--calib", "{calib}"],
                        "threshold reaching precision 0.95 on the calibration images"),
     "self_training": ("self", ["--score-thresh", "0.5"], "default ensemble run by the human-only student itself (no teacher), fixed 0.5"),
+    "score_weighted": ("ensemble", ["--calib", "{val}"], "the default labels, each machine box's loss scaled by its score",
+                       ["--pseudo-box-weight", "score"]),
 }
 BCCD_LABEL_SETS = "default,thresh_0.2,single_pass,thresh_0.5,auto_precision"  # the sets that decided its reading
 # Pseudo-label runs: name -> (labelling model's run, options). `self` labels with the human-only student.
@@ -159,13 +161,14 @@ def comparison_steps(data: Dataset, out: Path, knobs: dict, label_sets: list[str
     pseudos = [pseudo(name) for name in PSEUDO_RUNS if name in runs_needed]
     filters, students = [], []
     for name in label_sets:
-        source, options, _ = LABEL_SETS[name]
+        source, options, _, *student_options = LABEL_SETS[name]
         options = [o.format(labeled=data.labeled, calib=data.calib, val=data.val) for o in options]
         filtered = labels / f"filtered_{name}.json"
         filters.append(Step(f"filter_{name}", ["filter", labels / f"{source}.json", "--out", filtered, *options,
                                                "--truth", data.unlabeled_truth, "--report", labels / f"filter_{name}.report.json",
                                                "--workers", knobs["workers"], "--device", device]))
-        students.append(training("student", f"student_{name}", knobs["student_epochs"], ["--pseudo", filtered]))
+        students.append(training("student", f"student_{name}", knobs["student_epochs"],
+                                 ["--pseudo", filtered, *(student_options[0] if student_options else [])]))
     weights = [runs / name / "best.pt" for name in ["teacher", "student_human", *(f"student_{n}" for n in label_sets)]]
     evaluation = Step("eval", ["eval", *(a for w in weights for a in ("--weights", w)), "--data", data.test,
                                "--latency-runs", knobs["latency_runs"], "--json", out / "eval.json", "--plots", out / "plots",

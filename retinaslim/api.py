@@ -217,7 +217,8 @@ def train_teacher(
 
 def train_student(
     *, labeled: PathLike | None = None, val: PathLike | None = None, pseudo: PathLike | None = None,
-    pseudo_ratio: float = 0.4, pseudo_weight: float = 1.0, images: PathLike | None = None, out: PathLike | None = None,
+    pseudo_ratio: float = 0.4, pseudo_weight: float = 1.0, pseudo_box_weight: str = "none",
+    images: PathLike | None = None, out: PathLike | None = None,
     arch: str = _STUDENT["arch"], norm: str | None = None, anchors: str = "fit",
     image_size: int = _STUDENT["image_size"], batch_size: int = _STUDENT["batch_size"],
     epochs: int = _STUDENT["epochs"], iterations: int | None = None, optimizer: str = _STUDENT["optimizer"],
@@ -236,6 +237,8 @@ def train_student(
         pseudo: filtered machine labels (COCO JSON from ``filter``); None: human labels only.
         pseudo_ratio: share of machine-labelled images in every batch, in [0, 1).
         pseudo_weight: scales the loss of machine-labelled images.
+        pseudo_box_weight: "none" (every machine box counts fully) or "score" (each machine box's classification
+            and regression terms scale with its fused score, 0..1; a box without one raises UserError).
         images: folder the files' image names resolve against (None: each file's own folder).
         out: the run folder; it must not hold a run already.
         arch: slim-s or slim-m, or a baseline (retinanet_resnet18_fpn, retinanet_mobilenet_v2_fpn,
@@ -252,7 +255,8 @@ def train_student(
         UserError: as for ``train_teacher``; also machine labels whose classes differ from the human labels'.
     """
     return _train("student", labeled, val, out, resume, reporter, anchors=anchors, norm=norm, pseudo=pseudo,
-                  pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, images=images, arch=arch,
+                  pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, pseudo_box_weight=pseudo_box_weight,
+                  images=images, arch=arch,
                   image_size=image_size, batch_size=batch_size, epochs=epochs, iterations=iterations,
                   optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment,
                   keep_empty_classes=keep_empty_classes, device=device, workers=workers, seed=seed)

@@ -23,7 +23,9 @@ def _train(role: str, labeled, val, out, resume, options: dict) -> None:
                 out = (ws.run_dir(role) if ws else Workspace(Path.cwd()).run_dir(role))
             if options.get("pseudo") is not None:
                 console.info(f"training on human labels {labeled} + machine labels {options['pseudo']} "
-                             f"({options['pseudo_ratio']:.0%} of each batch, loss weight {options['pseudo_weight']:g})")
+                             f"({options['pseudo_ratio']:.0%} of each batch, loss weight {options['pseudo_weight']:g}"
+                             + (", each box weighted by its score" if options.get("pseudo_box_weight") == "score" else "")
+                             + ")")
         run = api.train_teacher if role == "teacher" else api.train_student
         given = {k: v for k, v in options.items() if v is not None}  # None: the role's default
         with console.RichReporter() as reporter:
@@ -91,6 +93,7 @@ def train_student(
     human_only: Annotated[bool, typer.Option(help="Ignore the workspace's machine labels and train on human labels only.")] = False,
     pseudo_ratio: Annotated[float, typer.Option(help="Share of machine-labelled images in every batch (Data Distillation used about 0.4).")] = 0.4,
     pseudo_weight: Annotated[float, typer.Option(min=0.0, help="Scales the loss of machine-labelled images.")] = 1.0,
+    pseudo_box_weight: Annotated[str, typer.Option(help="none: every machine box counts fully; score: each machine box's loss terms scale with its fused score (0..1).")] = "none",
     images: ImagesOpt = None, out: OutRunOpt = None,
     arch: Annotated[Optional[str], typer.Option(help="Student architecture: slim-s or slim-m (or a baseline: retinanet_resnet18_fpn, retinanet_mobilenet_v2_fpn, retinanet_shufflenet_v2_fpn).")] = None,
     norm: Annotated[Optional[str], typer.Option(help="gn (GroupNorm, default) or bn (BatchNorm).")] = None,
@@ -105,7 +108,8 @@ def train_student(
         if pseudo is None and not human_only and resume is None and ws is not None and ws.filtered.is_file():
             pseudo = pick(None, "--pseudo", ws.filtered, "machine labels")
     _train("student", labeled, val, out, resume, dict(
-        pseudo=pseudo, pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, images=images, arch=arch, norm=norm,
+        pseudo=pseudo, pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, pseudo_box_weight=pseudo_box_weight,
+        images=images, arch=arch, norm=norm,
         anchors=anchors, image_size=image_size, batch_size=batch_size, epochs=epochs, iterations=iterations,
         optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment, keep_empty_classes=keep_empty_classes,
         device=device, workers=workers, seed=seed))

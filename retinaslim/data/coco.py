@@ -223,6 +223,17 @@ def rescale_image(coco: CocoData, image: dict[str, Any], width: int, height: int
     image["width"], image["height"] = width, height
 
 
+def require_scores(coco: CocoData) -> None:
+    """Raise UserError unless every box of ``coco`` (ignore regions aside) has a ``score`` in 0..1, as the
+    machine labels ``pseudo-label`` and ``filter`` write do."""
+    for annotations in coco.annotations_per_image.values():
+        for a in annotations:
+            score = a.get("score")
+            if not a.get("iscrowd", 0) and not (isinstance(score, (int, float)) and 0 <= score <= 1):
+                raise _fail(coco.path, f"annotation {a.get('id')} has no score in 0..1 ({score!r}); weighting machine "
+                                       "boxes by score needs the scores pseudo-label writes")
+
+
 def require_image_files(coco: CocoData, option: str = "`images`") -> str | None:
     """Check the images the file names against the files on disk, before they train or score anything.
 

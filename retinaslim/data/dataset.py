@@ -22,12 +22,14 @@ class DetectionDataset(torch.utils.data.Dataset):
     ``coco`` has been through ``require_image_files`` (its images are there, at the sizes it declares).
 
     ``target["ignore"]`` holds the image's ignore regions (COCO ``iscrowd``), which give no loss;
-    ``target["weight"]`` scales the image's loss; ``target["machine"]`` says whether its labels are machine-made.
+    ``target["weight"]`` scales the image's loss; ``target["machine"]`` says whether its labels are machine-made;
+    with ``score_weights``, ``target["box_weights"]`` (N,) holds each box's ``score`` (0..1, the fused score
+    pseudo-label wrote), which scales that box's loss terms (``models.common.box_weighted_loss``).
     An image that cannot be decoded yields None, which ``collate_skip`` drops and counts.
     """
 
     def __init__(self, coco: CocoData, classes: ClassMap, image_size: int, augment: str = "none", weight: float = 1.0,
-                 machine: bool = False, seed: int = 0):
+                 machine: bool = False, score_weights: bool = False, seed: int = 0):
         self.coco = coco
         self.classes = classes
         self.resize = Transform(scale=1.0)
@@ -36,6 +38,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.augment = build_augment(augment)
         self.weight = weight  # scales this image's loss (machine labels: --pseudo-weight)
         self.machine = machine  # machine-labelled images are counted apart in the training log
+        self.score_weights = score_weights  # machine labels: --pseudo-box-weight score
         # An image's augmentation depends only on (seed, epoch, index): the same in any worker process
         # and after --resume. The epoch comes with each index (see MixedBatchSampler).
         self.seed = seed
@@ -54,9 +57,12 @@ class DetectionDataset(torch.utils.data.Dataset):
             return None
         boxes, labels = image_targets(self.coco, info, self.classes)
         ignore = image_ignore_regions(self.coco, info)
+        scores = torch.tensor([a["score"] for a in self.coco.annotations_per_image[info["id"]] if not a.get("iscrowd", 0)]
+                              if self.score_weights else [1.0] * len(labels), dtype=torch.float32)
         # Ignore regions travel with the boxes through resizing and augmentation, marked by label -1.
         boxes = torch.cat([boxes, ignore])
         labels = torch.cat([labels, torch.full((len(ignore),), -1, dtype=torch.int64)])
+        scores = torch.cat([scores, torch.zeros(len(ignore))])
         # Boxes are in the size the file declares; scale them to the resized image.
         sy, sx = image.shape[1] / info["height"], image.shape[2] / info["width"]
         boxes = boxes * torch.tensor([sx, sy, sx, sy])
@@ -65,13 +71,18 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self.augment is not None:
             self.augment.set_random_seed((self.seed * 1_000_003 + epoch * 100_003 + index) % 2**32)
             array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (h, w, 3)
-            array, boxes_np, labels_np = apply_augment(self.augment, array, boxes.numpy(), labels.numpy())
+            # Each box travels as its index, so that its label and score follow it (augmentation may drop boxes).
+            array, boxes_np, kept = apply_augment(self.augment, array, boxes.numpy(), np.arange(len(labels)))
             image = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
-            boxes, labels = torch.from_numpy(boxes_np), torch.from_numpy(labels_np)
+            kept = torch.from_numpy(kept)
+            boxes, labels, scores = torch.from_numpy(boxes_np), labels[kept], scores[kept]
         valid = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
         real = valid & (labels >= 0)
-        return image, {"boxes": boxes[real], "labels": labels[real], "ignore": boxes[valid & (labels < 0)],
-                       "weight": torch.tensor(self.weight), "machine": torch.tensor(self.machine)}
+        target = {"boxes": boxes[real], "labels": labels[real], "ignore": boxes[valid & (labels < 0)],
+                  "weight": torch.tensor(self.weight), "machine": torch.tensor(self.machine)}
+        if self.score_weights:
+            target["box_weights"] = scores[real]
+        return image, target
 
 
 def collate_skip(batch: list) -> tuple[list, list, int]:

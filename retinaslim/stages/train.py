@@ -23,7 +23,8 @@ from torch import nn
 
 from retinaslim.config import TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
 from retinaslim.core.progress import Reporter
-from retinaslim.data.coco import ClassMap, load_coco, match_classes, relative_boxes, require_image_files, trained_classes
+from retinaslim.data.coco import (ClassMap, load_coco, match_classes, relative_boxes, require_image_files, require_scores,
+                                  trained_classes)
 from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, MixedDataset, collate_skip
 from retinaslim.engine.ddp import Distributed
 from retinaslim.engine.history import plot_history, write_history
@@ -39,6 +40,7 @@ from retinaslim.models.teacher import coco_weights_path
 from retinaslim.models.weights import CLASS_LOGITS, load_matching, read_weights, summarise_names
 
 PATH_FIELDS = ("labeled", "val", "out", "pseudo", "images")
+PSEUDO_BOX_WEIGHTS = ("none", "score")
 
 
 @dataclass(kw_only=True)
@@ -64,6 +66,7 @@ class TrainConfig:
     pseudo: Path | None = None
     pseudo_ratio: float = 0.4  # share of machine-labelled images in every batch (Data Distillation: ~6:4)
     pseudo_weight: float = 1.0  # scales the loss of machine-labelled images
+    pseudo_box_weight: str = "none"  # none: every machine box counts fully; score: its loss terms scale with its score
     images: Path | None = None
     arch_options: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
@@ -88,6 +91,8 @@ class TrainConfig:
                 raise UserError(f"`{name}` {value!r}: must be a whole number of at least {32 if name == 'image_size' else 1}")
         if not self.lr >= 0:
             raise UserError(f"`lr` {self.lr!r}: must be 0 or more")
+        if self.pseudo_box_weight not in PSEUDO_BOX_WEIGHTS:
+            raise UserError(f"`pseudo_box_weight` {self.pseudo_box_weight!r}: choose {' or '.join(PSEUDO_BOX_WEIGHTS)}")
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, path: Path) -> TrainConfig:
@@ -187,8 +192,11 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     if config.pseudo is not None:
         pseudo = load_coco(config.pseudo)
         notes += [match_classes(classes, source, pseudo, left_out), require_image_files(pseudo)]
+        if config.pseudo_box_weight == "score":
+            require_scores(pseudo)
         datasets.append(DetectionDataset(pseudo, classes, config.image_size, config.augment,
-                                         weight=config.pseudo_weight, machine=True, seed=config.seed + 1))
+                                         weight=config.pseudo_weight, machine=True,
+                                         score_weights=config.pseudo_box_weight == "score", seed=config.seed + 1))
         num_images["pseudo"] = len(pseudo.images)
         if not pseudo.images:
             notes.append(f"{pseudo.path} holds no images (the filter kept none): the student trains on the human labels only")

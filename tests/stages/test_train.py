@@ -70,6 +70,28 @@ def test_pseudo_weight_scales_an_images_loss():
         assert torch.allclose(half[k], 0.5 * full[k]) and torch.allclose(plain[k], full[k])
 
 
+@pytest.mark.parametrize("arch", ["slim-s", "retinanet_resnet50_fpn_v2"])  # l1 and giou box losses
+def test_box_weights_scale_each_boxs_terms(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=2, image_size=64)
+    image = [torch.rand(3, 64, 64)]
+    target = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 30.0], [30.0, 34.0, 60.0, 62.0]]), "labels": torch.tensor([0, 1])}
+    plain = model(image, [target])
+    ones = model(image, [{**target, "box_weights": torch.tensor([1.0, 1.0])}])
+    zeros = model(image, [{**target, "box_weights": torch.tensor([0.0, 0.0])}])
+    half = model(image, [{**target, "box_weights": torch.tensor([0.5, 0.5])}])
+    second = model(image, [{**target, "box_weights": torch.tensor([0.0, 1.0])}])
+    alone = model(image, [{**target, "box_weights": torch.tensor([1.0, 0.0])}])
+    for k in plain:  # weight 1 is torchvision's own loss
+        assert torch.allclose(ones[k], plain[k], rtol=1e-5), k
+    assert zeros["bbox_regression"] == 0 and torch.allclose(half["bbox_regression"], 0.5 * plain["bbox_regression"])
+    assert torch.allclose(second["bbox_regression"] + alone["bbox_regression"], plain["bbox_regression"])
+    # classification: the background anchors' part stays, the boxes' part scales with their weight
+    background = zeros["classification"]
+    assert 0 < background < plain["classification"]
+    assert torch.allclose(half["classification"] - background, 0.5 * (plain["classification"] - background), rtol=1e-5)
+
+
 def cli(*args):
     return [sys.executable, "-m", "retinaslim", *map(str, args)]
 
@@ -240,3 +262,38 @@ def test_init_and_pretrained_together_are_refused(tiny_cards, tmp_path):
                          out=tmp_path / "run", **TRAIN_DEFAULTS["teacher"], init="coco", pretrained=True)
     with pytest.raises(UserError, match="`init` coco and `pretrained` both choose the starting weights"):
         train(config)
+
+
+def test_score_weighted_machine_boxes_carry_their_scores_through_augmentation(tiny_cards, tmp_path):
+    import json
+
+    from retinaslim.data.coco import ClassMap, load_coco
+    from retinaslim.data.dataset import DetectionDataset
+
+    machine = json.loads((tiny_cards.out / "unlabeled.truth.json").read_text())
+    for k, a in enumerate(machine["annotations"]):
+        a["score"] = round(0.3 + 0.6 * (k % 7) / 6, 3)
+    path = tmp_path / "machine.json"
+    path.write_text(json.dumps(machine))
+    (tmp_path / "unlabeled").symlink_to(tiny_cards.out / "unlabeled")
+    coco = load_coco(path)
+    classes = ClassMap.from_categories(coco.categories)
+    plain = DetectionDataset(coco, classes, 64, "strong", machine=True, seed=3)
+    weighted = DetectionDataset(coco, classes, 64, "strong", machine=True, score_weights=True, seed=3)
+    seen = 0
+    for index in range(len(coco.images)):
+        (image, a), (same, b) = plain[(index, 1)], weighted[(index, 1)]
+        assert torch.equal(image, same) and torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
+        assert "box_weights" not in a and len(b["box_weights"]) == len(b["boxes"])
+        scores = {round(x["score"], 3) for x in coco.annotations_per_image[coco.images[index]["id"]]}
+        assert {round(float(w), 3) for w in b["box_weights"]} <= scores
+        seen += len(b["boxes"])
+    assert seen > 0
+    del machine["annotations"][0]["score"]
+    path.write_text(json.dumps(machine))
+    with pytest.raises(UserError, match=r"machine\.json: annotation .* has no score"):
+        train(TrainConfig(role="student", labeled=tiny_cards.files["labeled"], val=tiny_cards.files["val"],
+                          out=tmp_path / "run", pseudo=path, pseudo_box_weight="score", image_size=64, epochs=1,
+                          workers=0))
+    with pytest.raises(UserError, match="pseudo_box_weight"):
+        TrainConfig(role="student", labeled=path, val=path, out=tmp_path, pseudo_box_weight="soft")
