@@ -98,11 +98,15 @@ LABEL_SETS = {
     "self_training": ("self", ["--score-thresh", "0.5"], "default ensemble run by the human-only student itself (no teacher), fixed 0.5"),
     "score_weighted": ("ensemble", ["--calib", "{val}"], "the default labels, each machine box's loss scaled by its score",
                        ["--pseudo-box-weight", "score"]),
+    "round_2": ("round2", ["--calib", "{val}"], "second round: the teacher and the default distilled student label "
+                "together (both ensembled), thresholds per class on the validation set"),
 }
 BCCD_LABEL_SETS = "default,thresh_0.2,single_pass,thresh_0.5,auto_precision"  # the sets that decided its reading
-# Pseudo-label runs: name -> (labelling model's run, options). `self` labels with the human-only student.
-PSEUDO_RUNS = {"ensemble": ("teacher", []), "single": ("teacher", ["--scales", "1", "--no-hflip"]),
-               "self": ("student_human", [])}
+# Pseudo-label runs: name -> (labelling models' runs, options). `self` labels with the human-only student;
+# `round2` with the teacher and the student distilled on the default labels, so it waits for that student.
+PSEUDO_RUNS = {"ensemble": (["teacher"], []), "single": (["teacher"], ["--scales", "1", "--no-hflip"]),
+               "self": (["student_human"], []), "round2": (["teacher", "student_default"], [])}
+FIRST_ROUND = {"teacher", "student_human"}  # the runs trained before any machine label exists
 
 
 @dataclass
@@ -138,7 +142,8 @@ class Dataset:
 def comparison_steps(data: Dataset, out: Path, knobs: dict, label_sets: list[str], device: str, eval_device: str,
                      seed: int) -> list[list[Step]]:
     """Teacher, students and machine labels for one prepared dataset, as `retinaslim` commands, in waves:
-    the steps of a wave depend only on earlier waves (trainings, pseudo-labels, filters, students, eval)."""
+    the steps of a wave depend only on earlier waves (trainings, pseudo-labels, filters, students, then the
+    same three again for label sets whose labellers include a student distilled in the first, then eval)."""
     runs, labels = out / "runs", out / "labels"
     common = ["--image-size", knobs["size"], "--workers", knobs["workers"], "--device", device, "--seed", seed]
     data_args = ["--labeled", data.labeled, "--val", data.val]
@@ -149,31 +154,39 @@ def comparison_steps(data: Dataset, out: Path, knobs: dict, label_sets: list[str
                     ["train-" + role, "--resume", run / "last.pt"], run / "last.pt")
 
     def pseudo(name: str) -> Step:
-        labeller, extra = PSEUDO_RUNS[name]
+        labellers, extra = PSEUDO_RUNS[name]
         target = labels / f"{name}.json"
-        args = ["pseudo-label", data.unlabeled, "--teacher", runs / labeller / "best.pt", "--out", target,
+        teachers = [a for run in labellers for a in ("--teacher", runs / run / "best.pt")]
+        args = ["pseudo-label", data.unlabeled, *teachers, "--out", target,
                 "--workers", knobs["workers"], "--device", device, *extra]
         return Step(f"pseudo_{name}", args, [*args, "--resume"], target.with_name(target.name + ".journal"))
 
     trainings = [training("teacher", "teacher", knobs["teacher_epochs"], []),
                  training("student", "student_human", knobs["student_epochs"], ["--human-only"])]
-    runs_needed = {LABEL_SETS[name][0] for name in label_sets}
-    pseudos = [pseudo(name) for name in PSEUDO_RUNS if name in runs_needed]
-    filters, students = [], []
-    for name in label_sets:
+
+    def label_set_steps(name: str) -> tuple[Step, Step]:
+        """The filter and the student of one label set."""
         source, options, _, *student_options = LABEL_SETS[name]
         options = [o.format(labeled=data.labeled, calib=data.calib, val=data.val) for o in options]
         filtered = labels / f"filtered_{name}.json"
-        filters.append(Step(f"filter_{name}", ["filter", labels / f"{source}.json", "--out", filtered, *options,
-                                               "--truth", data.unlabeled_truth, "--report", labels / f"filter_{name}.report.json",
-                                               "--workers", knobs["workers"], "--device", device]))
-        students.append(training("student", f"student_{name}", knobs["student_epochs"],
-                                 ["--pseudo", filtered, *(student_options[0] if student_options else [])]))
+        return (Step(f"filter_{name}", ["filter", labels / f"{source}.json", "--out", filtered, *options,
+                                        "--truth", data.unlabeled_truth, "--report", labels / f"filter_{name}.report.json",
+                                        "--workers", knobs["workers"], "--device", device]),
+                training("student", f"student_{name}", knobs["student_epochs"],
+                         ["--pseudo", filtered, *(student_options[0] if student_options else [])]))
+
+    waves = [trainings]
+    runs_needed = {LABEL_SETS[name][0] for name in label_sets}
+    for first in (True, False):  # round 1, then label sets labelled by a distilled student
+        pseudos = [n for n in PSEUDO_RUNS if n in runs_needed and (set(PSEUDO_RUNS[n][0]) <= FIRST_ROUND) == first]
+        steps = [label_set_steps(n) for n in label_sets if LABEL_SETS[n][0] in pseudos]
+        if steps:
+            waves += [[pseudo(n) for n in pseudos], [f for f, _ in steps], [s for _, s in steps]]
     weights = [runs / name / "best.pt" for name in ["teacher", "student_human", *(f"student_{n}" for n in label_sets)]]
     evaluation = Step("eval", ["eval", *(a for w in weights for a in ("--weights", w)), "--data", data.test,
                                "--latency-runs", knobs["latency_runs"], "--json", out / "eval.json", "--plots", out / "plots",
                                "--workers", knobs["workers"], "--device", eval_device], summary=True)
-    return [trainings, pseudos, filters, students, [evaluation]]
+    return [*waves, [evaluation]]
 
 
 def run_step(step: Step, out: Path, earlier_ran: bool) -> dict:

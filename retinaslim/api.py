@@ -292,7 +292,7 @@ def import_teacher(
 
 
 def pseudo_label(
-    source: PathLike, *, teacher: PathLike, out: PathLike, scales: str | Sequence[float] | None = None,
+    source: PathLike, *, teacher: PathLike | Sequence[PathLike], out: PathLike, scales: str | Sequence[float] | None = None,
     short_sides: str | Sequence[int] = (), hflip: bool = True, vflip: bool = False, rot90: bool = False, fusion: str = PSEUDO_FUSION,
     score_floor: float = PSEUDO_SCORE_FLOOR, image_size: int | None = None, batch_size: int = 8,
     resume: bool = False, shard: str | tuple[int, int] | None = None, device: str = "auto", workers: int = 2,
@@ -301,13 +301,15 @@ def pseudo_label(
     """Label unlabelled images with the teacher, ensembling several transforms of each image.
 
     Every image runs at each size, also flipped/rotated as asked; the detections are mapped back to the
-    original image and fused. Each fused box gets a score (0..1) and ``agreement``: how many transforms
-    found it. Written as COCO JSON to ``out`` (boxes xywh in original pixels), streamed through a journal
+    original image and fused. Several teachers are ensembled: every teacher's every transform goes into
+    the one fusion (Data Distillation's model ensembling). Each fused box gets a score (0..1) and
+    ``agreement``: how many (teacher, transform) pairs found it. Written as COCO JSON to ``out`` (boxes xywh in original pixels), streamed through a journal
     (``out``.journal) so a killed run can continue with ``resume``.
 
     Args:
         source: folder of images (searched recursively) or a text file of image paths.
-        teacher: a checkpoint (any retinaslim checkpoint can label).
+        teacher: a checkpoint (any retinaslim checkpoint can label), or a list of them detecting the same classes
+            (a distilled student beside the teacher labels a second round).
         out: the COCO JSON file to write.
         scales: factors of ``image_size`` (e.g. 0.75, 1, 1.25; at most 16), a list or one comma-separated string.
             None: ``config.PSEUDO_SCALES`` (0.75, 1, 1.25), or none when ``short_sides`` are given.
@@ -316,7 +318,7 @@ def pseudo_label(
         hflip, vflip, rot90: also run each size flipped horizontally, vertically, rotated by 90 and 270 degrees.
         fusion: wbf (weighted boxes fusion), nms, or vote (NMS + box voting).
         score_floor: keep fused boxes scoring at least this (filter later).
-        image_size: longer side in pixels at scale 1 (None: the teacher's training size).
+        image_size: longer side in pixels at scale 1 (None: each teacher's training size).
         batch_size: images per forward pass, also the unit of the resume journal.
         resume: continue an interrupted run from its journal (else a journal is an error).
         shard: (I, N) or 'I/N': label only shard I of N (0-based); the last shard to finish writes ``out``.
@@ -328,13 +330,14 @@ def pseudo_label(
         transforms' names and where the time went.
 
     Raises:
-        UserError: no images in ``source``, a missing teacher, options out of range, a journal from a
-            different run, ``out`` equal to an input.
+        UserError: no images in ``source``, a missing teacher, teachers of different classes, options out of
+            range, a journal from a different run, ``out`` equal to an input.
     """
     from retinaslim.stages.pseudo_label import PseudoLabelConfig
     from retinaslim.stages.pseudo_label import pseudo_label as run
 
-    config = PseudoLabelConfig(Path(source), Path(teacher), Path(out),
+    teachers = [Path(teacher)] if isinstance(teacher, (str, os.PathLike)) else [Path(t) for t in teacher]
+    config = PseudoLabelConfig(Path(source), teachers[0] if len(teachers) == 1 else teachers, Path(out),
                                scales=None if scales is None else _floats(scales, "scales", "0.75,1.0,1.25"),
                                short_sides=_ints(short_sides, "short_sides", "400,600,800"), hflip=hflip, vflip=vflip,
                                rot90=rot90, fusion=fusion, score_floor=score_floor, image_size=image_size,

@@ -16,7 +16,7 @@ from retinaslim.config import PSEUDO_FUSION, PSEUDO_SCALES, PSEUDO_SCORE_FLOOR, 
 @app.command("pseudo-label")
 def pseudo_label(
     source: Annotated[Optional[Path], typer.Argument(help="Folder of unlabelled images (searched recursively) or a text file of image paths; default: the workspace's.")] = None,
-    teacher: Annotated[Optional[Path], typer.Option(help="Teacher checkpoint (default: the newest runs/teacher*/best.pt).")] = None,
+    teacher: Annotated[Optional[list[Path]], typer.Option(help="Teacher checkpoint (default: the newest runs/teacher*/best.pt); repeat it to fuse several models' transforms together (e.g. the teacher and the distilled student, for a second round).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output COCO JSON (default: runs/pseudo.json).")] = None,
     scales: Annotated[Optional[str], typer.Option(help=f"Comma-separated factors of --image-size, the longer side (default {','.join(f'{s:g}' for s in PSEUDO_SCALES)}; none when --short-sides are given).")] = None,
     short_sides: Annotated[str, typer.Option(help="Comma-separated shorter sides in pixels, as Data Distillation sizes its transforms (e.g. 400,600,800); run after the --scales.")] = "",
@@ -39,7 +39,7 @@ def pseudo_label(
     with user_errors("source"):
         ws = Workspace.find()
         source = pick(source, "SOURCE", ws and ws.unlabeled, "unlabelled images")
-        teacher = pick(teacher, "--teacher", ws and ws.newest_weights("teacher"), "teacher")
+        teacher = teacher or [pick(None, "--teacher", ws and ws.newest_weights("teacher"), "teacher")]
         out = pick(out, "--out", ws and ws.pseudo, "output")
         with console.RichReporter() as reporter:
             result = api.pseudo_label(source, teacher=teacher, out=out, scales=scales, short_sides=short_sides,
@@ -53,7 +53,8 @@ def pseudo_label(
         console.info(f"shard {result.shard[0]}/{result.shard[1]} done ({result.num_images_this_run} images, "
                      f"{result.seconds:.1f} s); the output is written when every shard has finished")
         return
-    console.table(f"pseudo-label: {len(result.transforms)} transforms ({', '.join(result.transforms)})",
+    models = f"{len(teacher)} teachers x " if len(teacher) > 1 else ""
+    console.table(f"pseudo-label: {models}{len(result.transforms)} transforms ({', '.join(result.transforms)})",
                   ["images", "skipped", "boxes", "boxes/image", "images/s", "decode wait s", "forward s", "fusion s"],
                   [(result.num_images, len(result.skipped), result.num_boxes, result.num_boxes / max(1, result.num_images),
                     result.num_images_this_run / max(result.seconds, 1e-9), t.data, t.forward, t.fusion)])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from retinaslim.core.tta import Transform
 from retinaslim.data.coco import ClassMap, CocoData, CocoEvaluation, CocoEvaluator, detections_to_annotations
 from retinaslim.data.images import ImageListDataset, collate_list
 from retinaslim.data.stream import results_writer
+from retinaslim.models.checkpoint import Checkpoint, load_checkpoint
 from retinaslim.models.lean import LeanDetector
 from retinaslim.models.predict import detect
 from retinaslim.errors import UserError
@@ -83,6 +84,7 @@ def predict_batches(
     workers: int = 0,
     reporter: Reporter | None = None,
     task: str = "predict",
+    ensemble: Sequence[tuple[nn.Module, int]] = (),
 ) -> Timings:
     """Detect objects in the images ``paths[i]`` for each batch of indices, fusing transforms when there are several.
 
@@ -93,10 +95,15 @@ def predict_batches(
     detector such as benchmarks/peers.py trains, in eval mode) is called as it is, without gradients: a list
     of (3, H, W) images in [0, 1] -> a dict per image with ``boxes`` (xyxy pixels of that image), ``scores``
     and 0-based ``labels``.
+
+    ``ensemble``: further models, each with the longer side in pixels it sees at scale 1, run with the same
+    transforms; every model's every transform goes into one fusion per image (Data Distillation's model
+    ensembling), so a box's ``agreement`` counts (model, transform) pairs.
     """
     reporter = reporter or Reporter()
     timings = Timings()
-    detector = (LeanDetector(model) if isinstance(model, RetinaNet) else model).to(device)
+    members = [((LeanDetector(m) if isinstance(m, RetinaNet) else m).to(device), size)
+               for m, size in [(model, image_size), *ensemble]]
     loader = torch.utils.data.DataLoader(ImageListDataset(paths), batch_sampler=batches, num_workers=workers,
                                          collate_fn=collate_list)
     reporter.start(task, sum(len(b) for b in batches))
@@ -105,10 +112,11 @@ def predict_batches(
         started = time.perf_counter()
         timings.data += started - waited
         good = [image for _, image, error in batch if error is None]
-        per_image = detect(detector, good, image_size, transforms, device) if good else []
+        per_image = [sum(lists, []) for lists in zip(*(detect(detector, good, size, transforms, device)
+                                                       for detector, size in members))] if good else []
         fused_at = time.perf_counter()
         timings.forward += fused_at - started
-        fused = iter([p[0] for p in per_image] if len(transforms) == 1 else fuse_many(per_image, fusion))
+        fused = iter([p[0] for p in per_image] if len(transforms) * len(members) == 1 else fuse_many(per_image, fusion))
         timings.fusion += time.perf_counter() - fused_at
         on_batch([ImageResult(i, error=error) if error is not None else
                   ImageResult(i, image.shape[1], image.shape[2], next(fused)) for i, image, error in batch])
@@ -191,3 +199,24 @@ def evaluate_on_coco(
 
         skipped = predict_on_coco(model, coco, classes, image_size, device, on_chunk, batch_size, workers, reporter)
     return evaluator.evaluation(), skipped
+
+
+def teacher_paths(teacher: Path | str | Sequence[Path | str]) -> list[Path]:
+    """One teacher or several, as a list of paths (as ``PseudoLabelConfig.teacher`` and pseudo.json's
+    ``info.teacher`` give them)."""
+    return [Path(teacher)] if isinstance(teacher, (str, Path)) else [Path(t) for t in teacher]
+
+
+def load_teachers(teachers: list[Path], image_size: int | None) -> tuple[list[Checkpoint], list[int]]:
+    """The checkpoints and the longer side each sees at scale 1 (``image_size``, else its training size).
+    Raises UserError when none is given or when two detect other classes (names, in order)."""
+    if not teachers:
+        raise UserError("`teacher`: give at least one teacher checkpoint")
+    checkpoints = [load_checkpoint(t) for t in teachers]
+    first = ClassMap.from_categories(checkpoints[0].classes).names
+    for path, checkpoint in zip(teachers[1:], checkpoints[1:]):
+        names = ClassMap.from_categories(checkpoint.classes).names
+        if names != first:
+            raise UserError(f"{path}: its classes ({', '.join(names)}) differ from {teachers[0]}'s ({', '.join(first)}); "
+                            "teachers fused together must detect the same classes")
+    return checkpoints, [image_size or c.image_size for c in checkpoints]

@@ -23,9 +23,8 @@ from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
 from retinaslim.data.coco import ClassMap, CocoData, image_targets
 from retinaslim.data.stream import CocoStream
-from retinaslim.engine.inference import ImageResult, chunks, predict_batches, resolve_device
+from retinaslim.engine.inference import ImageResult, chunks, load_teachers, predict_batches, resolve_device, teacher_paths
 from retinaslim.errors import UserError
-from retinaslim.models.checkpoint import load_checkpoint
 
 KEEP_NONE = 1.0 + 1e-6  # a threshold no score (0..1) reaches
 
@@ -114,28 +113,34 @@ def instances_thresholds(scores_per_class: dict[int, torch.Tensor], human_per_im
     return thresholds
 
 
-def validation_thresholds(pseudo: CocoStream, classes: ClassMap, calib: CocoData, teacher: Path, rule: str,
+def validation_thresholds(pseudo: CocoStream, classes: ClassMap, calib: CocoData, teacher: Path | list[Path], rule: str,
                           target_precision: float, device: str, batch_size: int, workers: int,
                           reporter: Reporter) -> list[Calibration]:
     """Per class of ``classes`` (the machine labels' ``pseudo``), the threshold ``rule`` (``ClassScores.choose``)
-    picks on the human-labelled ``calib`` images, labelled by ``teacher`` as pseudo-label labelled ``pseudo``.
-    The teacher's classes are matched to ``classes`` by name."""
-    checkpoint = load_checkpoint(teacher)
-    # The teacher's label k is its k-th class; the machine labels' classes may number the same names otherwise.
-    teacher_names = ClassMap.from_categories(checkpoint.classes).names
-    unknown = [name for name in teacher_names if name not in classes.names]
-    if unknown:
-        raise UserError(f"{teacher}: the teacher's class {unknown[0]!r} is not among {pseudo.path}'s classes "
-                        f"({', '.join(classes.names)}); calibrate with the teacher that made them (`teacher`)")
-    to_label = torch.tensor([classes.names.index(name) for name in teacher_names], dtype=torch.int64)
+    picks on the human-labelled ``calib`` images, labelled by ``teacher`` (one checkpoint, or the several
+    pseudo-label fused) as pseudo-label labelled ``pseudo``. The teacher's classes are matched to ``classes`` by
+    name."""
+    teachers = teacher_paths(teacher)
     try:
         transforms = [Transform.from_name(n) for n in pseudo.info["transforms"]]
-        fusion, image_size = pseudo.info["fusion"], int(pseudo.info["image_size"])
+        fusion, sizes = pseudo.info["fusion"], pseudo.info["image_size"]
+        image_sizes = [int(size) for size in (sizes if isinstance(sizes, list) else [sizes] * len(teachers))]
     except (KeyError, ValueError, TypeError):
         raise UserError(f"{pseudo.path}: its info lacks pseudo-label's transforms/fusion/image_size; "
                         "choosing thresholds on validation images needs them to run the teacher the same way") from None
+    if len(image_sizes) != len(teachers):
+        raise UserError(f"{pseudo.path}: made by {len(image_sizes)} teachers, {len(teachers)} given; calibrate with "
+                        "the teachers that made it")
+    checkpoints, _ = load_teachers(teachers, None)
+    # The teacher's label k is its k-th class; the machine labels' classes may number the same names otherwise.
+    teacher_names = ClassMap.from_categories(checkpoints[0].classes).names
+    unknown = [name for name in teacher_names if name not in classes.names]
+    if unknown:
+        raise UserError(f"{teachers[0]}: the teacher's class {unknown[0]!r} is not among {pseudo.path}'s classes "
+                        f"({', '.join(classes.names)}); calibrate with the teacher that made them (`teacher`)")
+    to_label = torch.tensor([classes.names.index(name) for name in teacher_names], dtype=torch.int64)
     run_on = resolve_device(device)
-    model = checkpoint.build().to(run_on)
+    models = [c.build().to(run_on) for c in checkpoints]
     paths = [calib.image_path(im) for im in calib.images]
     found = ClassScores(len(classes))
 
@@ -147,6 +152,7 @@ def validation_thresholds(pseudo: CocoStream, classes: ClassMap, calib: CocoData
             dets = result.detections
             found.add(Detections(dets.boxes, dets.scores, to_label[dets.labels], dets.extra), boxes, labels)
 
-    predict_batches(model, paths, chunks(list(range(len(paths))), batch_size), image_size, transforms, run_on,
-                    collect, fusion=fusion, workers=workers, reporter=reporter, task="calibrate")
+    predict_batches(models[0], paths, chunks(list(range(len(paths))), batch_size), image_sizes[0], transforms, run_on,
+                    collect, fusion=fusion, workers=workers, reporter=reporter, task="calibrate",
+                    ensemble=list(zip(models[1:], image_sizes[1:])))
     return found.choose(classes.names, rule, target_precision)

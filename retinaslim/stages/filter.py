@@ -42,6 +42,7 @@ from retinaslim.core.detections import Detections
 from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import ClassMap, annotation_boxes, load_coco, match_classes, require_image_files
 from retinaslim.data.stream import CocoStream, coco_writer, open_stream
+from retinaslim.engine.inference import teacher_paths
 from retinaslim.engine.review import doubt, write_review
 from retinaslim.engine.thresholds import KEEP_NONE, VALIDATION_RULES, Calibration, instances_thresholds, validation_thresholds
 from retinaslim.engine.truth import truth_metrics
@@ -61,7 +62,7 @@ class FilterConfig:
     labeled: Path | None = None  # auto "instances"
     calib: Path | None = None  # auto "f1" and "precision": human-labelled images, e.g. the validation set
     calib_images: Path | None = None
-    teacher: Path | None = None  # auto "f1"/"precision"; default: the teacher named in pseudo.json
+    teacher: Path | None = None  # auto "f1"/"precision"; default: the teacher(s) named in pseudo.json
     target_precision: float = 0.95
     min_agreement: int = 1
     min_size: float = 0.0
@@ -200,7 +201,7 @@ def _calibrate(config: FilterConfig, rule: str, pseudo: CocoStream, classes: Cla
     for note in (match_classes(classes, pseudo.path, calib), require_image_files(calib, "`calib_images`")):
         if note:
             reporter.log(note)
-    teacher = config.teacher or (Path(pseudo.info["teacher"]) if pseudo.info.get("teacher") else None)
+    teacher = config.teacher or (teacher_paths(pseudo.info["teacher"]) if pseudo.info.get("teacher") else None)
     if teacher is None:
         raise UserError(f"{pseudo.path}: names no teacher; pass `teacher`")
     return validation_thresholds(pseudo, classes, calib, teacher, rule, config.target_precision,

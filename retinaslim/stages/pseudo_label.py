@@ -1,6 +1,7 @@
 """pseudo-label: the teacher labels unlabelled images with multi-transform ensembling.
 
-Each image is run through every transform (sizes x flips [x rotations]; a size is a factor of ``image_size``,
+Each image is run through every transform of every teacher (several teachers: Data Distillation's model
+ensembling, or a second round with the distilled student as one of them) (sizes x flips [x rotations]; a size is a factor of ``image_size``,
 the longer side in pixels, from ``scales``, or a shorter side in pixels from ``short_sides``), predictions are mapped back to
 the original image and fused (WBF by default) into one box set with a ``score`` and an ``agreement``
 (how many transforms found the box). Every fused box above a low floor is kept, so thresholds can be
@@ -21,7 +22,7 @@ import heapq
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
@@ -35,9 +36,9 @@ from retinaslim.core.tta import make_transforms
 from retinaslim.data.coco import ClassMap, detections_to_annotations
 from retinaslim.data.images import list_images
 from retinaslim.engine import ddp
-from retinaslim.engine.inference import ImageResult, Timings, chunks, predict_batches, resolve_device
+from retinaslim.engine.inference import (ImageResult, Timings, chunks, load_teachers, predict_batches, resolve_device,
+                                         teacher_paths)
 from retinaslim.errors import UserError
-from retinaslim.models.checkpoint import load_checkpoint
 
 
 MIN_BOX_SIDE = 1.0  # pixels
@@ -47,7 +48,7 @@ MAX_SCALE = 16  # a factor of image_size; sizes in pixels are short_sides
 @dataclass
 class PseudoLabelConfig:
     source: Path  # folder of images (recursive) or a text file of paths
-    teacher: Path
+    teacher: Path | Sequence[Path]  # one checkpoint, or several whose transforms are fused together
     out: Path
     _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     scales: tuple[float, ...] | None = None  # factors of image_size; None: PSEUDO_SCALES unless short_sides
@@ -57,7 +58,7 @@ class PseudoLabelConfig:
     rot90: bool = False
     fusion: str = PSEUDO_FUSION
     score_floor: float = PSEUDO_SCORE_FLOOR
-    image_size: int | None = None  # longer side in pixels at scale 1; None: the teacher's training size
+    image_size: int | None = None  # longer side in pixels at scale 1; None: each teacher's training size
     batch_size: int = 8
     device: str = "auto"
     workers: int = 2  # image-decoding processes; 0: decode in the main process
@@ -68,7 +69,7 @@ class PseudoLabelConfig:
 @dataclass
 class PseudoLabelResult:
     """What a pseudo-label run wrote to ``out`` (COCO JSON; each box with score 0..1 and agreement, the number
-    of ``transforms`` that found it). ``merged`` is False when this process labelled one ``shard`` (index,
+    of ``transforms`` that found it, times the teachers: (teacher, transform) pairs). ``merged`` is False when this process labelled one ``shard`` (index,
     count) and others are still running; then only the ``*_this_run`` counts are final. ``skipped``: images
     that could not be decoded, with reasons. ``timings``: seconds waiting for images, in forwards, in fusion.
     """
@@ -210,7 +211,9 @@ def _validate(config: PseudoLabelConfig) -> None:
         raise UserError("`scales` and `short_sides` are both empty: give at least one size")
     if Path(config.out).suffix.lower() != ".json":
         raise UserError(f"`out` {config.out}: expected a .json file name")
-    refuse_overwriting_inputs([("`out`", config.out)], [("`source`", config.source), ("`teacher`", config.teacher)])
+    refuse_overwriting_inputs([("`out`", config.out)], [("`source`", config.source),
+                                                        *(("`teacher`", t) for t in teacher_paths(config.teacher))])
+
 
 
 def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) -> PseudoLabelResult:
@@ -220,23 +223,27 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
     shard = _resolve_shard(config)
     distributed = config.shard is None and shard[1] > 1  # launched by torchrun
     paths = list_images(config.source)
-    checkpoint = load_checkpoint(config.teacher)
-    image_size = config.image_size or checkpoint.image_size
+    teachers = teacher_paths(config.teacher)
+    checkpoints, image_sizes = load_teachers(teachers, config.image_size)
     transforms = make_transforms(_scales(config), config.hflip, config.vflip, config.rot90, tuple(config.short_sides))
-    classes = ClassMap.from_categories(checkpoint.classes)
+    classes = ClassMap.from_categories(checkpoints[0].classes)
     out = Path(config.out)
     out_dir = out.parent.resolve()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"`out` {out}: cannot create the folder {out.parent} ({e.strerror or e})") from None
+    # One teacher: its path and size; several: lists, in the order given (agreement counts teacher x transform).
+    one = len(teachers) == 1
     info = {
-        "description": "retinaslim pseudo-labels (raw teacher output, fused)", "teacher": str(config.teacher),
-        "image_size": image_size, "transforms": [t.name for t in transforms], "fusion": config.fusion,
-        "score_floor": config.score_floor,
+        "description": "retinaslim pseudo-labels (raw teacher output, fused)",
+        "teacher": str(teachers[0]) if one else [str(t) for t in teachers],
+        "image_size": image_sizes[0] if one else image_sizes, "transforms": [t.name for t in transforms],
+        "fusion": config.fusion, "score_floor": config.score_floor,
     }
+    digests = [_sha256(t) for t in teachers]
     # Everything that decides the output; a journal made with other settings must not be continued.
-    header = {**info, "teacher_sha256": _sha256(Path(config.teacher)), "batch_size": config.batch_size,
+    header = {**info, "teacher_sha256": digests[0] if one else digests, "batch_size": config.batch_size,
               "num_images": len(paths), "images_sha256": hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest(),
               "shard": list(shard)}
 
@@ -263,7 +270,7 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
         device = resolve_device(config.device)
         if distributed:
             device = ddp.process_device(device)
-        model = checkpoint.build().to(device)
+        models = [c.build().to(device) for c in checkpoints]
         with _journal_errors(journal), open(journal, "a" if finished else "w") as log:
             if not finished:  # durable before any work: a run killed in its first batch leaves a header to check
                 log.write(json.dumps({"header": header}) + "\n")
@@ -292,9 +299,10 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
                 log.flush()
                 os.fsync(log.fileno())
 
-            timings = predict_batches(model, paths, [all_batches[k] for k in todo], image_size, transforms, device,
+            timings = predict_batches(models[0], paths, [all_batches[k] for k in todo], image_sizes[0], transforms, device,
                                       commit, fusion=config.fusion, workers=config.workers, reporter=reporter,
-                                      task=f"pseudo-label {shard[0] + 1}/{shard[1]}" if shard[1] > 1 else "pseudo-label")
+                                      task=f"pseudo-label {shard[0] + 1}/{shard[1]}" if shard[1] > 1 else "pseudo-label",
+                                      ensemble=list(zip(models[1:], image_sizes[1:])))
             log.write(json.dumps({"done": True}) + "\n")
 
     partial = PseudoLabelResult(out, merged=False, shard=shard, transforms=info["transforms"],

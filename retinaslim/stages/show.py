@@ -253,7 +253,9 @@ def show(config: ShowConfig) -> ShowResult:
     transforms = stream.info.get("transforms")
     any_agreement = bool((~np.isnan(signals.most_agreement)).any())
     most = float(np.nanmax(signals.most_agreement)) if any_agreement else 1.0
-    num_transforms = len(transforms) if isinstance(transforms, list) and transforms else max(most, 1)
+    teachers = stream.info.get("teacher")
+    num_teachers = len(teachers) if isinstance(teachers, list) and teachers else 1  # agreement counts teacher x transform
+    num_transforms = len(transforms) * num_teachers if isinstance(transforms, list) and transforms else max(most, 1)
     has_scores = bool((signals.num_machine > 0).any())
     sort = config.sort or ("score" if has_scores else "file")
     if sort == "score" and not has_scores:

@@ -129,3 +129,33 @@ def test_torchrun_two_cpu_processes(unlabeled, labeller, tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "ddp.json").read_bytes() == (tmp_path / "one.json").read_bytes()
+
+
+def test_several_teachers_fuse_into_one_ensemble(unlabeled, labeller, tmp_path):
+    import dataclasses
+    import shutil
+
+    from retinaslim.models.checkpoint import load_checkpoint, save_checkpoint
+    from retinaslim.stages.filter import FilterConfig, filter_labels
+
+    twin = shutil.copy(labeller, tmp_path / "twin.pt")
+    one = pseudo_label(config(unlabeled, labeller, tmp_path / "one.json"))
+    two = pseudo_label(config(unlabeled, [labeller, twin], tmp_path / "two.json"))
+    a, b = (json.loads(p.read_text()) for p in (one.out, two.out))
+    assert b["info"]["teacher"] == [str(labeller), str(twin)] and b["info"]["image_size"] == [128, 128]
+    # the same model twice: the same fused boxes and scores, every box found by twice as many (model, transform) pairs
+    assert two.num_boxes == one.num_boxes > 0
+    for x, y in zip(a["annotations"], b["annotations"]):
+        assert x["bbox"] == pytest.approx(y["bbox"], abs=0.02) and x["score"] == pytest.approx(y["score"], abs=1e-4)
+        assert y["agreement"] == 2 * x["agreement"]
+    # filter's validation thresholds run both teachers, as pseudo-label did
+    val = unlabeled.parent / "val.json"
+    one_f = filter_labels(FilterConfig(one.out, tmp_path / "one.f.json", calib=val))
+    two_f = filter_labels(FilterConfig(two.out, tmp_path / "two.f.json", calib=val))
+    assert [c.threshold for c in one_f.calibration] == pytest.approx([c.threshold for c in two_f.calibration], abs=1e-4)
+    other = load_checkpoint(labeller)
+    save_checkpoint(tmp_path / "other.pt", dataclasses.replace(other, classes=[{"id": 1, "name": "passport"}]))
+    with pytest.raises(UserError, match=r"other\.pt: its classes \(passport\) differ from .*labeller.*'s \(id_card, bank_card, passport\)"):
+        pseudo_label(config(unlabeled, [labeller, tmp_path / "other.pt"], tmp_path / "bad.json"))
+    with pytest.raises(UserError, match="made by 2 teachers, 1 given"):
+        filter_labels(FilterConfig(two.out, tmp_path / "bad.f.json", calib=val, teacher=labeller))
