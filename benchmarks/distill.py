@@ -276,7 +276,8 @@ def collect(out: Path, label_sets: list[str], records: dict[str, dict], setup: d
     for name in label_sets:
         result["variants"][name] = model_row(reports[f"student_{name}"], records[f"student_{name}"])
         report = json.loads((out / "labels" / f"filter_{name}.report.json").read_text())
-        result["machine_labels"][name] = report["truth_metrics"]["after"] | {"thresholds": report["thresholds"]}
+        result["machine_labels"][name] = report["truth_metrics"]["after"] | {"thresholds": report["thresholds"],
+                                                                            "validation": report.get("calibration", [])}
     result["student_distilled"] = result["variants"]["default"]
     result["targets"] = check_targets(result)
     result["commands"] = [records[name]["command"] for name in records]
@@ -324,12 +325,33 @@ def markdown(result: dict, invocation: str) -> str:
     for name, m in result["machine_labels"].items():
         lines.append(f"| {LABEL_SETS[name][2]} | {m['boxes']} | {m['precision']:.3f} | {m['recall']:.3f} | "
                      f"{m['ap']:.3f} | {m['ap50']:.3f} | {per_class_cell(m.get('per_class', {}))} |")
+    lines += calibration_lines(result["machine_labels"]["default"])
     lines += ["", "Targets:", ""]
     for t in result["targets"]:
         verdict = {True: "holds", False: "does not hold", None: "not measured"}[t["holds"]]
         lines.append(f"- {t['target']}: {t['measured']} — **{verdict}**")
     lines += ["", "The commands it ran:", "", "```bash", *result["commands"], "```"]
     return "\n".join(lines) + "\n"
+
+
+def calibration_lines(default: dict) -> list[str]:
+    """The default filter's per-class thresholds: what it predicted on the validation images against what the
+    kept boxes reached on the hidden truth (precision and recall at IoU 0.5)."""
+    if not default.get("validation"):
+        return []
+    achieved = default.get("per_class", {})
+    lines = ["", "The default filter's thresholds, chosen per class on the validation images: what it predicted "
+                 "there against what the kept machine labels reached on the unlabelled images' hidden truth:", "",
+             "| class | threshold | validation precision / recall (predicted) | hidden truth precision / recall (achieved) | boxes kept |",
+             "| --- | --- | --- | --- | --- |"]
+    for c in default["validation"]:
+        truth = achieved.get(c["class_name"], {})
+        found = "" if c["reached"] else " (target not reached: keeps none)"
+        pair = (f"{truth['precision']:.2f} / {truth['recall']:.2f}"
+                if truth.get("precision") is not None and truth.get("recall") is not None else "-")
+        lines.append(f"| {c['class_name']} | {c['threshold']:.3f}{found} | {c['precision']:.2f} / {c['recall']:.2f} | "
+                     f"{pair} | {truth.get('boxes', '-')} |")
+    return lines
 
 
 def per_class_cell(per_class: dict) -> str:
