@@ -340,13 +340,14 @@ def calibration_lines(default: dict) -> list[str]:
     if not default.get("validation"):
         return []
     achieved = default.get("per_class", {})
-    lines = ["", "The default filter's thresholds, chosen per class on the validation images: what it predicted "
-                 "there against what the kept machine labels reached on the unlabelled images' hidden truth:", "",
+    lines = ["", "The default filter's thresholds, chosen per class on the validation images: the teacher's precision "
+                 "and recall there at that threshold (predicted) against what the kept machine labels reached on the "
+                 "unlabelled images' hidden truth (achieved, after every filter rule):", "",
              "| class | threshold | validation precision / recall (predicted) | hidden truth precision / recall (achieved) | boxes kept |",
              "| --- | --- | --- | --- | --- |"]
     for c in default["validation"]:
         truth = achieved.get(c["class_name"], {})
-        found = "" if c["reached"] else " (target not reached: keeps none)"
+        found = "" if c["reached"] and c["reliable"] else " (unreliable: keeps none)"
         pair = (f"{truth['precision']:.2f} / {truth['recall']:.2f}"
                 if truth.get("precision") is not None and truth.get("recall") is not None else "-")
         lines.append(f"| {c['class_name']} | {c['threshold']:.3f}{found} | {c['precision']:.2f} / {c['recall']:.2f} | "

@@ -291,6 +291,12 @@ def import_teacher(
     return run(ImportTeacherConfig(Path(weights), arch, _names(classes), Path(out), image_size=image_size))
 
 
+def _teachers(teacher: PathLike | Sequence[PathLike]) -> Path | list[Path]:
+    """One checkpoint as a Path, several as a list (a list of one is that one)."""
+    teachers = [Path(teacher)] if isinstance(teacher, (str, os.PathLike)) else [Path(t) for t in teacher]
+    return teachers[0] if len(teachers) == 1 else teachers
+
+
 def pseudo_label(
     source: PathLike, *, teacher: PathLike | Sequence[PathLike], out: PathLike, scales: str | Sequence[float] | None = None,
     short_sides: str | Sequence[int] = (), hflip: bool = True, vflip: bool = False, rot90: bool = False, fusion: str = PSEUDO_FUSION,
@@ -336,8 +342,7 @@ def pseudo_label(
     from retinaslim.stages.pseudo_label import PseudoLabelConfig
     from retinaslim.stages.pseudo_label import pseudo_label as run
 
-    teachers = [Path(teacher)] if isinstance(teacher, (str, os.PathLike)) else [Path(t) for t in teacher]
-    config = PseudoLabelConfig(Path(source), teachers[0] if len(teachers) == 1 else teachers, Path(out),
+    config = PseudoLabelConfig(Path(source), _teachers(teacher), Path(out),
                                scales=None if scales is None else _floats(scales, "scales", "0.75,1.0,1.25"),
                                short_sides=_ints(short_sides, "short_sides", "400,600,800"), hflip=hflip, vflip=vflip,
                                rot90=rot90, fusion=fusion, score_floor=score_floor, image_size=image_size,
@@ -349,7 +354,7 @@ def pseudo_label(
 def filter(  # noqa: A001 - the command's name
     pseudo: PathLike, *, out: PathLike, score_thresh: float | dict[str, float] | str | None = None,
     auto_thresh: str | None = None, labeled: PathLike | None = None, calib: PathLike | None = None,
-    calib_images: PathLike | None = None, teacher: PathLike | None = None, target_precision: float = 0.95,
+    calib_images: PathLike | None = None, teacher: PathLike | Sequence[PathLike] | None = None, target_precision: float = 0.95,
     min_agreement: int = 1, min_size: float = 0.0, max_size_frac: float = 1.0,
     aspect_range: str | tuple[float, float] | None = None, max_per_image: int | None = None, ambiguous: str = "keep",
     ambiguous_low: float = 0.2, keep_empty: bool = True, truth: PathLike | None = None,
@@ -376,7 +381,8 @@ def filter(  # noqa: A001 - the command's name
         labeled: human-labelled COCO file, for auto_thresh='instances'.
         calib, calib_images: human-labelled COCO file to choose thresholds on (the validation set) and the
             folder its names resolve against.
-        teacher: checkpoint for 'f1' and 'precision' (None: the one ``pseudo`` names).
+        teacher: checkpoint for 'f1' and 'precision', or the list of them that made ``pseudo`` (None: the ones
+            ``pseudo`` names).
         target_precision: precision (0..1) that auto_thresh='precision' aims for.
         min_agreement: keep boxes found by at least this many transforms.
         min_size: drop boxes whose shorter side is below this many pixels (original image).
@@ -411,7 +417,7 @@ def filter(  # noqa: A001 - the command's name
             raise UserError(f"`aspect_range` {aspect_range}: expected LO,HI, e.g. 0.3,3")
     config = FilterConfig(
         Path(pseudo), Path(out), score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=_path(labeled),
-        calib=_path(calib), calib_images=_path(calib_images), teacher=_path(teacher), target_precision=target_precision,
+        calib=_path(calib), calib_images=_path(calib_images), teacher=None if teacher is None else _teachers(teacher), target_precision=target_precision,
         min_agreement=min_agreement, min_size=min_size, max_size_frac=max_size_frac, aspect_range=aspect_range,
         max_per_image=max_per_image, ambiguous=ambiguous, ambiguous_low=ambiguous_low, keep_empty=keep_empty,
         truth=_path(truth), review_out=_path(review_out), review_count=review_count, report=_path(report), device=device,

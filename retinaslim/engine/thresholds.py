@@ -124,12 +124,12 @@ def validation_thresholds(pseudo: CocoStream, classes: ClassMap, calib: CocoData
     try:
         transforms = [Transform.from_name(n) for n in pseudo.info["transforms"]]
         fusion, sizes = pseudo.info["fusion"], pseudo.info["image_size"]
-        image_sizes = [int(size) for size in (sizes if isinstance(sizes, list) else [sizes] * len(teachers))]
+        image_sizes = [int(size) for size in (sizes if isinstance(sizes, list) else [sizes])]
     except (KeyError, ValueError, TypeError):
         raise UserError(f"{pseudo.path}: its info lacks pseudo-label's transforms/fusion/image_size; "
                         "choosing thresholds on validation images needs them to run the teacher the same way") from None
     if len(image_sizes) != len(teachers):
-        raise UserError(f"{pseudo.path}: made by {len(image_sizes)} teachers, {len(teachers)} given; calibrate with "
+        raise UserError(f"{pseudo.path}: made by {len(image_sizes)} teacher(s), {len(teachers)} given; calibrate with "
                         "the teachers that made it")
     checkpoints, _ = load_teachers(teachers, None)
     # The teacher's label k is its k-th class; the machine labels' classes may number the same names otherwise.

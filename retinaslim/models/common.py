@@ -88,7 +88,8 @@ def box_weighted_loss(head, target: dict[str, torch.Tensor], outputs: dict[str, 
     ``outputs``: the head's ``cls_logits`` (1, A, C) and ``bbox_regression`` (1, A, 4) for the image;
     ``anchors`` (A, 4) xyxy pixels; ``matched`` (A,) the matcher's box index per anchor (-1 background, -2
     between thresholds). Both terms are normalised by the number of foreground anchors, as torchvision's
-    are, so with every weight 1 this is torchvision's loss (tests/models/test_common.py).
+    are (a count, not the sum of the weights: an image of boxes scored 0.5 weighs half as much), so with every
+    weight 1 this is torchvision's loss (tests/stages/test_train.py).
     """
     cls_logits, regression = outputs["cls_logits"][0], outputs["bbox_regression"][0]
     foreground = matched >= 0

@@ -62,7 +62,7 @@ class FilterConfig:
     labeled: Path | None = None  # auto "instances"
     calib: Path | None = None  # auto "f1" and "precision": human-labelled images, e.g. the validation set
     calib_images: Path | None = None
-    teacher: Path | None = None  # auto "f1"/"precision"; default: the teacher(s) named in pseudo.json
+    teacher: Path | list[Path] | None = None  # auto "f1"/"precision"; default: the teacher(s) named in pseudo.json
     target_precision: float = 0.95
     min_agreement: int = 1
     min_size: float = 0.0
@@ -128,14 +128,15 @@ def parse_class_thresholds(text: str) -> float | dict[str, float]:
 
 def _validate(config: FilterConfig) -> None:
     review_coco = Path(config.review_out).with_suffix(".coco.json") if config.review_out is not None else None
+    teachers = [("`teacher`", t) for t in (teacher_paths(config.teacher) if config.teacher is not None else [])]
     refuse_overwriting_inputs(
         [("`out`", config.out), ("`review_out`", config.review_out), ("`review_out`", review_coco)],
         [("`pseudo`", config.pseudo), ("`labeled`", config.labeled), ("`calib`", config.calib), ("`truth`", config.truth),
-         ("`teacher`", config.teacher)])
+         *teachers])
     refuse_overwriting_inputs(
         [("`report`", config.report)],
         [("`pseudo`", config.pseudo), ("`out`", config.out), ("`review_out`", config.review_out),
-         ("`labeled`", config.labeled), ("`calib`", config.calib), ("`truth`", config.truth), ("`teacher`", config.teacher)])
+         ("`labeled`", config.labeled), ("`calib`", config.calib), ("`truth`", config.truth), *teachers])
     if config.auto_thresh is not None and config.auto_thresh not in AUTO_RULES:
         raise UserError(f"`auto_thresh` {config.auto_thresh!r}: choose {' or '.join(AUTO_RULES)}")
     if config.auto_thresh and config.score_thresh is not None:

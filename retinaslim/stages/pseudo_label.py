@@ -1,10 +1,10 @@
 """pseudo-label: the teacher labels unlabelled images with multi-transform ensembling.
 
-Each image is run through every transform of every teacher (several teachers: Data Distillation's model
-ensembling, or a second round with the distilled student as one of them) (sizes x flips [x rotations]; a size is a factor of ``image_size``,
-the longer side in pixels, from ``scales``, or a shorter side in pixels from ``short_sides``), predictions are mapped back to
-the original image and fused (WBF by default) into one box set with a ``score`` and an ``agreement``
-(how many transforms found the box). Every fused box above a low floor is kept, so thresholds can be
+Each image is run through every transform (sizes x flips [x rotations]; a size is a factor of ``image_size``,
+the longer side in pixels, from ``scales``, or a shorter side in pixels from ``short_sides``) of every teacher
+(several teachers: Data Distillation's model ensembling, or a second round with a distilled student among
+them); predictions are mapped back to the original image and fused (WBF by default) into one box set with
+a ``score`` and an ``agreement`` (how many (teacher, transform) pairs found the box). Every fused box above a low floor is kept, so thresholds can be
 chosen later (``retinaslim filter``) without running the teacher again.
 
 Work is never lost: each finished batch is appended to a journal beside the output (one JSON line per

@@ -187,6 +187,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     source = labeled.path if previous is None else resume
     notes = [note, match_classes(classes, source, labeled, left_out) if previous is not None else None,
              require_image_files(labeled), require_image_files(val), match_classes(classes, source, val, left_out)]
+    if config.pseudo is None and config.pseudo_box_weight != "none":
+        notes.append(f"pseudo_box_weight {config.pseudo_box_weight!r} has no effect: no machine labels to weight")
     datasets = [DetectionDataset(labeled, classes, config.image_size, config.augment, seed=config.seed)]
     num_images = {"labeled": len(labeled.images)}
     if config.pseudo is not None:

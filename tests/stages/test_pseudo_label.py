@@ -153,9 +153,11 @@ def test_several_teachers_fuse_into_one_ensemble(unlabeled, labeller, tmp_path):
     one_f = filter_labels(FilterConfig(one.out, tmp_path / "one.f.json", calib=val))
     two_f = filter_labels(FilterConfig(two.out, tmp_path / "two.f.json", calib=val))
     assert [c.threshold for c in one_f.calibration] == pytest.approx([c.threshold for c in two_f.calibration], abs=1e-4)
+    named = filter_labels(FilterConfig(two.out, tmp_path / "named.f.json", calib=val, teacher=[labeller, twin]))
+    assert [c.threshold for c in named.calibration] == [c.threshold for c in two_f.calibration]
     other = load_checkpoint(labeller)
     save_checkpoint(tmp_path / "other.pt", dataclasses.replace(other, classes=[{"id": 1, "name": "passport"}]))
     with pytest.raises(UserError, match=r"other\.pt: its classes \(passport\) differ from .*labeller.*'s \(id_card, bank_card, passport\)"):
         pseudo_label(config(unlabeled, [labeller, tmp_path / "other.pt"], tmp_path / "bad.json"))
-    with pytest.raises(UserError, match="made by 2 teachers, 1 given"):
+    with pytest.raises(UserError, match=r"made by 2 teacher\(s\), 1 given"):
         filter_labels(FilterConfig(two.out, tmp_path / "bad.f.json", calib=val, teacher=labeller))

@@ -280,6 +280,10 @@ def test_score_weighted_machine_boxes_carry_their_scores_through_augmentation(ti
     classes = ClassMap.from_categories(coco.categories)
     plain = DetectionDataset(coco, classes, 64, "strong", machine=True, seed=3)
     weighted = DetectionDataset(coco, classes, 64, "strong", machine=True, score_weights=True, seed=3)
+    exact = DetectionDataset(coco, classes, 64, "none", machine=True, score_weights=True)
+    for index in range(len(coco.images)):  # without augmentation every box keeps its own score, in order
+        scores = [a["score"] for a in coco.annotations_per_image[coco.images[index]["id"]]]
+        assert exact[index][1]["box_weights"].tolist() == pytest.approx(scores)
     seen = 0
     for index in range(len(coco.images)):
         (image, a), (same, b) = plain[(index, 1)], weighted[(index, 1)]
@@ -295,5 +299,5 @@ def test_score_weighted_machine_boxes_carry_their_scores_through_augmentation(ti
         train(TrainConfig(role="student", labeled=tiny_cards.files["labeled"], val=tiny_cards.files["val"],
                           out=tmp_path / "run", pseudo=path, pseudo_box_weight="score", image_size=64, epochs=1,
                           workers=0))
-    with pytest.raises(UserError, match="pseudo_box_weight"):
+    with pytest.raises(UserError, match=r"`pseudo_box_weight` 'soft': choose none or score"):
         TrainConfig(role="student", labeled=path, val=path, out=tmp_path, pseudo_box_weight="soft")
