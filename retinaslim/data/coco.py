@@ -438,11 +438,12 @@ class CocoEvaluator:
     ``add`` runs ``COCOeval.evaluate`` on its chunk (evaluate scores each image on its own) and keeps only
     what ``COCOeval.accumulate`` reads: per class, area range and image, the detections' scores (float64),
     which IoU thresholds matched and which ignored each detection (bits), and which truth boxes are ignored.
-    ``evaluation`` then hands pycocotools' own ``accumulate`` and ``summarize`` those records, read back
-    image by image. The numbers equal one COCOeval over all the results bit for bit, in any chunking
-    (tests/data/test_coco_eval.py). Why: one COCOeval holds every result and every image's evaluation as
-    Python objects; ``eval`` of 100,000 images peaked at 7.5 GB that way (docs/results.md, issue 17), while
-    these records take 24 bytes per detection.
+    ``evaluation`` accumulates those records one class and IoU threshold at a time (``_accumulate``, the
+    arithmetic of ``COCOeval.accumulate``) and hands pycocotools' own ``summarize`` the result. The numbers
+    equal one COCOeval over all the results bit for bit, in any chunking (tests/data/test_coco_eval.py).
+    Why: one COCOeval holds every result and every image's evaluation as Python objects; ``eval`` of
+    100,000 images peaked at 7.5 GB that way (docs/results.md, issue 17), while these records take 24
+    bytes per detection.
     """
 
     def __init__(self, gt: CocoData):
@@ -461,7 +462,7 @@ class CocoEvaluator:
             self._coco_gt.createIndex()
         self._params = COCOeval(self._coco_gt, iouType="bbox").params
         self._chunks: list[_EvaluatedChunk] = []
-        self._where: dict[int, tuple[int, int]] = {}  # image id -> (chunk, its position there)
+        self._added: set[int] = set()
 
     def add(self, image_ids: Sequence[int], results: list[dict[str, Any]]) -> None:
         """Evaluate the images ``image_ids`` (ids of ``gt``, each added once) given ``results``: COCO result
@@ -469,7 +470,7 @@ class CocoEvaluator:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
-        again = sorted(set(image_ids) & self._where.keys())
+        again = sorted(set(image_ids) & self._added)
         if again:
             raise ValueError(f"image id {again[0]} was added before: each image is evaluated once")
         if not image_ids:
@@ -486,27 +487,24 @@ class CocoEvaluator:
             evaluator = COCOeval(self._coco_gt, coco_dt, iouType="bbox")
             evaluator.params.imgIds = sorted(set(image_ids))
             evaluator.evaluate()
-        chunk = _EvaluatedChunk(evaluator.evalImgs, len(self._params.catIds), len(self._params.areaRng),
-                                len(evaluator.params.imgIds), len(self._params.iouThrs))
-        for position, image_id in enumerate(evaluator.params.imgIds):
-            self._where[int(image_id)] = (len(self._chunks), position)
+        chunk = _EvaluatedChunk(evaluator.params.imgIds, evaluator.evalImgs, len(self._params.catIds),
+                                len(self._params.areaRng), len(self._params.iouThrs))
+        self._added.update(int(i) for i in evaluator.params.imgIds)
         self._chunks.append(chunk)
 
     def evaluation(self) -> CocoEvaluation:
-        """pycocotools' accumulate and summarize over every image added so far."""
-        import copy
-
+        """AP over every image added so far: ``COCOeval.accumulate``'s numbers computed by ``_accumulate``,
+        then pycocotools' own ``summarize``."""
         from pycocotools.cocoeval import COCOeval
 
         evaluator = COCOeval(self._coco_gt, iouType="bbox")
-        evaluator.params.imgIds = sorted(self._where)
-        evaluator._paramsEval = copy.deepcopy(evaluator.params)
-        evaluator.evalImgs = _EvalImgs(self, evaluator.params.imgIds)
+        evaluator.params.imgIds = sorted(self._added)
+        precision, recall = self._accumulate(evaluator.params)
+        evaluator.eval = {"params": evaluator.params, "precision": precision, "recall": recall}
         with contextlib.redirect_stdout(io.StringIO()):
-            evaluator.accumulate()
             evaluator.summarize()
         stats = [float(evaluator.stats[i]) for i in (0, 1, 2, 3, 4, 5, 8)]
-        precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (T, R, K, area, max dets) -> all areas, 100 dets
+        precision = precision[:, :, :, 0, -1]  # (T, R, K, area, max dets) -> all areas, 100 dets
         names = {c["id"]: c["name"] for c in self._gt_dict["categories"]}
         per_class_ap = {}
         for k, category_id in enumerate(evaluator.params.catIds):
@@ -517,17 +515,76 @@ class CocoEvaluator:
             evaluator.params.iouThrs.copy(), evaluator.params.recThrs.copy(), precision.copy(),
         )
 
+    def _accumulate(self, params: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``COCOeval.accumulate`` (pycocotools 2.0) on the kept records: precision (T, R, K, A, M) and
+        recall (T, K, A, M), -1 where a class has no truth that counts in an area range.
+
+        Same steps, same float64 operations in the same order, so the same bits (tested against
+        pycocotools): per class, area range and detections-per-image limit M, every image's top-M
+        detections ranked by score (stable: ties keep image-id order, then the image's own order), true
+        and false positives summed along the ranking, precision made monotone from the right and read at
+        the recall thresholds. Why not pycocotools' own: it turns every image's record into a dict, then
+        builds the cumulative sums of all T IoU thresholds at once as float64, 16 bytes per detection and
+        threshold; at 100,000 images that was the largest thing eval held (docs/results.md, issue 17).
+        Here one threshold's sums exist at a time, read from the packed flags."""
+        T, R = len(params.iouThrs), len(params.recThrs)
+        K, A, M = len(params.catIds), len(params.areaRng), len(params.maxDets)
+        precision = -np.ones((T, R, K, A, M))
+        recall = -np.ones((T, K, A, M))
+        position = {image_id: n for n, image_id in enumerate(params.imgIds)}
+        for k in range(K):
+            scores, images, ranks, matched, ignored = [], [], [], [[] for _ in range(A)], [[] for _ in range(A)]
+            counted = np.zeros(A, dtype=np.int64)  # truth boxes not ignored, per area range
+            for chunk in self._chunks:
+                begin, end, image_rows, rank = chunk.detections_of(k)
+                scores.append(chunk.scores[begin:end])
+                images.append(np.array([position[i] for i in chunk.image_ids], dtype=np.int64)[image_rows])
+                ranks.append(rank)
+                g0 = int(chunk.gt_start[k, 0])
+                g1 = g0 + int(chunk.gts[k].sum())
+                for a in range(A):
+                    matched[a].append(chunk.matched[a][:, begin:end])
+                    ignored[a].append(chunk.ignored[a][:, begin:end])
+                    counted[a] += int(np.count_nonzero(~chunk.gt_ignored[a][g0:g1]))
+            score = np.concatenate(scores) if scores else np.zeros(0)
+            rank = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+            order = np.lexsort((rank, np.concatenate(images) if images else rank, -score))
+            for a in range(A):
+                if counted[a] == 0:
+                    continue
+                packed_matched = np.concatenate(matched[a], axis=1) if matched[a] else np.zeros((0, 0), np.uint8)
+                packed_ignored = np.concatenate(ignored[a], axis=1) if ignored[a] else np.zeros((0, 0), np.uint8)
+                for m, max_dets in enumerate(params.maxDets):
+                    kept = order[rank[order] < max_dets]
+                    for t in range(T):
+                        byte, shift = divmod(t, 8)
+                        hit = (packed_matched[byte, kept] >> (7 - shift)) & 1 if kept.size else np.zeros(0, np.uint8)
+                        skip = (packed_ignored[byte, kept] >> (7 - shift)) & 1 if kept.size else np.zeros(0, np.uint8)
+                        tp = np.cumsum((hit == 1) & (skip == 0), dtype=np.float64)
+                        fp = np.cumsum((hit == 0) & (skip == 0), dtype=np.float64)
+                        rc = tp / counted[a]
+                        pr = tp / (fp + tp + np.spacing(1))
+                        recall[t, k, a, m] = rc[-1] if kept.size else 0
+                        pr = np.maximum.accumulate(pr[::-1])[::-1]
+                        at = np.searchsorted(rc, params.recThrs, side="left")
+                        found = at < kept.size
+                        q = np.zeros(R)
+                        q[found] = pr[at[found]]
+                        precision[t, :, k, a, m] = q
+        return precision, recall
+
 
 class _EvaluatedChunk:
     """One ``add``'s ``COCOeval.evalImgs`` (K classes x A area ranges x I images, None where an image has
-    neither truth nor detections of the class) as flat arrays: per (class, image) where its detections
-    and truth boxes start and how many there are (-1 detections: None); the scores once (they do not
-    depend on the area range); per area range the matched and ignored flags of each detection at the T
-    IoU thresholds, packed 8 to a byte along T, and the ignored flags of each truth box."""
+    neither truth nor detections of the class) as flat arrays: per (class, image) how many detections
+    and truth boxes it has and where they start (class-major, so a class's are contiguous); the scores
+    once (they do not depend on the area range); per area range the matched and ignored flags of each
+    detection at the T IoU thresholds, packed 8 to a byte along T, and the ignored flags of each truth box."""
 
-    def __init__(self, eval_imgs: list[dict[str, Any] | None], K: int, A: int, I: int, T: int):
-        self.T, self.I = T, I
-        self.dets = np.full((K, I), -1, dtype=np.int64)
+    def __init__(self, image_ids: Sequence[int], eval_imgs: list[dict[str, Any] | None], K: int, A: int, T: int):
+        I = len(image_ids)
+        self.image_ids = list(image_ids)
+        self.dets = np.zeros((K, I), dtype=np.int64)
         self.gts = np.zeros((K, I), dtype=np.int64)
         scores, matched, ignored, gt_ignored = [], [[] for _ in range(A)], [[] for _ in range(A)], [[] for _ in range(A)]
         for k in range(K):
@@ -542,44 +599,27 @@ class _EvaluatedChunk:
                     matched[a].append(e["dtMatches"] != 0)
                     ignored[a].append(e["dtIgnore"] != 0)
                     gt_ignored[a].append(np.asarray(e["gtIgnore"], dtype=bool))
-        counts = np.maximum(self.dets, 0)
-        self.det_start = np.cumsum(counts, axis=None).reshape(K, I) - counts
+        self.det_start = np.cumsum(self.dets, axis=None).reshape(K, I) - self.dets
         self.gt_start = np.cumsum(self.gts, axis=None).reshape(K, I) - self.gts
         self.scores = np.concatenate(scores) if scores else np.zeros(0)
 
         def packed(flags: list[np.ndarray]) -> np.ndarray:
-            return np.packbits(np.concatenate(flags, axis=1), axis=0) if flags else np.zeros((0, 0), dtype=np.uint8)
+            return (np.packbits(np.concatenate(flags, axis=1), axis=0) if flags
+                    else np.zeros(((T + 7) // 8, 0), dtype=np.uint8))
 
         self.matched = [packed(m) for m in matched]
         self.ignored = [packed(g) for g in ignored]
         self.gt_ignored = [np.concatenate(g) if g else np.zeros(0, dtype=bool) for g in gt_ignored]
 
-    def record(self, k: int, a: int, i: int) -> dict[str, np.ndarray] | None:
-        d = int(self.dets[k, i])
-        if d < 0:
-            return None
-        s, g, n = int(self.det_start[k, i]), int(self.gt_start[k, i]), int(self.gts[k, i])
-        return {"dtScores": self.scores[s:s + d],
-                "dtMatches": np.unpackbits(self.matched[a][:, s:s + d], axis=0, count=self.T).view(bool),
-                "dtIgnore": np.unpackbits(self.ignored[a][:, s:s + d], axis=0, count=self.T).view(bool),
-                "gtIgnore": self.gt_ignored[a][g:g + n]}
-
-
-class _EvalImgs(Sequence):
-    """``COCOeval.evalImgs`` as ``accumulate`` indexes it (class, area range, image), read back from the chunks."""
-
-    def __init__(self, evaluator: CocoEvaluator, image_ids: list[int]):
-        self._evaluator, self._image_ids = evaluator, image_ids
-        self._A, self._I = len(evaluator._params.areaRng), len(image_ids)
-
-    def __len__(self) -> int:
-        return len(self._evaluator._params.catIds) * self._A * self._I
-
-    def __getitem__(self, n: int) -> dict[str, np.ndarray] | None:
-        k, rest = divmod(n, self._A * self._I)
-        a, i = divmod(rest, self._I)
-        chunk, position = self._evaluator._where[self._image_ids[i]]
-        return self._evaluator._chunks[chunk].record(k, a, position)
+    def detections_of(self, k: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """Class ``k``'s detections: [begin, end) in the flat arrays, each one's image (row of
+        ``image_ids``) and its rank among its image's detections (0 = highest score)."""
+        counts = self.dets[k]
+        begin = int(self.det_start[k, 0]) if counts.size else 0
+        end = begin + int(counts.sum())
+        image_rows = np.repeat(np.arange(counts.size), counts)
+        rank = np.arange(end - begin) - np.repeat(self.det_start[k] - begin, counts)
+        return begin, end, image_rows, rank
 
 
 def coco_evaluate(gt: CocoData, results: list[dict[str, Any]]) -> CocoEvaluation:

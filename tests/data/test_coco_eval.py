@@ -76,6 +76,11 @@ def test_chunked_evaluation_equals_one_cocoeval_bit_for_bit(tmp_path, seed, chun
     assert [v if v is not None else -1.0 for v in evaluation.metrics.values()] == expected
     assert np.array_equal(evaluation.precision, reference.eval["precision"][:, :, :, 0, -1])
     assert 0.05 < evaluation.metrics["ap"] < 0.95  # neither trivial nor perfect
+    # every area range and detection limit, precision and recall: the whole of accumulate's output
+    precision, recall = evaluator._accumulate(reference.params)
+    assert np.array_equal(precision, reference.eval["precision"])
+    assert np.array_equal(recall, reference.eval["recall"])
+    assert (recall > 0).any()
 
 
 def test_images_without_results_count_their_truth_as_missed(tmp_path):
