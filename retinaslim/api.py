@@ -291,12 +291,6 @@ def import_teacher(
     return run(ImportTeacherConfig(Path(weights), arch, _names(classes), Path(out), image_size=image_size))
 
 
-def _teachers(teacher: PathLike | Sequence[PathLike]) -> Path | list[Path]:
-    """One checkpoint as a Path, several as a list (a list of one is that one)."""
-    teachers = [Path(teacher)] if isinstance(teacher, (str, os.PathLike)) else [Path(t) for t in teacher]
-    return teachers[0] if len(teachers) == 1 else teachers
-
-
 def pseudo_label(
     source: PathLike, *, teacher: PathLike | Sequence[PathLike], out: PathLike, scales: str | Sequence[float] | None = None,
     short_sides: str | Sequence[int] = (), hflip: bool = True, vflip: bool = False, rot90: bool = False, fusion: str = PSEUDO_FUSION,
@@ -339,10 +333,11 @@ def pseudo_label(
         UserError: no images in ``source``, a missing teacher, teachers of different classes, options out of
             range, a journal from a different run, ``out`` equal to an input.
     """
+    from retinaslim.engine.inference import teacher_paths
     from retinaslim.stages.pseudo_label import PseudoLabelConfig
     from retinaslim.stages.pseudo_label import pseudo_label as run
 
-    config = PseudoLabelConfig(Path(source), _teachers(teacher), Path(out),
+    config = PseudoLabelConfig(Path(source), teacher_paths(teacher), Path(out),
                                scales=None if scales is None else _floats(scales, "scales", "0.75,1.0,1.25"),
                                short_sides=_ints(short_sides, "short_sides", "400,600,800"), hflip=hflip, vflip=vflip,
                                rot90=rot90, fusion=fusion, score_floor=score_floor, image_size=image_size,
@@ -407,6 +402,7 @@ def filter(  # noqa: A001 - the command's name
         UserError: a malformed file, an unknown class or option value, a value out of range, an output
             that would overwrite an input.
     """
+    from retinaslim.engine.inference import teacher_paths
     from retinaslim.stages.filter import FilterConfig, filter_labels, parse_class_thresholds
 
     if isinstance(score_thresh, str):
@@ -417,7 +413,8 @@ def filter(  # noqa: A001 - the command's name
             raise UserError(f"`aspect_range` {aspect_range}: expected LO,HI, e.g. 0.3,3")
     config = FilterConfig(
         Path(pseudo), Path(out), score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=_path(labeled),
-        calib=_path(calib), calib_images=_path(calib_images), teacher=None if teacher is None else _teachers(teacher), target_precision=target_precision,
+        calib=_path(calib), calib_images=_path(calib_images),
+        teacher=None if teacher is None else teacher_paths(teacher), target_precision=target_precision,
         min_agreement=min_agreement, min_size=min_size, max_size_frac=max_size_frac, aspect_range=aspect_range,
         max_per_image=max_per_image, ambiguous=ambiguous, ambiguous_low=ambiguous_low, keep_empty=keep_empty,
         truth=_path(truth), review_out=_path(review_out), review_count=review_count, report=_path(report), device=device,

@@ -85,7 +85,7 @@ def _cases(d: Path) -> dict:
                            lambda: retinaslim.import_teacher(w, arch=arch, classes=["a", "b"], out=out),
                            ImportTeacherConfig(w, arch, ["a", "b"], out)),
         "pseudo-label": ("pseudo_label.pseudo_label", ["pseudo-label", src, "--teacher", w, "--out", out],
-                         lambda: retinaslim.pseudo_label(src, teacher=w, out=out), PseudoLabelConfig(src, w, out)),
+                         lambda: retinaslim.pseudo_label(src, teacher=w, out=out), PseudoLabelConfig(src, [w], out)),
         "filter": ("filter.filter_labels", ["filter", lab, "--out", out], lambda: retinaslim.filter(lab, out=out),
                    FilterConfig(lab, out)),
         "eval": ("evaluate.evaluate", ["eval", "--weights", w, "--data", val],

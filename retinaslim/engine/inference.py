@@ -8,6 +8,7 @@ transform, mapped back to original-image pixels and fused (``core.fusion``) when
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -201,10 +202,10 @@ def evaluate_on_coco(
     return evaluator.evaluation(), skipped
 
 
-def teacher_paths(teacher: Path | str | Sequence[Path | str]) -> list[Path]:
-    """One teacher or several, as a list of paths (as ``PseudoLabelConfig.teacher`` and pseudo.json's
+def teacher_paths(teacher: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """One teacher or several, as a list of paths (as ``PseudoLabelConfig.teacher``, the API and pseudo.json's
     ``info.teacher`` give them)."""
-    return [Path(teacher)] if isinstance(teacher, (str, Path)) else [Path(t) for t in teacher]
+    return [Path(teacher)] if isinstance(teacher, (str, os.PathLike)) else [Path(t) for t in teacher]
 
 
 def load_teachers(teachers: list[Path], image_size: int | None) -> tuple[list[Checkpoint], list[int]]:

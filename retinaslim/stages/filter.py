@@ -62,7 +62,7 @@ class FilterConfig:
     labeled: Path | None = None  # auto "instances"
     calib: Path | None = None  # auto "f1" and "precision": human-labelled images, e.g. the validation set
     calib_images: Path | None = None
-    teacher: Path | list[Path] | None = None  # auto "f1"/"precision"; default: the teacher(s) named in pseudo.json
+    teacher: list[Path] | None = None  # auto "f1"/"precision"; default: the teacher(s) named in pseudo.json
     target_precision: float = 0.95
     min_agreement: int = 1
     min_size: float = 0.0

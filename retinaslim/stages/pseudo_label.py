@@ -22,7 +22,7 @@ import heapq
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
@@ -48,7 +48,7 @@ MAX_SCALE = 16  # a factor of image_size; sizes in pixels are short_sides
 @dataclass
 class PseudoLabelConfig:
     source: Path  # folder of images (recursive) or a text file of paths
-    teacher: Path | Sequence[Path]  # one checkpoint, or several whose transforms are fused together
+    teacher: list[Path]  # one checkpoint or several, whose transforms are fused together
     out: Path
     _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     scales: tuple[float, ...] | None = None  # factors of image_size; None: PSEUDO_SCALES unless short_sides
