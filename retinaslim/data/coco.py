@@ -435,69 +435,83 @@ class CocoEvaluation:
 class CocoEvaluator:
     """pycocotools' bbox evaluation of ``gt``, fed the results of a chunk of images at a time.
 
-    ``add`` runs ``COCOeval.evaluate`` on its chunk (evaluate scores each image on its own) and keeps only
-    what ``COCOeval.accumulate`` reads: per class, area range and image, the detections' scores (float64),
-    which IoU thresholds matched and which ignored each detection (bits), and which truth boxes are ignored.
-    ``evaluation`` accumulates those records one class and IoU threshold at a time (``_accumulate``, the
-    arithmetic of ``COCOeval.accumulate``) and hands pycocotools' own ``summarize`` the result. The numbers
-    equal one COCOeval over all the results bit for bit, in any chunking (tests/data/test_coco_eval.py).
+    ``add`` runs ``COCOeval.evaluate`` on its chunk (evaluate scores each image on its own) against a
+    pycocotools index of that chunk's truth only, and keeps only what ``COCOeval.accumulate`` reads: per
+    class, area range and image, the detections' scores (float64), which IoU thresholds matched and which
+    ignored each detection (bits), and which truth boxes are ignored. ``evaluation`` accumulates those
+    records one class and IoU threshold at a time (``_accumulate``, the arithmetic of
+    ``COCOeval.accumulate``) and hands pycocotools' own ``summarize`` the result. The numbers equal one
+    COCOeval over all the results bit for bit, in any chunking (tests/data/test_coco_eval.py).
+
     Why: one COCOeval holds every result and every image's evaluation as Python objects; ``eval`` of
-    100,000 images peaked at 7.5 GB that way (docs/results.md, issue 17), while these records take 24
-    bytes per detection.
+    100,000 images peaked at 7.5 GB that way, while these records take 24 bytes per detection. Measured
+    (docs/results.md, issue 17; 100,000 64 px images, slim-s, the eval command's own peak RSS):
+    pycocotools' accumulate on the records 2,693 MB, this one with a whole-truth index 1,397 MB, with a
+    chunk's truth only 1,176 MB (821 MB at 10,000 images).
     """
 
     def __init__(self, gt: CocoData):
-        from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
-        self._gt_dict = gt.to_dict()
-        # pycocotools records a match as the matched annotation's id, 0 meaning none: a truth box with id 0
-        # could never be found. Number the truth 1..N here, where every score (eval, filter --truth,
-        # validation) passes.
-        self._gt_dict["annotations"] = [{"area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0, **a, "id": k}
-                                        for k, a in enumerate(self._gt_dict["annotations"], start=1)]
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints; the CLI owns the terminal
-            self._coco_gt = COCO()
-            self._coco_gt.dataset = self._gt_dict
-            self._coco_gt.createIndex()
-        self._params = COCOeval(self._coco_gt, iouType="bbox").params
+        self._gt = gt
+        self._images = {image["id"]: image for image in gt.images}
+        self._params = COCOeval(self._chunk_truth([]), iouType="bbox").params
         self._chunks: list[_EvaluatedChunk] = []
         self._added: set[int] = set()
 
+    def _chunk_truth(self, image_ids: list[int]) -> Any:
+        """A pycocotools ``COCO`` of these images' truth only, so that nothing of the whole truth but ``gt``
+        itself is held. pycocotools records a match as the matched annotation's id, 0 meaning none: a truth
+        box with id 0 could never be found, so the boxes are numbered 1..n here, where every score (eval,
+        filter --truth, validation) passes."""
+        from pycocotools.coco import COCO
+
+        boxes = (a for i in image_ids for a in self._gt.annotations_per_image[i])
+        annotations = [{"area": a["bbox"][2] * a["bbox"][3], "iscrowd": 0, **a, "id": k} for k, a in enumerate(boxes, start=1)]
+        truth = COCO()
+        truth.dataset = {"images": [self._images[i] for i in image_ids], "annotations": annotations,
+                         "categories": self._gt.categories}
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints; the CLI owns the terminal
+            truth.createIndex()
+        return truth
+
     def add(self, image_ids: Sequence[int], results: list[dict[str, Any]]) -> None:
         """Evaluate the images ``image_ids`` (ids of ``gt``, each added once) given ``results``: COCO result
-        dicts (``image_id`` among them, ``category_id`` of ``gt``, ``bbox`` xywh pixels, ``score``)."""
+        dicts (``image_id`` among them, ``category_id`` of ``gt``, ``bbox`` xywh pixels, ``score``).
+        Raises ValueError for an image added before or not in ``gt``."""
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
-        again = sorted(set(image_ids) & self._added)
+        ids = sorted(set(image_ids))
+        again = sorted(set(ids) & self._added)
         if again:
             raise ValueError(f"image id {again[0]} was added before: each image is evaluated once")
-        if not image_ids:
+        unknown = [i for i in ids if i not in self._images]
+        if unknown:
+            raise ValueError(f"image id {unknown[0]} is not in the truth")
+        if not ids:
             return
+        truth = self._chunk_truth(ids)
         with contextlib.redirect_stdout(io.StringIO()):
             if results:
-                coco_dt = self._coco_gt.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")}
-                                                 for r in results])
+                found = truth.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in results])
             else:  # loadRes refuses an empty list; no detections is a valid answer scoring 0
-                coco_dt = COCO()
-                coco_dt.dataset = {"images": self._gt_dict["images"], "categories": self._gt_dict["categories"],
-                                   "annotations": []}
-                coco_dt.createIndex()
-            evaluator = COCOeval(self._coco_gt, coco_dt, iouType="bbox")
-            evaluator.params.imgIds = sorted(set(image_ids))
+                found = COCO()
+                found.dataset = {"images": truth.dataset["images"], "categories": self._gt.categories, "annotations": []}
+                found.createIndex()
+            evaluator = COCOeval(truth, found, iouType="bbox")
+            evaluator.params.imgIds = ids
             evaluator.evaluate()
-        chunk = _EvaluatedChunk(evaluator.params.imgIds, evaluator.evalImgs, len(self._params.catIds),
-                                len(self._params.areaRng), len(self._params.iouThrs))
-        self._added.update(int(i) for i in evaluator.params.imgIds)
-        self._chunks.append(chunk)
+        self._chunks.append(_EvaluatedChunk(ids, evaluator.evalImgs, len(self._params.catIds),
+                                            len(self._params.areaRng), len(self._params.iouThrs)))
+        self._added.update(ids)
 
     def evaluation(self) -> CocoEvaluation:
         """AP over every image added so far: ``COCOeval.accumulate``'s numbers computed by ``_accumulate``,
         then pycocotools' own ``summarize``."""
         from pycocotools.cocoeval import COCOeval
 
-        evaluator = COCOeval(self._coco_gt, iouType="bbox")
+        evaluator = COCOeval(self._chunk_truth([]), iouType="bbox")
         evaluator.params.imgIds = sorted(self._added)
         precision, recall = self._accumulate(evaluator.params)
         evaluator.eval = {"params": evaluator.params, "precision": precision, "recall": recall}
@@ -505,7 +519,7 @@ class CocoEvaluator:
             evaluator.summarize()
         stats = [float(evaluator.stats[i]) for i in (0, 1, 2, 3, 4, 5, 8)]
         precision = precision[:, :, :, 0, -1]  # (T, R, K, area, max dets) -> all areas, 100 dets
-        names = {c["id"]: c["name"] for c in self._gt_dict["categories"]}
+        names = {c["id"]: c["name"] for c in self._gt.categories}
         per_class_ap = {}
         for k, category_id in enumerate(evaluator.params.catIds):
             defined = precision[:, :, k][precision[:, :, k] > -1]
@@ -538,7 +552,7 @@ class CocoEvaluator:
             for chunk in self._chunks:
                 begin, end, image_rows, rank = chunk.detections_of(k)
                 scores.append(chunk.scores[begin:end])
-                images.append(np.array([position[i] for i in chunk.image_ids], dtype=np.int64)[image_rows])
+                images.append(np.array([position[i] for i in chunk.image_ids], dtype=np.int32)[image_rows])
                 ranks.append(rank)
                 g0 = int(chunk.gt_start[k, 0])
                 g1 = g0 + int(chunk.gts[k].sum())
@@ -546,9 +560,9 @@ class CocoEvaluator:
                     matched[a].append(chunk.matched[a][:, begin:end])
                     ignored[a].append(chunk.ignored[a][:, begin:end])
                     counted[a] += int(np.count_nonzero(~chunk.gt_ignored[a][g0:g1]))
-            score = np.concatenate(scores) if scores else np.zeros(0)
-            rank = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
-            order = np.lexsort((rank, np.concatenate(images) if images else rank, -score))
+            rank = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int32)
+            order = np.lexsort((rank, np.concatenate(images) if images else rank, -np.concatenate(scores or [np.zeros(0)])))
+            del scores, images, ranks
             for a in range(A):
                 if counted[a] == 0:
                     continue
@@ -557,21 +571,33 @@ class CocoEvaluator:
                 for m, max_dets in enumerate(params.maxDets):
                     kept = order[rank[order] < max_dets]
                     for t in range(T):
-                        byte, shift = divmod(t, 8)
-                        hit = (packed_matched[byte, kept] >> (7 - shift)) & 1 if kept.size else np.zeros(0, np.uint8)
-                        skip = (packed_ignored[byte, kept] >> (7 - shift)) & 1 if kept.size else np.zeros(0, np.uint8)
-                        tp = np.cumsum((hit == 1) & (skip == 0), dtype=np.float64)
-                        fp = np.cumsum((hit == 0) & (skip == 0), dtype=np.float64)
-                        rc = tp / counted[a]
-                        pr = tp / (fp + tp + np.spacing(1))
-                        recall[t, k, a, m] = rc[-1] if kept.size else 0
-                        pr = np.maximum.accumulate(pr[::-1])[::-1]
-                        at = np.searchsorted(rc, params.recThrs, side="left")
-                        found = at < kept.size
-                        q = np.zeros(R)
-                        q[found] = pr[at[found]]
-                        precision[t, :, k, a, m] = q
+                        recall[t, k, a, m], precision[t, :, k, a, m] = _precision_recall(
+                            packed_matched, packed_ignored, kept, t, int(counted[a]), params.recThrs)
         return precision, recall
+
+
+def _precision_recall(matched: np.ndarray, ignored: np.ndarray, kept: np.ndarray, t: int, truth: int,
+                      recall_thresholds: np.ndarray) -> tuple[float, np.ndarray]:
+    """One cell of ``COCOeval.accumulate``: the detections ``kept`` (best score first) at IoU threshold ``t``
+    (bit t of the packed flags) against ``truth`` boxes -> (recall, precision at each recall threshold).
+    pycocotools' float64 operations in its order; the cumulative sums are reused in place."""
+    byte, shift = divmod(t, 8)
+    hit = (matched[byte, kept] >> (7 - shift)) & 1 if kept.size else np.zeros(0, np.uint8)
+    counts = ((ignored[byte, kept] >> (7 - shift)) & 1) == 0 if kept.size else np.zeros(0, bool)
+    tp = np.cumsum(counts & (hit == 1), dtype=np.float64)
+    fp = np.cumsum(counts & (hit == 0), dtype=np.float64)
+    del hit, counts
+    fp += tp
+    fp += np.spacing(1)
+    pr = np.divide(tp, fp, out=fp)  # tp / (fp + tp + eps)
+    rc = np.divide(tp, truth, out=tp)
+    recall = float(rc[-1]) if kept.size else 0.0
+    pr = np.maximum.accumulate(pr[::-1])[::-1]  # precision made monotone from the right
+    at = np.searchsorted(rc, recall_thresholds, side="left")
+    found = at < kept.size
+    q = np.zeros(len(recall_thresholds))
+    q[found] = pr[at[found]]
+    return recall, q
 
 
 class _EvaluatedChunk:
@@ -617,8 +643,8 @@ class _EvaluatedChunk:
         counts = self.dets[k]
         begin = int(self.det_start[k, 0]) if counts.size else 0
         end = begin + int(counts.sum())
-        image_rows = np.repeat(np.arange(counts.size), counts)
-        rank = np.arange(end - begin) - np.repeat(self.det_start[k] - begin, counts)
+        image_rows = np.repeat(np.arange(counts.size, dtype=np.int32), counts)
+        rank = (np.arange(end - begin) - np.repeat(self.det_start[k] - begin, counts)).astype(np.int32)
         return begin, end, image_rows, rank
 
 
