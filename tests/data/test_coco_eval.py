@@ -93,7 +93,7 @@ def test_images_without_results_count_their_truth_as_missed(tmp_path):
     assert evaluator.evaluation().metrics["ap"] == float(pycocotools_alone(truth, kept).stats[0])
 
 
-def test_an_image_added_twice_is_refused_and_nothing_to_add_is_nothing(tmp_path):
+def test_an_image_added_twice_or_unknown_is_refused_and_nothing_to_add_is_nothing(tmp_path):
     data, _, results = random_set(tmp_path, 0)
     evaluator = CocoEvaluator(data)
     evaluator.add([], [])
@@ -101,3 +101,5 @@ def test_an_image_added_twice_is_refused_and_nothing_to_add_is_nothing(tmp_path)
     evaluator.add(ids[:5], [r for r in results if r["image_id"] in set(ids[:5])])
     with pytest.raises(ValueError, match=f"image id {sorted(ids[:5])[2]} was added before"):
         evaluator.add(sorted(ids[:5])[2:3], [])
+    with pytest.raises(ValueError, match="image id 100000 is not in the truth"):
+        evaluator.add([100000], [])
