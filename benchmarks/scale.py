@@ -117,7 +117,8 @@ def measure(cmd: list[str], log: Path, kill_after: float | None = None) -> dict:
     if proc.returncode != 0 and not killed:
         sys.exit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{log.read_text()[-3000:]}")
     rss, pss, own = (round(v / 2**20, 1) for v in peak)
-    return {"seconds": round(seconds, 2), "peak_rss_mb": rss, "peak_pss_mb": pss, "peak_main_rss_mb": own, "killed": killed}
+    return {"seconds": round(seconds, 2), "peak_rss_mb": rss, "peak_pss_mb": pss, "peak_main_rss_mb": own, "killed": killed,
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def sizes_mb(*paths: Path) -> dict[str, float]:
@@ -339,9 +340,10 @@ def report_stages(data: dict, sizes: list[int], measured: list[str], results_jso
         merged = json.loads(results_json.read_text()) if results_json.exists() else {}
         if "scale" not in merged:
             sys.exit(f"{results_json}: no `scale` object to update; run every stage first")
-        rerun = {"date": data["setup"]["date"], "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:])}
+        command = "python benchmarks/scale.py " + " ".join(sys.argv[1:])
         for stage, entry in stages.items():
-            merged["scale"]["stages"][stage] = {**entry, "rerun": rerun}
+            measured_on = data.get(f"{sizes[-1]}/{stage}", {}).get("date", data["setup"]["date"])
+            merged["scale"]["stages"][stage] = {**entry, "rerun": {"date": measured_on, "command": command}}
         write_json(results_json, merged)
 
 
