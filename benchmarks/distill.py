@@ -24,6 +24,7 @@ runs, the filters, the students) run at once:
    variant per rule;
 5. train-student on human + each set of machine labels (default settings otherwise);
 6. eval every checkpoint on the test images in one side-by-side table (+ precision-recall PNGs).
+7. the teacher and the default student timed again at 320 px, where the speed target is set.
 
 Outputs: the `synthetic` and `setup` objects merged into --results-json (other sections are kept), a
 markdown section (table, targets, exact commands) written between the `<!-- distill:begin -->` and
@@ -107,6 +108,7 @@ BCCD_LABEL_SETS = "default,thresh_0.2,single_pass,thresh_0.5,auto_precision"  # 
 PSEUDO_RUNS = {"ensemble": (["teacher"], []), "single": (["teacher"], ["--scales", "1", "--no-hflip"]),
                "self": (["student_human"], []), "round2": (["teacher", "student_default"], [])}
 FIRST_ROUND = {"teacher", "student_human"}  # the runs trained before any machine label exists
+SPEED_SIZE = 320  # the longer side in pixels at which the speed target is set (the distillation issue)
 
 
 @dataclass
@@ -186,7 +188,12 @@ def comparison_steps(data: Dataset, out: Path, knobs: dict, label_sets: list[str
     evaluation = Step("eval", ["eval", *(a for w in weights for a in ("--weights", w)), "--data", data.test,
                                "--latency-runs", knobs["latency_runs"], "--json", out / "eval.json", "--plots", out / "plots",
                                "--workers", knobs["workers"], "--device", eval_device], summary=True)
-    return [*waves, [evaluation]]
+    # The speed target is set at 320 px: the teacher and the default student timed there, on real test images.
+    speed = Step("eval_320", ["eval", "--weights", weights[0], "--weights", runs / "student_default" / "best.pt",
+                              "--data", data.test, "--image-size", SPEED_SIZE, "--latency-runs", knobs["latency_runs"],
+                              "--json", out / "eval_320.json", "--workers", knobs["workers"], "--device", eval_device],
+                 summary=True)
+    return [*waves, [evaluation], [speed]]
 
 
 def run_step(step: Step, out: Path, earlier_ran: bool) -> dict:
@@ -240,18 +247,25 @@ def model_row(report: dict, record: dict) -> dict:
 
 
 def check_targets(result: dict) -> list[dict]:
-    """The issue's three targets, each with the numbers it rests on and whether it holds."""
+    """The distillation issue's targets, each with the numbers it rests on and whether it holds."""
     teacher, human, distilled = result["teacher"], result["student_human"], result["student_distilled"]
     gain = 100 * (distilled["ap"] - human["ap"])
     gap = 100 * (teacher["ap"] - distilled["ap"])
-    speedup = teacher["latency_ms"] / distilled["latency_ms"]
+    device = result["setup"].get("eval_device", result["setup"]["device"])
+    at_size = f"{teacher['latency_ms'] / distilled['latency_ms']:.1f}x at {result['setup']['size']} px"
+    speed = result.get("speed_320")
+    speedup = speed["teacher_ms"] / speed["student_ms"] if speed else None
+    timed = (f"{speedup:.1f}x faster at {SPEED_SIZE} px ({speed['teacher_ms']:.1f} vs {speed['student_ms']:.1f} ms), "
+             if speed else f"not timed at {SPEED_SIZE} px, ")
     targets = [
         {"target": "distilled student AP >= human-only student AP + 3 points",
          "measured": f"{distilled['ap']:.3f} vs {human['ap']:.3f}: {gain:+.1f} points", "holds": gain >= 3},
-        {"target": "distilled student AP >= teacher AP - 3 points, at >= 25x the teacher's speed",
-         "measured": f"{distilled['ap']:.3f} vs teacher {teacher['ap']:.3f} ({-gap:+.1f} points), {speedup:.1f}x faster "
-                     f"(batch-1 median latency, {result['setup'].get('eval_device', result['setup']['device'])})",
-         "holds": gap <= 3 and speedup >= 25},
+        {"target": f"distilled student AP >= teacher AP - 2 points, at >= 25x the teacher's CPU speed at {SPEED_SIZE} px",
+         "measured": f"{distilled['ap']:.3f} vs teacher {teacher['ap']:.3f} ({-gap:+.1f} points), {timed}"
+                     f"{at_size} (batch-1 median latency on {device}, trained weights, test images)",
+         "holds": gap <= 2 and speedup is not None and speedup >= 25 and device == "cpu"},
+        {"target": "the defaults leave the student no more than 0.5 point below human-only",
+         "measured": f"{gain:+.1f} points", "holds": gain >= -0.5},
     ]
     single = result["variants"].get("single_pass")
     if single is None:
@@ -279,6 +293,9 @@ def collect(out: Path, label_sets: list[str], records: dict[str, dict], setup: d
         result["machine_labels"][name] = report["truth_metrics"]["after"] | {"thresholds": report["thresholds"],
                                                                             "validation": report.get("calibration", [])}
     result["student_distilled"] = result["variants"]["default"]
+    speed = {Path(r["weights"]).parent.name: r for r in json.loads((out / "eval_320.json").read_text())}
+    result["speed_320"] = {"teacher_ms": speed["teacher"]["latency_ms"], "student_ms": speed["student_default"]["latency_ms"],
+                           "image_size": SPEED_SIZE}
     result["targets"] = check_targets(result)
     result["commands"] = [records[name]["command"] for name in records]
     result["seconds"] = sum(r["seconds"] for r in records.values())
