@@ -13,7 +13,7 @@ training stage with the student's recipe (AdamW, warm-up then cosine, light augm
 by validation AP), for the same --epochs at the same batch size and input size (every image resized so that
 its longer side is --image-size pixels):
 - slim-s, slim-m, slim-l: retinaslim's students (anchors fitted to the human boxes, as train-student does), at the
-  student's learning rate;
+  student's learning rate, or once per --slim-lrs value, keeping the run with the higher validation AP;
 - ssdlite320_mobilenet_v3_large and fasterrcnn_mobilenet_v3_large_320_fpn: torchvision's builders with
   weights=None, weights_backbone=None, and torchvision's own pre- and post-processing (their transforms
   resize to 320 px inside the model, as users run them). Each is trained once per --peer-lrs value and the
@@ -136,7 +136,7 @@ def train_runs(args, out: Path, labeled: Path, val: Path) -> dict[str, dict]:
     """Every model's training (peers once per learning rate), recorded in OUT/runs.json; -> the kept run per model."""
     path = out / "runs.json"
     runs = json.loads(path.read_text()) if path.exists() else {}
-    plan = [(arch, None) for arch in SLIM if arch in args.models]
+    plan = [(arch, lr) for arch in SLIM if arch in args.models for lr in (args.slim_lrs or [None])]
     plan += [(arch, lr) for arch in PEERS if arch in args.models for lr in args.peer_lrs]
     for arch, lr in plan:
         name = arch if lr is None else f"{arch}@lr{lr:g}"
@@ -308,6 +308,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["student"]["batch_size"])
     parser.add_argument("--peer-lrs", default="1e-3,1e-2", help="learning rates tried for each peer, comma-separated")
+    parser.add_argument("--slim-lrs", help="learning rates tried for each slim student, comma-separated "
+                                           "(default: the student's own, config.py)")
     parser.add_argument("--models", default=",".join(SLIM + PEERS + (YOLO,)),
                         help="models to train and compare, comma-separated (default: all; yolov8n needs Ultralytics)")
     parser.add_argument("--latency-runs", type=int, default=50)
@@ -321,6 +323,7 @@ def main() -> None:
     args.labeled = args.labeled or (100 if args.bccd and not args.quick else preset["labeled"])
     args.val, args.size = args.val or preset.get("val"), args.size or preset.get("size")
     args.peer_lrs = [float(v) for v in args.peer_lrs.split(",")]
+    args.slim_lrs = [float(v) for v in args.slim_lrs.split(",")] if args.slim_lrs else None
     args.models = args.models.split(",")
     unknown = set(args.models) - set(SLIM + PEERS + (YOLO,))
     if unknown:
@@ -340,7 +343,7 @@ def main() -> None:
     setup = {"dataset": dataset, "machine": machine(), "cpu_count": os.cpu_count(), "threads": args.threads,
              "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
              "date": date.today().isoformat(), "epochs": args.epochs, "image_size": args.image_size,
-             "batch_size": args.batch_size, "peer_lrs": args.peer_lrs, "latency_runs": args.latency_runs, **sizes,
+             "batch_size": args.batch_size, "peer_lrs": args.peer_lrs, "slim_lrs": args.slim_lrs, "latency_runs": args.latency_runs, **sizes,
              "command": "python benchmarks/peers.py " + " ".join(sys.argv[1:])}
 
     print(f"\npeers on {dataset}: {args.epochs} epochs each, {args.image_size} px, human labels only; test split; "
