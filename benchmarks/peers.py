@@ -362,11 +362,13 @@ def main() -> None:
         short = [p for p in peers if not (rows[slim]["ap"] >= rows[p]["ap"] - 0.005
                                           and 2 * rows[slim]["latency_ms"] <= rows[p]["latency_ms"])]
         met += [slim] if not short else []
-        print(f"{slim}: " + ("within 0.5 AP point of every peer at <= half its latency" if not short else
+        print(f"{slim}: " + ("no peer to compare with" if not peers else "within 0.5 AP point of every peer at <= half its latency" if not short else
                              "short of " + ", ".join(f"{p} (AP {rows[p]['ap']:.3f}, {rows[p]['latency_ms']:.1f} ms)"
                                                       for p in short)))
-    print(f"target (one slim model within 0.5 AP point of every peer at <= half of each one's latency): "
-          f"{'HOLDS (' + ', '.join(met) + ')' if met else 'NOT MET'}")
+    verdict = ("not checked: no peer among --models" if not peers else
+               "HOLDS (" + ", ".join(met) + ")" if met else "NOT MET")
+    met = met if peers else []
+    print(f"target (one slim model within 0.5 AP point of every peer at <= half of each one's latency): {verdict}")
     setup["target_met_by"] = met
     write_json(out / "peers.json", {"setup": setup, "models": rows})
 
