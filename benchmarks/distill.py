@@ -494,8 +494,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(setup_path, pinned)
     device = args.device
-    resolved = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    eval_device = args.eval_device or resolved
+    def resolve(name: str) -> str:
+        return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+    resolved = resolve(device)
+    eval_device = resolve(args.eval_device or resolved)
     gpu = torch.cuda.get_device_name() if "cuda" in (resolved, eval_device) and torch.cuda.is_available() else None
     setup = {"dataset": key, "machine": machine(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "device": resolved,
              "eval_device": eval_device, "gpu": gpu,

@@ -138,8 +138,8 @@ def train_runs(args, out: Path, labeled: Path, val: Path) -> dict[str, dict]:
     runs = json.loads(path.read_text()) if path.exists() else {}
     plan = [(arch, lr) for arch in SLIM if arch in args.models for lr in (args.slim_lrs or [None])]
     plan += [(arch, lr) for arch in PEERS if arch in args.models for lr in args.peer_lrs]
-    for arch, lr in plan:
-        name = arch if lr is None else f"{arch}@lr{lr:g}"
+    planned = [arch if lr is None else f"{arch}@lr{lr:g}" for arch, lr in plan]
+    for (arch, lr), name in zip(plan, planned):
         if name in runs:
             continue
         print(f"\n== training {name}: {args.epochs} epochs at {args.image_size} px", flush=True)
@@ -152,9 +152,8 @@ def train_runs(args, out: Path, labeled: Path, val: Path) -> dict[str, dict]:
                       "val_ap": result.best_metrics["ap"], "train_min": round(result.history[-1]["time"] / 60, 2)}
         write_json(path, runs)
     kept = {}
+    runs = {name: run for name, run in runs.items() if name in planned}  # earlier runs at other rates are not compared
     for name, run in runs.items():
-        if run["arch"] not in SLIM + PEERS or run["arch"] not in args.models:
-            continue
         if run["arch"] not in kept or run["val_ap"] > kept[run["arch"]]["val_ap"]:
             kept[run["arch"]] = {**run, "name": name}
     for arch, run in kept.items():

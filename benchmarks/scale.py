@@ -342,7 +342,7 @@ def report_stages(data: dict, sizes: list[int], measured: list[str], results_jso
             sys.exit(f"{results_json}: no `scale` object to update; run every stage first")
         command = "python benchmarks/scale.py " + " ".join(sys.argv[1:])
         for stage, entry in stages.items():
-            measured_on = data.get(f"{sizes[-1]}/{stage}", {}).get("date", data["setup"]["date"])
+            measured_on = " and ".join(sorted({data.get(f"{n}/{stage}", {}).get("date", data["setup"]["date"]) for n in sizes}))
             merged["scale"]["stages"][stage] = {**entry, "rerun": {"date": measured_on, "command": command}}
         write_json(results_json, merged)
 

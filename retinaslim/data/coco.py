@@ -478,7 +478,7 @@ class CocoEvaluator:
     def add(self, image_ids: Sequence[int], results: list[dict[str, Any]]) -> None:
         """Evaluate the images ``image_ids`` (ids of ``gt``, each added once) given ``results``: COCO result
         dicts (``image_id`` among them, ``category_id`` of ``gt``, ``bbox`` xywh pixels, ``score``).
-        Raises ValueError for an image added before or not in ``gt``."""
+        Raises ValueError for an image added before or not in ``gt``, or a result for another image."""
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
 
@@ -489,6 +489,9 @@ class CocoEvaluator:
         unknown = [i for i in ids if i not in self._images]
         if unknown:
             raise ValueError(f"image id {unknown[0]} is not in the truth")
+        elsewhere = {r["image_id"] for r in results} - set(ids)
+        if elsewhere:
+            raise ValueError(f"a result for image id {min(elsewhere)}, which is not among the images added")
         if not ids:
             return
         truth = self._chunk_truth(ids)

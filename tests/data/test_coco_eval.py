@@ -103,3 +103,7 @@ def test_an_image_added_twice_or_unknown_is_refused_and_nothing_to_add_is_nothin
         evaluator.add(sorted(ids[:5])[2:3], [])
     with pytest.raises(ValueError, match="image id 100000 is not in the truth"):
         evaluator.add([100000], [])
+    stray = [r for r in results if r["image_id"] in set(ids[:6])]
+    first_stray = min(r["image_id"] for r in stray if r["image_id"] != ids[5])
+    with pytest.raises(ValueError, match=f"a result for image id {first_stray}, which is not among"):
+        evaluator.add(ids[5:6], stray)
