@@ -431,7 +431,8 @@ def evaluate(
     """COCO AP (overall, by size, per class), latency, throughput, parameters, MACs and size of checkpoints.
 
     Args:
-        weights: one checkpoint or several (compared side by side).
+        weights: one checkpoint or several (compared side by side): .pt files, or .onnx files from ``export``
+            (run by onnxruntime on the CPU).
         data: COCO JSON with the truth; images: folder its names resolve against (None: its own folder).
         image_size: longer side in pixels (None: each checkpoint's training size).
         batch_size: images per forward pass for the AP run and the throughput measurement.

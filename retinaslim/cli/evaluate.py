@@ -15,7 +15,7 @@ from retinaslim.config import Workspace
 
 @app.command("eval")
 def eval_(
-    weights: Annotated[list[Path], typer.Option(metavar="W.pt", help="Checkpoint to evaluate; repeat for a side-by-side table.")],
+    weights: Annotated[list[Path], typer.Option(metavar="W.pt", help="Checkpoint to evaluate (.pt, or .onnx from retinaslim export: onnxruntime on the CPU); repeat for a side-by-side table.")],
     data: Annotated[Optional[Path], typer.Option(help="COCO JSON with the truth (default: the workspace's val).")] = None,
     images: ImagesOpt = None,
     image_size: Annotated[Optional[int], typer.Option(min=32, help="Longer side in pixels images are resized to (default: each checkpoint's training size).")] = None,

@@ -8,7 +8,10 @@ images (throughput = images / median batch time) per model, on ``device`` with t
 count. After every model's accuracy run, the timed calls of all models are interleaved in rounds
 (``warmup_runs`` untimed calls per model and round), so that models compared side by side share the
 machine's slow and fast spells.
-Size: parameters, MACs of the network for a square ``image_size`` input (``models.macs``), checkpoint bytes.
+Size: parameters, MACs of the network for a square ``image_size`` input (``models.macs``), file bytes.
+A ``.onnx`` file from ``retinaslim export`` is evaluated the same way through onnxruntime on the CPU (the
+graph's fixed input size bounds ``image_size``), so an exported model's AP and speed sit beside the
+checkpoint's.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from retinaslim.core.atomic import atomic_path, refuse_overwriting_inputs, write_json
 from retinaslim.core.progress import Reporter
@@ -30,6 +34,8 @@ from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.lean import LeanDetector
 from retinaslim.models.macs import count_macs
+from retinaslim.models.onnx import OnnxDetector
+from retinaslim.models.registry import build_model
 
 
 @dataclass
@@ -146,6 +152,22 @@ def plot_precision_recall(path: Path, evaluation: CocoEvaluation, title: str) ->
     plt.close(figure)
 
 
+def _load(weights: Path) -> tuple[str, nn.Module, LeanDetector, ClassMap, int]:
+    """(architecture, network for counting parameters and MACs, inference detector, classes, default input
+    size) of a checkpoint (.pt: its weights through the lean path, BatchNorm folded) or of an ONNX export
+    (.onnx from ``retinaslim export``: onnxruntime on the CPU, the architecture rebuilt for counting; its
+    parameters are the checkpoint's, as the graph holds the same weights)."""
+    if weights.suffix.lower() == ".onnx":
+        detector = OnnxDetector(weights)
+        meta = detector.metadata
+        model = build_model(meta["arch"], len(meta["classes"]), meta["train_image_size"], **meta["arch_options"])
+        return meta["arch"], model.eval(), detector, ClassMap.from_categories(meta["classes"]), meta["image_size"]
+    checkpoint = load_checkpoint(weights)
+    model = checkpoint.build()
+    return (checkpoint.arch, model, LeanDetector(model), ClassMap.from_categories(checkpoint.classes),
+            checkpoint.image_size)
+
+
 def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult:
     reporter = reporter or Reporter()
     if not config.weights:
@@ -169,17 +191,16 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
     measured, plots = [], []  # per model: its report's fields except speed
     calls: dict[tuple[int, int], Callable[[], object]] = {}  # (model, batch size) -> one timed forward
     for index, weights in enumerate(config.weights):
-        checkpoint = load_checkpoint(weights)
-        classes = ClassMap.from_categories(checkpoint.classes)
+        arch, model, detector, classes, default_size = _load(Path(weights))
         note = match_classes(classes, weights, data)
         if note:
             reporter.log(note)
-        image_size = config.image_size or checkpoint.image_size
-        model = checkpoint.build()
+        image_size = config.image_size or default_size
         macs = sum(count_macs(model, image_size).values())
-        detector = LeanDetector(model).to(device)  # one inference copy (BN folded) for accuracy and speed
+        runs_on = torch.device("cpu") if isinstance(detector, OnnxDetector) else device
+        detector = detector.to(runs_on)
         predictions = prediction_files[index] if prediction_files else None
-        evaluation, skipped = evaluate_on_coco(detector, data, classes, image_size, device, config.batch_size,
+        evaluation, skipped = evaluate_on_coco(detector, data, classes, image_size, runs_on, config.batch_size,
                                                config.workers, reporter, predictions)
         pr_plot = None
         if config.plots_dir is not None:
@@ -188,17 +209,17 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
             plot_precision_recall(path, evaluation, f"{name} on {data.path.name}")
             plots.append(path)
             pr_plot = str(path)
-        calls[(index, 1)] = lambda d=detector, b=_batch(samples[:1], image_size, device): d(b)
-        calls[(index, config.batch_size)] = lambda d=detector, b=_batch(samples, image_size, device): d(b)
+        calls[(index, 1)] = lambda d=detector, b=_batch(samples[:1], image_size, runs_on): d(b)
+        calls[(index, config.batch_size)] = lambda d=detector, b=_batch(samples, image_size, runs_on): d(b)
         metrics = evaluation.metrics
         measured.append(dict(
-            weights=str(weights), arch=checkpoint.arch,
+            weights=str(weights), arch=arch,
             ap=metrics["ap"] or 0.0, ap50=metrics["ap50"] or 0.0, ap75=metrics["ap75"] or 0.0,
             ap_small=metrics["ap_small"], ap_medium=metrics["ap_medium"], ap_large=metrics["ap_large"],
             ar100=metrics["ar100"] or 0.0, per_class_ap=evaluation.per_class_ap,
             batch_size=config.batch_size,
             params=sum(p.numel() for p in model.parameters()), macs=macs, size_mb=Path(weights).stat().st_size / 1e6,
-            image_size=image_size, device=str(device), threads=torch.get_num_threads(),
+            image_size=image_size, device=str(runs_on), threads=torch.get_num_threads(),
             predictions=str(predictions) if predictions else None,
             pr_plot=pr_plot, num_skipped_images=len(skipped),
         ))

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from retinaslim.models.lean import LeanDetector
 from retinaslim.models.onnx import METADATA_KEY, OnnxDetector
@@ -147,3 +148,17 @@ def test_bad_requests_give_one_line_errors(labeller, tmp_path):
     assert "parity OK" in result.stdout and f"saved to {tmp_path / 'small.onnx'}" in result.stdout
     assert_user_error(run_cli("predict", image, "--weights", tmp_path / "small.onnx", "--image-size", 128,
                               "--out", tmp_path / "p.json"), "does not fit", "64 x 64")
+
+
+def test_eval_of_the_onnx_file_matches_eval_of_the_checkpoint(labeller, one_card_set, tmp_path):
+    from retinaslim.stages.evaluate import EvalConfig, evaluate
+
+    onnx_file = tmp_path / "m.onnx"
+    export(ExportConfig(labeller, out=onnx_file))
+    pt, ox = evaluate(EvalConfig([labeller, onnx_file], one_card_set.files["labeled"], device="cpu", workers=0,
+                                 latency_runs=3, warmup_runs=1)).reports
+    assert pt.ap50 > 0.3 and ox.ap == pytest.approx(pt.ap, abs=1e-3) and ox.ap50 == pytest.approx(pt.ap50, abs=1e-3)
+    assert (ox.arch, ox.params, ox.macs, ox.image_size) == (pt.arch, pt.params, pt.macs, pt.image_size)
+    assert ox.size_mb == onnx_file.stat().st_size / 1e6 and ox.device == "cpu" and ox.latency_ms > 0
+    with pytest.raises(UserError, match="does not fit the model's fixed"):
+        evaluate(EvalConfig([onnx_file], one_card_set.files["labeled"], image_size=256, workers=0, latency_runs=1))
