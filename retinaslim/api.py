@@ -350,7 +350,7 @@ def filter(  # noqa: A001 - the command's name
     pseudo: PathLike, *, out: PathLike, score_thresh: float | dict[str, float] | str | None = None,
     auto_thresh: str | None = None, labeled: PathLike | None = None, calib: PathLike | None = None,
     calib_images: PathLike | None = None, teacher: PathLike | Sequence[PathLike] | None = None, target_precision: float = 0.95,
-    min_agreement: int = 1, min_size: float = 0.0, max_size_frac: float = 1.0,
+    student: PathLike | None = None, min_agreement: int = 1, min_size: float = 0.0, max_size_frac: float = 1.0,
     aspect_range: str | tuple[float, float] | None = None, max_per_image: int | None = None, ambiguous: str = "keep",
     ambiguous_low: float = 0.2, keep_empty: bool = True, truth: PathLike | None = None,
     review_out: PathLike | None = None, review_count: int = 100, report: PathLike | None = None,
@@ -379,6 +379,9 @@ def filter(  # noqa: A001 - the command's name
         teacher: checkpoint for 'f1' and 'precision', or the list of them that made ``pseudo`` (None: the ones
             ``pseudo`` names).
         target_precision: precision (0..1) that auto_thresh='precision' aims for.
+        student: for 'f1' and 'precision', a student checkpoint trained on the human labels only; it is run
+            once per ``calib`` image and each class's AP at IoU 0.5 there compared with the teacher's labels':
+            a class the student finds better is unreliable, as above.
         min_agreement: keep boxes found by at least this many transforms.
         min_size: drop boxes whose shorter side is below this many pixels (original image).
         max_size_frac: drop boxes covering more than this fraction (0..1) of the image area.
@@ -415,6 +418,7 @@ def filter(  # noqa: A001 - the command's name
         Path(pseudo), Path(out), score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=_path(labeled),
         calib=_path(calib), calib_images=_path(calib_images),
         teacher=None if teacher is None else teacher_paths(teacher), target_precision=target_precision,
+        student=_path(student),
         min_agreement=min_agreement, min_size=min_size, max_size_frac=max_size_frac, aspect_range=aspect_range,
         max_per_image=max_per_image, ambiguous=ambiguous, ambiguous_low=ambiguous_low, keep_empty=keep_empty,
         truth=_path(truth), review_out=_path(review_out), review_count=review_count, report=_path(report), device=device,

@@ -25,6 +25,7 @@ def filter_(
     calib_images: Annotated[Optional[Path], typer.Option(help="Folder the --calib file names resolve against.")] = None,
     teacher: Annotated[Optional[list[Path]], typer.Option(help="Teacher for --auto-thresh f1 and precision, repeated for machine labels made by several (default: the ones pseudo.json names).")] = None,
     target_precision: Annotated[float, typer.Option(help="Precision at IoU 0.5 that --auto-thresh precision aims for.")] = 0.95,
+    student: Annotated[Optional[Path], typer.Option(help="A student trained on the human labels only (train-student --human-only): classes on which its validation AP50 beats the teacher's labels are not trained on (ignore regions), with --auto-thresh f1 or precision.")] = None,
     min_agreement: Annotated[int, typer.Option(min=1, help="Keep boxes found by at least this many transforms.")] = 1,
     min_size: Annotated[float, typer.Option(min=0.0, help="Drop boxes whose shorter side is below this many pixels.")] = 0.0,
     max_size_frac: Annotated[float, typer.Option(help="Drop boxes covering more than this fraction of the image area.")] = 1.0,
@@ -56,7 +57,7 @@ def filter_(
         with console.RichReporter() as reporter:
             result = api.filter(
                 pseudo, out=out, score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=labeled, calib=calib,
-                calib_images=calib_images, teacher=teacher, target_precision=target_precision,
+                calib_images=calib_images, teacher=teacher, target_precision=target_precision, student=student,
                 min_agreement=min_agreement, min_size=min_size, max_size_frac=max_size_frac, aspect_range=aspect_range,
                 max_per_image=max_per_image, ambiguous=ambiguous, ambiguous_low=ambiguous_low, keep_empty=keep_empty,
                 truth=truth, review_out=review_out, review_count=review_count, report=report, device=device,
@@ -72,14 +73,21 @@ def filter_(
 def _render(result) -> None:
     names = list(result.num_boxes_in)
     calibrated = {c.class_name: c for c in result.calibration}
+    compared = any(c.student_ap50 is not None for c in result.calibration)
     console.table("thresholds and boxes per class", ["class", "threshold", "boxes in", "boxes kept"] +
-                  (["val precision", "val recall"] if calibrated else []),
+                  (["val precision", "val recall"] if calibrated else []) +
+                  (["teacher val AP50", "student val AP50"] if compared else []),
                   [[n, result.thresholds[n], result.num_boxes_in[n], result.num_boxes_kept[n]] +
                    ([calibrated[n].precision, calibrated[n].recall] if calibrated and calibrated[n].reached else
-                    [None, None] if calibrated else []) for n in names])
+                    [None, None] if calibrated else []) +
+                   ([calibrated[n].teacher_ap50, calibrated[n].student_ap50] if compared else []) for n in names])
     unreliable = [c for c in result.calibration if not c.reliable]
     for c in result.calibration:
-        if c in unreliable:
+        if c.below_student:
+            console.warn(f"{c.class_name}: the human-only student finds it better than the teacher's labels on the "
+                         f"validation images (AP50 {c.student_ap50:.3f} vs {c.teacher_ap50:.3f}); none of the teacher's "
+                         "boxes are trained on as objects, those scoring >= --ambiguous-low become ignore regions")
+        elif c in unreliable:
             found = (f"its best F1 there is {c.f1:.2f} (precision {c.precision:.2f}, recall {c.recall:.2f} at {c.threshold:.2f})"
                      if c.reached else "no threshold reaches the rule's target there")
             console.warn(f"{c.class_name}: the teacher is unreliable on the validation images ({found}); none of its "

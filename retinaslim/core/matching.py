@@ -68,3 +68,18 @@ def best_f1_threshold(scores: torch.Tensor, is_tp: torch.Tensor, num_true: int) 
     f1 = torch.where(cut, 2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.tensor(-1.0))
     k = int(torch.nonzero(f1 == f1.max()).flatten()[0])
     return float(scores[k]), float(precision[k]), float(recall[k])
+
+
+def average_precision(scores: torch.Tensor, is_tp: torch.Tensor, num_true: int) -> float:
+    """AP at the IoU ``is_tp`` was matched at (0..1): the area under the precision-recall curve with precision
+    made monotone from the right, summed over every recall step (all-point interpolation, Pascal VOC 2010 on).
+
+    scores, is_tp: (N,) for one class over a set of images; num_true: that class's truth boxes (0 gives 0.0).
+    """
+    if num_true == 0 or len(scores) == 0:
+        return 0.0
+    order = torch.argsort(scores, descending=True, stable=True)
+    hits = is_tp[order].double()
+    precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float64)
+    envelope = torch.flip(torch.cummax(torch.flip(precision, [0]), 0).values, [0])
+    return float((envelope * hits).sum() / num_true)

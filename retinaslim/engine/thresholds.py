@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 
 from retinaslim.core.detections import Detections
-from retinaslim.core.matching import best_f1_threshold, lowest_threshold_for_precision, match
+from retinaslim.core.matching import average_precision, best_f1_threshold, lowest_threshold_for_precision, match
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
 from retinaslim.data.coco import ClassMap, CocoData, image_targets
 from retinaslim.data.stream import CocoStream
 from retinaslim.engine.inference import ImageResult, chunks, load_teachers, predict_batches, resolve_device, teacher_paths
 from retinaslim.errors import UserError
+from retinaslim.models.checkpoint import load_checkpoint
 
 KEEP_NONE = 1.0 + 1e-6  # a threshold no score (0..1) reaches
 
@@ -51,6 +52,13 @@ class Calibration:
     recall: float
     reached: bool
     reliable: bool
+    teacher_ap50: float | None = None  # with a student to compare: AP at IoU 0.5 on the validation images
+    student_ap50: float | None = None
+
+    @property
+    def below_student(self) -> bool:
+        """The human-only student finds this class better than the teacher's labels do (validation AP50)."""
+        return self.student_ap50 is not None and self.teacher_ap50 is not None and self.student_ap50 > self.teacher_ap50
 
     @property
     def f1(self) -> float:
@@ -74,6 +82,12 @@ class ClassScores:
         for k in self.scores:
             self.scores[k].append(dets.scores[dets.labels == k])
             self.hits[k].append(is_tp[dets.labels == k])
+
+    def ap50(self, k: int) -> float:
+        """Class ``k``'s AP at IoU 0.5 (``core.matching.average_precision``)."""
+        scores = torch.cat(self.scores[k]) if self.scores[k] else torch.zeros(0)
+        hits = torch.cat(self.hits[k]) if self.hits[k] else torch.zeros(0, dtype=torch.bool)
+        return average_precision(scores, hits, self.num_true[k])
 
     def choose(self, names: list[str], rule: str, target_precision: float = 0.95) -> list[Calibration]:
         """Per class (``names`` in label order): ``f1``, the threshold of the best F1; ``precision``, the lowest
@@ -115,11 +129,15 @@ def instances_thresholds(scores_per_class: dict[int, torch.Tensor], human_per_im
 
 def validation_thresholds(pseudo: CocoStream, classes: ClassMap, calib: CocoData, teacher: Path | list[Path], rule: str,
                           target_precision: float, device: str, batch_size: int, workers: int,
-                          reporter: Reporter) -> list[Calibration]:
+                          reporter: Reporter, student: Path | None = None) -> list[Calibration]:
     """Per class of ``classes`` (the machine labels' ``pseudo``), the threshold ``rule`` (``ClassScores.choose``)
     picks on the human-labelled ``calib`` images, labelled by ``teacher`` (one checkpoint, or the several
     pseudo-label fused) as pseudo-label labelled ``pseudo``. The teacher's classes are matched to ``classes`` by
-    name."""
+    name.
+
+    ``student``: a student trained on the human labels only. It is run once per image (no transforms) on the
+    same images; a class whose validation AP50 is higher for the student than for the teacher's labels is
+    not ``reliable``: the teacher's boxes would teach the student less than it already knows there."""
     teachers = teacher_paths(teacher)
     try:
         transforms = [Transform.from_name(n) for n in pseudo.info["transforms"]]
@@ -132,15 +150,36 @@ def validation_thresholds(pseudo: CocoStream, classes: ClassMap, calib: CocoData
         raise UserError(f"{pseudo.path}: made by {len(image_sizes)} teacher(s), {len(teachers)} given; calibrate with "
                         "the teachers that made it")
     checkpoints, _ = load_teachers(teachers, None)
-    # The teacher's label k is its k-th class; the machine labels' classes may number the same names otherwise.
-    teacher_names = ClassMap.from_categories(checkpoints[0].classes).names
-    unknown = [name for name in teacher_names if name not in classes.names]
-    if unknown:
-        raise UserError(f"{teachers[0]}: the teacher's class {unknown[0]!r} is not among {pseudo.path}'s classes "
-                        f"({', '.join(classes.names)}); calibrate with the teacher that made them (`teacher`)")
-    to_label = torch.tensor([classes.names.index(name) for name in teacher_names], dtype=torch.int64)
     run_on = resolve_device(device)
-    models = [c.build().to(run_on) for c in checkpoints]
+    found = _labeller_scores([c.build().to(run_on) for c in checkpoints], image_sizes, transforms, fusion,
+                             _label_map(checkpoints[0].classes, teachers[0], classes, pseudo.path), calib, classes,
+                             run_on, batch_size, workers, reporter, "calibrate")
+    calibration = found.choose(classes.names, rule, target_precision)
+    if student is not None:
+        other = load_checkpoint(student)
+        mine = _labeller_scores([other.build().to(run_on)], [other.image_size], [Transform()], fusion,
+                                _label_map(other.classes, student, classes, pseudo.path), calib, classes,
+                                run_on, batch_size, workers, reporter, "student")
+        for k, c in enumerate(calibration):
+            c.teacher_ap50, c.student_ap50 = found.ap50(k), mine.ap50(k)
+            c.reliable = c.reliable and not c.below_student
+    return calibration
+
+
+def _label_map(categories: list[dict], model_path: Path, classes: ClassMap, pseudo_path: Path) -> torch.Tensor:
+    """A model's label k (its k-th class) -> the label of the same class name in ``classes``."""
+    names = ClassMap.from_categories(categories).names
+    unknown = [name for name in names if name not in classes.names]
+    if unknown:
+        raise UserError(f"{model_path}: its class {unknown[0]!r} is not among {pseudo_path}'s classes "
+                        f"({', '.join(classes.names)}); calibrate with the models that made them")
+    return torch.tensor([classes.names.index(name) for name in names], dtype=torch.int64)
+
+
+def _labeller_scores(models: list, image_sizes: list[int], transforms: list[Transform], fusion: str,
+                     to_label: torch.Tensor, calib: CocoData, classes: ClassMap, run_on: torch.device,
+                     batch_size: int, workers: int, reporter: Reporter, task: str) -> ClassScores:
+    """``models`` (fused as pseudo-label fuses them) run on every ``calib`` image, scored against its human boxes."""
     paths = [calib.image_path(im) for im in calib.images]
     found = ClassScores(len(classes))
 
@@ -153,6 +192,6 @@ def validation_thresholds(pseudo: CocoStream, classes: ClassMap, calib: CocoData
             found.add(Detections(dets.boxes, dets.scores, to_label[dets.labels], dets.extra), boxes, labels)
 
     predict_batches(models[0], paths, chunks(list(range(len(paths))), batch_size), image_sizes[0], transforms, run_on,
-                    collect, fusion=fusion, workers=workers, reporter=reporter, task="calibrate",
+                    collect, fusion=fusion, workers=workers, reporter=reporter, task=task,
                     ensemble=list(zip(models[1:], image_sizes[1:])))
-    return found.choose(classes.names, rule, target_precision)
+    return found

@@ -11,7 +11,8 @@ counted per class:
    calibration images, the validation set as a rule, running the teacher with pseudo-label's settings; the
    default given such images), ``f1`` (the threshold of the best F1 there) or ``instances`` (Data
    Distillation: as many machine boxes per unlabelled image as there are human boxes per labelled image);
-   classes the validation images show to be unreliable give ignore regions, not boxes;
+   classes the validation images show to be unreliable give ignore regions, not boxes (with ``student``, a
+   human-only student's checkpoint, also the classes on which its validation AP50 beats the teacher's labels);
 4. ``max_per_image``: the best-scoring boxes only;
 5. doubtful images, holding a box scored between ``ambiguous_low`` and the threshold: ``keep``,
    ``drop`` the image, or ``ignore`` (those boxes become ``iscrowd`` ignore regions that give no loss);
@@ -64,6 +65,7 @@ class FilterConfig:
     calib_images: Path | None = None
     teacher: list[Path] | None = None  # auto "f1"/"precision"; default: the teacher(s) named in pseudo.json
     target_precision: float = 0.95
+    student: Path | None = None  # auto "f1"/"precision": a human-only student; classes it finds better are unreliable
     min_agreement: int = 1
     min_size: float = 0.0
     max_size_frac: float = 1.0
@@ -129,6 +131,7 @@ def parse_class_thresholds(text: str) -> float | dict[str, float]:
 def _validate(config: FilterConfig) -> None:
     review_coco = Path(config.review_out).with_suffix(".coco.json") if config.review_out is not None else None
     teachers = [("`teacher`", t) for t in (teacher_paths(config.teacher) if config.teacher is not None else [])]
+    teachers += [("`student`", config.student)] if config.student is not None else []
     refuse_overwriting_inputs(
         [("`out`", config.out), ("`review_out`", config.review_out), ("`review_out`", review_coco)],
         [("`pseudo`", config.pseudo), ("`labeled`", config.labeled), ("`calib`", config.calib), ("`truth`", config.truth),
@@ -145,6 +148,9 @@ def _validate(config: FilterConfig) -> None:
         raise UserError("`auto_thresh` instances needs `labeled` (the human-labelled COCO file)")
     if config.auto_thresh in VALIDATION_RULES and config.calib is None:
         raise UserError(f"`auto_thresh` {config.auto_thresh} needs `calib` (human-labelled COCO images, e.g. the validation set)")
+    if config.student is not None and threshold_rule(config) not in VALIDATION_RULES:
+        raise UserError("`student` is compared with the teacher on the validation images: it needs the f1 or precision "
+                        "rule (`calib`, and no `score_thresh`)")
     if config.ambiguous not in AMBIGUOUS_ACTIONS:
         raise UserError(f"`ambiguous` {config.ambiguous!r}: choose {', '.join(AMBIGUOUS_ACTIONS)}")
     if config.review_count < 1:
@@ -206,7 +212,7 @@ def _calibrate(config: FilterConfig, rule: str, pseudo: CocoStream, classes: Cla
     if teacher is None:
         raise UserError(f"{pseudo.path}: names no teacher; pass `teacher`")
     return validation_thresholds(pseudo, classes, calib, teacher, rule, config.target_precision,
-                                 config.device, config.batch_size, config.workers, reporter)
+                                 config.device, config.batch_size, config.workers, reporter, student=config.student)
 
 
 def _histogram_counts(scores: torch.Tensor) -> torch.Tensor:

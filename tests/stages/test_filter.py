@@ -254,3 +254,63 @@ def test_classes_the_teacher_finds_unreliably_on_validation_give_ignore_regions(
     result = filter_labels(FilterConfig(pseudo, tmp_path / "g.json", calib=pseudo))
     assert result.num_images_out == 0 and json.loads((tmp_path / "g.json").read_text())["images"] == []
     assert result.rules[-1].images_removed == 4
+
+
+def test_average_precision_is_the_area_under_the_monotone_precision_recall_curve():
+    from retinaslim.core.matching import average_precision
+
+    # ranked: hit, miss, hit, of 3 true boxes: precision 1, 1/2, 2/3 -> made monotone 1, 2/3, 2/3; AP (1 + 2/3) / 3
+    scores, hits = torch.tensor([0.7, 0.9, 0.8]), torch.tensor([True, True, False])
+    assert average_precision(scores, hits, 3) == pytest.approx((1 + 2 / 3) / 3)
+    assert average_precision(scores, hits, 0) == 0.0 and average_precision(torch.zeros(0), hits[:0], 2) == 0.0
+    assert average_precision(scores, torch.tensor([True, True, True]), 3) == pytest.approx(1.0)
+
+
+def test_a_student_better_than_the_teacher_makes_its_classes_unreliable(one_card_set, labeller, tmp_path, monkeypatch):
+    import dataclasses
+
+    from retinaslim.models.checkpoint import load_checkpoint, save_checkpoint
+    from retinaslim.stages.pseudo_label import PseudoLabelConfig, pseudo_label
+
+    trained = load_checkpoint(labeller)
+    torch.manual_seed(0)
+    untrained = build_model(trained.arch, len(trained.classes), trained.image_size, **trained.arch_options)
+    weak = tmp_path / "weak.pt"
+    save_checkpoint(weak, dataclasses.replace(trained, model=untrained.state_dict()))
+    images, labeled = one_card_set.out / "labeled", one_card_set.files["labeled"]
+    seen = {a["category_id"] for a in json.loads(labeled.read_text())["annotations"]}
+    present = [c["name"] for c in trained.classes if c["id"] in seen]  # classes with truth on the validation images
+
+    # a teacher that has learnt nothing, a student that has: every class with truth is left to the student
+    pseudo_label(PseudoLabelConfig(images, weak, tmp_path / "weak.json", batch_size=4))
+    result = filter_labels(FilterConfig(tmp_path / "weak.json", tmp_path / "wf.json", calib=labeled, student=labeller))
+    for c in result.calibration:
+        if c.class_name in present:
+            assert c.student_ap50 > 0.3 > c.teacher_ap50 and c.below_student and not c.reliable
+            assert result.num_boxes_kept[c.class_name] == 0
+    # the trained model as teacher and the untrained one as student: nothing changes against the run without it
+    pseudo_label(PseudoLabelConfig(images, labeller, tmp_path / "good.json", batch_size=4))
+    alone = filter_labels(FilterConfig(tmp_path / "good.json", tmp_path / "a.json", calib=labeled))
+    compared = filter_labels(FilterConfig(tmp_path / "good.json", tmp_path / "c.json", calib=labeled, student=weak))
+    assert compared.thresholds == alone.thresholds and compared.num_boxes_kept == alone.num_boxes_kept
+    assert all(not c.below_student for c in compared.calibration)
+    assert any(c.teacher_ap50 > 0.3 for c in compared.calibration if c.class_name in present)
+    with pytest.raises(UserError, match="`student` is compared with the teacher"):
+        filter_labels(FilterConfig(tmp_path / "good.json", tmp_path / "x.json", score_thresh=0.5, student=weak))
+    # a class the teacher labels reliably (precision 1.0 at 0.5) but the student finds better is not trained on
+    from retinaslim.engine import thresholds
+
+    def scores(task_hits):
+        found = ClassScores(len(trained.classes))
+        for k in range(len(trained.classes)):
+            found.scores[k], found.hits[k] = [torch.tensor([0.9, 0.5, 0.2])], [torch.tensor(task_hits)]
+            found.num_true[k] = 3
+        return found
+
+    crafted = {"calibrate": scores([True, True, False]), "student": scores([True, True, True])}
+    monkeypatch.setattr(thresholds, "_labeller_scores", lambda *args: crafted[args[-1]])
+    result = filter_labels(FilterConfig(tmp_path / "good.json", tmp_path / "m.json", calib=labeled, student=weak))
+    for c in result.calibration:
+        assert c.reached and c.threshold == pytest.approx(0.5) and c.precision == 1.0  # the precision rule alone keeps them
+        assert (c.teacher_ap50, c.student_ap50) == (pytest.approx(2 / 3), pytest.approx(1.0)) and not c.reliable
+    assert sum(result.num_boxes_kept.values()) == 0
