@@ -99,6 +99,9 @@ LABEL_SETS = {
     "self_training": ("self", ["--score-thresh", "0.5"], "default ensemble run by the human-only student itself (no teacher), fixed 0.5"),
     "score_weighted": ("ensemble", ["--calib", "{val}"], "the default labels, each machine box's loss scaled by its score",
                        ["--pseudo-box-weight", "score"]),
+    "vs_student": ("ensemble", ["--calib", "{val}", "--student", "{student}"],
+                   "the default, with filter --student: classes on which the human-only student's validation AP50 beats "
+                   "the teacher's labels are not trained on (ignore regions)"),
     "round_2": ("round2", ["--calib", "{val}"], "second round: the teacher and the default distilled student label "
                 "together (both ensembled), thresholds per class on the validation set"),
 }
@@ -169,7 +172,8 @@ def comparison_steps(data: Dataset, out: Path, knobs: dict, label_sets: list[str
     def label_set_steps(name: str) -> tuple[Step, Step]:
         """The filter and the student of one label set."""
         source, options, _, *student_options = LABEL_SETS[name]
-        options = [o.format(labeled=data.labeled, calib=data.calib, val=data.val) for o in options]
+        options = [o.format(labeled=data.labeled, calib=data.calib, val=data.val,
+                            student=runs / "student_human" / "best.pt") for o in options]
         filtered = labels / f"filtered_{name}.json"
         return (Step(f"filter_{name}", ["filter", labels / f"{source}.json", "--out", filtered, *options,
                                         "--truth", data.unlabeled_truth, "--report", labels / f"filter_{name}.report.json",
