@@ -333,7 +333,7 @@ def pseudo_label(
         UserError: no images in ``source``, a missing teacher, teachers of different classes, options out of
             range, a journal from a different run, ``out`` equal to an input.
     """
-    from retinaslim.engine.inference import teacher_paths
+    from retinaslim.stages.pseudo_label import teacher_paths  # engine.inference's, re-exported: api imports stages only
     from retinaslim.stages.pseudo_label import PseudoLabelConfig
     from retinaslim.stages.pseudo_label import pseudo_label as run
 
@@ -405,7 +405,7 @@ def filter(  # noqa: A001 - the command's name
         UserError: a malformed file, an unknown class or option value, a value out of range, an output
             that would overwrite an input.
     """
-    from retinaslim.engine.inference import teacher_paths
+    from retinaslim.stages.pseudo_label import teacher_paths  # engine.inference's, re-exported: api imports stages only
     from retinaslim.stages.filter import FilterConfig, filter_labels, parse_class_thresholds
 
     if isinstance(score_thresh, str):
