@@ -185,13 +185,16 @@ def evaluate_on_coco(
     workers: int = 0,
     reporter: Reporter | None = None,
     predictions_out: Path | None = None,
+    evaluator: CocoEvaluator | None = None,
 ) -> tuple[CocoEvaluation, list[str]]:
     """Single-pass predictions on every image of ``coco`` scored by pycocotools -> (evaluation, decoding errors).
 
     Scored a chunk of images at a time (``data.coco.CocoEvaluator``), and the predictions written to
     ``predictions_out`` (a COCO results file) as they come, so that memory does not grow with the images.
+    ``evaluator``: the truth already indexed (``CocoEvaluator(coco)``, nothing added), for a caller that has
+    let go of ``coco``'s annotations; default: built here from ``coco``.
     """
-    evaluator = CocoEvaluator(coco)
+    evaluator = evaluator or CocoEvaluator(coco)
     with results_writer(predictions_out) if predictions_out is not None else contextlib.nullcontext() as write:
         def on_chunk(image_ids: list[int], results: list[dict[str, Any]]) -> None:
             evaluator.add(image_ids, results)

@@ -66,6 +66,7 @@ def test_chunked_evaluation_equals_one_cocoeval_bit_for_bit(tmp_path, seed, chun
     assert max(per_image_class.values()) > 100  # the 100-detection cap is exercised
     reference = pycocotools_alone(truth, results)
     evaluator = CocoEvaluator(data)
+    data.annotations_per_image.clear()  # the evaluator holds its own copy of the truth: eval lets go of the dicts
     ids = [image["id"] for image in data.images]
     starts = list(range(0, len(ids), chunk))
     for start in reversed(starts):  # chunks out of order: accumulate must still see the images sorted by id
@@ -101,8 +102,9 @@ def test_an_image_added_twice_or_unknown_is_refused_and_nothing_to_add_is_nothin
     evaluator.add(ids[:5], [r for r in results if r["image_id"] in set(ids[:5])])
     with pytest.raises(ValueError, match=f"image id {sorted(ids[:5])[2]} was added before"):
         evaluator.add(sorted(ids[:5])[2:3], [])
-    with pytest.raises(ValueError, match="image id 100000 is not in the truth"):
-        evaluator.add([100000], [])
+    for unknown in (100000, 0):  # above and below every id of the truth
+        with pytest.raises(ValueError, match=f"image id {unknown} is not in the truth"):
+            evaluator.add([unknown], [])
     stray = [r for r in results if r["image_id"] in set(ids[:6])]
     first_stray = min(r["image_id"] for r in stray if r["image_id"] != ids[5])
     with pytest.raises(ValueError, match=f"a result for image id {first_stray}, which is not among"):

@@ -15,7 +15,7 @@ from retinaslim.data.coco import coco_evaluate, load_coco
 from retinaslim.engine.timing import measure, median_ms, p90_ms
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.macs import count_macs
-from tests.conftest import run_cli
+from tests.conftest import remap_categories, run_cli
 
 
 def _pycocotools(truth_path, predictions):
@@ -138,3 +138,22 @@ def test_a_detector_that_is_not_a_retinanet_is_called_as_it_is(tiny_cards):
     predict_on_coco(Fixed(), truth, classes, 48, torch.device("cpu"), lambda ids, r: results.extend(r))
     assert {r["category_id"] for r in results} == {classes.category_ids[1]}
     assert all(r["bbox"] == [0.0, 0.0, 48.0, 96.0] and r["score"] == 0.7 for r in results)  # mapped back to 96 px
+
+
+def test_each_model_is_scored_with_its_own_class_ids_after_the_truth_dicts_are_released(labeller, one_card_set, tmp_path):
+    # eval indexes the truth per model (after matching classes by name), then lets go of the truth's dicts
+    # before predicting; the same model twice on truth numbered otherwise scores as on the original file
+    truth = one_card_set.files["labeled"]
+    names = {c["id"]: c["name"] for c in json.loads(truth.read_text())["categories"]}
+    renumbered = remap_categories(truth, truth.parent / "renumbered_for_eval.json", {i: i + 40 for i in names},
+                                  {i + 40: n for i, n in names.items()})
+    reports = []
+    for data, json_out in ((truth, tmp_path / "a.json"), (renumbered, tmp_path / "b.json")):
+        result = run_cli("eval", "--weights", labeller, "--weights", labeller, "--data", data, "--latency-runs", 1,
+                         "--warmup-runs", 0, "--workers", 0, "--device", "cpu", "--json", json_out)
+        assert result.exit_code == 0, result.stdout + result.stderr
+        reports += json.loads(json_out.read_text())
+    assert "ids renumbered" in result.stdout
+    assert reports[0]["ap"] > 0.3
+    for key in ("ap", "ap50", "ap75", "per_class_ap"):
+        assert reports[1][key] == reports[2][key] == reports[3][key] == reports[0][key], key
