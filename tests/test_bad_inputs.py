@@ -291,6 +291,9 @@ COCO_CASES = [
     ("nan_image_width", text(json.dumps(good_coco_dict()).replace('"width": 128, "height": 128}]', '"width": NaN, "height": 128}]')), ["image 2", "positive integer 'width'"]),
     ("zero_image_size", changed(lambda d: d["images"][0].update(width=0)), ["image 1", "positive integer 'width'"]),
     ("string_ids", changed(lambda d: d["images"][0].update(id="1")), ["needs an integer 'id'"]),
+    ("id_beyond_64_bits", changed(lambda d: d["categories"][0].update(id=2**63)), ["needs an integer 'id' (64-bit)"]),
+    ("iscrowd_not_0_or_1", changed(lambda d: d["annotations"][1].update(iscrowd="0")), ["annotation 2", "iscrowd '0'", "0 or 1"]),
+    ("null_area", changed(lambda d: d["annotations"][1].update(area=None)), ["annotation 2", "area None", ">= 0"]),
     ("image_missing_on_disk", changed(lambda d: d["images"][1].update(file_name="gone.jpg")), ["gone.jpg", "not found"]),
 ]
 COCO_COMMANDS = ["train-student", "eval", "filter"]

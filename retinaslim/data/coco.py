@@ -94,12 +94,17 @@ def _finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _id(value: Any) -> bool:
+    """An integer id as the evaluation's int64 arrays hold it (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
+
+
 def validate_categories(path: Path, categories: list[Any]) -> set[int]:
-    """Raise unless every category has an integer ``id`` (unique) and a string ``name``; -> the ids."""
+    """Raise unless every category has an integer ``id`` (unique, int64) and a string ``name``; -> the ids."""
     category_ids: set[int] = set()
     for c in categories:
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
-            raise _fail(path, f"category {c!r} needs an integer 'id' and a string 'name'")
+        if not isinstance(c, dict) or not _id(c.get("id")) or not isinstance(c.get("name"), str):
+            raise _fail(path, f"category {c!r} needs an integer 'id' (64-bit) and a string 'name'")
         if c["id"] in category_ids:
             raise _fail(path, f"duplicate category id {c['id']}")
         category_ids.add(c["id"])
@@ -107,9 +112,9 @@ def validate_categories(path: Path, categories: list[Any]) -> set[int]:
 
 
 def image_id(path: Path, image: Any) -> int:
-    """The image entry's ``id``; raises unless it has an integer id and a string ``file_name``."""
-    if not isinstance(image, dict) or not isinstance(image.get("id"), int) or not isinstance(image.get("file_name"), str):
-        raise _fail(path, f"image {str(image)[:80]} needs an integer 'id' and a string 'file_name'")
+    """The image entry's ``id``; raises unless it has an integer id (int64) and a string ``file_name``."""
+    if not isinstance(image, dict) or not _id(image.get("id")) or not isinstance(image.get("file_name"), str):
+        raise _fail(path, f"image {str(image)[:80]} needs an integer 'id' (64-bit) and a string 'file_name'")
     return image["id"]
 
 
@@ -141,7 +146,8 @@ def annotation_id(path: Path, a: Any) -> int:
 
 def validate_annotation(path: Path, a: dict[str, Any], image: dict[str, Any], category_ids: set[int]) -> None:
     """Raise unless ``a`` (an annotation of ``image``) has a known category, a finite box with positive sides
-    not wholly outside the image, and a score in [0, 1] if any."""
+    not wholly outside the image, a score in [0, 1], an ``area`` >= 0 and an ``iscrowd`` of 0 or 1 if any
+    (pycocotools reads ``iscrowd`` both as a truth value and as an integer: other values score wrongly)."""
     where = f"annotation {a['id']}"
     if a.get("category_id") not in category_ids:
         raise _fail(path, f"{where} has category id {a.get('category_id')!r}, which is not in 'categories'")
@@ -158,6 +164,10 @@ def validate_annotation(path: Path, a: dict[str, Any], image: dict[str, Any], ca
                           f"{image['file_name']} ({image['width']} x {image['height']})")
     if "score" in a and not (_finite_number(a["score"]) and 0 <= a["score"] <= 1):
         raise _fail(path, f"{where} has score {a['score']!r}; scores must be numbers in [0, 1]")
+    if "area" in a and not (_finite_number(a["area"]) and a["area"] >= 0):
+        raise _fail(path, f"{where} has area {a['area']!r}; an area is a number >= 0 (pixels)")
+    if "iscrowd" in a and a["iscrowd"] not in (0, 1):  # True and False are 1 and 0
+        raise _fail(path, f"{where} has iscrowd {a['iscrowd']!r}; iscrowd is 0 or 1")
 
 
 def load_coco(path: Path, images_dir: Path | None = None, require_annotations: bool = True,
@@ -464,7 +474,7 @@ class CocoEvaluator:
         self._category_ids = np.array([a["category_id"] for a in flat], dtype=np.int64)
         self._boxes = np.array([a["bbox"] for a in flat], dtype=np.float64).reshape(-1, 4)
         self._areas = np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in flat], dtype=np.float64)
-        self._crowd = np.array([bool(a.get("iscrowd", 0)) for a in flat], dtype=bool)
+        self._crowd = np.array([a.get("iscrowd", 0) == 1 for a in flat], dtype=bool)  # load_coco: 0 or 1
         self._params = COCOeval(self._chunk_truth([]), iouType="bbox").params
         self._chunks: list[_EvaluatedChunk] = []
         self._added: set[int] = set()

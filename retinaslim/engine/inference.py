@@ -194,7 +194,7 @@ def evaluate_on_coco(
     ``evaluator``: the truth already indexed (``CocoEvaluator(coco)``, nothing added), for a caller that has
     let go of ``coco``'s annotations; default: built here from ``coco``.
     """
-    evaluator = evaluator or CocoEvaluator(coco)
+    evaluator = evaluator if evaluator is not None else CocoEvaluator(coco)
     with results_writer(predictions_out) if predictions_out is not None else contextlib.nullcontext() as write:
         def on_chunk(image_ids: list[int], results: list[dict[str, Any]]) -> None:
             evaluator.add(image_ids, results)

@@ -1,6 +1,7 @@
 """eval: its numbers are pycocotools' numbers for the predictions it writes; speed, size and plots."""
 
 import contextlib
+import dataclasses
 import io
 import json
 
@@ -12,9 +13,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from retinaslim.data.coco import coco_evaluate, load_coco
+from retinaslim.engine.inference import evaluate_on_coco
 from retinaslim.engine.timing import measure, median_ms, p90_ms
-from retinaslim.models.checkpoint import load_checkpoint
+from retinaslim.models.checkpoint import load_checkpoint, save_checkpoint
 from retinaslim.models.macs import count_macs
+from retinaslim.stages import evaluate as evaluate_stage
 from tests.conftest import remap_categories, run_cli
 
 
@@ -140,20 +143,32 @@ def test_a_detector_that_is_not_a_retinanet_is_called_as_it_is(tiny_cards):
     assert all(r["bbox"] == [0.0, 0.0, 48.0, 96.0] and r["score"] == 0.7 for r in results)  # mapped back to 96 px
 
 
-def test_each_model_is_scored_with_its_own_class_ids_after_the_truth_dicts_are_released(labeller, one_card_set, tmp_path):
-    # eval indexes the truth per model (after matching classes by name), then lets go of the truth's dicts
-    # before predicting; the same model twice on truth numbered otherwise scores as on the original file
+def test_each_model_is_scored_with_its_own_class_ids_after_the_truth_dicts_are_released(labeller, one_card_set, tmp_path,
+                                                                                        monkeypatch):
+    # eval indexes the truth per model (after matching classes by name: ids differ between the two models
+    # and the file), then lets go of the truth's dicts before predicting
     truth = one_card_set.files["labeled"]
     names = {c["id"]: c["name"] for c in json.loads(truth.read_text())["categories"]}
-    renumbered = remap_categories(truth, truth.parent / "renumbered_for_eval.json", {i: i + 40 for i in names},
+    renumbered = remap_categories(truth, tmp_path / "renumbered.json", {i: i + 40 for i in names},
                                   {i + 40: n for i, n in names.items()})
+    checkpoint = load_checkpoint(labeller)
+    twin = tmp_path / "twin.pt"  # the same weights with other class ids for the same names
+    save_checkpoint(twin, dataclasses.replace(checkpoint, classes=[{**c, "id": c["id"] + 10} for c in checkpoint.classes]))
+    released = []
+
+    def watched(model, coco, *args, **kwargs):
+        released.append(coco.annotations_per_image == {})
+        return evaluate_on_coco(model, coco, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_stage, "evaluate_on_coco", watched)
     reports = []
     for data, json_out in ((truth, tmp_path / "a.json"), (renumbered, tmp_path / "b.json")):
-        result = run_cli("eval", "--weights", labeller, "--weights", labeller, "--data", data, "--latency-runs", 1,
-                         "--warmup-runs", 0, "--workers", 0, "--device", "cpu", "--json", json_out)
+        result = run_cli("eval", "--weights", labeller, "--weights", twin, "--data", data, "--images", truth.parent,
+                         "--latency-runs", 1, "--warmup-runs", 0, "--workers", 0, "--device", "cpu", "--json", json_out)
         assert result.exit_code == 0, result.stdout + result.stderr
         reports += json.loads(json_out.read_text())
     assert "ids renumbered" in result.stdout
+    assert released == [True] * 4
     assert reports[0]["ap"] > 0.3
     for key in ("ap", "ap50", "ap75", "per_class_ap"):
         assert reports[1][key] == reports[2][key] == reports[3][key] == reports[0][key], key
