@@ -446,8 +446,8 @@ class CocoEvaluator:
     """pycocotools' bbox evaluation of ``gt``, fed the results of a chunk of images at a time.
 
     ``add`` runs ``COCOeval.evaluate`` on its chunk (evaluate scores each image on its own) against a
-    pycocotools index of that chunk's truth only (built from the evaluator's own arrays), and keeps only what ``COCOeval.accumulate`` reads: per
-    class, area range and image, the detections' scores (float64), which IoU thresholds matched and which
+    pycocotools index of that chunk's truth only (built from the evaluator's own arrays), and keeps only
+    what ``COCOeval.accumulate`` reads: per class, area range and image, the detections' scores (float64), which IoU thresholds matched and which
     ignored each detection (bits), and which truth boxes are ignored. ``evaluation`` accumulates those
     records one class and IoU threshold at a time (``_accumulate``, the arithmetic of
     ``COCOeval.accumulate``) and hands pycocotools' own ``summarize`` the result. The numbers equal one
