@@ -447,9 +447,9 @@ class CocoEvaluator:
 
     ``add`` runs ``COCOeval.evaluate`` on its chunk (evaluate scores each image on its own) against a
     pycocotools index of that chunk's truth only (built from the evaluator's own arrays), and keeps only
-    what ``COCOeval.accumulate`` reads: per class, area range and image, the detections' scores (float64), which IoU thresholds matched and which
-    ignored each detection (bits), and which truth boxes are ignored. ``evaluation`` accumulates those
-    records one class and IoU threshold at a time (``_accumulate``, the arithmetic of
+    what ``COCOeval.accumulate`` reads: per class, area range and image, the detections' scores (float64),
+    which IoU thresholds matched and which ignored each detection (bits), and which truth boxes are
+    ignored. ``evaluation`` accumulates those records one class and IoU threshold at a time (``_accumulate``, the arithmetic of
     ``COCOeval.accumulate``) and hands pycocotools' own ``summarize`` the result. The numbers equal one
     COCOeval over all the results bit for bit, in any chunking (tests/data/test_coco_eval.py).
 
