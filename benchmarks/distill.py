@@ -1,7 +1,7 @@
 """Benchmark data distillation: a ResNet50 teacher, a slim student on human labels, and students on
 human + machine labels, side by side (AP, latency, FPS, size), with the issue's targets checked.
 
-    python benchmarks/distill.py --out bench/distill --label-sets default   # full size, the defaults only: ~2.5 h on 2 CPU cores
+    python benchmarks/distill.py --out bench/distill --label-sets default   # full size, the defaults only: ~2 h on 2 CPU cores
     python benchmarks/distill.py --out bench/distill_quick --quick    # smoke test: minutes, numbers mean nothing
     python benchmarks/distill.py --out bench/distill_gpu --device cuda --eval-device cpu --jobs 8 ...  # a GPU machine
 
