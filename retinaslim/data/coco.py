@@ -449,9 +449,10 @@ class CocoEvaluator:
     pycocotools index of that chunk's truth only (built from the evaluator's own arrays), and keeps only
     what ``COCOeval.accumulate`` reads: per class, area range and image, the detections' scores (float64),
     which IoU thresholds matched and which ignored each detection (bits), and which truth boxes are
-    ignored. ``evaluation`` accumulates those records one class and IoU threshold at a time (``_accumulate``, the arithmetic of
-    ``COCOeval.accumulate``) and hands pycocotools' own ``summarize`` the result. The numbers equal one
-    COCOeval over all the results bit for bit, in any chunking (tests/data/test_coco_eval.py).
+    ignored. ``evaluation`` accumulates those records one class and IoU threshold at a time
+    (``_accumulate``, the arithmetic of ``COCOeval.accumulate``) and hands pycocotools' own ``summarize``
+    the result. The numbers equal one COCOeval over all the results bit for bit, in any chunking
+    (tests/data/test_coco_eval.py).
 
     Why: one COCOeval holds every result and every image's evaluation as Python objects; ``eval`` of
     100,000 images peaked at 7.5 GB that way, while these records take 24 bytes per detection. Measured
@@ -483,9 +484,10 @@ class CocoEvaluator:
 
     def _rows(self, image_ids: Sequence[int]) -> np.ndarray:
         """Each id's row in the id-sorted truth; -1 for an id the truth does not have."""
-        rows = np.searchsorted(self._image_ids, np.asarray(image_ids, dtype=np.int64))
-        rows = np.minimum(rows, max(len(self._image_ids) - 1, 0))
-        found = self._image_ids[rows] == np.asarray(image_ids, dtype=np.int64) if len(self._image_ids) else rows < 0
+        ids = np.asarray(image_ids, dtype=np.int64)
+        rows = np.searchsorted(self._image_ids, ids)
+        found = rows < len(self._image_ids)
+        found[found] = self._image_ids[rows[found]] == ids[found]
         return np.where(found, rows, -1)
 
     def _chunk_truth(self, image_ids: list[int]) -> Any:
