@@ -104,6 +104,9 @@ LABEL_SETS = {
     "vs_student": ("ensemble", ["--calib", "{val}", "--student", "{student}"],
                    "the default, with filter --student: classes on which the human-only student's validation AP50 beats "
                    "the teacher's labels are not trained on (ignore regions)"),
+    "default_ignore": ("ensemble", ["--calib", "{val}", "--ambiguous", "ignore"],
+                       "the default, with the boxes scored from 0.2 (--ambiguous-low) up to each class's threshold as ignore "
+                       "regions (filter --ambiguous ignore)"),
     "round_2": ("round2", ["--calib", "{val}"], "second round: the teacher and the default distilled student label "
                 "together (both ensembled), thresholds per class on the validation set"),
 }

@@ -168,6 +168,20 @@ def _load(weights: Path) -> tuple[str, nn.Module, LeanDetector, ClassMap, int]:
             checkpoint.image_size)
 
 
+@dataclass
+class _Loaded:
+    """One checkpoint, loaded and sized, with the truth indexed under its class ids: what ``evaluate`` keeps
+    of it between loading every checkpoint and scoring each."""
+
+    weights: Path
+    arch: str
+    detector: LeanDetector | OnnxDetector
+    classes: ClassMap
+    image_size: int  # pixels, longer side
+    counted: dict[str, int]  # params, macs (at image_size, square)
+    evaluator: CocoEvaluator
+
+
 def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult:
     reporter = reporter or Reporter()
     if not config.weights:
@@ -199,20 +213,21 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
         image_size = config.image_size or default_size
         counted = {"params": sum(p.numel() for p in model.parameters()), "macs": sum(count_macs(model, image_size).values())}
         # match_classes gave the truth this model's category ids: index it now, as arrays
-        models.append((weights, arch, detector, classes, image_size, counted, CocoEvaluator(data)))
+        models.append(_Loaded(Path(weights), arch, detector, classes, image_size, counted, CocoEvaluator(data)))
     # From here on only the image list is read. Letting go of the truth's dicts (131 MB at 100,000 images)
     # before the DataLoader workers fork keeps them out of the workers too (docs/results.md, issue 17).
     data = replace(data, annotations_per_image={})
-    for index, (weights, arch, detector, classes, image_size, counted, evaluator) in enumerate(models):
-        runs_on = torch.device("cpu") if isinstance(detector, OnnxDetector) else device
-        detector = detector.to(runs_on)
+    for index, loaded in enumerate(models):
+        weights, image_size = loaded.weights, loaded.image_size
+        runs_on = torch.device("cpu") if isinstance(loaded.detector, OnnxDetector) else device
+        detector = loaded.detector.to(runs_on)
         predictions = prediction_files[index] if prediction_files else None
-        evaluation, skipped = evaluate_on_coco(detector, data, classes, image_size, runs_on, config.batch_size,
-                                               config.workers, reporter, predictions, evaluator)
+        evaluation, skipped = evaluate_on_coco(detector, data, loaded.classes, image_size, runs_on, config.batch_size,
+                                               config.workers, reporter, predictions, loaded.evaluator)
         pr_plot = None
         if config.plots_dir is not None:
-            path = Path(config.plots_dir) / f"pr_{index + 1}_{Path(weights).parent.name or 'model'}.png"
-            name = f"{Path(weights).parent.name}/{Path(weights).name}"
+            path = Path(config.plots_dir) / f"pr_{index + 1}_{weights.parent.name or 'model'}.png"
+            name = f"{weights.parent.name}/{weights.name}"
             plot_precision_recall(path, evaluation, f"{name} on {data.path.name}")
             plots.append(path)
             pr_plot = str(path)
@@ -220,12 +235,12 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
         calls[(index, config.batch_size)] = lambda d=detector, b=_batch(samples, image_size, runs_on): d(b)
         metrics = evaluation.metrics
         measured.append(dict(
-            weights=str(weights), arch=arch,
+            weights=str(weights), arch=loaded.arch,
             ap=metrics["ap"] or 0.0, ap50=metrics["ap50"] or 0.0, ap75=metrics["ap75"] or 0.0,
             ap_small=metrics["ap_small"], ap_medium=metrics["ap_medium"], ap_large=metrics["ap_large"],
             ar100=metrics["ar100"] or 0.0, per_class_ap=evaluation.per_class_ap,
             batch_size=config.batch_size,
-            **counted, size_mb=Path(weights).stat().st_size / 1e6,
+            **loaded.counted, size_mb=weights.stat().st_size / 1e6,
             image_size=image_size, device=str(runs_on), threads=torch.get_num_threads(),
             predictions=str(predictions) if predictions else None,
             pr_plot=pr_plot, num_skipped_images=len(skipped),
