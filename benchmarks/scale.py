@@ -148,17 +148,20 @@ def subset(truth: dict, count: int, out: Path, data: Path) -> None:
                      "annotations": [a for a in truth["annotations"] if a["image_id"] in ids]})
 
 
-def forward_speed(labeller: Path, paths: list[Path], batch_size: int = 8) -> float:
-    """Images/s of the labeller's forwards alone: decoded images in memory, pseudo-label's six transforms."""
+def forward_speed(labeller: Path, paths: list[Path], batch_size: int = 8) -> tuple[float, float]:
+    """Images/s of the labeller's forwards alone (decoded images in memory, pseudo-label's six transforms),
+    and the milliseconds decoding one of those images took (in this process, one after another)."""
     checkpoint = load_checkpoint(labeller)
     detector = LeanDetector(checkpoint.build())
     transforms = make_transforms(PSEUDO_SCALES, hflip=True)
+    started = time.perf_counter()
     images = [read_image(p) for p in paths]
+    decode_ms = (time.perf_counter() - started) * 1000 / len(paths)
     detect(detector, images[:batch_size], checkpoint.image_size, transforms, torch.device("cpu"))  # warm-up
     started = time.perf_counter()
     for i in range(0, len(images), batch_size):
         detect(detector, images[i:i + batch_size], checkpoint.image_size, transforms, torch.device("cpu"))
-    return len(images) / (time.perf_counter() - started)
+    return len(images) / (time.perf_counter() - started), decode_ms
 
 
 def main() -> None:
@@ -275,7 +278,7 @@ def main() -> None:
 
     def speeds() -> dict:
         listing = (folder / "images.txt").read_text().split()[:800]
-        slim = forward_speed(labeller, [Path(p) for p in listing])
+        slim, decode_ms = forward_speed(labeller, [Path(p) for p in listing])
         teacher = out / "teacher" / "last.pt"
         if not teacher.exists():
             measure(CLI + ["train-teacher", "--labeled", data / "labeled.json", "--val", data / "val.json",
@@ -285,7 +288,7 @@ def main() -> None:
         few.write_text("".join(f"{p}\n" for p in listing[:400]))
         run = measure(CLI + ["pseudo-label", few, "--teacher", teacher, "--out", folder / "teacher_pseudo.json",
                              "--device", "cpu", "--workers", 2], out / "logs" / "teacher_pseudo.log")
-        return {"labeller_forward_images_per_s": round(slim, 1),
+        return {"labeller_forward_images_per_s": round(slim, 1), "decode_ms_per_image": round(decode_ms, 3),
                 "teacher_images_per_s": round(400 / run["seconds"], 2),
                 "teacher_hours_100k_cpu": round(100_000 / (400 / run["seconds"]) / 3600, 1)}
     results.step("speeds", speeds)
@@ -361,7 +364,8 @@ def report(data: dict, sizes: list[int], out: Path, results_json: Path | None) -
     print(f"\nkill -9 at half way, then resume: pseudo-label identical {kill['pseudo_label']['identical']}, "
           f"filter identical {kill['filter']['identical']} (left a file: {kill['filter']['left_a_file']})")
     print(f"pseudo-label at {large}: {pseudo_speed:.1f} images/s = {share:.0%} of the labeller's pure forward speed "
-          f"({speeds['labeller_forward_images_per_s']} images/s)")
+          f"({speeds['labeller_forward_images_per_s']} images/s); decoding an image alone: "
+          f"{speeds.get('decode_ms_per_image', '?')} ms against {1000 / speeds['labeller_forward_images_per_s']:.2f} ms of forwards")
     print(f"ResNet50 teacher: {speeds['teacher_images_per_s']} images/s on this CPU -> "
           f"{speeds['teacher_hours_100k_cpu']} h for 100k images")
     scale = {"images": large, "resume_identical": kill["pseudo_label"]["identical"] and kill["filter"]["identical"],
