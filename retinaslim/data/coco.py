@@ -357,14 +357,15 @@ def annotation_boxes(annotations: list[dict[str, Any]]) -> torch.Tensor:
     return box_convert(boxes_xywh, "xywh", "xyxy")
 
 
-def relative_boxes(coco: CocoData) -> torch.Tensor:
+def relative_boxes(coco: CocoData) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, 4) xyxy non-crowd boxes as fractions of their image's longer side (the side training resizes to
-    ``image_size``): multiplied by ``image_size``, the boxes in pixels as training sees them."""
-    boxes = [(x / side, y / side, (x + w) / side, (y + h) / side)
-             for image in coco.images for side in [max(image["width"], image["height"])]
-             for a in coco.annotations_per_image[image["id"]] if not a.get("iscrowd") and a["bbox"][2] > 0 and a["bbox"][3] > 0
-             for x, y, w, h in [a["bbox"]]]
-    return torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    ``image_size``): multiplied by ``image_size``, the boxes in pixels as training sees them; and (M,) their
+    COCO category ids."""
+    kept = [(a, max(image["width"], image["height"])) for image in coco.images
+            for a in coco.annotations_per_image[image["id"]] if not a.get("iscrowd") and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+    boxes = [(x / side, y / side, (x + w) / side, (y + h) / side) for a, side in kept for x, y, w, h in [a["bbox"]]]
+    return (torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
+            torch.tensor([a["category_id"] for a, _ in kept], dtype=torch.int64))
 
 
 def image_targets(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> tuple[torch.Tensor, torch.Tensor]:

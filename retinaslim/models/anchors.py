@@ -14,6 +14,7 @@ anchor centres without any anchor of IoU >= 0.5, which starves the classifier of
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ RETINANET_STRIDE_MULTIPLE = 4.0
 RETINANET_RATIOS = (0.5, 1.0, 2.0)
 MATCH_IOU = 0.5  # RetinaNet's foreground IoU: an anchor at or above it is a positive for the box
 MAX_FIT_BOXES = 2000  # boxes a fit looks at (a seeded sample beyond this)
+LOW_COVERAGE = 0.8  # a class with fewer of its boxes covered by an anchor is warned about
 
 
 def anchor_generator(image_size: int, anchors: dict[str, Any]) -> AnchorGenerator:
@@ -90,16 +92,45 @@ def retinanet_anchors(image_size: int, multiple: float, ratios) -> dict[str, Any
     return {"scales": scales, "ratios": [round(float(r), 4) for r in ratios]}
 
 
-def grid_coverage(boxes_xyxy: torch.Tensor, image_size: int, anchors: dict[str, Any]) -> float:
-    """Share (0..1) of boxes that have an anchor of IoU >= 0.5 on a RetinaNet's P3-P7 grid at their position.
-
-    boxes_xyxy: (M, 4) pixels in images resized so that the longer side is ``image_size``.
-    """
+def covered(boxes_xyxy: torch.Tensor, image_size: int, anchors: dict[str, Any]) -> torch.Tensor:
+    """(M,) bool: whether each box has an anchor of IoU >= 0.5 (a positive for it) on the anchor grid at its
+    position. The levels are strides 8, 16, ... (one per ``anchors["scales"]`` entry: C3-C5 for the students,
+    P3-P7 for the ResNet50). boxes_xyxy: (M, 4) pixels in images resized so that the longer side is
+    ``image_size``."""
+    strides = RETINANET_STRIDES[:len(anchors["scales"])]
     generator = anchor_generator(image_size, anchors)
-    feature_maps = [torch.zeros(1, 1, math.ceil(image_size / s), math.ceil(image_size / s)) for s in RETINANET_STRIDES]
+    feature_maps = [torch.zeros(1, 1, math.ceil(image_size / s), math.ceil(image_size / s)) for s in strides]
     grid = generator(ImageList(torch.zeros(1, 3, image_size, image_size), [(image_size, image_size)]), feature_maps)[0]
-    covered = sum(int((box_iou(chunk.float(), grid).amax(dim=1) >= MATCH_IOU).sum()) for chunk in boxes_xyxy.split(256))
-    return covered / max(len(boxes_xyxy), 1)
+    parts = [box_iou(chunk.float(), grid).amax(dim=1) >= MATCH_IOU for chunk in boxes_xyxy.split(256)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+
+
+def grid_coverage(boxes_xyxy: torch.Tensor, image_size: int, anchors: dict[str, Any]) -> float:
+    """Share (0..1) of boxes that have an anchor of IoU >= 0.5 on the anchor grid at their position (``covered``)."""
+    return covered(boxes_xyxy, image_size, anchors).float().sum().item() / max(len(boxes_xyxy), 1)
+
+
+def class_coverage(boxes: torch.Tensor, labels: torch.Tensor, names: Sequence[str], image_size: int,
+                   anchors: dict[str, Any], seed: int = 0) -> tuple[dict[str, float], str]:
+    """Per class, the share (0..1) of its boxes with an anchor of IoU >= 0.5 on the grid (``covered``), and a
+    line saying so; the line starts with "warning:" when a class is below ``LOW_COVERAGE``, as its boxes then
+    get few or no positive anchors and the class is learnt poorly or not at all. boxes: (M, 4) xyxy as
+    fractions of the image side (``data.coco.relative_boxes``); labels: (M,) 0-based indices into
+    ``names``; at most ``MAX_FIT_BOXES`` boxes per class are looked at (a seeded sample)."""
+    shares = {}
+    for k, name in enumerate(names):
+        mine = boxes[labels == k]
+        if len(mine) > MAX_FIT_BOXES:
+            mine = mine[torch.randperm(len(mine), generator=torch.Generator().manual_seed(seed))[:MAX_FIT_BOXES]]
+        if len(mine):
+            shares[name] = grid_coverage(mine * image_size, image_size, anchors)
+    low = [name for name, share in shares.items() if share < LOW_COVERAGE]
+    line = (f"boxes with an anchor of IoU >= {MATCH_IOU} at {image_size} px: "
+            + ", ".join(f"{name} {share:.0%}" for name, share in shares.items()))
+    if low:
+        line = (f"warning: {line}; {', '.join(low)} below {LOW_COVERAGE:.0%}: few positive anchors, so poorly learnt "
+                "(a larger --image-size helps: the anchor grid's strides are fixed in pixels)")
+    return shares, line
 
 
 def retinanet_fit(boxes: torch.Tensor, image_size: int) -> tuple[dict[str, Any], str]:

@@ -32,7 +32,7 @@ from retinaslim.engine.inference import evaluate_on_coco, resolve_device
 from retinaslim.engine.loop import make_optimizer, train_one_epoch, warmup_cosine
 from retinaslim.engine.rng import rng_state, seed_everything, set_rng_state
 from retinaslim.errors import UserError
-from retinaslim.models.anchors import fitted_or_default, retinanet_fit
+from retinaslim.models.anchors import class_coverage, fitted_or_default, retinanet_fit
 from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from retinaslim.models.ema import ModelEMA
 from retinaslim.models.registry import build_model, list_archs, takes_option
@@ -216,10 +216,13 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         persistent_workers=config.workers > 0, pin_memory=device.type == "cuda",
     )
     if config.fit_anchors and previous is None and takes_option(config.arch, "anchors") and "anchors" not in config.arch_options:
-        boxes = relative_boxes(labeled)
+        boxes, category_ids = relative_boxes(labeled)
         config.arch_options["anchors"], note = (retinanet_fit(boxes, config.image_size) if config.arch in list_archs("teacher")
                                                 else fitted_or_default(boxes))
         reporter.log(note)
+        index = dict(zip(classes.category_ids, range(len(classes))))
+        labels = torch.tensor([index.get(c, -1) for c in category_ids.tolist()], dtype=torch.int64)
+        reporter.log(class_coverage(boxes, labels, classes.names, config.image_size, config.arch_options["anchors"])[1])
     init_options = {"pretrained": True} if config.pretrained and previous is None else {}
     model = build_model(config.arch, len(classes), config.image_size, **config.arch_options, **init_options)
     if config.init is not None and previous is None:  # a resumed run's weights are in last.pt

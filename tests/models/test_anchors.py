@@ -1,7 +1,7 @@
 import torch
 
-from retinaslim.models.anchors import (DEFAULT_ANCHORS, anchor_generator, fit_anchors, fit_retinanet_anchors, grid_coverage,
-                                      retinanet_anchors, shape_iou)
+from retinaslim.models.anchors import (DEFAULT_ANCHORS, anchor_generator, class_coverage, covered, fit_anchors,
+                                      fit_retinanet_anchors, grid_coverage, retinanet_anchors, shape_iou)
 from retinaslim.models.common import scaled_anchor_generator
 from retinaslim.models.registry import build_model
 
@@ -72,3 +72,19 @@ def test_teacher_builds_with_fitted_anchors():
     model = build_model("retinanet_resnet50_fpn", 2, 128, anchors=anchors)
     assert model.anchor_generator.num_anchors_per_location() == [9] * 5
     assert model.anchor_generator.sizes[0][0] == 128 * anchors["scales"][0][0]
+
+
+def test_class_coverage_counts_each_class_and_warns_about_a_starved_one():
+    # slim-s's three levels (strides 8, 16, 32) at 128 px. "card": 30-40 px boxes, near the 32 px anchors;
+    # "dot": 3 px boxes, far below the smallest 16 px anchor, so no anchor reaches IoU 0.5 with any of them.
+    anchors = {"scales": [[0.125, 0.19], [0.25, 0.38], [0.5, 0.75]], "ratios": [0.63, 1.0]}
+    cards, dots = _boxes(128, (30, 40), 50), _boxes(128, (3, 3.5), 20, seed=1)
+    boxes = torch.cat([cards, dots]) / 128
+    labels = torch.tensor([0] * 50 + [1] * 20)
+    shares, line = class_coverage(boxes, labels, ["card", "dot"], 128, anchors)
+    assert shares["card"] > 0.9 and shares["dot"] == 0.0
+    assert line == (f"warning: boxes with an anchor of IoU >= 0.5 at 128 px: card {shares['card']:.0%}, dot 0%; dot below 80%: "
+                    "few positive anchors, so poorly learnt (a larger --image-size helps: the anchor grid's strides are fixed in pixels)")
+    assert covered(cards, 128, anchors).sum().item() == round(shares["card"] * 50)
+    shares, line = class_coverage(boxes[:50], labels[:50], ["card", "dot"], 128, anchors)  # a class without boxes is left out
+    assert list(shares) == ["card"] and line.startswith("boxes with an anchor of IoU >= 0.5 at 128 px: card ")

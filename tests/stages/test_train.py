@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -222,6 +223,9 @@ def test_init_starts_from_the_files_weights_exactly(tmp_path):
     anchors = load_checkpoint(tmp_path / "run" / "best.pt").arch_options["anchors"]
     assert [len(level) for level in anchors["scales"]] == [3] * 5 and len(anchors["ratios"]) == 3
     assert any(line.startswith("anchors fitted to ") and "P3-P7" in line for line in reporter.lines)
+    # and how many of each class's boxes those anchors cover, as its own line
+    assert any(re.fullmatch(r"(warning: )?boxes with an anchor of IoU >= 0.5 at 32 px: id_card \d+%.*", line)
+               for line in reporter.lines)
 
 
 def test_resume_ignores_init(tiny_cards, tmp_path):
