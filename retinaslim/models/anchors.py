@@ -126,7 +126,7 @@ def class_coverage(boxes: torch.Tensor, labels: torch.Tensor, names: Sequence[st
             shares[name] = grid_coverage(mine * image_size, image_size, anchors)
     low = [name for name, share in shares.items() if share < LOW_COVERAGE]
     line = (f"boxes with an anchor of IoU >= {MATCH_IOU} at {image_size} px: "
-            + ", ".join(f"{name} {share:.0%}" for name, share in shares.items()))
+            + (", ".join(f"{name} {share:.0%}" for name, share in shares.items()) or "no boxes"))
     if low:
         line = (f"warning: {line}; {', '.join(low)} below {LOW_COVERAGE:.0%}: few positive anchors, so poorly learnt "
                 "(a larger --image-size helps: the anchor grid's strides are fixed in pixels)")

@@ -88,3 +88,4 @@ def test_class_coverage_counts_each_class_and_warns_about_a_starved_one():
     assert covered(cards, 128, anchors).sum().item() == round(shares["card"] * 50)
     shares, line = class_coverage(boxes[:50], labels[:50], ["card", "dot"], 128, anchors)  # a class without boxes is left out
     assert list(shares) == ["card"] and line.startswith("boxes with an anchor of IoU >= 0.5 at 128 px: card ")
+    assert class_coverage(boxes[:0], labels[:0], ["card"], 128, anchors) == ({}, "boxes with an anchor of IoU >= 0.5 at 128 px: no boxes")
