@@ -22,6 +22,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
+from retinaslim.models.lean import SIZE_DIVISIBLE  # the models pad their input to a multiple of it
+
 # ID-1 cards spanning ~10% to ~65% of the frame, in both orientations.
 DEFAULT_ANCHORS: dict[str, Any] = {"scales": [[0.1, 0.159], [0.2, 0.318], [0.4, 0.636]], "ratios": [0.63, 1.0, 1.59]}
 
@@ -96,11 +98,13 @@ def covered(boxes_xyxy: torch.Tensor, image_size: int, anchors: dict[str, Any]) 
     """(M,) bool: whether each box has an anchor of IoU >= 0.5 (a positive for it) on the anchor grid at its
     position. The levels are strides 8, 16, ... (one per ``anchors["scales"]`` entry: C3-C5 for the students,
     P3-P7 for the ResNet50). boxes_xyxy: (M, 4) pixels in images resized so that the longer side is
-    ``image_size``."""
+    ``image_size``. The grid is laid on the input padded to a multiple of 32, as the models pad it, so that
+    its feature maps and strides are the network's own at any ``image_size``."""
     strides = RETINANET_STRIDES[:len(anchors["scales"])]
+    padded = math.ceil(image_size / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
     generator = anchor_generator(image_size, anchors)
-    feature_maps = [torch.zeros(1, 1, math.ceil(image_size / s), math.ceil(image_size / s)) for s in strides]
-    grid = generator(ImageList(torch.zeros(1, 3, image_size, image_size), [(image_size, image_size)]), feature_maps)[0]
+    feature_maps = [torch.zeros(1, 1, math.ceil(padded / s), math.ceil(padded / s)) for s in strides]
+    grid = generator(ImageList(torch.zeros(1, 3, padded, padded), [(image_size, image_size)]), feature_maps)[0]
     parts = [box_iou(chunk.float(), grid).amax(dim=1) >= MATCH_IOU for chunk in boxes_xyxy.split(256)]
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
 
@@ -116,12 +120,14 @@ def class_coverage(boxes: torch.Tensor, labels: torch.Tensor, names: Sequence[st
     line saying so; the line starts with "warning:" when a class is below ``LOW_COVERAGE``, as its boxes then
     get few or no positive anchors and the class is learnt poorly or not at all. boxes: (M, 4) xyxy as
     fractions of the image side (``data.coco.relative_boxes``); labels: (M,) 0-based indices into
-    ``names``; at most ``MAX_FIT_BOXES`` boxes per class are looked at (a seeded sample)."""
+    ``names``; at most ``MAX_FIT_BOXES`` boxes in all are looked at, shared among the classes (a seeded sample of
+    at least 100 per class), so the check stays seconds at any dataset size."""
     shares = {}
+    per_class = max(100, MAX_FIT_BOXES // max(len(names), 1))
     for k, name in enumerate(names):
         mine = boxes[labels == k]
-        if len(mine) > MAX_FIT_BOXES:
-            mine = mine[torch.randperm(len(mine), generator=torch.Generator().manual_seed(seed))[:MAX_FIT_BOXES]]
+        if len(mine) > per_class:
+            mine = mine[torch.randperm(len(mine), generator=torch.Generator().manual_seed(seed))[:per_class]]
         if len(mine):
             shares[name] = grid_coverage(mine * image_size, image_size, anchors)
     low = [name for name, share in shares.items() if share < LOW_COVERAGE]

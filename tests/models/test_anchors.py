@@ -89,3 +89,16 @@ def test_class_coverage_counts_each_class_and_warns_about_a_starved_one():
     shares, line = class_coverage(boxes[:50], labels[:50], ["card", "dot"], 128, anchors)  # a class without boxes is left out
     assert list(shares) == ["card"] and line.startswith("boxes with an anchor of IoU >= 0.5 at 128 px: card ")
     assert class_coverage(boxes[:0], labels[:0], ["card"], 128, anchors) == ({}, "boxes with an anchor of IoU >= 0.5 at 128 px: no boxes")
+
+
+def test_covered_lays_the_students_levels_at_strides_8_16_32_on_the_padded_input():
+    # torchvision puts anchor centres at multiples of the stride. A 16 px square centred at (24, 24) sits on a
+    # 16 px anchor of the stride-8 level (IoU 1); moved to (28, 24), half a stride off, IoU 0.6 (still a
+    # positive); on a stride-16 level (centres 16, 32) the box at (24, 24) would reach IoU 0.14 only.
+    anchors = {"scales": [[0.125], [0.5], [0.75]], "ratios": [1.0]}  # 16 px at 128 px, then 64 and 96 px
+    box = lambda x, y: torch.tensor([[x - 8.0, y - 8.0, x + 8.0, y + 8.0]], dtype=torch.float64)  # noqa: E731
+    assert covered(box(24, 24), 128, anchors).item() and covered(box(28, 24), 128, anchors).item()
+    assert not covered(box(24, 24), 128, {"scales": [[0.5], [0.125], [0.75]], "ratios": [1.0]}).item()  # 16 px at stride 16
+    # 120 px pads to 128: the network's strides stay 8 / 16 / 32 (unpadded, torchvision would take 120 // 15 = 8,
+    # then 120 // 8 = 15 at C4 and 120 // 4 = 30 at C5), so a 16 px box at (48, 48) is covered at C4 too
+    assert covered(box(48, 48), 120, {"scales": [[0.5], [16 / 120], [0.75]], "ratios": [1.0]}).item()
