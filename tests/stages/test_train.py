@@ -305,3 +305,23 @@ def test_score_weighted_machine_boxes_carry_their_scores_through_augmentation(ti
                           workers=0))
     with pytest.raises(UserError, match=r"`pseudo_box_weight` 'soft': choose none or score"):
         TrainConfig(role="student", labeled=path, val=path, out=tmp_path, pseudo_box_weight="soft")
+
+
+def test_student_logs_each_classs_anchor_coverage_under_its_own_name(tiny_cards, tmp_path):
+    # Two classes whose category ids run against their names (dot 3, card 7): some of the cards' boxes are covered
+    # by the fitted anchors, the 2 px dots never are; a mix-up between ids and labels would swap the two shares.
+    import json
+    coco = json.loads(tiny_cards.files["labeled"].read_text())
+    cards = [{**a, "category_id": 7} for a in coco["annotations"]]
+    dots = [{"id": 10_000 + i, "image_id": image["id"], "category_id": 3, "bbox": [40, 40, 2, 2], "area": 4, "iscrowd": 0}
+            for i, image in enumerate(coco["images"])]
+    coco |= {"categories": [{"id": 7, "name": "card"}, {"id": 3, "name": "dot"}], "annotations": cards + dots}
+    path = tiny_cards.files["labeled"].parent / "card_and_dot.json"
+    path.write_text(json.dumps(coco))
+    reporter = LogLines()
+    train(TrainConfig(role="student", labeled=path, val=path, out=tmp_path / "run", image_size=96, batch_size=4,
+                      iterations=1, workers=0), reporter)
+    line = next(line for line in reporter.lines if "boxes with an anchor of IoU >= 0.5 at 96 px" in line)
+    shares = dict(re.findall(r"(card|dot) (\d+)%", line.split(";")[0]))
+    assert int(shares["card"]) > 0 and shares["dot"] == "0", line  # 17% here: the dots also took anchor sizes
+    assert line.startswith("warning:") and "dot" in line.split(";")[1]
