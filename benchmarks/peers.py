@@ -23,7 +23,9 @@ its longer side is --image-size pixels):
   copy of the same files written by `retinaslim convert --to yolo`, at imgsz --image-size (letterboxed).
   Needs the `bench` extra (`pip install -e '.[bench]'`); runs offline with plots off; --models without
   yolov8n leaves it out.
-Same epochs, so the comparison is about the networks; each run's CPU minutes are reported (train_min).
+The same --epochs for every model compares the networks; --model-epochs gives chosen models other epochs, for
+example about the same CPU minutes each (what a user with a CPU budget gets). Each run's CPU minutes are reported
+(train_min) and its epochs are part of its name in OUT/runs.json, so a run at other epochs is never reused.
 
 Scored: one single-pass prediction per test image and one pycocotools evaluation per model
 (engine.inference.evaluate_on_coco). Timed: end to end (a (3, H, W) image in [0, 1], longer side
@@ -138,17 +140,18 @@ def train_runs(args, out: Path, labeled: Path, val: Path) -> dict[str, dict]:
     runs = json.loads(path.read_text()) if path.exists() else {}
     plan = [(arch, lr) for arch in SLIM if arch in args.models for lr in (args.slim_lrs or [None])]
     plan += [(arch, lr) for arch in PEERS if arch in args.models for lr in args.peer_lrs]
-    planned = [arch if lr is None else f"{arch}@lr{lr:g}" for arch, lr in plan]
+    planned = [run_name(arch, lr, epochs_of(args, arch)) for arch, lr in plan]
     for (arch, lr), name in zip(plan, planned):
         if name in runs:
             continue
-        print(f"\n== training {name}: {args.epochs} epochs at {args.image_size} px", flush=True)
+        epochs = epochs_of(args, arch)
+        print(f"\n== training {name}: {epochs} epochs at {args.image_size} px", flush=True)
         config = TrainConfig(role="student", labeled=labeled, val=val, out=out / "runs" / name, arch=arch,
-                             image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+                             image_size=args.image_size, epochs=epochs, batch_size=args.batch_size,
                              workers=args.workers, device="cpu", seed=args.seed, **({"lr": lr} if lr else {}))
         last = out / "runs" / name / "last.pt"
         result = train(config, Reporter(), resume=last if last.exists() else None)  # a killed run continues
-        runs[name] = {"arch": arch, "lr": config.lr, "best": str(result.best), "best_epoch": result.best_epoch,
+        runs[name] = {"arch": arch, "lr": config.lr, "epochs": epochs, "best": str(result.best), "best_epoch": result.best_epoch,
                       "val_ap": result.best_metrics["ap"], "train_min": round(result.history[-1]["time"] / 60, 2)}
         write_json(path, runs)
     kept = {}
@@ -162,12 +165,24 @@ def train_runs(args, out: Path, labeled: Path, val: Path) -> dict[str, dict]:
     return kept
 
 
+def epochs_of(args, arch: str) -> int:
+    """The model's training epochs: its --model-epochs value, else --epochs."""
+    return args.model_epochs.get(arch, args.epochs)
+
+
+def run_name(arch: str, lr: float | None, epochs: int) -> str:
+    """A run's name in OUT/runs.json and OUT/runs: the model, its learning rate unless the default, its epochs."""
+    return arch + (f"@lr{lr:g}" if lr is not None else "") + f"@{epochs}ep"
+
+
 def train_yolo(args, out: Path, labeled: Path, val: Path) -> dict:
     """Ultralytics' trainer on a YOLO copy of the labelled and val files; recorded like the others."""
     path = out / "runs.json"
     runs = json.loads(path.read_text()) if path.exists() else {}
-    if YOLO in runs:
-        return runs[YOLO]
+    epochs = epochs_of(args, YOLO)
+    name = run_name(YOLO, None, epochs)
+    if name in runs:
+        return runs[name]
     try:
         from ultralytics import YOLO as Ultralytics
     except ImportError:
@@ -180,17 +195,17 @@ def train_yolo(args, out: Path, labeled: Path, val: Path) -> dict:
     data_yaml = folder / "data.yaml"
     data_yaml.write_text(f"path: {folder.resolve()}\ntrain: train/images\nval: val/images\n"
                          f"names: {json.dumps(dict(enumerate(names)))}\n")
-    print(f"\n== training {YOLO} (Ultralytics' trainer): {args.epochs} epochs at imgsz {args.image_size}", flush=True)
+    print(f"\n== training {name} (Ultralytics' trainer): {epochs} epochs at imgsz {args.image_size}", flush=True)
     started = time.perf_counter()
     model = Ultralytics(f"{YOLO}.yaml")
-    model.train(data=str(data_yaml), epochs=args.epochs, imgsz=args.image_size, batch=args.batch_size, device="cpu",
-                workers=args.workers, project=str(folder.resolve()), name="run", exist_ok=True, pretrained=False,
+    model.train(data=str(data_yaml), epochs=epochs, imgsz=args.image_size, batch=args.batch_size, device="cpu",
+                workers=args.workers, project=str(folder.resolve()), name=name, exist_ok=True, pretrained=False,
                 amp=False, plots=False, seed=args.seed, deterministic=True, verbose=False)
-    best = folder / "run" / "weights" / "best.pt"
-    runs[YOLO] = {"arch": YOLO, "lr": None, "best": str(best), "best_epoch": None, "val_ap": None,
+    best = folder / name / "weights" / "best.pt"
+    runs[name] = {"arch": YOLO, "lr": None, "epochs": epochs, "best": str(best), "best_epoch": None, "val_ap": None,
                   "train_min": round((time.perf_counter() - started) / 60, 2)}
     write_json(path, runs)
-    return runs[YOLO]
+    return runs[name]
 
 
 def score_and_time_yolo(run: dict, truth, image: torch.Tensor, args) -> tuple[dict, Callable[[], object]]:
@@ -219,7 +234,8 @@ def score_and_time_yolo(run: dict, truth, image: torch.Tensor, args) -> tuple[di
            "per_class_ap": evaluation.per_class_ap, "params": sum(p.numel() for p in network.parameters()),
            "macs": sum(count_macs(network, args.image_size,
                                   lambda: network(torch.zeros(1, 3, args.image_size, args.image_size))).values()),
-           "train_min": run["train_min"], "train_min_all_lrs": run["train_min"], "lr": None, "lr_runs": {},
+           "epochs": run["epochs"], "train_min": run["train_min"], "train_min_all_lrs": run["train_min"], "lr": None,
+           "lr_runs": {},
            "best_epoch": None, "val_ap": None}
     pixels = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()[:, :, ::-1].copy()  # BGR, as cv2 reads
     model.predict(pixels, imgsz=max(side), conf=0.05, device="cpu", verbose=False)  # builds and fuses the predictor
@@ -263,7 +279,8 @@ def score_and_time(kept: dict[str, dict], yolo: dict | None, test: Path, args) -
             rows[arch] = {"ap": evaluation.metrics["ap"] or 0.0, "ap50": evaluation.metrics["ap50"] or 0.0,
                           "per_class_ap": evaluation.per_class_ap, "params": sum(p.numel() for p in model.parameters()),
                           "macs": sum(count_macs(model, args.image_size, None if arch in SLIM else
-                                                 lambda m=model: m([image])).values()), "train_min": run["train_min"],
+                                                 lambda m=model: m([image])).values()), "epochs": run["epochs"],
+                          "train_min": run["train_min"],
                           "train_min_all_lrs": run["train_min_all_lrs"], "lr": run["lr"], "lr_runs": run["lr_runs"],
                           "best_epoch": run["best_epoch"], "val_ap": run["val_ap"]}
         if yolo is not None:
@@ -304,7 +321,10 @@ def main() -> None:
     parser.add_argument("--val", type=int, help="synthetic validation and test images (default: distill.py's)")
     parser.add_argument("--size", type=int, help="synthetic image size in pixels (default: distill.py's)")
     parser.add_argument("--image-size", type=int, default=320, help="every model's input (longer side, pixels)")
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=40, help="every model's training epochs (default 40)")
+    parser.add_argument("--model-epochs", default="", metavar="MODEL=N,...",
+                        help="other epochs for chosen models, e.g. slim-s=120,yolov8n=64: about the same CPU "
+                             "minutes each instead of the same epochs")
     parser.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["student"]["batch_size"])
     parser.add_argument("--peer-lrs", default="1e-3,1e-2", help="learning rates tried for each peer, comma-separated")
     parser.add_argument("--slim-lrs", help="learning rates tried for each slim student, comma-separated "
@@ -327,6 +347,14 @@ def main() -> None:
     unknown = set(args.models) - set(SLIM + PEERS + (YOLO,))
     if unknown:
         parser.error(f"--models: unknown {sorted(unknown)}; choose from {', '.join(SLIM + PEERS + (YOLO,))}")
+    try:
+        args.model_epochs = {model: int(n) for model, n in (item.split("=") for item in args.model_epochs.split(",")
+                                                             if item)}
+    except ValueError:
+        parser.error(f"--model-epochs: expected MODEL=N,... with whole numbers, got {args.model_epochs!r}")
+    if set(args.model_epochs) - set(args.models) or min(args.model_epochs.values(), default=1) < 1:
+        parser.error(f"--model-epochs: each MODEL must be one of --models and each N at least 1, got "
+                     f"{args.model_epochs}")
     if args.quick:
         args.epochs, args.image_size, args.latency_runs, args.workers = 1, 96, 3, 0
     dataset = "bccd" if args.bccd else "synthetic"
@@ -341,20 +369,23 @@ def main() -> None:
     rows = score_and_time(kept, yolo, test, args)
     setup = {"dataset": dataset, "machine": machine(), "cpu_count": os.cpu_count(), "threads": args.threads,
              "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
-             "date": date.today().isoformat(), "epochs": args.epochs, "image_size": args.image_size,
+             "date": date.today().isoformat(), "epochs": args.epochs, "model_epochs": args.model_epochs,
+             "image_size": args.image_size,
              "batch_size": args.batch_size, "peer_lrs": args.peer_lrs, "slim_lrs": args.slim_lrs, "latency_runs": args.latency_runs, **sizes,
              "command": "python benchmarks/peers.py " + " ".join(sys.argv[1:])}
 
-    print(f"\npeers on {dataset}: {args.epochs} epochs each, {args.image_size} px, human labels only; test split; "
+    schedule = f"{args.epochs} epochs each" if not args.model_epochs else "epochs per model (the table's column)"
+    print(f"\npeers on {dataset}: {schedule}, {args.image_size} px, human labels only; test split; "
           f"latency end to end, batch 1, {setup['threads']} threads, {setup['machine']}")
-    print("| model | AP | AP50 | latency ms | ONNX ms | params | GMACs | train min | lr (val AP per lr) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | AP | AP50 | latency ms | ONNX ms | params | GMACs | epochs | train min | lr (val AP per lr) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for arch, r in sorted(rows.items(), key=lambda item: item[1]["latency_ms"]):
-        lrs = ", ".join(f"{n.split('@lr')[-1] if '@lr' in n else 'default'}: {ap:.3f}" for n, ap in r["lr_runs"].items())
+        lrs = ", ".join(f"{n.split('@lr')[1].split('@')[0] if '@lr' in n else 'default'}: {ap:.3f}"
+                        for n, ap in r["lr_runs"].items())
         onnx = f"{r['latency_ms_onnx']:.1f}" if r["latency_ms_onnx"] is not None else "-"
         recipe = f"{r['lr']:g} ({lrs})" if r["lr"] else "Ultralytics' own"
         print(f"| {arch} | {r['ap']:.3f} | {r['ap50']:.3f} | {r['latency_ms']:.1f} | {onnx} | {r['params']:,} | "
-              f"{r['macs'] / 1e9:.2f} | {r['train_min']:.1f} | {recipe} |")
+              f"{r['macs'] / 1e9:.2f} | {r['epochs']} | {r['train_min']:.1f} | {recipe} |")
     peers = [p for p in (*PEERS, YOLO) if p in rows]
     met = []
     for slim in [m for m in SLIM if m in rows]:
@@ -372,7 +403,7 @@ def main() -> None:
     write_json(out / "peers.json", {"setup": setup, "models": rows})
 
     plot_path = args.plot or (Path(f"docs/img/peers_{dataset}.png") if args.results_json else out / "peers.png")
-    plot(plot_path, rows, f"{dataset}: {args.epochs} epochs, {args.image_size} px, human labels")
+    plot(plot_path, rows, f"{dataset}: {schedule.split(' (')[0]}, {args.image_size} px, human labels")
     print(f"plot: {plot_path}")
     if args.results_json is not None:
         merged = json.loads(args.results_json.read_text()) if args.results_json.exists() else {}
