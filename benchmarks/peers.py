@@ -32,8 +32,11 @@ Scored: one single-pass prediction per test image and one pycocotools evaluation
 --image-size -> boxes, scores, labels), batch 1, all models interleaved in rounds (engine.timing.measure):
 slim models through their lean path (models.lean), the peers through torchvision's path with the same
 BatchNorm folding and channels-last layout, YOLO through Ultralytics' `predict` (a uint8 image of that size
-in: letterbox, fused network, NMS at conf 0.05 as the others' score threshold); onnxruntime for the slim
-models (the graph `retinaslim export` writes; the peers' ONNX latency is not measured: null). YOLO's test
+in: letterbox, fused network, NMS at conf 0.05 as the others' score threshold). In onnxruntime too: the slim
+models (the graph `retinaslim export` writes, postprocess in torch) and SSDLite split the same way (its
+backbone and head as a fixed 320 x 320 graph; torchvision's resize, anchors and postprocess in torch), and
+YOLO through Ultralytics' own ONNX export and predict. Not measured (null): Faster R-CNN, whose RoI stage sits
+between its two networks. YOLO's test
 AP is scored the same way from its `predict` boxes at conf 0.001 (Ultralytics' validation setting), in
 original pixels.
 
@@ -50,6 +53,7 @@ import copy
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -75,7 +79,8 @@ from retinaslim.engine.timing import measure, median_ms  # noqa: E402
 from retinaslim.models.checkpoint import load_checkpoint  # noqa: E402
 from retinaslim.models.lean import LeanDetector, fold_batchnorm  # noqa: E402
 from retinaslim.models.macs import count_macs  # noqa: E402
-from retinaslim.models.onnx import OnnxDetector, export_metadata, export_network, write_metadata  # noqa: E402
+from retinaslim.models.onnx import (OnnxDetector, export_metadata, export_network, session,  # noqa: E402
+                                   write_metadata)
 from retinaslim.models.registry import register  # noqa: E402
 from retinaslim.stages.convert import ConvertConfig, convert  # noqa: E402
 from retinaslim.stages.synth import SynthConfig, synth  # noqa: E402
@@ -83,6 +88,7 @@ from retinaslim.stages.train import TrainConfig, train  # noqa: E402
 
 SLIM = ("slim-s", "slim-m", "slim-l")
 PEERS = ("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn")
+SSD = ("ssdlite320_mobilenet_v3_large",)  # peers timed in onnxruntime too (SsdOnnx); the two-stage one is not
 YOLO = "yolov8n"
 
 
@@ -208,8 +214,11 @@ def train_yolo(args, out: Path, labeled: Path, val: Path) -> dict:
     return runs[name]
 
 
-def score_and_time_yolo(run: dict, truth, image: torch.Tensor, args) -> tuple[dict, Callable[[], object]]:
-    """YOLO's row (AP from its predict boxes on the test images) and its timed call."""
+def score_and_time_yolo(run: dict, truth, image: torch.Tensor, side: tuple[int, int], args,
+                        tmp: Path) -> tuple[dict, Callable[[], object], Callable[[], object]]:
+    """YOLO's row (AP from its predict boxes on the test images) and its timed calls: PyTorch, and onnxruntime
+    (Ultralytics' own ONNX export at the padded ``side``, run by its own predict; without onnxslim, which it
+    would try to install)."""
     from ultralytics import YOLO as Ultralytics
 
     from retinaslim.core.detections import Detections
@@ -229,17 +238,23 @@ def score_and_time_yolo(run: dict, truth, image: torch.Tensor, args) -> tuple[di
     evaluator.add([im["id"] for im in truth.images], results)
     evaluation = evaluator.evaluation()
     network = model.model
-    side = image.shape[1:]
     row = {"ap": evaluation.metrics["ap"] or 0.0, "ap50": evaluation.metrics["ap50"] or 0.0,
            "per_class_ap": evaluation.per_class_ap, "params": sum(p.numel() for p in network.parameters()),
            "macs": sum(count_macs(network, args.image_size,
                                   lambda: network(torch.zeros(1, 3, args.image_size, args.image_size))).values()),
            "epochs": run["epochs"], "train_min": run["train_min"], "train_min_all_lrs": run["train_min"], "lr": None,
-           "lr_runs": {},
-           "best_epoch": None, "val_ap": None}
+           "lr_runs": {}, "best_epoch": None, "val_ap": None}
     pixels = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()[:, :, ::-1].copy()  # BGR, as cv2 reads
-    model.predict(pixels, imgsz=max(side), conf=0.05, device="cpu", verbose=False)  # builds and fuses the predictor
-    return row, lambda: model.predict(pixels, imgsz=max(side), conf=0.05, device="cpu", verbose=False)
+    model.predict(pixels, imgsz=max(image.shape[1:]), conf=0.05, device="cpu", verbose=False)  # builds, fuses
+    exported = Path(tmp) / "yolo"
+    exported.mkdir()
+    shutil.copy(run["best"], exported / "best.pt")
+    onnx_path = Ultralytics(str(exported / "best.pt")).export(format="onnx", imgsz=list(side), simplify=False,
+                                                             dynamic=False, opset=17, device="cpu", verbose=False)
+    onnx = Ultralytics(onnx_path, task="detect")
+    onnx.predict(pixels, imgsz=list(side), conf=0.05, device="cpu", verbose=False)
+    return (row, lambda: model.predict(pixels, imgsz=max(image.shape[1:]), conf=0.05, device="cpu", verbose=False),
+            lambda: onnx.predict(pixels, imgsz=list(side), conf=0.05, device="cpu", verbose=False))
 
 
 def inference_copy(model: nn.Module) -> nn.Module:
@@ -247,6 +262,49 @@ def inference_copy(model: nn.Module) -> nn.Module:
     if not isinstance(model, TorchvisionPeer):
         return LeanDetector(model)
     return fold_batchnorm(copy.deepcopy(model).eval()).to(memory_format=torch.channels_last)
+
+
+class SsdOnnx:
+    """A torchvision SSD peer with its network (backbone + head, fixed input) in onnxruntime and torchvision's
+    own resize, anchors and postprocess around it in torch: the split the slim models' ONNX path makes."""
+
+    class Network(nn.Module):
+        def __init__(self, ssd: nn.Module):
+            super().__init__()
+            self.backbone, self.head = ssd.backbone, ssd.head
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            outputs = self.head(list(self.backbone(x).values()))
+            return outputs["cls_logits"], outputs["bbox_regression"]
+
+    def __init__(self, peer: TorchvisionPeer, path: Path):
+        self.ssd = fold_batchnorm(copy.deepcopy(peer.model).eval())
+        height, width = self.ssd.transform.fixed_size
+        probe = torch.zeros(1, 3, height, width)
+        export_network_plain(self.Network(self.ssd).eval(), probe, path)
+        self.session = session(path)
+        with torch.no_grad():
+            images, _ = self.ssd.transform([probe[0]])
+            self.anchors = self.ssd.anchor_generator(images, list(self.ssd.backbone(images.tensors).values()))
+
+    def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Images of the same size, batch 1 as timed: (3, H, W) in [0, 1] -> torchvision's detections."""
+        original = [tuple(image.shape[-2:]) for image in images]
+        batch, _ = self.ssd.transform(images)
+        cls_logits, bbox_regression = self.session.run(None, {"images": batch.tensors.numpy()})
+        outputs = {"cls_logits": torch.from_numpy(cls_logits), "bbox_regression": torch.from_numpy(bbox_regression)}
+        found = self.ssd.postprocess_detections(outputs, self.anchors * len(images), batch.image_sizes)
+        return [{**d, "labels": d["labels"] - 1}
+                for d in self.ssd.transform.postprocess(found, batch.image_sizes, original)]
+
+
+def export_network_plain(network: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """``network`` (a batch -> two tensors) as an ONNX graph with a fixed input shape, opset 17."""
+    import warnings
+
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice and tracer chatter
+        warnings.simplefilter("ignore")
+        torch.onnx.export(network, (example,), str(path), input_names=["images"], opset_version=17, dynamo=False)
 
 
 def onnx_detector(checkpoint, model: nn.Module, side: tuple[int, int], tmp: Path) -> OnnxDetector:
@@ -276,6 +334,9 @@ def score_and_time(kept: dict[str, dict], yolo: dict | None, test: Path, args) -
             if arch in SLIM:
                 onnx = onnx_detector(checkpoint, model, side, Path(tmp))
                 calls[(arch, "onnx")] = lambda d=onnx: d([image])
+            elif arch in SSD:
+                onnx = SsdOnnx(model, Path(tmp) / f"{arch}.onnx")
+                calls[(arch, "onnx")] = lambda d=onnx: d([image])
             rows[arch] = {"ap": evaluation.metrics["ap"] or 0.0, "ap50": evaluation.metrics["ap50"] or 0.0,
                           "per_class_ap": evaluation.per_class_ap, "params": sum(p.numel() for p in model.parameters()),
                           "macs": sum(count_macs(model, args.image_size, None if arch in SLIM else
@@ -284,7 +345,8 @@ def score_and_time(kept: dict[str, dict], yolo: dict | None, test: Path, args) -
                           "train_min_all_lrs": run["train_min_all_lrs"], "lr": run["lr"], "lr_runs": run["lr_runs"],
                           "best_epoch": run["best_epoch"], "val_ap": run["val_ap"]}
         if yolo is not None:
-            rows[YOLO], calls[(YOLO, "torch")] = score_and_time_yolo(yolo, truth, image, args)
+            rows[YOLO], calls[(YOLO, "torch")], calls[(YOLO, "onnx")] = score_and_time_yolo(yolo, truth, image, side,
+                                                                                            args, Path(tmp))
         torch.set_num_threads(args.threads)  # Ultralytics sets torch to 1 thread when it trains or loads a model
         with torch.no_grad():  # as LeanDetector's forward and Ultralytics' predict run
             timings = measure(calls, args.latency_runs, 3)

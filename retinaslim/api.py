@@ -241,7 +241,7 @@ def train_student(
             and regression terms scale with its fused score, 0..1; a box without one raises UserError).
         images: folder the files' image names resolve against (None: each file's own folder).
         out: the run folder; it must not hold a run already.
-        arch: slim-s or slim-m, or a baseline (retinanet_resnet18_fpn, retinanet_mobilenet_v2_fpn,
+        arch: slim-s, slim-m or slim-l, or a baseline (retinanet_resnet18_fpn, retinanet_mobilenet_v2_fpn,
             retinanet_shufflenet_v2_fpn); norm: gn (GroupNorm, the slim students' default) or bn.
         anchors: fit (anchor sizes and aspect ratios by k-means on the human-labelled boxes, kept when they
             match the boxes better than the built-in ones; slim students only) or default.

@@ -95,7 +95,7 @@ def train_student(
     pseudo_weight: Annotated[float, typer.Option(min=0.0, help="Scales the loss of machine-labelled images.")] = 1.0,
     pseudo_box_weight: Annotated[str, typer.Option(help="none: every machine box counts fully; score: each machine box's loss terms scale with its fused score (0..1).")] = "none",
     images: ImagesOpt = None, out: OutRunOpt = None,
-    arch: Annotated[Optional[str], typer.Option(help="Student architecture: slim-s or slim-m (or a baseline: retinanet_resnet18_fpn, retinanet_mobilenet_v2_fpn, retinanet_shufflenet_v2_fpn).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Student architecture: slim-s, slim-m or slim-l (or a baseline: retinanet_resnet18_fpn, retinanet_mobilenet_v2_fpn, retinanet_shufflenet_v2_fpn).")] = None,
     norm: Annotated[Optional[str], typer.Option(help="gn (GroupNorm, default) or bn (BatchNorm).")] = None,
     anchors: Annotated[str, typer.Option(help="fit: anchor sizes and aspect ratios by k-means on the human-labelled boxes (kept when they match the boxes better than the defaults; slim students only, baselines keep torchvision's); default: the built-in card anchors.")] = "fit",
     image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, iterations: ItersOpt = None,
