@@ -239,7 +239,8 @@ def score_and_time_yolo(run: dict, truth, image: torch.Tensor, side: tuple[int, 
     evaluation = evaluator.evaluation()
     network = model.model
     row = {"ap": evaluation.metrics["ap"] or 0.0, "ap50": evaluation.metrics["ap50"] or 0.0,
-           "per_class_ap": evaluation.per_class_ap, "params": sum(p.numel() for p in network.parameters()),
+           "per_class_ap": evaluation.per_class_ap, "per_class_ap50": evaluation.per_class_ap_at(0.5),
+           "per_class_ap75": evaluation.per_class_ap_at(0.75), "params": sum(p.numel() for p in network.parameters()),
            "macs": sum(count_macs(network, args.image_size,
                                   lambda: network(torch.zeros(1, 3, args.image_size, args.image_size))).values()),
            "epochs": run["epochs"], "train_min": run["train_min"], "train_min_all_lrs": run["train_min"], "lr": None,
@@ -338,7 +339,9 @@ def score_and_time(kept: dict[str, dict], yolo: dict | None, test: Path, args) -
                 onnx = SsdOnnx(model, Path(tmp) / f"{arch}.onnx")
                 calls[(arch, "onnx")] = lambda d=onnx: d([image])
             rows[arch] = {"ap": evaluation.metrics["ap"] or 0.0, "ap50": evaluation.metrics["ap50"] or 0.0,
-                          "per_class_ap": evaluation.per_class_ap, "params": sum(p.numel() for p in model.parameters()),
+                          "per_class_ap": evaluation.per_class_ap, "per_class_ap50": evaluation.per_class_ap_at(0.5),
+                          "per_class_ap75": evaluation.per_class_ap_at(0.75),
+                          "params": sum(p.numel() for p in model.parameters()),
                           "macs": sum(count_macs(model, args.image_size, None if arch in SLIM else
                                                  lambda m=model: m([image])).values()), "epochs": run["epochs"],
                           "train_min": run["train_min"],

@@ -27,7 +27,8 @@ def _report(k: int, weights: str) -> ModelReport:
     per_class = {name: round(0.101 * (k + 1) + 0.011 * c, 3) for c, name in enumerate(CLASSES)}
     per_class["passport"] = None  # no truth of that class
     return ModelReport(weights=weights, arch="slim-s", ap=0.4 + k / 100, ap50=0.7, ap75=0.35 + k / 100, ap_small=None,
-                       ap_medium=0.3, ap_large=0.5, ar100=0.6, per_class_ap=per_class, latency_ms=8.6 + k,
+                       ap_medium=0.3, ap_large=0.5, ar100=0.6, per_class_ap=per_class, per_class_ap50=per_class,
+                       per_class_ap75=per_class, latency_ms=8.6 + k,
                        latency_p90_ms=9.9, fps=116.3, throughput=210.4, batch_size=8, params=130_000,
                        macs=90_000_000, size_mb=0.55, image_size=320, device="cpu", threads=2, predictions=None,
                        pr_plot=None)

@@ -442,6 +442,20 @@ class CocoEvaluation:
         """``metrics`` with 0.0 where pycocotools cannot define one, as training's history records them."""
         return {k: v or 0.0 for k, v in self.metrics.items()}
 
+    def per_class_ap_at(self, iou: float) -> dict[str, float | None]:
+        """Class name -> AP at one of ``iou_thresholds`` (e.g. 0.5 for AP50, 0.75 for AP75), as pycocotools
+        averages its curve (None: no truth of that class). Raises ValueError for an IoU not evaluated.
+
+        A class whose AP50 is high and AP75 low finds its objects but places them loosely."""
+        at = [i for i, t in enumerate(self.iou_thresholds) if abs(float(t) - iou) < 1e-6]
+        if not at:
+            raise ValueError(f"IoU {iou} is not one of the evaluated thresholds {self.iou_thresholds.tolist()}")
+        result = {}
+        for k, name in enumerate(self.per_class_ap):
+            curve = self.precision[at[0], :, k]
+            result[name] = float(curve.mean()) if (curve > -1).any() else None
+        return result
+
 
 class CocoEvaluator:
     """pycocotools' bbox evaluation of ``gt``, fed the results of a chunk of images at a time.

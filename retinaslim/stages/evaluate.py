@@ -72,6 +72,8 @@ class ModelReport:
     ap_large: float | None
     ar100: float
     per_class_ap: dict[str, float | None]  # class name -> AP (None: no truth of that class)
+    per_class_ap50: dict[str, float | None]  # class name -> AP at IoU 0.50
+    per_class_ap75: dict[str, float | None]  # class name -> AP at IoU 0.75 (with AP50: detection vs placement)
     latency_ms: float  # median, batch 1
     latency_p90_ms: float
     fps: float  # 1000 / median batch-1 latency
@@ -239,6 +241,7 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
             ap=metrics["ap"] or 0.0, ap50=metrics["ap50"] or 0.0, ap75=metrics["ap75"] or 0.0,
             ap_small=metrics["ap_small"], ap_medium=metrics["ap_medium"], ap_large=metrics["ap_large"],
             ar100=metrics["ar100"] or 0.0, per_class_ap=evaluation.per_class_ap,
+            per_class_ap50=evaluation.per_class_ap_at(0.5), per_class_ap75=evaluation.per_class_ap_at(0.75),
             batch_size=config.batch_size,
             **loaded.counted, size_mb=weights.stat().st_size / 1e6,
             image_size=image_size, device=str(runs_on), threads=torch.get_num_threads(),

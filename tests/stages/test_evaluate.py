@@ -50,6 +50,9 @@ def test_eval_numbers_are_pycocotools_numbers_of_its_predictions(labeller, one_c
         column = precision[:, :, k]
         expected = column[column > -1].mean() if (column > -1).any() else None
         assert report["per_class_ap"][category["name"]] == (None if expected is None else pytest.approx(expected)), category
+        for key, t in (("per_class_ap50", 0), ("per_class_ap75", 5)):  # rows of pycocotools' IoU thresholds
+            at = precision[t, :, k]
+            assert report[key][category["name"]] == (None if expected is None else pytest.approx(at.mean())), key
     assert sum(v is not None for v in report["per_class_ap"].values()) == len({a["category_id"] for a in gt.dataset["annotations"]})
 
     checkpoint = load_checkpoint(labeller)
@@ -61,6 +64,30 @@ def test_eval_numbers_are_pycocotools_numbers_of_its_predictions(labeller, one_c
     with Image.open(report["pr_plot"]) as plot:
         assert plot.format == "PNG" and plot.width > 300
     assert "precision-recall curves saved to" in result.stdout and "AR@100" in result.stdout
+
+
+def test_per_class_ap_at_an_iou_tells_a_found_but_loose_box_from_a_tight_one(tiny_cards):
+    """Every truth box of one class found exactly, of the others found shifted to an IoU of about 0.6: AP50 is 1
+    for every class, AP75 1 only for the first."""
+    truth = load_coco(tiny_cards.files["val"])
+    boxes = [a for anns in truth.annotations_per_image.values() for a in anns]
+    tight = boxes[0]["category_id"]
+    results = []
+    for a in boxes:
+        x, y, w, h = a["bbox"]
+        shift = 0 if a["category_id"] == tight else w / 4  # IoU (3/4) / (5/4) = 0.6
+        results.append({"image_id": a["image_id"], "category_id": a["category_id"], "bbox": [x + shift, y, w, h],
+                        "score": 0.9})
+    evaluation = coco_evaluate(truth, results)
+    names = {c["id"]: c["name"] for c in truth.categories}
+    present = {names[a["category_id"]] for a in boxes}
+    assert len(present) > 1
+    ap50, ap75 = evaluation.per_class_ap_at(0.5), evaluation.per_class_ap_at(0.75)
+    for name in names.values():
+        expected75 = 1.0 if name == names[tight] else 0.0
+        assert (ap50[name], ap75[name]) == (pytest.approx((1.0, expected75)) if name in present else (None, None)), name
+    with pytest.raises(ValueError, match="IoU 0.42 is not one of"):
+        evaluation.per_class_ap_at(0.42)
 
 
 def test_coco_evaluate_without_predictions_scores_zero_where_truth_exists(tiny_cards):
