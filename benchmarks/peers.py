@@ -194,9 +194,9 @@ def train_yolo(args, out: Path, labeled: Path, val: Path) -> dict:
     except ImportError:
         sys.exit("yolov8n needs Ultralytics: pip install -e '.[bench]' (or leave it out of --models)")
     folder = out / "yolo"
-    for name, coco in (("train", labeled), ("val", val)):
-        if not (folder / name / "data.yaml").exists():
-            convert(ConvertConfig(coco, "coco", "yolo", folder / name))
+    for split, coco in (("train", labeled), ("val", val)):
+        if not (folder / split / "data.yaml").exists():
+            convert(ConvertConfig(coco, "coco", "yolo", folder / split))
     names = ClassMap.from_categories(load_coco(labeled).categories).names
     data_yaml = folder / "data.yaml"
     data_yaml.write_text(f"path: {folder.resolve()}\ntrain: train/images\nval: val/images\n"
