@@ -20,8 +20,11 @@ def _assert_same_detections(expected: list[dict], actual: list[dict]) -> None:
 
 
 def _busy(model):
-    """Random weights score ~0.01 (the focal prior), below the threshold: raise the prior so there is work."""
+    """Random weights score ~0.01 (the focal prior), below the threshold: raise the prior so there is work, and
+    spread the scores, so that near-ties (which any change of summation order may flip at the top-k or NMS
+    boundary) do not decide the comparison."""
     model.head.classification_head.cls_logits.bias.data.fill_(-1.5)
+    model.head.classification_head.cls_logits.weight.data.normal_(0, 0.3)
     return model.eval()
 
 
@@ -83,3 +86,28 @@ def test_an_images_detections_do_not_depend_on_what_it_is_batched_with():
     with torch.no_grad():
         padded_together = detector._forward([portrait, landscape])[1]  # what one padded batch gave
     assert (padded_together["scores"][:10] - alone[0]["scores"][:10]).abs().max() > 3e-4
+
+
+def test_a_slim_head_runs_as_one_trunk_with_the_same_outputs():
+    """fuse_head: a slim student's 1x1 branches (GroupNorm, or BatchNorm folded away) become one trunk whose
+    outputs are the head's; a head with 3x3 convs (a baseline's, the teacher's) is left as it is."""
+    from retinaslim.models.lean import FusedSlimHead, fuse_head
+
+    torch.manual_seed(0)
+    for arch, options in [("slim-s", {"norm": "gn"}), ("slim-m", {"norm": "bn"})]:
+        model = fold_batchnorm(build_model(arch, 3, 128, **options).eval())
+        for module in model.head.modules():  # random affine GroupNorm parameters: each half must keep its own
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.data.uniform_(0.5, 1.5)
+                module.bias.data.uniform_(-0.5, 0.5)
+        fused = fuse_head(model.head)
+        assert isinstance(fused, FusedSlimHead)
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in fused.modules()) == len(model.head.classification_head.conv) + 2
+        features = [torch.randn(2, model.backbone.out_channels, s, s) for s in (16, 8, 4)]
+        with torch.no_grad():
+            want, got = model.head(features), fused(features)
+        for key in ("cls_logits", "bbox_regression"):
+            assert got[key].shape == want[key].shape
+            torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-5)
+        assert isinstance(LeanDetector(model).head, FusedSlimHead)
+    assert fuse_head(build_model("retinanet_resnet18_fpn", 3, 128).eval().head) is None
