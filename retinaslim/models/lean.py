@@ -12,7 +12,9 @@ the network itself (PITFALLS.md). ``LeanDetector`` keeps torchvision's network a
   where more than k pass (the same set as torchvision's). On a 320 px BCCD photograph the slim-s of
   benchmarks/peers.py passes about 1,600, 800 and 160 scores on its three levels, so only the first is
   sorted: decode took about 2.5 ms instead of 3.8 ms on the 2-core VM;
-- decodes only the kept candidates, clips them to each image, and runs one batched NMS for the batch.
+- decodes only the kept candidates, clips them to each image, and runs one batched NMS for the batch;
+  equal scores (a saturated sigmoid gives many 1.0s) keep each image's candidate order, so the top
+  ``detections_per_img`` of an image do not depend on its batch.
 - runs a slim student's two 1x1 head branches as one trunk (``FusedSlimHead``).
 
 Why it is written here, measured: through torchvision's generic path (``model(images)``) slim-s (gn) takes
@@ -235,8 +237,11 @@ class LeanDetector(nn.Module):
             if int(above.sum(dim=1).max()) <= self.topk_candidates:  # all of them are the top k: no sort needed
                 level_images, flat_idx = above.nonzero(as_tuple=True)
                 level_kept = level_scores[level_images, flat_idx]
-            else:
+            else:  # the top k of each image, back in anchor order: an image's candidates, ties included, come in
+                # the same order whichever branch its batch takes, so its detections do not depend on the batch
                 top_scores, top_idx = level_scores.topk(self.topk_candidates, dim=1)
+                top_idx, order = top_idx.sort(dim=1)
+                top_scores = top_scores.gather(1, order)
                 keep = top_scores > self.score_thresh
                 level_images, flat_idx, level_kept = keep.nonzero()[:, 0], top_idx[keep], top_scores[keep]
             image_idx.append(level_images)
@@ -249,7 +254,8 @@ class LeanDetector(nn.Module):
         boxes = self.box_coder.decode_single(bbox_regression[image_idx, anchor_idx].float(), anchors[anchor_idx])
         limits = sizes[image_idx].flip(1).repeat(1, 2).to(boxes.dtype)  # (M, 4): w, h, w, h
         boxes = torch.minimum(boxes.clamp(min=0), limits)
-        keep = batched_nms(boxes, scores, image_idx * num_classes + labels, self.nms_thresh)
+        keep = batched_nms(boxes, scores, image_idx * num_classes + labels, self.nms_thresh).sort().values
+        keep = keep[scores[keep].sort(descending=True, stable=True).indices]  # equal scores: in candidate order
         detections = []
         for i in range(num_images):
             mine = keep[image_idx[keep] == i][:self.detections_per_img]
