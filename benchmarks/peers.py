@@ -365,12 +365,22 @@ def plot(path: Path, rows: dict[str, dict], title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(5.5, 4))
-    for arch, row in rows.items():
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    latencies = [row["latency_ms"] for row in rows.values()]
+    for arch, row in sorted(rows.items(), key=lambda item: item[1]["ap"]):
         axes.scatter(row["latency_ms"], row["ap"], color="C0" if arch in SLIM else "C3")
-        axes.annotate(arch, (row["latency_ms"], row["ap"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        above = sum(1 for other in rows.values() if other["ap"] > row["ap"] and abs(other["ap"] - row["ap"]) < 0.03
+                    and abs(other["latency_ms"] / row["latency_ms"] - 1) < 0.2)  # a close neighbour: move the label
+        axes.annotate(arch, (row["latency_ms"], row["ap"]), fontsize=7, xytext=(5, 4 - 11 * above),
+                      textcoords="offset points")
     axes.set(xlabel="end-to-end latency, batch 1, CPU (ms)", ylabel="COCO AP (test)", title=title)
     axes.set_xscale("log")
+    axes.set_xlim(min(latencies) / 1.3, max(latencies) * 3)  # room for the labels right of the points
+    axes.xaxis.set_major_formatter(ScalarFormatter())
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.set_xticks(sorted({round(v) for v in latencies}))
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=90)
