@@ -57,6 +57,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -301,8 +302,6 @@ class SsdOnnx:
 
 def export_network_plain(network: nn.Module, example: torch.Tensor, path: Path) -> None:
     """``network`` (a batch -> two tensors) as an ONNX graph with a fixed input shape, opset 17."""
-    import warnings
-
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice and tracer chatter
         warnings.simplefilter("ignore")
         torch.onnx.export(network, (example,), str(path), input_names=["images"], opset_version=17, dynamo=False)

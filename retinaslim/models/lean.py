@@ -96,7 +96,8 @@ def fuse_head(head: nn.Module) -> FusedSlimHead | None:
     are not matching stacks of 1x1 conv -> GroupNorm or Identity -> ReLU blocks."""
     cls, reg = head.classification_head, head.regression_head
     blocks = list(zip(cls.conv, reg.conv))
-    if len(cls.conv) != len(reg.conv) or not blocks:
+    if len(cls.conv) != len(reg.conv) or not blocks or cls.cls_logits.kernel_size != (1, 1) \
+            or reg.bbox_reg.kernel_size != (1, 1):
         return None
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(blocks):
@@ -125,8 +126,6 @@ def fuse_head(head: nn.Module) -> FusedSlimHead | None:
                 norm.bias.copy_(torch.cat([norm_a.bias, norm_b.bias]))
             layers.append(norm)
         layers.append(nn.ReLU(inplace=True))
-    if cls.cls_logits.kernel_size != (1, 1) or reg.bbox_reg.kernel_size != (1, 1):
-        return None
     return FusedSlimHead(nn.Sequential(*layers), cls.cls_logits, reg.bbox_reg, cls.num_classes).eval()
 
 
