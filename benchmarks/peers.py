@@ -40,6 +40,10 @@ between its two networks. YOLO's test
 AP is scored the same way from its `predict` boxes at conf 0.001 (Ultralytics' validation setting), in
 original pixels.
 
+--distilled NAME=CHECKPOINT adds a slim student trained elsewhere on human + machine labels (distill.py's
+student_default: on the synthetic set its labelled, validation and test images are these, drawn from the same
+seeds) to the table and plot, scored and timed with the rest; the target is checked on human labels only.
+
 Every finished training is recorded in OUT/runs.json and skipped when the script is rerun. Output: the table
 (printed, OUT/peers.json), one plot per dataset (AP against latency; --plot, default docs/img/peers_<dataset>.png
 when --results-json is given) and the `peers` object of --results-json: {dataset: {model: {"ap", "ap50",
@@ -50,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import json
 import os
 import platform
@@ -239,7 +244,7 @@ def score_and_time_yolo(run: dict, truth, image: torch.Tensor, side: tuple[int, 
     evaluator.add([im["id"] for im in truth.images], results)
     evaluation = evaluator.evaluation()
     network = model.model
-    row = {"ap": evaluation.metrics["ap"] or 0.0, "ap50": evaluation.metrics["ap50"] or 0.0,
+    row = {"arch": YOLO, "labels": "human", "ap": evaluation.metrics["ap"] or 0.0, "ap50": evaluation.metrics["ap50"] or 0.0,
            "per_class_ap": evaluation.per_class_ap, "per_class_ap50": evaluation.per_class_ap_at(0.5),
            "per_class_ap75": evaluation.per_class_ap_at(0.75), "params": sum(p.numel() for p in network.parameters()),
            "macs": sum(count_macs(network, args.image_size,
@@ -307,37 +312,60 @@ def export_network_plain(network: nn.Module, example: torch.Tensor, path: Path) 
         torch.onnx.export(network, (example,), str(path), input_names=["images"], opset_version=17, dynamo=False)
 
 
-def onnx_detector(checkpoint, model: nn.Module, side: tuple[int, int], tmp: Path) -> OnnxDetector:
-    """The slim model as `retinaslim export` writes it (fp32, fixed input ``side``), in onnxruntime."""
+def onnx_detector(checkpoint, model: nn.Module, side: tuple[int, int], path: Path) -> OnnxDetector:
+    """The slim model as `retinaslim export` writes it (fp32, fixed input ``side``) to ``path``, in onnxruntime."""
     fixed = LeanDetector(model, input_size=side)
-    path = tmp / f"{checkpoint.arch}.onnx"
     export_network(fixed, path, opset=17, dynamic_batch=False)
     write_metadata(path, export_metadata(checkpoint.arch, checkpoint.arch_options, checkpoint.classes,
                                          checkpoint.image_size, checkpoint.image_size, fixed))
     return OnnxDetector(path)
 
 
+def distilled_run(name: str, best: Path, image_size: int) -> dict:
+    """A slim student trained elsewhere on human + machine labels (e.g. distill.py's student_default), as a row's
+    run: its arch, epochs, best epoch and validation AP from the training's results.csv beside the checkpoint,
+    and its training minutes (the last row's ``time``). Raises SystemExit naming the file on a checkpoint that
+    is not a slim student at ``image_size`` or has no results.csv beside it."""
+    checkpoint = load_checkpoint(best)
+    if checkpoint.arch not in SLIM or checkpoint.image_size != image_size:
+        sys.exit(f"--distilled {name}={best}: a {checkpoint.arch} checkpoint at {checkpoint.image_size} px; the table "
+                 f"compares slim students ({', '.join(SLIM)}) at --image-size {image_size}")
+    log = best.parent / "results.csv"
+    if not log.exists():
+        sys.exit(f"--distilled {name}={best}: no results.csv beside it (its training log gives the row's epochs "
+                 "and minutes)")
+    with log.open() as f:
+        history = list(csv.DictReader(f))
+    best_row = max(history, key=lambda row: float(row["ap"]))
+    return {"arch": checkpoint.arch, "labels": "human + machine", "lr": None, "lr_runs": {}, "best": str(best),
+            "epochs": int(history[-1]["epoch"]), "best_epoch": int(best_row["epoch"]), "val_ap": float(best_row["ap"]),
+            "train_min": round(float(history[-1]["time"]) / 60, 2), "train_min_all_lrs": None}
+
+
 def score_and_time(kept: dict[str, dict], yolo: dict | None, test: Path, args) -> dict[str, dict]:
+    """Every row's test AP (one pycocotools evaluation each) and latencies (one interleaved timing run).
+    ``kept``: row name -> run (train_runs' kept runs, keyed by arch, and distilled_run's, keyed by name)."""
     truth = load_coco(test)
     image = Transform().apply(read_image(truth.image_path(truth.images[0])), args.image_size)
     side = tuple(-(-s // 32) * 32 for s in image.shape[1:])
     rows, calls = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for arch, run in kept.items():
+        for name, run in kept.items():
+            arch = run["arch"]
             checkpoint = load_checkpoint(Path(run["best"]))
             model = checkpoint.build().eval()
             classes = ClassMap.from_categories(checkpoint.classes)
             evaluation, _ = evaluate_on_coco(model, truth, classes, checkpoint.image_size, torch.device("cpu"),
                                              batch_size=8, workers=args.workers)
             detector = inference_copy(model)
-            calls[(arch, "torch")] = lambda d=detector: d([image])
+            calls[(name, "torch")] = lambda d=detector: d([image])
             if arch in SLIM:
-                onnx = onnx_detector(checkpoint, model, side, Path(tmp))
-                calls[(arch, "onnx")] = lambda d=onnx: d([image])
+                onnx = onnx_detector(checkpoint, model, side, Path(tmp) / f"{len(calls)}.onnx")
+                calls[(name, "onnx")] = lambda d=onnx: d([image])
             elif arch in SSD:
                 onnx = SsdOnnx(model, Path(tmp) / f"{arch}.onnx")
-                calls[(arch, "onnx")] = lambda d=onnx: d([image])
-            rows[arch] = {"ap": evaluation.metrics["ap"] or 0.0, "ap50": evaluation.metrics["ap50"] or 0.0,
+                calls[(name, "onnx")] = lambda d=onnx: d([image])
+            rows[name] = {"arch": arch, "labels": run.get("labels", "human"), "ap": evaluation.metrics["ap"] or 0.0, "ap50": evaluation.metrics["ap50"] or 0.0,
                           "per_class_ap": evaluation.per_class_ap, "per_class_ap50": evaluation.per_class_ap_at(0.5),
                           "per_class_ap75": evaluation.per_class_ap_at(0.75),
                           "params": sum(p.numel() for p in model.parameters()),
@@ -352,9 +380,9 @@ def score_and_time(kept: dict[str, dict], yolo: dict | None, test: Path, args) -
         torch.set_num_threads(args.threads)  # Ultralytics sets torch to 1 thread when it trains or loads a model
         with torch.no_grad():  # as LeanDetector's forward and Ultralytics' predict run
             timings = measure(calls, args.latency_runs, 3)
-    for arch, row in rows.items():
-        row["latency_ms"] = round(median_ms(timings[(arch, "torch")]), 2)
-        row["latency_ms_onnx"] = round(median_ms(timings[(arch, "onnx")]), 2) if (arch, "onnx") in timings else None
+    for name, row in rows.items():
+        row["latency_ms"] = round(median_ms(timings[(name, "torch")]), 2)
+        row["latency_ms_onnx"] = round(median_ms(timings[(name, "onnx")]), 2) if (name, "onnx") in timings else None
     return rows
 
 
@@ -368,11 +396,12 @@ def plot(path: Path, rows: dict[str, dict], title: str) -> None:
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     latencies = [row["latency_ms"] for row in rows.values()]
-    for arch, row in sorted(rows.items(), key=lambda item: item[1]["ap"]):
-        axes.scatter(row["latency_ms"], row["ap"], color="C0" if arch in SLIM else "C3")
+    for name, row in sorted(rows.items(), key=lambda item: item[1]["ap"]):
+        axes.scatter(row["latency_ms"], row["ap"], color="C0" if row["arch"] in SLIM else "C3",
+                     marker="o" if row["labels"] == "human" else "*")
         above = sum(1 for other in rows.values() if other["ap"] > row["ap"] and abs(other["ap"] - row["ap"]) < 0.03
                     and abs(other["latency_ms"] / row["latency_ms"] - 1) < 0.2)  # a close neighbour: move the label
-        axes.annotate(arch, (row["latency_ms"], row["ap"]), fontsize=7, xytext=(5, 4 - 11 * above),
+        axes.annotate(name, (row["latency_ms"], row["ap"]), fontsize=7, xytext=(5, 4 - 11 * above),
                       textcoords="offset points")
     axes.set(xlabel="end-to-end latency, batch 1, CPU (ms)", ylabel="COCO AP (test)", title=title)
     axes.set_xscale("log")
@@ -405,6 +434,10 @@ def main() -> None:
                                            "(default: the student's own, config.py)")
     parser.add_argument("--models", default=",".join(SLIM + PEERS + (YOLO,)),
                         help="models to train and compare, comma-separated (default: all; yolov8n needs Ultralytics)")
+    parser.add_argument("--distilled", action="append", default=[], metavar="NAME=CHECKPOINT",
+                        help="also score and time a slim student trained elsewhere on human + machine labels (e.g. "
+                             "distill.py's runs/student_default/best.pt, at --image-size), as row NAME; repeatable. "
+                             "Not trained here, and not counted for the target (human labels only)")
     parser.add_argument("--latency-runs", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -429,6 +462,14 @@ def main() -> None:
     if set(args.model_epochs) - set(args.models) or min(args.model_epochs.values(), default=1) < 1:
         parser.error(f"--model-epochs: each MODEL must be one of --models and each N at least 1, got "
                      f"{args.model_epochs}")
+    try:
+        args.distilled = {name: Path(best) for name, best in (item.split("=", 1) for item in args.distilled)}
+    except ValueError:
+        parser.error(f"--distilled: expected NAME=CHECKPOINT, got {args.distilled}")
+    taken = set(args.distilled) & set(SLIM + PEERS + (YOLO,))
+    if taken or not all(best.is_file() for best in args.distilled.values()):
+        parser.error(f"--distilled: each NAME must differ from the models' names and each CHECKPOINT must be a file, "
+                     f"got {args.distilled}")
     if args.quick:
         args.epochs, args.image_size, args.latency_runs, args.workers = 1, 96, 3, 0
     dataset = "bccd" if args.bccd else "synthetic"
@@ -439,6 +480,8 @@ def main() -> None:
 
     labeled, val, test, sizes = prepare_data(args, out)
     kept = train_runs(args, out, labeled, val)
+    for name, best in args.distilled.items():
+        kept[name] = distilled_run(name, best, args.image_size)
     yolo = train_yolo(args, out, labeled, val) if YOLO in args.models else None
     rows = score_and_time(kept, yolo, test, args)
     setup = {"dataset": dataset, "machine": machine(), "cpu_count": os.cpu_count(), "threads": args.threads,
@@ -451,14 +494,15 @@ def main() -> None:
     schedule = f"{args.epochs} epochs each" if not args.model_epochs else "epochs per model (the table's column)"
     print(f"\npeers on {dataset}: {schedule}, {args.image_size} px, human labels only; test split; "
           f"latency end to end, batch 1, {setup['threads']} threads, {setup['machine']}")
-    print("| model | AP | AP50 | latency ms | ONNX ms | params | GMACs | epochs | train min | lr (val AP per lr) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | labels | AP | AP50 | latency ms | ONNX ms | params | GMACs | epochs | train min | lr (val AP per lr) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for arch, r in sorted(rows.items(), key=lambda item: item[1]["latency_ms"]):
         lrs = ", ".join(f"{n.split('@lr')[1].split('@')[0] if '@lr' in n else 'default'}: {ap:.3f}"
                         for n, ap in r["lr_runs"].items())
         onnx = f"{r['latency_ms_onnx']:.1f}" if r["latency_ms_onnx"] is not None else "-"
-        recipe = f"{r['lr']:g} ({lrs})" if r["lr"] else "Ultralytics' own"
-        print(f"| {arch} | {r['ap']:.3f} | {r['ap50']:.3f} | {r['latency_ms']:.1f} | {onnx} | {r['params']:,} | "
+        recipe = (f"{r['lr']:g} ({lrs})" if r["lr"] else "Ultralytics' own" if r["arch"] == YOLO else
+                  "its own run (human + machine labels)")
+        print(f"| {arch} | {r['labels']} | {r['ap']:.3f} | {r['ap50']:.3f} | {r['latency_ms']:.1f} | {onnx} | {r['params']:,} | "
               f"{r['macs'] / 1e9:.2f} | {r['epochs']} | {r['train_min']:.1f} | {recipe} |")
     peers = [p for p in (*PEERS, YOLO) if p in rows]
     met = []
