@@ -30,13 +30,14 @@ example about the same CPU minutes each (what a user with a CPU budget gets). Ea
 Scored: one single-pass prediction per test image and one pycocotools evaluation per model
 (engine.inference.evaluate_on_coco). Timed: end to end (a (3, H, W) image in [0, 1], longer side
 --image-size -> boxes, scores, labels), batch 1, all models interleaved in rounds (engine.timing.measure):
-slim models through their lean path (models.lean), the peers through torchvision's path with the same
-BatchNorm folding and channels-last layout, YOLO through Ultralytics' `predict` (a uint8 image of that size
-in: letterbox, fused network, NMS at conf 0.05 as the others' score threshold). In onnxruntime too: the slim
-models (the graph `retinaslim export` writes, postprocess in torch) and SSDLite split the same way (its
-backbone and head as a fixed 320 x 320 graph; torchvision's resize, anchors and postprocess in torch), and
-YOLO through Ultralytics' own ONNX export and predict. Not measured (null): Faster R-CNN, whose RoI stage sits
-between its two networks. YOLO's test
+slim models through their lean path (models.lean) with the network as a TorchScript trace, SSDLite split the
+same way (its backbone and head traced at its fixed 320 x 320 input; torchvision's resize, anchors and
+postprocess in torch around it), Faster R-CNN through torchvision's path (its RoI stage sits between its two
+networks), every torchvision network with BatchNorm folded and channels-last, and YOLO through Ultralytics'
+`predict` (a uint8 image of that size in: letterbox, fused network, NMS at conf 0.05 as the others' score
+threshold). In onnxruntime too: the slim models (the graph `retinaslim export` writes, postprocess in torch),
+SSDLite with the same split (its network as the ONNX graph), and YOLO through Ultralytics' own ONNX export and
+predict. Not measured (null): Faster R-CNN in onnxruntime. YOLO's test
 AP is scored the same way from its `predict` boxes at conf 0.001 (Ultralytics' validation setting), in
 original pixels.
 
@@ -83,7 +84,7 @@ from retinaslim.data.images import read_image  # noqa: E402
 from retinaslim.engine.inference import evaluate_on_coco  # noqa: E402
 from retinaslim.engine.timing import measure, median_ms  # noqa: E402
 from retinaslim.models.checkpoint import load_checkpoint  # noqa: E402
-from retinaslim.models.lean import LeanDetector, fold_batchnorm  # noqa: E402
+from retinaslim.models.lean import LeanDetector, fold_batchnorm, trace_network  # noqa: E402
 from retinaslim.models.macs import count_macs  # noqa: E402
 from retinaslim.models.onnx import (OnnxDetector, export_metadata, export_network, session,  # noqa: E402
                                    write_metadata)
@@ -94,7 +95,7 @@ from retinaslim.stages.train import TrainConfig, train  # noqa: E402
 
 SLIM = ("slim-s", "slim-m", "slim-l")
 PEERS = ("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn")
-SSD = ("ssdlite320_mobilenet_v3_large",)  # peers timed in onnxruntime too (SsdOnnx); the two-stage one is not
+SSD = ("ssdlite320_mobilenet_v3_large",)  # peers split as the slim models are (SsdSplit); the two-stage one is not
 YOLO = "yolov8n"
 
 
@@ -264,16 +265,22 @@ def score_and_time_yolo(run: dict, truth, image: torch.Tensor, side: tuple[int, 
             lambda: onnx.predict(pixels, imgsz=list(side), conf=0.05, device="cpu", verbose=False))
 
 
-def inference_copy(model: nn.Module) -> nn.Module:
-    """What is timed: a RetinaNet's lean path, or a peer with BatchNorm folded and channels-last (as LeanDetector)."""
-    if not isinstance(model, TorchvisionPeer):
-        return LeanDetector(model)
+def inference_copy(model: nn.Module, arch: str):
+    """What is timed in PyTorch: a RetinaNet's lean path with its network traced (``LeanDetector(traced=True)``), an
+    SSD peer split the same way (``SsdSplit``), and Faster R-CNN as torchvision runs it, with the same BatchNorm
+    folding and channels-last layout (its RoI stage sits between its two networks, so it is not traced)."""
+    if arch in SLIM:
+        return LeanDetector(model, traced=True)
+    if arch in SSD:
+        return SsdSplit(model)
     return fold_batchnorm(copy.deepcopy(model).eval()).to(memory_format=torch.channels_last)
 
 
-class SsdOnnx:
-    """A torchvision SSD peer with its network (backbone + head, fixed input) in onnxruntime and torchvision's
-    own resize, anchors and postprocess around it in torch: the split the slim models' ONNX path makes."""
+class SsdSplit:
+    """A torchvision SSD peer as the slim models' lean path runs theirs: torchvision's own resize, anchors and
+    postprocess in torch around its network (backbone + head at the fixed input, BatchNorm folded, channels-last),
+    which runs as a TorchScript trace (``models.lean.trace_network``), or in onnxruntime when ``onnx`` names the
+    graph file to write (the split `retinaslim export` makes)."""
 
     class Network(nn.Module):
         def __init__(self, ssd: nn.Module):
@@ -284,22 +291,30 @@ class SsdOnnx:
             outputs = self.head(list(self.backbone(x).values()))
             return outputs["cls_logits"], outputs["bbox_regression"]
 
-    def __init__(self, peer: TorchvisionPeer, path: Path):
-        self.ssd = fold_batchnorm(copy.deepcopy(peer.model).eval())
+    def __init__(self, peer: TorchvisionPeer, onnx: Path | None = None):
+        self.ssd = fold_batchnorm(copy.deepcopy(peer.model).eval()).to(memory_format=torch.channels_last)
         height, width = self.ssd.transform.fixed_size
-        probe = torch.zeros(1, 3, height, width)
-        export_network_plain(self.Network(self.ssd).eval(), probe, path)
-        self.session = session(path)
+        probe = torch.zeros(1, 3, height, width).contiguous(memory_format=torch.channels_last)
+        network = self.Network(self.ssd).eval()
+        if onnx is None:
+            traced = trace_network(network, probe)
+            self.network = lambda batch: traced(batch.contiguous(memory_format=torch.channels_last))
+        else:
+            export_network_plain(network, probe, onnx)
+            ort_session = session(onnx)
+            self.network = lambda batch: tuple(torch.from_numpy(a) for a in ort_session.run(
+                None, {"images": batch.contiguous().numpy()}))
         with torch.no_grad():
             images, _ = self.ssd.transform([probe[0]])
             self.anchors = self.ssd.anchor_generator(images, list(self.ssd.backbone(images.tensors).values()))
 
+    @torch.no_grad()
     def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Images of the same size, batch 1 as timed: (3, H, W) in [0, 1] -> torchvision's detections."""
         original = [tuple(image.shape[-2:]) for image in images]
         batch, _ = self.ssd.transform(images)
-        cls_logits, bbox_regression = self.session.run(None, {"images": batch.tensors.numpy()})
-        outputs = {"cls_logits": torch.from_numpy(cls_logits), "bbox_regression": torch.from_numpy(bbox_regression)}
+        cls_logits, bbox_regression = self.network(batch.tensors)
+        outputs = {"cls_logits": cls_logits, "bbox_regression": bbox_regression}
         found = self.ssd.postprocess_detections(outputs, self.anchors * len(images), batch.image_sizes)
         return [{**d, "labels": d["labels"] - 1}
                 for d in self.ssd.transform.postprocess(found, batch.image_sizes, original)]
@@ -357,13 +372,13 @@ def score_and_time(kept: dict[str, dict], yolo: dict | None, test: Path, args) -
             classes = ClassMap.from_categories(checkpoint.classes)
             evaluation, _ = evaluate_on_coco(model, truth, classes, checkpoint.image_size, torch.device("cpu"),
                                              batch_size=8, workers=args.workers)
-            detector = inference_copy(model)
+            detector = inference_copy(model, arch)
             calls[(name, "torch")] = lambda d=detector: d([image])
             if arch in SLIM:
                 onnx = onnx_detector(checkpoint, model, side, Path(tmp) / f"{len(calls)}.onnx")
                 calls[(name, "onnx")] = lambda d=onnx: d([image])
             elif arch in SSD:
-                onnx = SsdOnnx(model, Path(tmp) / f"{arch}.onnx")
+                onnx = SsdSplit(model, onnx=Path(tmp) / f"{len(calls)}.onnx")
                 calls[(name, "onnx")] = lambda d=onnx: d([image])
             rows[name] = {"arch": arch, "labels": run.get("labels", "human"), "ap": evaluation.metrics["ap"] or 0.0, "ap50": evaluation.metrics["ap50"] or 0.0,
                           "per_class_ap": evaluation.per_class_ap, "per_class_ap50": evaluation.per_class_ap_at(0.5),

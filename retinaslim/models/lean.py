@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -129,17 +130,47 @@ def fuse_head(head: nn.Module) -> FusedSlimHead | None:
     return FusedSlimHead(nn.Sequential(*layers), cls.cls_logits, reg.bbox_reg, cls.num_classes).eval()
 
 
+class _Network(nn.Module):
+    """backbone + head -> (cls_logits, bbox_regression): the part ``trace_network`` traces."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = self.head(list(self.backbone(batch).values()))
+        return outputs["cls_logits"], outputs["bbox_regression"]
+
+
+def trace_network(network: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """A TorchScript trace of ``network`` (a batch -> tensors) at ``example``'s shape, sharing its parameters.
+
+    Why: a slim student is a few hundred small ops, and eager PyTorch spends a fixed few microseconds of Python
+    on every module call and op; the trace runs the same ops from C++. slim-s's network on a 320 px BCCD
+    photograph (2-core VM, 1 thread, 60 runs interleaved): 8.7 ms traced against 12.3 ms eager; freezing the
+    trace gained nothing more (8.6 ms) and would copy the weights. A trace costs about 0.5 s and pays after
+    some 150 calls of one shape, so it is for inference over many images and for timing (``traced``), not for
+    training's validation passes. A trace is only valid at its example's shape (the graph records the shapes
+    the ops saw), so ``LeanDetector`` keeps one per batch shape. The tracer's deprecation notice and its
+    warning on GroupNorm's batch-size check (a shape check, not a data-dependent branch) are silenced.
+    """
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(network.eval(), example, check_trace=False)
+
+
 class LeanDetector(nn.Module):
     """Wraps a torchvision RetinaNet for inference. Call it like the model: a list of (3, H, W) images
     in [0, 1] -> a list of dicts with ``boxes`` (xyxy, pixels of each image), ``scores`` and ``labels``.
 
     ``input_size`` (height, width), multiples of 32: pad every batch to this size instead of to the
-    largest image's; an image that does not fit is refused.
+    largest image's; an image that does not fit is refused. ``traced``: run the network as one TorchScript
+    trace per batch shape (``trace_network``), the same outputs about 30% sooner once traced.
     """
 
-    def __init__(self, model: nn.Module, input_size: tuple[int, int] | None = None):
+    def __init__(self, model: nn.Module, input_size: tuple[int, int] | None = None, traced: bool = False):
         super().__init__()
-        self.input_size = input_size
+        self.input_size, self.traced = input_size, traced
         model = fold_batchnorm(copy.deepcopy(model).eval())
         self.backbone, self.head = model.backbone, fuse_head(model.head) or model.head
         self.to(memory_format=torch.channels_last)
@@ -150,6 +181,7 @@ class LeanDetector(nn.Module):
         self.register_buffer("mean", torch.tensor(model.transform.image_mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(model.transform.image_std).view(1, 3, 1, 1))
         self._anchors: dict[tuple, tuple[torch.Tensor, list[int]]] = {}
+        self._traces: dict[tuple, torch.jit.ScriptModule] = {}
 
     def batch(self, images: list[torch.Tensor]) -> torch.Tensor:
         """Images -> (N, 3, H, W) normalised batch, zero-padded (after normalising) to a multiple of 32
@@ -172,9 +204,15 @@ class LeanDetector(nn.Module):
         return batch.contiguous(memory_format=torch.channels_last)
 
     def raw(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The network: (N, 3, H, W) normalised batch -> class logits (N, HWA, K), box deltas (N, HWA, 4)."""
-        outputs = self.head(list(self.backbone(batch).values()))
-        return outputs["cls_logits"], outputs["bbox_regression"]
+        """The network: (N, 3, H, W) normalised batch -> class logits (N, HWA, K), box deltas (N, HWA, 4).
+        With ``traced``, each batch shape runs through its own TorchScript trace (``trace_network``)."""
+        if not self.traced:
+            outputs = self.head(list(self.backbone(batch).values()))
+            return outputs["cls_logits"], outputs["bbox_regression"]
+        key = (tuple(batch.shape), batch.dtype, str(batch.device), batch.is_contiguous(memory_format=torch.channels_last))
+        if key not in self._traces:
+            self._traces[key] = trace_network(_Network(self.backbone, self.head), batch)
+        return self._traces[key](batch)
 
     def anchors(self, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, list[int]]:
         """Anchors (HWA, 4) for a padded input size, and the number of anchors per FPN level; cached."""

@@ -156,9 +156,9 @@ def plot_precision_recall(path: Path, evaluation: CocoEvaluation, title: str) ->
 
 def _load(weights: Path) -> tuple[str, nn.Module, LeanDetector, ClassMap, int]:
     """(architecture, network for counting parameters and MACs, inference detector, classes, default input
-    size) of a checkpoint (.pt: its weights through the lean path, BatchNorm folded) or of an ONNX export
-    (.onnx from ``retinaslim export``: onnxruntime on the CPU, the architecture rebuilt for counting; its
-    parameters are the checkpoint's, as the graph holds the same weights)."""
+    size) of a checkpoint (.pt: its weights through the lean path, BatchNorm folded, the network traced) or of
+    an ONNX export (.onnx from ``retinaslim export``: onnxruntime on the CPU, the architecture rebuilt for
+    counting; its parameters are the checkpoint's, as the graph holds the same weights)."""
     if weights.suffix.lower() == ".onnx":
         detector = OnnxDetector(weights)
         meta = detector.metadata
@@ -166,7 +166,7 @@ def _load(weights: Path) -> tuple[str, nn.Module, LeanDetector, ClassMap, int]:
         return meta["arch"], model.eval(), detector, ClassMap.from_categories(meta["classes"]), meta["image_size"]
     checkpoint = load_checkpoint(weights)
     model = checkpoint.build()
-    return (checkpoint.arch, model, LeanDetector(model), ClassMap.from_categories(checkpoint.classes),
+    return (checkpoint.arch, model, LeanDetector(model, traced=True), ClassMap.from_categories(checkpoint.classes),
             checkpoint.image_size)
 
 

@@ -1,9 +1,9 @@
 """profile: parameters, MACs (total and per module), checkpoint size and latency of a model.
 
 Latency is measured twice at batch 1 on a square image whose side (its longer side, as everywhere) is
-``image_size``, through the lean inference path every command uses (``models.lean``): the network alone
-(backbone, FPN, head on a normalised tensor) and end to end (normalise, pad, network, cached anchors,
-decode, NMS), each the median of ``runs`` timed runs after ``warmup`` runs (``engine.timing``).
+``image_size``, through the lean inference path every command uses (``models.lean``), its network traced as
+eval's is: the network alone (backbone, FPN, head on a normalised tensor) and end to end (normalise, pad,
+network, cached anchors, decode, NMS), each the median of ``runs`` timed runs after ``warmup`` runs (``engine.timing``).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def profile(config: ProfileConfig) -> ProfileResult:
         for name, macs in group_by_prefix(per_module, config.depth).items()
     ]
     device = resolve_device(config.device)
-    detector = LeanDetector(model).to(device)
+    detector = LeanDetector(model, traced=True).to(device)
     image = torch.rand(3, image_size, image_size, device=device)
     with torch.no_grad():
         batch = detector.batch([image])  # normalised and padded, as the network sees it

@@ -1,4 +1,5 @@
-"""benchmarks/peers.py's own parts: the split ONNX path of the SSD peer gives the torch model's detections."""
+"""benchmarks/peers.py's own parts: the SSD peer's split paths (traced network, ONNX network) give the torch
+model's detections; a distilled student's row."""
 
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 peers = pytest.importorskip("peers")
 
 
-def test_ssd_onnx_gives_the_torch_detections(tmp_path):
+@pytest.mark.parametrize("runtime", ["traced", "onnx"])
+def test_the_split_ssd_gives_the_torch_detections(runtime, tmp_path):
     torch.manual_seed(0)
     peer = peers.ssdlite(num_classes=2, image_size=320).eval()
     with torch.no_grad():  # random head weights: scores far from the untrained model's near-ties
@@ -20,7 +22,9 @@ def test_ssd_onnx_gives_the_torch_detections(tmp_path):
     image = torch.rand(3, 240, 320)
     with torch.no_grad():
         expected = peer([image])[0]
-    found = peers.SsdOnnx(peer, tmp_path / "ssd.onnx")([image])[0]
+    split = peers.SsdSplit(peer, onnx=tmp_path / "ssd.onnx" if runtime == "onnx" else None)
+    found = split([image])[0]
+    assert (tmp_path / "ssd.onnx").exists() == (runtime == "onnx")
     assert len(expected["boxes"]) > 20 and len(found["boxes"]) == len(expected["boxes"])
     assert set(found["labels"].tolist()) <= {0, 1}  # retinaslim's 0-based labels, as the torch path gives
     torch.testing.assert_close(found["scores"], expected["scores"], atol=1e-4, rtol=1e-4)

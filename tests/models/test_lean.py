@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from retinaslim.core.tta import Transform
@@ -28,14 +29,15 @@ def _busy(model):
     return model.eval()
 
 
-def test_lean_path_matches_torchvision_image_by_image_on_a_mixed_size_batch():
+@pytest.mark.parametrize("traced", [False, True])
+def test_lean_path_matches_torchvision_image_by_image_on_a_mixed_size_batch(traced):
     torch.manual_seed(0)
     images = [torch.rand(3, 128, 96), torch.rand(3, 80, 128), torch.rand(3, 128, 128)]
     for arch, options in [("slim-s", {"norm": "gn"}), ("slim-m", {"norm": "bn"}), ("retinanet_resnet18_fpn", {})]:
         model = _busy(build_model(arch, 3, 128, **options))
         with torch.no_grad():  # torchvision on each image alone: batched, it pads them all to one size
             expected = [model([image])[0] for image in images]
-        actual = LeanDetector(model)(images)
+        actual = LeanDetector(model, traced=traced)(images)
         assert sum(len(d["boxes"]) for d in actual) > 100  # the comparison is not vacuous
         _assert_same_detections(expected, actual)
         for image, dets in zip(images, actual):  # clipped to each image, not to the padded batch
@@ -111,3 +113,14 @@ def test_a_slim_head_runs_as_one_trunk_with_the_same_outputs():
             torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-5)
         assert isinstance(LeanDetector(model).head, FusedSlimHead)
     assert fuse_head(build_model("retinanet_resnet18_fpn", 3, 128).eval().head) is None
+
+
+def test_a_traced_network_gives_the_eager_outputs_with_one_trace_per_batch_shape():
+    torch.manual_seed(0)
+    model = _busy(build_model("slim-s", 3, 128))
+    eager, traced = LeanDetector(model), LeanDetector(model, traced=True)
+    for count, (height, width) in [(1, (128, 96)), (1, (128, 96)), (2, (128, 96)), (1, (96, 128))]:
+        batch = eager.batch([torch.rand(3, height, width) for _ in range(count)])  # new pixels each time
+        for want, got in zip(eager.raw(batch), traced.raw(batch), strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert len(traced._traces) == 3 and not eager._traces  # (1, 128, 96) reused; batch 2 and the landscape new
