@@ -156,8 +156,8 @@ def plot_precision_recall(path: Path, evaluation: CocoEvaluation, title: str) ->
 
 def _load(weights: Path) -> tuple[str, nn.Module, LeanDetector, ClassMap, int]:
     """(architecture, network for counting parameters and MACs, inference detector, classes, default input
-    size) of a checkpoint (.pt: its weights through the lean path, BatchNorm folded, the network traced) or of
-    an ONNX export (.onnx from ``retinaslim export``: onnxruntime on the CPU, the architecture rebuilt for
+    size) of a checkpoint (.pt: its weights through the lean path, BatchNorm folded) or of an ONNX
+    export (.onnx from ``retinaslim export``: onnxruntime on the CPU, the architecture rebuilt for
     counting; its parameters are the checkpoint's, as the graph holds the same weights)."""
     if weights.suffix.lower() == ".onnx":
         detector = OnnxDetector(weights)
@@ -166,7 +166,7 @@ def _load(weights: Path) -> tuple[str, nn.Module, LeanDetector, ClassMap, int]:
         return meta["arch"], model.eval(), detector, ClassMap.from_categories(meta["classes"]), meta["image_size"]
     checkpoint = load_checkpoint(weights)
     model = checkpoint.build()
-    return (checkpoint.arch, model, LeanDetector(model, traced=True), ClassMap.from_categories(checkpoint.classes),
+    return (checkpoint.arch, model, LeanDetector(model), ClassMap.from_categories(checkpoint.classes),
             checkpoint.image_size)
 
 
@@ -233,6 +233,8 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
             plot_precision_recall(path, evaluation, f"{name} on {data.path.name}")
             plots.append(path)
             pr_plot = str(path)
+        if weights.suffix.lower() != ".onnx":  # timed with its network traced per input shape (models.lean)
+            detector.traced = True
         calls[(index, 1)] = lambda d=detector, b=_batch(samples[:1], image_size, runs_on): d(b)
         calls[(index, config.batch_size)] = lambda d=detector, b=_batch(samples, image_size, runs_on): d(b)
         metrics = evaluation.metrics
