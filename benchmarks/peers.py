@@ -536,7 +536,8 @@ def main() -> None:
     write_json(out / "peers.json", {"setup": setup, "models": rows})
 
     plot_path = args.plot or (Path(f"docs/img/peers_{dataset}.png") if args.results_json else out / "peers.png")
-    plot(plot_path, rows, f"{dataset}: {schedule.split(' (')[0]}, {args.image_size} px, human labels")
+    plot(plot_path, rows, f"{dataset}: {schedule.split(' (')[0]}, {args.image_size} px, human labels"
+                          + (" (star: human + machine)" if args.distilled else ""))
     print(f"plot: {plot_path}")
     if args.results_json is not None:
         merged = json.loads(args.results_json.read_text()) if args.results_json.exists() else {}
