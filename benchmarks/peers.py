@@ -418,7 +418,8 @@ def plot(path: Path, rows: dict[str, dict], title: str) -> None:
                     and abs(other["latency_ms"] / row["latency_ms"] - 1) < 0.2)  # a close neighbour: move the label
         axes.annotate(name, (row["latency_ms"], row["ap"]), fontsize=7, xytext=(5, 4 - 11 * above),
                       textcoords="offset points")
-    axes.set(xlabel="end-to-end latency, batch 1, CPU (ms)", ylabel="COCO AP (test)", title=title)
+    axes.set(xlabel="end-to-end latency, batch 1, CPU (ms)", ylabel="COCO AP (test)")
+    axes.set_title(title, fontsize=10)
     axes.set_xscale("log")
     axes.set_xlim(min(latencies) / 1.3, max(latencies) * 3)  # room for the labels right of the points
     axes.xaxis.set_major_formatter(ScalarFormatter())
