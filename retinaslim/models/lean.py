@@ -304,11 +304,12 @@ class LeanDetector(nn.Module):
         for i, (height, width) in enumerate(sizes.tolist()):
             mine = (image_idx == i).nonzero().squeeze(1)
             image_boxes = clip_boxes_to_image(boxes[mine], (height, width))
+            image_scores, image_labels = scores[mine], labels[mine]
             # Class-wise NMS as one call: each class's boxes shifted beyond the image's extent from the others'
             # (torchvision's batched_nms trick, with the image's own offsets, so that its batch cannot change
             # the rounding); the same boxes kept as a call per class (module docstring: faster here)
-            offsets = (labels[mine] * (max(height, width) + 1)).to(image_boxes.dtype)[:, None]
-            kept = nms(image_boxes + offsets, scores[mine], self.nms_thresh).sort().values  # candidate order
-            kept = kept[scores[mine][kept].sort(descending=True, stable=True).indices][:self.detections_per_img]
-            detections.append({"boxes": image_boxes[kept], "scores": scores[mine][kept], "labels": labels[mine][kept]})
+            offsets = (image_labels * (max(height, width) + 1)).to(image_boxes.dtype)[:, None]
+            kept = nms(image_boxes + offsets, image_scores, self.nms_thresh).sort().values  # candidate order
+            kept = kept[image_scores[kept].sort(descending=True, stable=True).indices][:self.detections_per_img]
+            detections.append({"boxes": image_boxes[kept], "scores": image_scores[kept], "labels": image_labels[kept]})
         return detections
