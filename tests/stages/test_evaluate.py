@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from pycocotools.cocoeval import COCOeval
 from retinaslim.data.coco import coco_evaluate, load_coco
 from retinaslim.engine.inference import evaluate_on_coco
 from retinaslim.engine.timing import measure, median_ms, p90_ms
+from retinaslim.models import lean
 from retinaslim.models.checkpoint import load_checkpoint, save_checkpoint
 from retinaslim.models.macs import count_macs
 from retinaslim.stages import evaluate as evaluate_stage
@@ -199,3 +201,20 @@ def test_each_model_is_scored_with_its_own_class_ids_after_the_truth_dicts_are_r
     assert reports[0]["ap"] > 0.3
     for key in ("ap", "ap50", "ap75", "per_class_ap"):
         assert reports[1][key] == reports[2][key] == reports[3][key] == reports[0][key], key
+
+
+def test_the_trace_is_built_outside_the_timed_samples_even_without_warm_up(labeller, one_card_set, tmp_path, monkeypatch):
+    traced, original = [], lean.trace_network
+
+    def slow_trace(network, example):  # a trace that costs a visible second
+        traced.append(tuple(example.shape))
+        time.sleep(1.0)
+        return original(network, example)
+
+    monkeypatch.setattr(lean, "trace_network", slow_trace)
+    result = run_cli("eval", "--weights", labeller, "--data", one_card_set.files["labeled"], "--latency-runs", 1,
+                     "--warmup-runs", 0, "--batch-size", 2, "--workers", 0, "--device", "cpu", "--json", tmp_path / "m.json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "m.json").read_text())[0]
+    assert sorted(shape[0] for shape in traced) == [1, 2]  # batch 1 and batch 2, each traced once
+    assert report["latency_ms"] < 500 and report["throughput"] > 2.0
