@@ -153,13 +153,14 @@ def trace_network(network: nn.Module, example: torch.Tensor) -> torch.jit.Script
     photograph (2-core VM, 1 thread, 60 runs interleaved while a training used the CPU too): 8.7 ms traced
     against 12.3 ms eager; freezing the trace gained nothing more (8.6 ms) and would copy the weights. The
     trace is returned warm: TorchScript's profiling executor runs a graph's first call profiled and builds its
-    optimised graph on the second (a ResNet50 teacher at 96 px: 4.5 s, 2.6 s, then 0.2 s a call), and both
-    calls are made here, in inference mode as ``engine.timing.measure`` calls, so that no timed call pays for
-    them. A trace costs about 0.5 s a shape (a process's first one 2-4 s on a busy VM: the JIT starts) and
-    pays after some 150 calls of one shape, so it is for inference over many images and for timing
-    (``traced``), not for training's validation passes. A trace is only valid at its example's shape (the graph records the shapes
-    the ops saw), so ``LeanDetector`` keeps one per batch shape. The tracer's deprecation notice and its
-    warning on GroupNorm's batch-size check (a shape check, not a data-dependent branch) are silenced.
+    optimised graph on the second (a ResNet50 teacher at 96 px, while a training shared the CPU: 4.5 s, 2.6 s,
+    then 0.2 s a call), and both calls are made here, in inference mode as ``engine.timing.measure`` calls,
+    so that no timed call pays for them. A trace costs about 0.5 s a shape (a process's first one 2-4 s on a
+    busy VM: the JIT starts) and pays after some 150 calls of one shape, so it is for inference over many
+    images and for timing (``traced``), not for training's validation passes. A trace is only valid at its
+    example's shape (the graph records the shapes the ops saw), so ``LeanDetector`` keeps one per batch
+    shape. The tracer's deprecation notice and its warning on GroupNorm's batch-size check (a shape check,
+    not a data-dependent branch) are silenced.
     TorchScript is deprecated in favour of torch.compile and torch.export, and works in every torch that
     pyproject.toml admits (< 2.15); measured the same way, torch.compile took 78 s to compile and gained less
     (10.9 against 12.7 ms), and torch.export's graph module gained 14%.
