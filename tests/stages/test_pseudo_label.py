@@ -79,7 +79,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(unlabeled, labeller, tmp_pa
     common = ["--teacher", labeller, "--score-floor", 0.0, "--batch-size", 2, "--workers", 0]
     reference = tmp_path / "reference.json"
     assert run_cli_process(unlabeled, *common, "--out", reference).wait() == 0
-    for kill_after in (2, 7, 15):  # journal lines (header + batches) written before the kill
+    for kill_after in (2, 15):  # journal lines (header + batches) written before the kill: early and late
         out = tmp_path / f"killed{kill_after}.json"
         journal = out.with_name(out.name + ".journal")
         process = run_cli_process(unlabeled, *common, "--out", out)
