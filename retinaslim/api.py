@@ -191,8 +191,9 @@ def train_teacher(
         batch_size: images per optimiser step; epochs: passes over the human-labelled images;
             iterations: total optimiser steps, replacing ``epochs`` when given.
         optimizer: sgd or adamw; lr: peak learning rate (linear warm-up, cosine decay); weight_decay.
-        augment: none, light (flip, brightness/contrast, hue) or strong (+ scale, shift, rotation,
-            perspective, blur, JPEG).
+        augment: none, light (flip, brightness/contrast, hue), strong (+ scale, shift, rotation,
+            perspective, blur, JPEG) or mosaic (four images tiled at 0.5-1.5 times their size, then light;
+            the last 10 epochs train on whole images).
         keep_empty_classes: also train categories that have no boxes in ``labeled`` (by default they are
             left out, e.g. the supercategory Roboflow lists as category 0).
         resume: continue the run whose last.pt this is, with its own settings (the other arguments are ignored).

@@ -30,6 +30,10 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
                 "optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "augment": "light"},
 }
 WARMUP_ITERS = 100  # linear learning-rate warm-up (shortened for runs with fewer iterations)
+# `--augment mosaic` trains its last epochs on whole images, as Ultralytics' close_mosaic (default 10) does:
+# the model ends on the images it will see. On the cards the student's validation AP rose 3.3 points in the
+# first closed epoch (docs/results.md, "mosaic").
+CLOSE_MOSAIC_EPOCHS = 10
 
 # Multi-transform labelling follows Data Distillation: several scales x horizontal flip; WBF fuses best
 # (see ../shared/PITFALLS.md: 0.531 AP vs 0.499 for NMS over the same six transforms).

@@ -54,7 +54,7 @@ OptimOpt = Annotated[Optional[str], typer.Option(help="sgd or adamw.")]
 LrOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate (after linear warm-up; cosine decay).")]
 WdOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Weight decay.")]
 KeepEmptyOpt = Annotated[bool, typer.Option(help="Train categories that have no boxes in the labelled set too (by default they are left out, e.g. the supercategory Roboflow lists as category 0).")]
-AugOpt = Annotated[Optional[str], typer.Option(help="Augmentation preset: none; light (flip, brightness/contrast, hue); strong (+ scale, shift, rotation, perspective, blur, JPEG).")]
+AugOpt = Annotated[Optional[str], typer.Option(help="Augmentation preset: none; light (flip, brightness/contrast, hue); strong (+ scale, shift, rotation, perspective, blur, JPEG); mosaic (four images tiled at 0.5-1.5x scale, then light; the last 10 epochs whole images).")]
 
 
 def _teacher_help() -> str:

@@ -7,18 +7,21 @@ import numpy as np
 
 from retinaslim.errors import UserError
 
-AUGMENT_PRESETS = ("none", "light", "strong")
+AUGMENT_PRESETS = ("none", "light", "strong", "mosaic")
 
 
 def build_augment(preset: str) -> A.Compose | None:
-    """The named preset; ``none`` returns None. Works on HWC uint8 images with xyxy pixel boxes."""
+    """The named preset's per-image transforms; ``none`` returns None. Works on HWC uint8 images with xyxy pixel boxes.
+
+    ``mosaic`` is ``light`` here: its four-image tiling happens first, in ``data.dataset.DetectionDataset``.
+    """
     if preset == "none":
         return None
     colour = [
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
         A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=15, val_shift_limit=0, p=0.3),
     ]
-    if preset == "light":
+    if preset in ("light", "mosaic"):
         transforms = [A.HorizontalFlip(p=0.5), *colour]
     elif preset == "strong":
         # Phone photos: cards at any scale and position, tilted, seen at an angle, blurred, recompressed.

@@ -26,16 +26,21 @@ class DetectionDataset(torch.utils.data.Dataset):
     with ``score_weights``, ``target["box_weights"]`` (N,) holds each box's ``score`` (0..1, the fused score
     pseudo-label wrote), which scales that box's loss terms (``models.common.box_weighted_loss``).
     An image that cannot be decoded yields None, which ``collate_skip`` drops and counts.
+
+    With ``augment="mosaic"``, an item of an epoch up to ``mosaic_until`` is a mosaic (``mosaic``), an
+    ``image_size`` square; later epochs see whole images (YOLO's ``close_mosaic``). Either way ``light``
+    follows.
     """
 
     def __init__(self, coco: CocoData, classes: ClassMap, image_size: int, augment: str = "none", weight: float = 1.0,
-                 machine: bool = False, score_weights: bool = False, seed: int = 0):
+                 machine: bool = False, score_weights: bool = False, seed: int = 0, mosaic_until: int = 0):
         self.coco = coco
         self.classes = classes
         self.resize = Transform(scale=1.0)
         self.image_size = image_size
         self.augment_name = augment
         self.augment = build_augment(augment)
+        self.mosaic_until = mosaic_until if augment == "mosaic" else None  # epochs up to this one are mosaics
         self.weight = weight  # scales this image's loss (machine labels: --pseudo-weight)
         self.machine = machine  # machine-labelled images are counted apart in the training log
         self.score_weights = score_weights  # machine labels: --pseudo-box-weight score
@@ -47,9 +52,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.coco.images)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
-        """``key``: an image index, or (index, epoch)."""
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
+    def _load(self, index: int):
+        """(image (3, h, w), boxes (N, 4) xyxy pixels, labels (N,) with -1 for ignore regions, scores (N,)) or None."""
         info = self.coco.images[index]
         try:
             image = self.resize.apply(read_image(self.coco.image_path(info), self.max_pixels), self.image_size)
@@ -68,8 +72,70 @@ class DetectionDataset(torch.utils.data.Dataset):
         boxes = boxes * torch.tensor([sx, sy, sx, sy])
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image.shape[2])
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image.shape[1])
+        return image, boxes, labels, scores
+
+    def mosaic(self, index: int, rng: np.random.Generator):
+        """The image ``index`` and three others drawn by ``rng``, tiled as in YOLOv4/v5's mosaic (Bochkovskiy et
+        al. 2020; Ultralytics' ``Mosaic`` and ``RandomPerspective``, reimplemented): each image (longer side S =
+        ``image_size``) in one quadrant of a grey 2S x 2S canvas, its inner corner on a centre drawn in the
+        middle S x S; then a square window of side S / scale (scale 0.5..1.5, its centre up to 0.1 S off the
+        canvas's) resized to S x S. Objects thus appear at 0.5-1.5 times their size, in new contexts, and an
+        item holds about four images' boxes.
+
+        Returns ``_load``'s tuple for the mosaic (boxes clipped to it; a box left with under 20% of its area
+        is dropped), or None if ``index`` cannot be decoded; another image that cannot be is left grey.
+        """
+        size = self.image_size
+        first = self._load(index)
+        if first is None:
+            return None
+        others = rng.integers(0, len(self), 3).tolist()
+        canvas = torch.full((3, 2 * size, 2 * size), 114 / 255)
+        cx, cy = rng.uniform(0.5 * size, 1.5 * size, 2)
+        parts = []
+        for k, item in enumerate([first] + [self._load(i) for i in others]):
+            if item is None:
+                continue
+            image, boxes, labels, scores = item
+            h, w = image.shape[1:]
+            # Quadrant k: the image's inner corner touches the centre.
+            x0 = cx - w if k in (0, 2) else cx
+            y0 = cy - h if k in (0, 1) else cy
+            x0, y0 = int(round(x0)), int(round(y0))
+            xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + w, 2 * size), min(y0 + h, 2 * size)
+            canvas[:, ya:yb, xa:xb] = image[:, ya - y0:yb - y0, xa - x0:xb - x0]
+            parts.append((boxes + torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype), labels, scores))
+        boxes = torch.cat([p[0] for p in parts])
+        labels = torch.cat([p[1] for p in parts])
+        scores = torch.cat([p[2] for p in parts])
+        scale = rng.uniform(0.5, 1.5)
+        window = size / scale
+        wx = size + rng.uniform(-0.1, 0.1) * size - window / 2
+        wy = size + rng.uniform(-0.1, 0.1) * size - window / 2
+        # Crop the window (grey outside the canvas) and resize it to S x S.
+        theta = torch.tensor([[[window / (2 * size), 0, (wx + window / 2) / size - 1],
+                               [0, window / (2 * size), (wy + window / 2) / size - 1]]], dtype=torch.float32)
+        grid = torch.nn.functional.affine_grid(theta, [1, 3, size, size], align_corners=False)
+        out = torch.nn.functional.grid_sample(canvas[None] - 114 / 255, grid, align_corners=False)[0] + 114 / 255
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        boxes = (boxes - torch.tensor([wx, wy, wx, wy], dtype=boxes.dtype)) * scale
+        boxes = boxes.clamp(0, size)
+        kept = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) >= 0.2 * area * scale**2) & (area > 0)
+        return out.clamp(0, 1), boxes[kept].float(), labels[kept], scores[kept]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """``key``: an image index, or (index, epoch)."""
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        item_seed = (self.seed * 1_000_003 + epoch * 100_003 + index) % 2**32
+        if self.mosaic_until is not None and epoch <= self.mosaic_until:
+            item = self.mosaic(index, np.random.default_rng(item_seed))
+        else:
+            item = self._load(index)
+        if item is None:
+            return None
+        image, boxes, labels, scores = item
         if self.augment is not None:
-            self.augment.set_random_seed((self.seed * 1_000_003 + epoch * 100_003 + index) % 2**32)
+            self.augment.set_random_seed(item_seed)
             array = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (h, w, 3)
             # Each box travels as its index, so that its label and score follow it (augmentation may drop boxes).
             array, boxes_np, kept = apply_augment(self.augment, array, boxes.numpy(), np.arange(len(labels)))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from retinaslim.config import TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
+from retinaslim.config import CLOSE_MOSAIC_EPOCHS, TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
 from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import (ClassMap, load_coco, match_classes, relative_boxes, require_image_files, require_scores,
                                   trained_classes)
@@ -62,7 +62,7 @@ class TrainConfig:
     optimizer: str | None = None  # sgd or adamw
     lr: float | None = None  # peak learning rate, after linear warm-up; cosine decay
     weight_decay: float | None = None
-    augment: str | None = None  # none, light or strong
+    augment: str | None = None  # none, light, strong or mosaic
     pseudo: Path | None = None
     pseudo_ratio: float = 0.4  # share of machine-labelled images in every batch (Data Distillation: ~6:4)
     pseudo_weight: float = 1.0  # scales the loss of machine-labelled images
@@ -232,6 +232,12 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     optimizer = make_optimizer(config.optimizer, model, config.lr, config.weight_decay)
     total_iters = config.iterations or config.epochs * len(loader)
     num_epochs = math.ceil(total_iters / len(loader))
+    if config.augment == "mosaic":
+        for dataset in datasets:  # before the loader's workers start, so that they copy it
+            dataset.mosaic_until = num_epochs - CLOSE_MOSAIC_EPOCHS
+        if num_epochs <= CLOSE_MOSAIC_EPOCHS:
+            reporter.log(f"augment mosaic: a run of {num_epochs} epochs sees no mosaics (the last "
+                         f"{CLOSE_MOSAIC_EPOCHS} epochs train on whole images); it trains as `light`")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_iters, min(WARMUP_ITERS, total_iters // 5)))
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
 
