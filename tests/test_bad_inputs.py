@@ -441,7 +441,7 @@ def test_synth_size_below_32_is_refused(size, tmp_path):
 
 @pytest.mark.parametrize("flag, value, fragment", [
     ("--device", "gpu", "--device 'gpu': choose auto, cpu, cuda or cuda:N"),
-    ("--augment", "heavy", "--augment 'heavy': choose none, light, strong"),
+    ("--augment", "heavy", "--augment 'heavy': choose none, light, strong, mosaic"),
     ("--norm", "ln", "--norm 'ln': choose gn or bn"),
     ("--batch-size", "0", "Invalid value"),  # typer's range check, before the library's
 ])

@@ -36,5 +36,5 @@ def test_boxes_follow_the_pixels(preset):
 
 def test_none_and_unknown():
     assert build_augment("none") is None
-    with pytest.raises(UserError, match="`augment` .extreme.: choose none, light, strong"):
+    with pytest.raises(UserError, match="`augment` .extreme.: choose none, light, strong, mosaic"):
         build_augment("extreme")
