@@ -83,3 +83,24 @@ def test_train_stage_closes_the_mosaic_for_the_last_epochs(tiny_cards, tmp_path,
     train_stage.train(train_stage.TrainConfig(role="student", labeled=tiny_cards.files["labeled"],
                                               val=tiny_cards.files["val"], out=tmp_path / "run", **options))
     assert sorted(mosaic_indices) == list(range(8))  # epoch 1: each of the 8 images once; epoch 2: none
+
+
+def test_a_run_too_short_for_mosaics_says_so_and_makes_none(tiny_cards, tmp_path, monkeypatch):
+    from retinaslim.config import TRAIN_DEFAULTS
+    from retinaslim.core.progress import Reporter
+    from retinaslim.stages import train as train_stage
+
+    class Lines(Reporter):
+        def __init__(self):
+            self.lines = []
+
+        def log(self, message):
+            self.lines.append(message)
+
+    monkeypatch.setattr(DetectionDataset, "mosaic", lambda *args: pytest.fail("a mosaic in a closed epoch"))
+    reporter = Lines()
+    options = {**TRAIN_DEFAULTS["student"], "image_size": 64, "batch_size": 4, "epochs": 2, "augment": "mosaic",
+               "workers": 0}
+    train_stage.train(train_stage.TrainConfig(role="student", labeled=tiny_cards.files["labeled"],
+                                              val=tiny_cards.files["val"], out=tmp_path / "run", **options), reporter)
+    assert any("a run of 2 epochs sees no mosaics" in line and "trains as `light`" in line for line in reporter.lines)
