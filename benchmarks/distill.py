@@ -68,12 +68,14 @@ PRESETS = {
     # 1,000 labelled images: a ResNet50 from scratch needs a labelled set of this order to beat the student
     # (docs/results.md, "With a labelled set the ResNet50 can use"); 20 teacher epochs are 2,500 steps of 8.
     "full": {"size": 128, "labeled": 1000, "unlabeled": 1500, "val": 200, "calib": 100, "teacher_epochs": 20,
-             "student_epochs": 30, "latency_runs": 50, "workers": 2},
+             "student_epochs": config.TRAIN_DEFAULTS["student"]["epochs"], "latency_runs": 50,
+             "workers": 2},
     "quick": {"size": 96, "labeled": 16, "unlabeled": 32, "val": 12, "calib": 8, "teacher_epochs": 1,
               "student_epochs": 2, "latency_runs": 3, "workers": 0},
     # BCCD: `labeled` of the 205 train-split images keep their labels, the rest are the unlabelled pool;
     # val, test and calibration images are the dataset's own splits, so those knobs do not apply.
-    "bccd": {"size": 256, "labeled": 100, "teacher_epochs": 60, "student_epochs": 50, "latency_runs": 50, "workers": 2},
+    "bccd": {"size": 256, "labeled": 100, "teacher_epochs": 60,
+             "student_epochs": config.TRAIN_DEFAULTS["student"]["epochs"], "latency_runs": 50, "workers": 2},
     "bccd_quick": {"size": 96, "labeled": 8, "teacher_epochs": 1, "student_epochs": 1, "latency_runs": 3, "workers": 0},
 }
 

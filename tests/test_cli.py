@@ -188,6 +188,26 @@ def test_demo_runs_every_stage(tmp_path, monkeypatch):
         assert anchors != DEFAULT_ANCHORS
 
 
+def test_demo_copies_the_human_only_student_when_the_filter_keeps_nothing(tmp_path, monkeypatch):
+    """A teacher of one epoch is unreliable on the validation images: the filter keeps no machine labels, and the
+    distilled student, which would train on the same labels with the same seed, is the human-only run copied."""
+    from retinaslim.config import TRAIN_DEFAULTS
+    from retinaslim.stages import demo
+
+    tiny = {"labeled": 24, "unlabeled": 6, "val": 6, "size": 64, "teacher_epochs": 1, "student_epochs": 1, "latency_runs": 1}
+    monkeypatch.setattr(demo, "DEMO_SCALE", tiny)
+    monkeypatch.setitem(TRAIN_DEFAULTS, "teacher", {**TRAIN_DEFAULTS["student"], "batch_size": 8})
+    result = run_cli("demo", "--out", tmp_path / "demo")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "filter kept 0" in result.stdout and "not trained again" in result.stdout
+    assert "train student\n" not in result.stdout  # only the teacher and the human-only student trained
+    runs = tmp_path / "demo/runs"
+    assert (runs / "student/best.pt").read_bytes() == (runs / "student-human/best.pt").read_bytes()
+    rows = json.loads((tmp_path / "demo/metrics.json").read_text())
+    assert [r["weights"].split("/")[-2] for r in rows] == ["teacher", "student-human", "student"]
+    assert rows[1]["ap"] == rows[2]["ap"]
+
+
 def test_profile_json(tmp_path, labeller):
     result = run_cli("profile", "--weights", labeller, "--image-size", 128, "--runs", 3, "--per-layer", "--depth", 2,
                      "--json", tmp_path / "p.json")

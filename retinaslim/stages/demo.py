@@ -22,7 +22,7 @@ from retinaslim.stages.train import TrainConfig, TrainResult, train
 
 # Smoke scale: small images and short schedules so the demo ends in minutes on a laptop CPU.
 DEMO_SCALE = {"labeled": 96, "unlabeled": 240, "val": 48, "size": 128,
-              "teacher_epochs": 12, "student_epochs": 30, "latency_runs": 10}
+              "teacher_epochs": 12, "student_epochs": TRAIN_DEFAULTS["student"]["epochs"], "latency_runs": 10}
 DEMO_CLASSES = ("id_card",)
 
 
@@ -97,7 +97,15 @@ def demo(out: Path, seed: int = 0, device: str = "auto", reporter: Reporter | No
     filtered = filter_labels(FilterConfig(pseudo.out, runs / "pseudo.filtered.json", calib=val, device=device,
                                           truth=data.files["unlabeled"]), reporter)
     human = run_training("student", "student-human", scale["student_epochs"])
-    distilled = run_training("student", "student", scale["student_epochs"], pseudo=filtered.out)
+    if filtered.num_images_out:
+        distilled = run_training("student", "student", scale["student_epochs"], pseudo=filtered.out)
+    else:  # the same labels, settings and seed would train the same weights again (the rows matched to 1e-3)
+        reporter.log("the filter kept no machine labels: the distilled student is the human-only one (its run copied "
+                     "to runs/student, not trained again)")
+        shutil.rmtree(runs / "student", ignore_errors=True)
+        shutil.copytree(runs / "student-human", runs / "student")
+        trainings["student"] = trainings["student-human"]
+        distilled = runs / "student" / "best.pt"
     evaluation = evaluate(EvalConfig([teacher, human, distilled], val, device=device,
                                      latency_runs=scale["latency_runs"], json_out=out / "metrics.json"), reporter)
     return DemoResult(out, pseudo, filtered, evaluation, trainings, _notes(evaluation, filtered, trainings))
