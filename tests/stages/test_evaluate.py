@@ -4,7 +4,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import time
 
 import numpy as np
 import pytest
@@ -204,17 +203,23 @@ def test_each_model_is_scored_with_its_own_class_ids_after_the_truth_dicts_are_r
 
 
 def test_the_trace_is_built_outside_the_timed_samples_even_without_warm_up(labeller, one_card_set, tmp_path, monkeypatch):
-    traced, original = [], lean.trace_network
+    traced, timing, original_trace, original_measure = [], [], lean.trace_network, evaluate_stage.measure
 
-    def slow_trace(network, example):  # a trace that costs a visible second
-        traced.append(tuple(example.shape))
-        time.sleep(1.0)
-        return original(network, example)
+    def watched_trace(network, example):  # records each trace's batch size and whether the timing had begun
+        traced.append((example.shape[0], bool(timing)))
+        return original_trace(network, example)
 
-    monkeypatch.setattr(lean, "trace_network", slow_trace)
+    def watched_measure(*args, **kwargs):
+        timing.append(True)
+        return original_measure(*args, **kwargs)
+
+    monkeypatch.setattr(lean, "trace_network", watched_trace)
+    monkeypatch.setattr(evaluate_stage, "measure", watched_measure)
     result = run_cli("eval", "--weights", labeller, "--data", one_card_set.files["labeled"], "--latency-runs", 1,
                      "--warmup-runs", 0, "--batch-size", 2, "--workers", 0, "--device", "cpu", "--json", tmp_path / "m.json")
     assert result.exit_code == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "m.json").read_text())[0]
-    assert sorted(shape[0] for shape in traced) == [1, 2]  # batch 1 and batch 2, each traced once
-    assert report["latency_ms"] < 500 and report["throughput"] > 2.0
+    # Batch 1 and batch 2, each traced once, both before the timed calls began (a timing threshold instead
+    # failed on a VM whose CPU a training shared: one sample stalled for a second).
+    assert sorted(traced) == [(1, False), (2, False)] and timing == [True]
+    assert report["latency_ms"] > 0 and report["throughput"] > 0
