@@ -60,13 +60,13 @@ AugOpt = Annotated[Optional[str], typer.Option(help="Augmentation preset: none; 
 def _teacher_help() -> str:
     t = TRAIN_DEFAULTS["teacher"]
     return (f"Train the teacher, torchvision's ResNet50 RetinaNet, on human labels. Defaults: {t['arch']}, "
-            f"{t['image_size']} px, batch {t['batch_size']}, {t['epochs']} epochs, {t['optimizer']} lr {t['lr']}.")
+            f"{t['image_size']} px, batch {t['batch_size']}, {t['epochs']} epochs, {t['optimizer']} lr {t['lr']}, augment {t['augment']}.")
 
 
 def _student_help() -> str:
     s = TRAIN_DEFAULTS["student"]
     return (f"Train the slim student on human labels (+ machine labels with --pseudo). Defaults: {s['arch']}, "
-            f"{s['image_size']} px, batch {s['batch_size']}, {s['epochs']} epochs, {s['optimizer']} lr {s['lr']}.")
+            f"{s['image_size']} px, batch {s['batch_size']}, {s['epochs']} epochs, {s['optimizer']} lr {s['lr']}, augment {s['augment']}.")
 
 
 @app.command("train-teacher", help=_teacher_help())
