@@ -9,8 +9,8 @@ dataset's val split (each run's best epoch) and test split (the table). Syntheti
 synth` draws (labelled and val images; the test images from another seed).
 
 Models, each from scratch (no downloaded weights), on the human labels only, all trained by retinaslim's
-training stage with the student's recipe (AdamW, warm-up then cosine, light augmentation, EMA, the best epoch
-by validation AP), for the same --epochs at the same batch size and input size (every image resized so that
+training stage with the student's recipe (AdamW, warm-up then cosine, the student's default augmentation: `light`
+until session 17's runs, `mosaic` since; EMA, the best epoch by validation AP), for the same --epochs at the same batch size and input size (every image resized so that
 its longer side is --image-size pixels):
 - slim-s, slim-m, slim-l: retinaslim's students (anchors fitted to the human boxes, as train-student does), at the
   student's learning rate, or once per --slim-lrs value, keeping the run with the higher validation AP;
