@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from retinaslim.cli import app
 from retinaslim.config import TRAIN_DEFAULTS
+from retinaslim.core.progress import Reporter
 from retinaslim.stages.synth import SynthConfig, synth
 from retinaslim.stages.train import TrainConfig, train
 
@@ -68,3 +69,15 @@ def remap_categories(src, dst, mapping: dict[int, int], names: dict[int, str]):
     data["categories"] = [{"id": i, "name": n} for i, n in names.items()]
     dst.write_text(json.dumps(data))
     return dst
+
+
+class LogLines(Reporter):
+    """Records every log line; stops the run (as Ctrl-C would) once epoch ``stop`` is written."""
+
+    def __init__(self, stop=None):
+        self.lines, self.stop = [], stop
+
+    def log(self, message):
+        self.lines.append(message)
+        if self.stop is not None and message.startswith(f"epoch {self.stop}/"):
+            raise KeyboardInterrupt

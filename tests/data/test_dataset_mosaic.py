@@ -87,18 +87,11 @@ def test_train_stage_closes_the_mosaic_for_the_last_epochs(tiny_cards, tmp_path,
 
 def test_a_run_too_short_for_mosaics_says_so_and_makes_none(tiny_cards, tmp_path, monkeypatch):
     from retinaslim.config import TRAIN_DEFAULTS
-    from retinaslim.core.progress import Reporter
     from retinaslim.stages import train as train_stage
-
-    class Lines(Reporter):
-        def __init__(self):
-            self.lines = []
-
-        def log(self, message):
-            self.lines.append(message)
+    from tests.conftest import LogLines
 
     monkeypatch.setattr(DetectionDataset, "mosaic", lambda *args: pytest.fail("a mosaic in a closed epoch"))
-    reporter = Lines()
+    reporter = LogLines()
     options = {**TRAIN_DEFAULTS["student"], "image_size": 64, "batch_size": 4, "epochs": 2, "augment": "mosaic",
                "workers": 0}
     train_stage.train(train_stage.TrainConfig(role="student", labeled=tiny_cards.files["labeled"],

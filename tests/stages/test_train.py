@@ -14,13 +14,13 @@ import yaml
 from torchvision.models.detection import retinanet_resnet50_fpn
 
 from retinaslim.config import TRAIN_DEFAULTS
-from retinaslim.core.progress import Reporter
 from retinaslim.data.dataset import MixedBatchSampler
 from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from retinaslim.models.registry import build_model
 from retinaslim.stages.synth import SynthConfig, synth
 from retinaslim.stages.train import TrainConfig, initialise, train
+from tests.conftest import LogLines
 
 
 def test_mixed_batches_hold_the_requested_share_of_machine_images():
@@ -177,18 +177,6 @@ def test_ddp_two_cpu_processes(tiny_cards, tmp_path):
     assert [int(r["step"]) for r in history] == [2, 4] and all(int(r["human_images"]) == 4 for r in history)
     assert load_checkpoint(tmp_path / "ddp" / "last.pt").epoch == 2
     assert done.stdout.count("saved to") == 1  # only rank 0 reports
-
-
-class LogLines(Reporter):
-    """Records every log line; stops the run (as Ctrl-C would) once epoch ``stop`` is written."""
-
-    def __init__(self, stop=None):
-        self.lines, self.stop = [], stop
-
-    def log(self, message):
-        self.lines.append(message)
-        if self.stop is not None and message.startswith(f"epoch {self.stop}/"):
-            raise KeyboardInterrupt
 
 
 def test_init_starts_from_the_files_weights_exactly(tmp_path):
