@@ -83,8 +83,12 @@ PRESETS = {
 # `default` (filter's own defaults) is the student_distilled of the results. The rule variants pin the threshold they were first
 # measured at, 0.5 (filter's default before these results moved it to 0.2): each adds one rule to it.
 LABEL_SETS = {
-    "default": ("ensemble", ["--calib", "{val}"], f"default ensemble ({len(config.PSEUDO_SCALES)} scales x flip, "
-                f"{config.PSEUDO_FUSION}), thresholds per class by {config.FILTER_VALIDATION_RULE} on the validation set (the default)"),
+    "default": ("ensemble", ["--calib", "{val}", "--student", "{student}"],
+                f"default ensemble ({len(config.PSEUDO_SCALES)} scales x flip, {config.PSEUDO_FUSION}), thresholds per "
+                f"class by {config.FILTER_VALIDATION_RULE} on the validation set, classes the human-only student finds "
+                "better left to it (the default)"),
+    "no_student": ("ensemble", ["--calib", "{val}"], "the default without the human-only student: every class whose "
+                   "threshold reaches the target is trained on (filter's default before session 19)"),
     "thresh_0.2": ("ensemble", ["--score-thresh", str(THRESH)], f"fixed {THRESH} (filter's default without a validation set)"),
     "single_pass": ("single", ["--score-thresh", "0.5"], "single pass (no ensembling), fixed 0.5"),
     "no_threshold": ("ensemble", ["--score-thresh", "0"], "every box above pseudo-label's floor (0.05)"),
@@ -101,18 +105,15 @@ LABEL_SETS = {
     "auto_precision": ("ensemble", ["--auto-thresh", "precision", "--calib", "{calib}"],
                        "threshold reaching precision 0.95 on the calibration images"),
     "self_training": ("self", ["--score-thresh", "0.5"], "default ensemble run by the human-only student itself (no teacher), fixed 0.5"),
-    "score_weighted": ("ensemble", ["--calib", "{val}"], "the default labels, each machine box's loss scaled by its score",
+    "score_weighted": ("ensemble", ["--calib", "{val}", "--student", "{student}"], "the default labels, each machine box's loss scaled by its score",
                        ["--pseudo-box-weight", "score"]),
-    "vs_student": ("ensemble", ["--calib", "{val}", "--student", "{student}"],
-                   "the default, with filter --student: classes on which the human-only student's validation AP50 beats "
-                   "the teacher's labels are not trained on (ignore regions)"),
-    "default_ignore": ("ensemble", ["--calib", "{val}", "--ambiguous", "ignore"],
+    "default_ignore": ("ensemble", ["--calib", "{val}", "--student", "{student}", "--ambiguous", "ignore"],
                        "the default, with the boxes scored from 0.2 (--ambiguous-low) up to each class's threshold as ignore "
                        "regions (filter --ambiguous ignore)"),
-    "round_2": ("round2", ["--calib", "{val}"], "second round: the teacher and the default distilled student label "
+    "round_2": ("round2", ["--calib", "{val}", "--student", "{student}"], "second round: the teacher and the default distilled student label "
                 "together (both ensembled), thresholds per class on the validation set"),
 }
-BCCD_LABEL_SETS = "default,thresh_0.2,single_pass,thresh_0.5,auto_precision"  # the sets that decided its reading
+BCCD_LABEL_SETS = "default,no_student,thresh_0.2,single_pass,thresh_0.5,auto_precision"  # the sets that decided its reading
 # Pseudo-label runs: name -> (labelling models' runs, options). `self` labels with the human-only student;
 # `round2` with the teacher and the student distilled on the default labels, so it waits for that student.
 PSEUDO_RUNS = {"ensemble": (["teacher"], []), "single": (["teacher"], ["--scales", "1", "--no-hflip"]),
@@ -266,7 +267,7 @@ def check_targets(result: dict) -> list[dict]:
     at_size = f"{teacher['latency_ms'] / distilled['latency_ms']:.1f}x at {result['setup']['size']} px"
     speed = result.get("speed_320")
     speedup = speed["teacher_ms"] / speed["student_ms"] if speed else None
-    timed = (f"{speedup:.1f}x faster at {SPEED_SIZE} px ({speed['teacher_ms']:.1f} vs {speed['student_ms']:.1f} ms), "
+    timed = (f"{speedup:.2f}x faster at {SPEED_SIZE} px ({speed['teacher_ms']:.1f} vs {speed['student_ms']:.1f} ms), "
              if speed else f"not timed at {SPEED_SIZE} px, ")
     targets = [
         {"target": "distilled student AP >= human-only student AP + 3 points",
@@ -371,15 +372,18 @@ def calibration_lines(default: dict) -> list[str]:
     lines = ["", "The default filter's thresholds, chosen per class on the validation images: the teacher's precision "
                  "and recall there at that threshold (predicted) against what the kept machine labels reached on the "
                  "unlabelled images' hidden truth (achieved, after every filter rule):", "",
-             "| class | threshold | validation precision / recall (predicted) | hidden truth precision / recall (achieved) | boxes kept |",
-             "| --- | --- | --- | --- | --- |"]
+             "| class | threshold | validation precision / recall (predicted) | hidden truth precision / recall (achieved) | boxes kept "
+             "| validation AP50: teacher / human-only student |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for c in default["validation"]:
         truth = achieved.get(c["class_name"], {})
-        found = "" if c["reached"] and c["reliable"] else " (unreliable: keeps none)"
+        left = c.get("student_ap50") is not None and c["student_ap50"] > c["teacher_ap50"]
+        found = " (left to the student)" if left else "" if c["reached"] and c["reliable"] else " (unreliable: keeps none)"
         pair = (f"{truth['precision']:.2f} / {truth['recall']:.2f}"
                 if truth.get("precision") is not None and truth.get("recall") is not None else "-")
+        versus = f"{c['teacher_ap50']:.3f} / {c['student_ap50']:.3f}" if c.get("student_ap50") is not None else "-"
         lines.append(f"| {c['class_name']} | {c['threshold']:.3f}{found} | {c['precision']:.2f} / {c['recall']:.2f} | "
-                     f"{pair} | {truth.get('boxes', '-')} |")
+                     f"{pair} | {truth.get('boxes', '-')} | {versus} |")
     return lines
 
 

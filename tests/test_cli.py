@@ -65,10 +65,22 @@ def test_pipeline_with_workspace_short_commands(tiny_cards, monkeypatch):
     for ann in pseudo["annotations"]:
         assert 0 <= ann["score"] <= 1 and 1 <= ann["agreement"] <= 6
 
+    # The bar: a student on the human labels only, in its own folder; filter's default rule compares the teacher with it.
+    result = run_cli("train-student", *fast)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    human = tiny_cards.out / "runs/student-human/best.pt"
+    assert load_checkpoint(human).train_args["pseudo"] is None and not (tiny_cards.out / "runs/student").exists()
+    result = run_cli("filter", "--out", "runs/auto.json", "--workers", 0)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert f"human-only student {human} finds better" in " ".join(result.stdout.split())
+    compared = json.loads((tiny_cards.out / "runs/auto.json").read_text())["info"]["filter"]
+    assert compared["threshold_rule"] == "precision" and compared["student"] == str(human)
+
     result = run_cli("filter", "--score-thresh", 0.0)
     assert result.exit_code == 0, result.stdout + result.stderr
     filtered = json.loads((tiny_cards.out / "runs/pseudo.filtered.json").read_text())
     assert filtered["info"]["filter"]["thresholds"] == dict.fromkeys(["id_card", "bank_card", "passport"], 0.0)
+    assert filtered["info"]["filter"]["student"] is None  # a fixed threshold compares nothing
     assert len(filtered["images"]) == 6
 
     result = run_cli("train-student", *fast)
@@ -177,8 +189,11 @@ def test_demo_runs_every_stage(tmp_path, monkeypatch):
     assert [r["weights"].split("/")[-2] for r in rows] == ["teacher", "student-human", "student"]
     assert "teacher" in result.stdout and "student-human" in result.stdout
     assert "smoke-scale numbers" in result.stdout and "hidden truth" in result.stdout  # the demo reads its numbers
-    # The distilled student really trained on machine boxes, and both students with fitted anchors.
-    kept = json.loads((tmp_path / "demo/runs/pseudo.filtered.json").read_text())["annotations"]
+    # The filter compared the teacher with the human-only student, and the distilled student really trained on
+    # machine boxes, and both students with fitted anchors.
+    filtered = json.loads((tmp_path / "demo/runs/pseudo.filtered.json").read_text())
+    assert filtered["info"]["filter"]["student"] == str(tmp_path / "demo/runs/student-human/best.pt")
+    kept = filtered["annotations"]
     assert kept, "the filter let no machine box through: the demo would not distil anything"
     history = list(csv.DictReader(open(tmp_path / "demo/runs/student/results.csv")))
     assert sum(int(float(row["machine_boxes"])) for row in history) > 0

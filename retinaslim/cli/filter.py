@@ -25,7 +25,7 @@ def filter_(
     calib_images: Annotated[Optional[Path], typer.Option(help="Folder the --calib file names resolve against.")] = None,
     teacher: Annotated[Optional[list[Path]], typer.Option(help="Teacher for --auto-thresh f1 and precision, repeated for machine labels made by several (default: the ones pseudo.json names).")] = None,
     target_precision: Annotated[float, typer.Option(help="Precision at IoU 0.5 that --auto-thresh precision aims for.")] = 0.95,
-    student: Annotated[Optional[Path], typer.Option(help="A student trained on the human labels only (train-student --human-only): classes on which its validation AP50 beats the teacher's labels are not trained on (ignore regions), with --auto-thresh f1 or precision.")] = None,
+    student: Annotated[Optional[Path], typer.Option(help="A student trained on the human labels only (train-student --human-only): classes on which its validation AP50 beats the teacher's labels are not trained on (ignore regions), with --auto-thresh f1 or precision (default: the workspace's newest runs/student-human).")] = None,
     min_agreement: Annotated[int, typer.Option(min=1, help="Keep boxes found by at least this many transforms.")] = 1,
     min_size: Annotated[float, typer.Option(min=0.0, help="Drop boxes whose shorter side is below this many pixels.")] = 0.0,
     max_size_frac: Annotated[float, typer.Option(help="Drop boxes covering more than this fraction of the image area.")] = 1.0,
@@ -54,6 +54,11 @@ def filter_(
         if auto_thresh is None and score_thresh is None and calib is None:
             console.info(f"no validation set (--calib, or the workspace's val): the fixed threshold {FILTER_SCORE_THRESH} "
                          "for every class; with one, each class's threshold is chosen on it")
+        elif (auto_thresh in VALIDATION_RULES or (auto_thresh is None and score_thresh is None)) and student is None and ws:
+            student = ws.newest_weights("student-human")
+            console.info(f"classes the human-only student {student} finds better than the teacher are left to it" if student
+                         else "no human-only student in the workspace (train-student --human-only -> runs/student-human): "
+                              "every class whose threshold reaches the target is trained on")
         with console.RichReporter() as reporter:
             result = api.filter(
                 pseudo, out=out, score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=labeled, calib=calib,

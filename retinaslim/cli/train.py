@@ -19,8 +19,9 @@ def _train(role: str, labeled, val, out, resume, options: dict) -> None:
             ws = Workspace.find()
             labeled = pick(labeled, "--labeled", ws and ws.labeled, "labelled data")
             val = pick(val, "--val", ws and ws.val, "validation data")
-            if out is None:
-                out = (ws.run_dir(role) if ws else Workspace(Path.cwd()).run_dir(role))
+            if out is None:  # a student on human labels only is the bar the machine labels must beat: runs/student-human
+                folder = "student-human" if role == "student" and options.get("pseudo") is None else role
+                out = (ws or Workspace(Path.cwd())).run_dir(folder)
             if options.get("pseudo") is not None:
                 console.info(f"training on human labels {labeled} + machine labels {options['pseudo']} "
                              f"({options['pseudo_ratio']:.0%} of each batch, loss weight {options['pseudo_weight']:g}"
@@ -44,7 +45,7 @@ def _train(role: str, labeled, val, out, resume, options: dict) -> None:
 
 LabeledOpt = Annotated[Optional[Path], typer.Option(help="Human-labelled COCO JSON (default: the workspace's).")]
 ValOpt = Annotated[Optional[Path], typer.Option(help="Validation COCO JSON (default: the workspace's).")]
-OutRunOpt = Annotated[Optional[Path], typer.Option(help="Run folder (default: a new runs/<role>[-N] folder).")]
+OutRunOpt = Annotated[Optional[Path], typer.Option(help="Run folder (default: a new runs/<role>[-N] folder; a student on human labels only: runs/student-human[-N]).")]
 SizeOpt = Annotated[Optional[int], typer.Option(min=32, help="Input size: images are resized so their longer side is this many pixels.")]
 BatchOpt = Annotated[Optional[int], typer.Option(min=1, help="Images per batch.")]
 EpochsOpt = Annotated[Optional[int], typer.Option(min=1, help="Passes over the (human-labelled) training images.")]

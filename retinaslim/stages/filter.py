@@ -285,6 +285,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         "thresholds": {name: float(by_label[k]) for k, name in enumerate(names)},
         "unreliable_classes": [names[k] for k in torch.nonzero(unreliable).flatten().tolist()],
         "target_precision": config.target_precision if rule == "precision" else None,
+        "student": None if config.student is None else str(config.student),
         "max_per_image": config.max_per_image, "ambiguous": config.ambiguous, "ambiguous_low": config.ambiguous_low,
         "keep_empty": config.keep_empty, "source": str(pseudo.path),
     }
