@@ -10,7 +10,8 @@ synth` draws (labelled and val images; the test images from another seed).
 
 Models, each from scratch (no downloaded weights), on the human labels only, all trained by retinaslim's
 training stage with the student's recipe (AdamW, warm-up then cosine, the student's default augmentation: `light`
-until session 17's runs, `mosaic` since; EMA, the best epoch by validation AP), for the same --epochs at the same batch size and input size (every image resized so that
+until session 17's runs, `mosaic` since, named in each run's name, e.g. slim-s@60ep@mosaic; EMA, the best epoch by
+validation AP), for the same --epochs at the same batch size and input size (every image resized so that
 its longer side is --image-size pixels):
 - slim-s, slim-m, slim-l: retinaslim's students (anchors fitted to the human boxes, as train-student does), at the
   student's learning rate, or once per --slim-lrs value, keeping the run with the higher validation AP;
@@ -153,7 +154,7 @@ def train_runs(args, out: Path, labeled: Path, val: Path) -> dict[str, dict]:
     runs = json.loads(path.read_text()) if path.exists() else {}
     plan = [(arch, lr) for arch in SLIM if arch in args.models for lr in (args.slim_lrs or [None])]
     plan += [(arch, lr) for arch in PEERS if arch in args.models for lr in args.peer_lrs]
-    planned = [run_name(arch, lr, epochs_of(args, arch)) for arch, lr in plan]
+    planned = [run_name(arch, lr, epochs_of(args, arch), TRAIN_DEFAULTS["student"]["augment"]) for arch, lr in plan]
     for (arch, lr), name in zip(plan, planned):
         if name in runs:
             continue
@@ -183,9 +184,11 @@ def epochs_of(args, arch: str) -> int:
     return args.model_epochs.get(arch, args.epochs)
 
 
-def run_name(arch: str, lr: float | None, epochs: int) -> str:
-    """A run's name in OUT/runs.json and OUT/runs: the model, its learning rate unless the default, its epochs."""
-    return arch + (f"@lr{lr:g}" if lr is not None else "") + f"@{epochs}ep"
+def run_name(arch: str, lr: float | None, epochs: int, augment: str | None = None) -> str:
+    """A run's name in OUT/runs.json and OUT/runs: the model, its learning rate unless the default, its epochs,
+    and the augmentation of our training loop (not Ultralytics'), so an OUT folder made under another default
+    trains again instead of reusing its runs."""
+    return arch + (f"@lr{lr:g}" if lr is not None else "") + f"@{epochs}ep" + (f"@{augment}" if augment else "")
 
 
 def train_yolo(args, out: Path, labeled: Path, val: Path) -> dict:

@@ -59,7 +59,8 @@ def _notes(evaluation: EvalResult, filtered: FilterResult, trainings: dict[str, 
     if filtered.calibration and not any(c.reliable for c in filtered.calibration):
         why = ("the human-only student found the objects there better than the teacher's boxes did"
                if any(c.below_student for c in filtered.calibration)
-               else "found no score at which its boxes reach the target precision")
+               else "found no score at which its boxes reach the target precision"
+               if not all(c.reached for c in filtered.calibration) else "found its boxes too unreliable there")
         notes.append(f"The filter ran the teacher on the validation images, {why}, and kept no machine labels, so the "
                      "distilled student learnt from the human labels only rather than from the teacher's mistakes.")
     elif after:
