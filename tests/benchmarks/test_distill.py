@@ -1,0 +1,42 @@
+"""benchmarks/distill.py's own parts: the default filter's per-class table, and the label sets' commands."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import distill  # noqa: E402
+
+
+def test_the_threshold_table_says_which_classes_were_left_to_the_student():
+    default = {
+        "validation": [
+            {"class_name": "WBC", "threshold": 0.252, "precision": 0.956, "recall": 1.0, "reached": True,
+             "reliable": True, "teacher_ap50": 0.994, "student_ap50": 0.930},
+            {"class_name": "RBC", "threshold": 0.907, "precision": 0.954, "recall": 0.064, "reached": True,
+             "reliable": False, "teacher_ap50": 0.748, "student_ap50": 0.810},
+            {"class_name": "Platelets", "threshold": 1.000001, "precision": 0.0, "recall": 0.0, "reached": False,
+             "reliable": False, "teacher_ap50": 0.01, "student_ap50": 0.0},
+        ],
+        "per_class": {"WBC": {"boxes": 114, "precision": 0.947, "recall": 1.0}, "RBC": {"boxes": 0}},
+    }
+    rows = {line.split(" | ")[0].strip("| "): line for line in distill.calibration_lines(default) if line.startswith("| ")}
+    assert rows["WBC"] == "| WBC | 0.252 | 0.96 / 1.00 | 0.95 / 1.00 | 114 | 0.994 / 0.930 |"
+    assert rows["RBC"] == "| RBC | 0.907 (left to the student) | 0.95 / 0.06 | - | 0 | 0.748 / 0.810 |"
+    assert "(unreliable: keeps none)" in rows["Platelets"] and "left to" not in rows["Platelets"]
+    header, rule = [line for line in distill.calibration_lines(default) if line.startswith("| ")][:2]
+    assert header.count("|") == rule.count("|") == 7  # six columns
+
+
+def test_the_default_label_set_compares_with_the_human_only_student(tmp_path):
+    data = distill.Dataset(labeled=tmp_path / "labeled.json", val=tmp_path / "val.json", test=tmp_path / "test.json",
+                           unlabeled=tmp_path / "unlabeled", unlabeled_truth=tmp_path / "truth.json",
+                           calib=tmp_path / "calib.json")
+    knobs = {"size": 64, "workers": 0, "teacher_epochs": 1, "student_epochs": 1, "latency_runs": 1}
+    waves = distill.comparison_steps(data, tmp_path, knobs, ["default", "no_student"], "cpu", "cpu", 0)
+    filters = {step.name: [str(a) for a in step.args] for wave in waves for step in wave if step.name.startswith("filter_")}
+    student = str(tmp_path / "runs" / "student_human" / "best.pt")
+    assert filters["filter_default"][filters["filter_default"].index("--student") + 1] == student
+    assert "--student" not in filters["filter_no_student"]
+    # the human-only student is trained in a wave before any filter runs
+    order = [step.name for wave in waves for step in wave]
+    assert order.index("student_human") < order.index("filter_default")
