@@ -80,7 +80,7 @@ PRESETS = {
 }
 
 # Machine-label sets: name -> (pseudo-label run, filter options, what it tests[, train-student options]).
-# `default` (filter's own defaults) is the student_distilled of the results. The rule variants pin the threshold they were first
+# `default` (filter's defaults in a workspace: the validation set and the human-only student) is the student_distilled of the results. The rule variants pin the threshold they were first
 # measured at, 0.5 (filter's default before these results moved it to 0.2): each adds one rule to it.
 LABEL_SETS = {
     "default": ("ensemble", ["--calib", "{val}", "--student", "{student}"],
@@ -105,13 +105,13 @@ LABEL_SETS = {
     "auto_precision": ("ensemble", ["--auto-thresh", "precision", "--calib", "{calib}"],
                        "threshold reaching precision 0.95 on the calibration images"),
     "self_training": ("self", ["--score-thresh", "0.5"], "default ensemble run by the human-only student itself (no teacher), fixed 0.5"),
-    "score_weighted": ("ensemble", ["--calib", "{val}", "--student", "{student}"], "the default labels, each machine box's loss scaled by its score",
-                       ["--pseudo-box-weight", "score"]),
+    "score_weighted": ("ensemble", ["--calib", "{val}", "--student", "{student}"],
+                       "the default labels, each machine box's loss scaled by its score", ["--pseudo-box-weight", "score"]),
     "default_ignore": ("ensemble", ["--calib", "{val}", "--student", "{student}", "--ambiguous", "ignore"],
                        "the default, with the boxes scored from 0.2 (--ambiguous-low) up to each class's threshold as ignore "
                        "regions (filter --ambiguous ignore)"),
-    "round_2": ("round2", ["--calib", "{val}", "--student", "{student}"], "second round: the teacher and the default distilled student label "
-                "together (both ensembled), thresholds per class on the validation set"),
+    "round_2": ("round2", ["--calib", "{val}", "--student", "{student}"], "second round: the teacher and the default "
+                "distilled student label together (both ensembled), thresholds per class on the validation set"),
 }
 BCCD_LABEL_SETS = "default,no_student,thresh_0.2,single_pass,thresh_0.5,auto_precision"  # the sets that decided its reading
 # Pseudo-label runs: name -> (labelling models' runs, options). `self` labels with the human-only student;
