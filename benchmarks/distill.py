@@ -80,8 +80,9 @@ PRESETS = {
 }
 
 # Machine-label sets: name -> (pseudo-label run, filter options, what it tests[, train-student options]).
-# `default` (filter's defaults in a workspace: the validation set and the human-only student) is the student_distilled of the results. The rule variants pin the threshold they were first
-# measured at, 0.5 (filter's default before these results moved it to 0.2): each adds one rule to it.
+# `default` (filter's defaults in a workspace: the validation set and the human-only student) is the
+# student_distilled of the results. The rule variants pin the threshold they were first measured at, 0.5
+# (filter's default before these results moved it to 0.2): each adds one rule to it.
 LABEL_SETS = {
     "default": ("ensemble", ["--calib", "{val}", "--student", "{student}"],
                 f"default ensemble ({len(config.PSEUDO_SCALES)} scales x flip, {config.PSEUDO_FUSION}), thresholds per "
