@@ -47,14 +47,15 @@ def filter_(
         out = pick(out, "--out", ws and ws.filtered, "output")
         if auto_thresh == "instances":
             labeled = pick(labeled, "--labeled", ws and ws.labeled, "human labels")
-        if (auto_thresh in VALIDATION_RULES or (auto_thresh is None and score_thresh is None)) and calib is None and ws:
+        on_validation = auto_thresh in VALIDATION_RULES or (auto_thresh is None and score_thresh is None)
+        if on_validation and calib is None and ws:
             calib = ws.val
             if calib is not None:
                 console.info(f"thresholds chosen on the workspace's validation set: {calib}")
         if auto_thresh is None and score_thresh is None and calib is None:
             console.info(f"no validation set (--calib, or the workspace's val): the fixed threshold {FILTER_SCORE_THRESH} "
                          "for every class; with one, each class's threshold is chosen on it")
-        elif (auto_thresh in VALIDATION_RULES or (auto_thresh is None and score_thresh is None)) and student is None and ws:
+        elif on_validation and student is None and ws:
             student = ws.newest_weights("student-human")
             console.info(f"classes the human-only student {student} finds better than the teacher are left to it" if student
                          else "no human-only student in the workspace (train-student --human-only -> runs/student-human): "
