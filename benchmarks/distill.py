@@ -59,6 +59,7 @@ import torch
 
 from retinaslim import config
 from retinaslim.core.atomic import atomic_path, write_json
+from retinaslim.engine.thresholds import Calibration
 
 THRESH = config.FILTER_SCORE_THRESH  # filter's fixed threshold when it has no validation set
 SECTIONS = {"synthetic": "distill", "bccd": "distill-bccd"}  # results key -> markdown marker name
@@ -378,8 +379,7 @@ def calibration_lines(default: dict) -> list[str]:
              "| --- | --- | --- | --- | --- | --- |"]
     for c in default["validation"]:
         truth = achieved.get(c["class_name"], {})
-        left = c.get("student_ap50") is not None and c["student_ap50"] > c["teacher_ap50"]
-        found = " (left to the student)" if left else "" if c["reached"] and c["reliable"] else " (unreliable: keeps none)"
+        found = " (left to the student)" if Calibration(**c).below_student else "" if c["reached"] and c["reliable"] else " (unreliable: keeps none)"
         pair = (f"{truth['precision']:.2f} / {truth['recall']:.2f}"
                 if truth.get("precision") is not None and truth.get("recall") is not None else "-")
         versus = f"{c['teacher_ap50']:.3f} / {c['student_ap50']:.3f}" if c.get("student_ap50") is not None else "-"
