@@ -172,8 +172,8 @@ def train_teacher(
     image_size: int = _TEACHER["image_size"], batch_size: int = _TEACHER["batch_size"],
     epochs: int = _TEACHER["epochs"], iterations: int | None = None, optimizer: str = _TEACHER["optimizer"],
     lr: float = _TEACHER["lr"], weight_decay: float = _TEACHER["weight_decay"], augment: str = _TEACHER["augment"],
-    keep_empty_classes: bool = False, resume: PathLike | None = None, device: str = "auto", workers: int = 2,
-    seed: int = 0, reporter: Reporter | None = None,
+    assign: str = _TEACHER["assign"], keep_empty_classes: bool = False, resume: PathLike | None = None,
+    device: str = "auto", workers: int = 2, seed: int = 0, reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train the teacher (torchvision's ResNet50 RetinaNet) on human labels; see ``train_student`` for the loop.
 
@@ -194,6 +194,10 @@ def train_teacher(
         augment: none, light (flip, brightness/contrast, hue), strong (+ scale, shift, rotation,
             perspective, blur, JPEG) or mosaic (four images tiled at 0.5-1.5 times their size, then light;
             the last 10 epochs train on whole images).
+        assign: which anchors train on each box: iou (RetinaNet's: IoU >= 0.5 with the box, and each box's best
+            anchor) or tal (task-aligned assignment, TOOD / YOLOv8: per box, the 10 anchors inside it whose
+            predicted score ** 0.5 * IoU ** 6 is highest, trained with a quality focal loss;
+            ``models.common.task_aligned_assign``). The student's default is tal, the teacher's iou.
         keep_empty_classes: also train categories that have no boxes in ``labeled`` (by default they are
             left out, e.g. the supercategory Roboflow lists as category 0).
         resume: continue the run whose last.pt this is, with its own settings (the other arguments are ignored).
@@ -212,7 +216,7 @@ def train_teacher(
     """
     return _train("teacher", labeled, val, out, resume, reporter, images=images, arch=arch, pretrained=pretrained,
                   init=init, image_size=image_size, batch_size=batch_size, epochs=epochs, iterations=iterations,
-                  optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment,
+                  optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment, assign=assign,
                   keep_empty_classes=keep_empty_classes, device=device, workers=workers, seed=seed)
 
 
@@ -224,8 +228,8 @@ def train_student(
     image_size: int = _STUDENT["image_size"], batch_size: int = _STUDENT["batch_size"],
     epochs: int = _STUDENT["epochs"], iterations: int | None = None, optimizer: str = _STUDENT["optimizer"],
     lr: float = _STUDENT["lr"], weight_decay: float = _STUDENT["weight_decay"], augment: str = _STUDENT["augment"],
-    keep_empty_classes: bool = False, resume: PathLike | None = None, device: str = "auto", workers: int = 2,
-    seed: int = 0, reporter: Reporter | None = None,
+    assign: str = _STUDENT["assign"], keep_empty_classes: bool = False, resume: PathLike | None = None,
+    device: str = "auto", workers: int = 2, seed: int = 0, reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train the slim student on human labels, and on machine labels when ``pseudo`` is given.
 
@@ -246,7 +250,7 @@ def train_student(
             retinanet_shufflenet_v2_fpn); norm: gn (GroupNorm, the slim students' default) or bn.
         anchors: fit (anchor sizes and aspect ratios by k-means on the human-labelled boxes, kept when they
             match the boxes better than the built-in ones; slim students only) or default.
-        image_size, batch_size, epochs, iterations, optimizer, lr, weight_decay, augment, keep_empty_classes,
+        image_size, batch_size, epochs, iterations, optimizer, lr, weight_decay, augment, assign, keep_empty_classes,
             resume, device, workers, seed, reporter: as for ``train_teacher``.
 
     Returns:
@@ -259,7 +263,7 @@ def train_student(
                   pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, pseudo_box_weight=pseudo_box_weight,
                   images=images, arch=arch,
                   image_size=image_size, batch_size=batch_size, epochs=epochs, iterations=iterations,
-                  optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment,
+                  optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment, assign=assign,
                   keep_empty_classes=keep_empty_classes, device=device, workers=workers, seed=seed)
 
 

@@ -55,19 +55,20 @@ OptimOpt = Annotated[Optional[str], typer.Option(help="sgd or adamw.")]
 LrOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate (after linear warm-up; cosine decay).")]
 WdOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Weight decay.")]
 KeepEmptyOpt = Annotated[bool, typer.Option(help="Train categories that have no boxes in the labelled set too (by default they are left out, e.g. the supercategory Roboflow lists as category 0).")]
+AssignOpt = Annotated[Optional[str], typer.Option(help="Which anchors train on each box: iou (RetinaNet's: IoU >= 0.5, and each box's best anchor) or tal (task-aligned: per box, the 10 anchors inside it that the model already scores and places best, trained with a quality focal loss).")]
 AugOpt = Annotated[Optional[str], typer.Option(help="Augmentation preset: none; light (flip, brightness/contrast, hue); strong (+ scale, shift, rotation, perspective, blur, JPEG); mosaic (four images tiled at 0.5-1.5x scale, then light; the last 10 epochs whole images).")]
 
 
 def _teacher_help() -> str:
     t = TRAIN_DEFAULTS["teacher"]
     return (f"Train the teacher, torchvision's ResNet50 RetinaNet, on human labels. Defaults: {t['arch']}, "
-            f"{t['image_size']} px, batch {t['batch_size']}, {t['epochs']} epochs, {t['optimizer']} lr {t['lr']}, augment {t['augment']}.")
+            f"{t['image_size']} px, batch {t['batch_size']}, {t['epochs']} epochs, {t['optimizer']} lr {t['lr']}, augment {t['augment']}, assign {t['assign']}.")
 
 
 def _student_help() -> str:
     s = TRAIN_DEFAULTS["student"]
     return (f"Train the slim student on human labels (+ machine labels with --pseudo). Defaults: {s['arch']}, "
-            f"{s['image_size']} px, batch {s['batch_size']}, {s['epochs']} epochs, {s['optimizer']} lr {s['lr']}, augment {s['augment']}.")
+            f"{s['image_size']} px, batch {s['batch_size']}, {s['epochs']} epochs, {s['optimizer']} lr {s['lr']}, augment {s['augment']}, assign {s['assign']}.")
 
 
 @app.command("train-teacher", help=_teacher_help())
@@ -78,13 +79,13 @@ def train_teacher(
     init: Annotated[Optional[str], typer.Option(help="Start from these weights: a torchvision-format state dict (bare, {'model': ...} or {'state_dict': ...}, 'module.' prefixes allowed) of a RetinaNet or a ResNet50 classifier, or a retinaslim checkpoint; 'coco': torchvision's COCO weights for --arch from the local torch cache. Tensors that do not fit keep their initialisation, and the log names them.")] = None,
     image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, iterations: ItersOpt = None,
     optimizer: OptimOpt = None, lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
-    keep_empty_classes: KeepEmptyOpt = False,
+    assign: AssignOpt = None, keep_empty_classes: KeepEmptyOpt = False,
     resume: ResumeOpt = None, device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
 ) -> None:
     _train("teacher", labeled, val, out, resume, dict(
         images=images, arch=arch, pretrained=pretrained, init=init, image_size=image_size, batch_size=batch_size,
         epochs=epochs, iterations=iterations, optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment,
-        keep_empty_classes=keep_empty_classes, device=device, workers=workers, seed=seed))
+        assign=assign, keep_empty_classes=keep_empty_classes, device=device, workers=workers, seed=seed))
 
 
 @app.command("train-student", help=_student_help())
@@ -101,7 +102,7 @@ def train_student(
     anchors: Annotated[str, typer.Option(help="fit: anchor sizes and aspect ratios by k-means on the human-labelled boxes (kept when they match the boxes better than the defaults; slim students only, baselines keep torchvision's); default: the built-in card anchors.")] = "fit",
     image_size: SizeOpt = None, batch_size: BatchOpt = None, epochs: EpochsOpt = None, iterations: ItersOpt = None,
     optimizer: OptimOpt = None, lr: LrOpt = None, weight_decay: WdOpt = None, augment: AugOpt = None,
-    keep_empty_classes: KeepEmptyOpt = False,
+    assign: AssignOpt = None, keep_empty_classes: KeepEmptyOpt = False,
     resume: ResumeOpt = None, device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
 ) -> None:
     with user_errors():
@@ -112,5 +113,5 @@ def train_student(
         pseudo=pseudo, pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, pseudo_box_weight=pseudo_box_weight,
         images=images, arch=arch, norm=norm,
         anchors=anchors, image_size=image_size, batch_size=batch_size, epochs=epochs, iterations=iterations,
-        optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment, keep_empty_classes=keep_empty_classes,
-        device=device, workers=workers, seed=seed))
+        optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment, assign=assign,
+        keep_empty_classes=keep_empty_classes, device=device, workers=workers, seed=seed))

@@ -12,6 +12,13 @@ from torchvision.ops import (box_area, box_iou, complete_box_iou_loss, distance_
 
 # Anchors lying mostly inside an ignore region (intersection / anchor area above this) give no loss.
 IGNORE_COVERAGE = 0.5
+# Which anchors train on each box (``IgnoreAwareRetinaNet.assigner``): "iou", RetinaNet's IoU thresholds
+# (torchvision's matcher); "tal", task-aligned assignment with a quality focal loss (``task_aligned_loss``).
+ASSIGNERS = ("iou", "tal")
+# Task-aligned assignment's constants, YOLOv8's (ultralytics TaskAlignedAssigner): the top 10 anchors per box by
+# score**0.5 * IoU**6. Not tuned here; with them slim-s gained 7.7 validation AP points on the cards and 9.5 on
+# BCCD over the IoU thresholds (docs/results.md, "Session 20: which anchors train on each box").
+TAL_TOPK, TAL_ALPHA, TAL_BETA = 10, 0.5, 6.0
 
 
 def scaled_anchor_generator(image_size: int) -> AnchorGenerator:
@@ -40,35 +47,43 @@ class NoResizeTransform(GeneralizedRCNNTransform):
 
 class IgnoreAwareRetinaNet(RetinaNet):
     """torchvision's RetinaNet whose targets may carry ``ignore`` boxes (COCO ``iscrowd`` regions), a ``weight``
-    and ``box_weights``.
+    and ``box_weights``, and whose anchors can be assigned to boxes in two ways (``assigner``).
 
-    Background anchors mostly covered by an ignore region are left out of the classification loss,
-    as the matcher's between-thresholds anchors are. Each image's losses are scaled by its ``weight``
-    (machine-labelled images can count less). ``box_weights`` ((N,) floats, one per box of ``boxes``) scale
-    the classification and regression terms of the anchors matched to each box: a machine box counts as much
-    as the teacher trusted it (Soft Teacher's idea, Xu et al. 2021, applied to the boxes' own terms; their
-    background terms keep weight 1). Everything else is torchvision's loss.
+    ``assigner`` (one of ``ASSIGNERS``; the training stage sets it from ``--assign``): "iou" is torchvision's
+    loss, with RetinaNet's matcher (IoU >= 0.5 foreground, < 0.4 background, each box's best anchor kept);
+    "tal" is ``task_aligned_loss``. Under either, background anchors mostly covered by an ignore region are
+    left out of the classification loss, as the matcher's between-thresholds anchors are. Each image's
+    losses are scaled by its ``weight`` (machine-labelled images can count less). ``box_weights`` ((N,)
+    floats, one per box of ``boxes``) scale the classification and regression terms of the anchors matched to
+    each box: a machine box counts as much as the teacher trusted it (Soft Teacher's idea, Xu et al. 2021,
+    applied to the boxes' own terms; their background terms keep weight 1).
     """
 
+    assigner = "iou"
+
     def compute_loss(self, targets, head_outputs, anchors):
+        if self.assigner == "tal":
+            losses: dict[str, torch.Tensor] = {}
+            for i, target in enumerate(targets):
+                one = task_aligned_loss(self.head, target, head_outputs["cls_logits"][i],
+                                        head_outputs["bbox_regression"][i], anchors[i])
+                for name, value in one.items():
+                    losses[name] = losses.get(name, 0) + target.get("weight", 1.0) * value / len(targets)
+            return losses
         matched_idxs = []
         for anchors_per_image, target in zip(anchors, targets):
             if target["boxes"].numel() == 0:
                 matched = torch.full((anchors_per_image.size(0),), -1, dtype=torch.int64, device=anchors_per_image.device)
             else:
                 matched = self.proposal_matcher(box_iou(target["boxes"], anchors_per_image))
-            ignore = target.get("ignore")
-            if ignore is not None and ignore.numel():
-                lt = torch.maximum(anchors_per_image[:, None, :2], ignore[None, :, :2])
-                rb = torch.minimum(anchors_per_image[:, None, 2:], ignore[None, :, 2:])
-                inter = (rb - lt).clamp(min=0).prod(dim=2)  # (num_anchors, num_ignore)
-                covered = (inter / box_area(anchors_per_image)[:, None].clamp(min=1e-6)).amax(dim=1) > IGNORE_COVERAGE
+            covered = ignored_anchors(anchors_per_image, target.get("ignore"))
+            if covered is not None:
                 matched = torch.where(covered & (matched < 0), self.proposal_matcher.BETWEEN_THRESHOLDS, matched)
             matched_idxs.append(matched)
         if all("weight" not in t and "box_weights" not in t for t in targets):
             return self.head.compute_loss(targets, head_outputs, anchors, matched_idxs)
         # torchvision averages per-image losses over the batch; weight each image's share.
-        losses: dict[str, torch.Tensor] = {}
+        losses = {}
         for i, target in enumerate(targets):
             outputs = {k: v[i:i + 1] for k, v in head_outputs.items()}
             if "box_weights" in target:
@@ -78,6 +93,81 @@ class IgnoreAwareRetinaNet(RetinaNet):
             for name, value in one.items():
                 losses[name] = losses.get(name, 0) + target.get("weight", 1.0) * value / len(targets)
         return losses
+
+
+def ignored_anchors(anchors: torch.Tensor, ignore: torch.Tensor | None) -> torch.Tensor | None:
+    """(A,) bool: the anchors (A, 4) whose area lies more than ``IGNORE_COVERAGE`` inside one of the ignore
+    regions (R, 4) (both xyxy pixels); None when there are no regions."""
+    if ignore is None or not ignore.numel():
+        return None
+    lt = torch.maximum(anchors[:, None, :2], ignore[None, :, :2])
+    rb = torch.minimum(anchors[:, None, 2:], ignore[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=2)  # (A, R)
+    return (inter / box_area(anchors)[:, None].clamp(min=1e-6)).amax(dim=1) > IGNORE_COVERAGE
+
+
+def task_aligned_assign(scores: torch.Tensor, predicted: torch.Tensor, anchors: torch.Tensor, boxes: torch.Tensor,
+                        labels: torch.Tensor, topk: int = TAL_TOPK, alpha: float = TAL_ALPHA,
+                        beta: float = TAL_BETA) -> tuple[torch.Tensor, torch.Tensor]:
+    """Task-aligned assignment (TOOD, Feng et al. 2021, as YOLOv8 uses it): which box each anchor trains on,
+    chosen by how well the model already scores and places it.
+
+    Each anchor's alignment with a box is ``score ** alpha * IoU ** beta``: its predicted probability of the
+    box's class times the IoU of its predicted box with the box. Per box, the ``topk`` best-aligned anchors
+    whose centres lie inside the box are candidates; an anchor that is a candidate of several boxes takes
+    the one its prediction overlaps most. A positive's classification target (its quality) is its alignment
+    normalised per box so that the box's best-aligned positive gets the box's best IoU among its positives.
+
+    ``scores`` (A, C) 0..1 class probabilities; ``predicted`` (A, 4) the decoded boxes and ``anchors``
+    (A, 4), ``boxes`` (G, 4, G >= 1): xyxy pixels; ``labels`` (G,) class indices. Returns ``matched`` (A,)
+    int64, a box index or -1 (background), and ``quality`` (A,) 0..1, 0 for the background.
+    """
+    iou = box_iou(boxes, predicted)  # (G, A)
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    inside = ((centres[None] > boxes[:, None, :2]) & (centres[None] < boxes[:, None, 2:])).all(dim=2)  # (G, A)
+    align = scores[:, labels].T.pow(alpha) * iou.pow(beta) * inside
+    top = align.topk(min(topk, anchors.shape[0]), dim=1).indices
+    candidate = torch.zeros_like(inside).scatter_(1, top, True) & inside & (align > 0)
+    best, matched = torch.where(candidate, iou, torch.full_like(iou, -1.0)).max(dim=0)
+    positive = best > 0  # (A,)
+    chosen = torch.zeros_like(candidate)
+    chosen[matched[positive], positive.nonzero().squeeze(1)] = True
+    align, iou = align * chosen, iou * chosen
+    quality = (align / align.amax(dim=1, keepdim=True).clamp(min=1e-9) * iou.amax(dim=1, keepdim=True)).amax(dim=0)
+    return torch.where(positive, matched, torch.full_like(matched, -1)), quality
+
+
+def task_aligned_loss(head, target: dict[str, torch.Tensor], cls_logits: torch.Tensor, regression: torch.Tensor,
+                      anchors: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One image's loss under task-aligned assignment (``task_aligned_assign``): a quality focal loss (GFL, Li et
+    al. 2020) whose target for a positive is its quality (0 elsewhere), and the head's box loss on the
+    positives weighted by their quality; both divided by the sum of the qualities (at least 1).
+
+    ``cls_logits`` (A, C), ``regression`` (A, 4): the head's outputs for the image; ``anchors`` (A, 4) xyxy
+    pixels; ``target`` as for ``IgnoreAwareRetinaNet`` (its ``ignore`` and ``box_weights`` are honoured; its
+    ``weight`` is applied by the caller). The assignment reads the model's own predictions without gradient.
+    """
+    boxes, labels = target["boxes"], target["labels"]
+    truth = torch.zeros_like(cls_logits)
+    matched = torch.full((anchors.shape[0],), -1, dtype=torch.int64, device=anchors.device)
+    quality = torch.zeros(anchors.shape[0], dtype=cls_logits.dtype, device=anchors.device)
+    if boxes.numel():
+        with torch.no_grad():
+            predicted = head.regression_head.box_coder.decode_single(regression, anchors)
+            matched, quality = task_aligned_assign(cls_logits.sigmoid(), predicted, anchors, boxes, labels)
+    positive = matched >= 0
+    truth[positive, labels[matched[positive]]] = quality[positive]
+    weight = torch.ones_like(quality)
+    if "box_weights" in target:
+        weight[positive] = target["box_weights"][matched[positive]].to(weight.dtype)
+    covered = ignored_anchors(anchors, target.get("ignore"))
+    if covered is not None:
+        weight[covered & ~positive] = 0.0
+    focal = F.binary_cross_entropy_with_logits(cls_logits, truth, reduction="none") * (truth - cls_logits.sigmoid()).abs().pow(2)
+    normaliser = truth.sum().clamp(min=1.0)
+    boxes_loss = _box_loss_per_anchor(head.regression_head, anchors[positive], boxes[matched[positive]], regression[positive])
+    return {"classification": (focal * weight[:, None]).sum() / normaliser,
+            "bbox_regression": (boxes_loss * quality[positive] * weight[positive]).sum() / normaliser}
 
 
 def box_weighted_loss(head, target: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor],

@@ -34,6 +34,7 @@ from retinaslim.engine.rng import rng_state, seed_everything, set_rng_state
 from retinaslim.errors import UserError
 from retinaslim.models.anchors import class_coverage, fitted_or_default, retinanet_fit
 from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from retinaslim.models.common import ASSIGNERS
 from retinaslim.models.ema import ModelEMA
 from retinaslim.models.registry import build_model, list_archs, takes_option
 from retinaslim.models.teacher import coco_weights_path
@@ -63,6 +64,7 @@ class TrainConfig:
     lr: float | None = None  # peak learning rate, after linear warm-up; cosine decay
     weight_decay: float | None = None
     augment: str | None = None  # none, light, strong or mosaic
+    assign: str | None = None  # which anchors train on each box: iou or tal (models.common.ASSIGNERS)
     pseudo: Path | None = None
     pseudo_ratio: float = 0.4  # share of machine-labelled images in every batch (Data Distillation: ~6:4)
     pseudo_weight: float = 1.0  # scales the loss of machine-labelled images
@@ -91,6 +93,8 @@ class TrainConfig:
                 raise UserError(f"`{name}` {value!r}: must be a whole number of at least {32 if name == 'image_size' else 1}")
         if not self.lr >= 0:
             raise UserError(f"`lr` {self.lr!r}: must be 0 or more")
+        if self.assign not in ASSIGNERS:
+            raise UserError(f"`assign` {self.assign!r}: choose {' or '.join(ASSIGNERS)}")
         if self.pseudo_box_weight not in PSEUDO_BOX_WEIGHTS:
             raise UserError(f"`pseudo_box_weight` {self.pseudo_box_weight!r}: choose {' or '.join(PSEUDO_BOX_WEIGHTS)}")
 
@@ -98,6 +102,7 @@ class TrainConfig:
     def from_checkpoint(cls, checkpoint: Checkpoint, path: Path) -> TrainConfig:
         """The configuration a checkpoint was trained with (for --resume)."""
         args = {f.name: checkpoint.train_args[f.name] for f in fields(cls) if f.name in checkpoint.train_args}
+        args.setdefault("assign", "iou")  # runs from before --assign trained with RetinaNet's IoU thresholds
         try:
             return cls(**{k: Path(v) if k in PATH_FIELDS and v is not None else v for k, v in args.items()})
         except TypeError as e:
@@ -225,6 +230,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         reporter.log(class_coverage(boxes, labels, classes.names, config.image_size, config.arch_options["anchors"])[1])
     init_options = {"pretrained": True} if config.pretrained and previous is None else {}
     model = build_model(config.arch, len(classes), config.image_size, **config.arch_options, **init_options)
+    model.assigner = config.assign
     if config.init is not None and previous is None:  # a resumed run's weights are in last.pt
         initialise(model, config.init, config.arch, classes.categories(), reporter)
     model = model.to(device)

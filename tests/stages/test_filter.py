@@ -141,8 +141,10 @@ def test_ignore_regions_of_the_input_pass_through_uncounted(pseudo, tmp_path):
     assert again.num_boxes_kept == {"id_card": 5, "passport": 1}  # 1, 4, 5, 6, 7 and 2; not 3
 
 
-def test_ignore_regions_give_no_classification_loss():
+@pytest.mark.parametrize("assigner", ["iou", "tal"])
+def test_ignore_regions_give_no_classification_loss(assigner):
     model = build_model("slim-s", num_classes=1, image_size=64)
+    model.assigner = assigner
     model.head.classification_head.cls_logits.bias.data.zero_()  # p = 0.5 everywhere: background costs loss
     image = [torch.rand(3, 64, 64)]
     no_boxes = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}

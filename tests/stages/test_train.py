@@ -60,8 +60,10 @@ def test_no_machine_images_is_plain_batching():
     assert [len(b) for b in batches] == [4, 4, 2] and sorted(sum(batches, [])) == list(range(10))
 
 
-def test_pseudo_weight_scales_an_images_loss():
+@pytest.mark.parametrize("assigner", ["iou", "tal"])
+def test_pseudo_weight_scales_an_images_loss(assigner):
     model = build_model("slim-s", num_classes=1, image_size=64)
+    model.assigner = assigner
     image = [torch.rand(3, 64, 64)]
     target = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 30.0]]), "labels": torch.tensor([0])}
     full = model(image, [{**target, "weight": torch.tensor(1.0)}])
@@ -71,10 +73,12 @@ def test_pseudo_weight_scales_an_images_loss():
         assert torch.allclose(half[k], 0.5 * full[k]) and torch.allclose(plain[k], full[k])
 
 
-@pytest.mark.parametrize("arch", ["slim-s", "retinanet_resnet50_fpn_v2"])  # l1 and giou box losses
-def test_box_weights_scale_each_boxs_terms(arch):
+@pytest.mark.parametrize("arch, assigner", [("slim-s", "iou"), ("retinanet_resnet50_fpn_v2", "iou"),  # l1, giou
+                                             ("slim-s", "tal"), ("retinanet_resnet50_fpn_v2", "tal")])
+def test_box_weights_scale_each_boxs_terms(arch, assigner):
     torch.manual_seed(0)
     model = build_model(arch, num_classes=2, image_size=64)
+    model.assigner = assigner
     image = [torch.rand(3, 64, 64)]
     target = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 30.0], [30.0, 34.0, 60.0, 62.0]]), "labels": torch.tensor([0, 1])}
     plain = model(image, [target])
