@@ -63,13 +63,9 @@ class IgnoreAwareRetinaNet(RetinaNet):
 
     def compute_loss(self, targets, head_outputs, anchors):
         if self.assigner == "tal":
-            losses: dict[str, torch.Tensor] = {}
-            for i, target in enumerate(targets):
-                one = task_aligned_loss(self.head, target, head_outputs["cls_logits"][i],
-                                        head_outputs["bbox_regression"][i], anchors[i])
-                for name, value in one.items():
-                    losses[name] = losses.get(name, 0) + target.get("weight", 1.0) * value / len(targets)
-            return losses
+            return _batch_mean(targets, [task_aligned_loss(self.head, t, head_outputs["cls_logits"][i],
+                                                           head_outputs["bbox_regression"][i], anchors[i])
+                                         for i, t in enumerate(targets)])
         matched_idxs = []
         for anchors_per_image, target in zip(anchors, targets):
             if target["boxes"].numel() == 0:
@@ -82,17 +78,24 @@ class IgnoreAwareRetinaNet(RetinaNet):
             matched_idxs.append(matched)
         if all("weight" not in t and "box_weights" not in t for t in targets):
             return self.head.compute_loss(targets, head_outputs, anchors, matched_idxs)
-        # torchvision averages per-image losses over the batch; weight each image's share.
-        losses = {}
+        per_image = []
         for i, target in enumerate(targets):
             outputs = {k: v[i:i + 1] for k, v in head_outputs.items()}
             if "box_weights" in target:
-                one = box_weighted_loss(self.head, target, outputs, anchors[i], matched_idxs[i])
+                per_image.append(box_weighted_loss(self.head, target, outputs, anchors[i], matched_idxs[i]))
             else:
-                one = self.head.compute_loss([target], outputs, [anchors[i]], [matched_idxs[i]])
-            for name, value in one.items():
-                losses[name] = losses.get(name, 0) + target.get("weight", 1.0) * value / len(targets)
-        return losses
+                per_image.append(self.head.compute_loss([target], outputs, [anchors[i]], [matched_idxs[i]]))
+        return _batch_mean(targets, per_image)
+
+
+def _batch_mean(targets: list[dict[str, torch.Tensor]], per_image: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Each loss averaged over the batch, as torchvision averages its per-image losses, each image's share scaled
+    by its target's ``weight`` (1 when absent)."""
+    losses: dict[str, torch.Tensor] = {}
+    for target, one in zip(targets, per_image):
+        for name, value in one.items():
+            losses[name] = losses.get(name, 0) + target.get("weight", 1.0) * value / len(targets)
+    return losses
 
 
 def ignored_anchors(anchors: torch.Tensor, ignore: torch.Tensor | None) -> torch.Tensor | None:
