@@ -150,7 +150,9 @@ def task_aligned_loss(head, target: dict[str, torch.Tensor], cls_logits: torch.T
     pixels; ``target`` as for ``IgnoreAwareRetinaNet`` (its ``ignore`` and ``box_weights`` are honoured; its
     ``weight`` is applied by the caller). The assignment reads the model's own predictions without gradient.
     """
-    boxes, labels = target["boxes"], target["labels"]
+    # in float32 under AMP too: IoU ** 6 and the per-box normalisation underflow in half precision
+    cls_logits, regression, anchors = cls_logits.float(), regression.float(), anchors.float()
+    boxes, labels = target["boxes"].float(), target["labels"]
     truth = torch.zeros_like(cls_logits)
     matched = torch.full((anchors.shape[0],), -1, dtype=torch.int64, device=anchors.device)
     quality = torch.zeros(anchors.shape[0], dtype=cls_logits.dtype, device=anchors.device)

@@ -146,3 +146,16 @@ def test_a_run_from_before_assign_resumes_with_the_iou_thresholds(tmp_path):
 def test_an_unknown_assigner_is_refused():
     with pytest.raises(UserError, match="`assign` 'atss': choose iou or tal"):
         TrainConfig(role="student", labeled=None, val=None, out=None, assign="atss")
+
+
+def test_task_aligned_loss_under_half_precision_autocast_assigns_in_float32():
+    torch.manual_seed(3)
+    model = build_model("slim-s", num_classes=2, image_size=64)
+    model.assigner = "tal"
+    image = [torch.rand(3, 64, 64)]
+    target = {"boxes": torch.tensor([[8.0, 8, 40, 30], [30.0, 34, 60, 62]]), "labels": torch.tensor([0, 1])}
+    full = model(image, [target])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what AMP does on CUDA, in the half type a CPU runs
+        half = model(image, [target])
+    for name in full:
+        assert half[name].item() == pytest.approx(full[name].item(), rel=0.1), name
