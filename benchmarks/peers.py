@@ -154,7 +154,9 @@ def train_runs(args, out: Path, labeled: Path, val: Path) -> dict[str, dict]:
     runs = json.loads(path.read_text()) if path.exists() else {}
     plan = [(arch, lr) for arch in SLIM if arch in args.models for lr in (args.slim_lrs or [None])]
     plan += [(arch, lr) for arch in PEERS if arch in args.models for lr in args.peer_lrs]
-    planned = [run_name(arch, lr, epochs_of(args, arch), TRAIN_DEFAULTS["student"]["augment"]) for arch, lr in plan]
+    student = TRAIN_DEFAULTS["student"]
+    planned = [run_name(arch, lr, epochs_of(args, arch), student["augment"], student["assign"] if arch in SLIM else None)
+               for arch, lr in plan]
     for (arch, lr), name in zip(plan, planned):
         if name in runs:
             continue
@@ -184,11 +186,12 @@ def epochs_of(args, arch: str) -> int:
     return args.model_epochs.get(arch, args.epochs)
 
 
-def run_name(arch: str, lr: float | None, epochs: int, augment: str | None = None) -> str:
+def run_name(arch: str, lr: float | None, epochs: int, augment: str | None = None, assign: str | None = None) -> str:
     """A run's name in OUT/runs.json and OUT/runs: the model, its learning rate unless the default, its epochs,
-    and the augmentation of our training loop (not Ultralytics'), so an OUT folder made under another default
-    trains again instead of reusing its runs."""
-    return arch + (f"@lr{lr:g}" if lr is not None else "") + f"@{epochs}ep" + (f"@{augment}" if augment else "")
+    the augmentation of our training loop (not Ultralytics') and the slim models' anchor assignment, so an OUT
+    folder made under another default trains again instead of reusing its runs."""
+    return (arch + (f"@lr{lr:g}" if lr is not None else "") + f"@{epochs}ep" + (f"@{augment}" if augment else "")
+            + (f"@{assign}" if assign else ""))
 
 
 def train_yolo(args, out: Path, labeled: Path, val: Path) -> dict:

@@ -136,16 +136,16 @@ def test_train_student_from_python_writes_the_cli_configuration(tiny_cards, tmp_
     """The acceptance check of issue 20: the same options give the same config.yaml from the shell and from Python."""
     monkeypatch.chdir(tmp_path)
     files = tiny_cards.files
-    small = {"image_size": 64, "workers": 0}  # for speed; every other option keeps its default on both sides
+    small = {"image_size": 64, "workers": 0, "assign": "iou"}  # speed, and one non-default to pass through both
     result = run_cli("train-student", "--labeled", files["labeled"], "--val", files["val"], "--out", tmp_path / "cli",
-                     "--epochs", 1, "--image-size", 64, "--workers", 0)
+                     "--epochs", 1, "--image-size", 64, "--workers", 0, "--assign", "iou")
     assert result.exit_code == 0, result.stdout + result.stderr
     trained = retinaslim.train_student(labeled=files["labeled"], val=files["val"], out=tmp_path / "api", epochs=1, **small)
     assert trained.out == tmp_path / "api" and trained.best.is_file()
     cli, python = (yaml.safe_load((tmp_path / run / "config.yaml").read_text()) for run in ("cli", "api"))
     assert (cli.pop("out"), python.pop("out")) == (str(tmp_path / "cli"), str(tmp_path / "api"))
     assert python == cli
-    assert cli["epochs"] == 1 and cli["fit_anchors"] is True and "anchors" in cli["arch_options"]  # fitted, as the CLI says
+    assert cli["epochs"] == 1 and cli["assign"] == "iou" and cli["fit_anchors"] is True and "anchors" in cli["arch_options"]  # fitted, as the CLI says
 
 
 def test_results_and_functions_are_documented():

@@ -22,8 +22,10 @@ def tal_by_its_definition(scores, predicted, anchors, boxes, labels, topk, alpha
     centres = [((a[0] + a[2]) / 2, (a[1] + a[3]) / 2) for a in anchors.tolist()]
     align, candidates = [], []
     for g, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-        row = [float(scores[a, labels[g]]) ** alpha * iou[g][a] ** beta if x1 < cx < x2 and y1 < cy < y2 else 0.0
-               for a, (cx, cy) in enumerate(centres)]
+        inside = [x1 < cx < x2 and y1 < cy < y2 for cx, cy in centres]
+        if not any(inside):
+            inside = [True] * len(centres)
+        row = [float(scores[a, labels[g]]) ** alpha * iou[g][a] ** beta if inside[a] else 0.0 for a in range(len(centres))]
         align.append(row)
         ranked = sorted((a for a in range(len(row)) if row[a] > 0), key=lambda a: -row[a])
         candidates.append(set(ranked[:topk]))
@@ -54,6 +56,15 @@ def test_task_aligned_positives_and_their_quality_by_hand():
     assert quality.tolist() == pytest.approx([1.0, 0.03125, 0.0, 0.0])
 
 
+def test_a_box_with_no_anchor_centre_inside_still_trains_the_anchors_that_fit_it_best():
+    box, labels = torch.tensor([[11.0, 11, 14, 14]]), torch.tensor([0])  # between the centres of a 10 px grid
+    anchors = squares([(5, 5), (15, 15), (25, 25)])
+    predicted = torch.tensor([[10.0, 10, 14, 14], [11, 11, 16, 16], [20, 20, 30, 30]])  # IoU 0.5625, 0.36, 0
+    matched, quality = task_aligned_assign(torch.ones(3, 1), predicted, anchors, box, labels, topk=2)
+    assert matched.tolist() == [0, 0, -1]
+    assert quality.tolist() == pytest.approx([0.5625, 0.5625 * (0.36 / 0.5625) ** 6, 0.0])
+
+
 def test_an_anchor_both_boxes_want_trains_on_the_one_its_prediction_overlaps_most():
     boxes, labels = torch.tensor([[0.0, 0, 20, 20], [10.0, 10, 30, 30]]), torch.tensor([0, 0])
     anchors = squares([(15, 15), (5, 5), (25, 25)])  # the first lies inside both boxes
@@ -70,7 +81,7 @@ def test_task_aligned_assignment_equals_its_definition_on_random_predictions():
     for _ in range(30):
         num = int(torch.randint(1, 5, (1,)))
         corner = torch.rand(num, 2) * 60
-        boxes = torch.cat([corner, corner + torch.rand(num, 2) * 30 + 8], dim=1)
+        boxes = torch.cat([corner, corner + torch.rand(num, 2) * 30 + 2], dim=1)  # some smaller than the 8 px grid
         labels = torch.randint(0, 3, (num,))
         predicted = anchors + torch.randn(len(centres), 4) * 4
         predicted[:, 2:] = torch.maximum(predicted[:, 2:], predicted[:, :2] + 1)
@@ -109,6 +120,28 @@ def test_task_aligned_loss_is_a_quality_focal_loss_over_the_sum_of_qualities():
     none = task_aligned_loss(model.head, empty, logits, regression, anchors)
     assert none["classification"] == pytest.approx(float(quality_focal(logits, torch.zeros(50, 2))), rel=1e-5)
     assert none["bbox_regression"] == 0
+
+
+def test_the_assignment_is_a_fixed_target_no_gradient_flows_through_it():
+    torch.manual_seed(4)
+    model = build_model("slim-s", num_classes=2, image_size=64)
+    anchors = torch.rand(60, 2) * 50
+    anchors = torch.cat([anchors, anchors + 12], dim=1)
+    target = {"boxes": torch.tensor([[5.0, 5, 40, 30], [20.0, 25, 60, 62]]), "labels": torch.tensor([0, 1])}
+    logits = torch.randn(60, 2, requires_grad=True)
+    regression = (torch.randn(60, 4) * 0.1).requires_grad_()
+    loss = task_aligned_loss(model.head, target, logits, regression, anchors)
+    got = torch.autograd.grad(loss["classification"] + loss["bbox_regression"], [logits, regression])
+    predicted = model.head.regression_head.box_coder.decode_single(regression.detach(), anchors)
+    matched, quality = task_aligned_assign(logits.detach().sigmoid(), predicted, anchors, target["boxes"], target["labels"])
+    positive = matched >= 0
+    truth = torch.zeros(60, 2)
+    truth[positive, target["labels"][matched[positive]]] = quality[positive]
+    encoded = model.head.regression_head.box_coder.encode_single(target["boxes"][matched[positive]], anchors[positive])
+    fixed = (quality_focal(logits, truth) + ((regression[positive] - encoded).abs().sum(dim=1) * quality[positive]).sum()) / quality.sum()
+    expected = torch.autograd.grad(fixed, [logits, regression])
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, atol=1e-6)
 
 
 def test_an_ignore_region_silences_background_anchors_but_not_positives():
@@ -159,3 +192,11 @@ def test_task_aligned_loss_under_half_precision_autocast_assigns_in_float32():
         half = model(image, [target])
     for name in full:
         assert half[name].item() == pytest.approx(full[name].item(), rel=0.1), name
+    # float16 as CUDA's AMP gives it: IoU ** 6 would underflow in it, the loss computes in float32
+    anchors = torch.tensor([[4.0, 4, 16, 16], [20.0, 20, 44, 36], [28.0, 30, 56, 60]])
+    logits, regression = torch.randn(3, 2), torch.randn(3, 4) * 0.1
+    exact = task_aligned_loss(model.head, target, logits, regression, anchors)
+    low = task_aligned_loss(model.head, target, logits.half(), regression.half(), anchors.half())
+    assert exact["bbox_regression"] > 0
+    for name in exact:
+        assert low[name].dtype == torch.float32 and low[name].item() == pytest.approx(exact[name].item(), rel=0.01), name
