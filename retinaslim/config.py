@@ -22,6 +22,8 @@ WORKSPACE_FILE = "retinaslim.yaml"
 # recipe" and "The teacher's anchors"): after 150 steps from scratch, v1 + AdamW 3e-4 (test AP 0.025) beat
 # AdamW 1e-3 (0.016) and v2 + SGD 0.01, torchvision's recipe (0.007). With 1,000 labelled images and 2,500
 # steps the default teacher reaches test AP 0.458 against 0.306 for the student on the same labels.
+# The teacher keeps "iou" and "light": with the student's "tal" + "mosaic" it gained on BCCD at 60 epochs (val AP
+# 0.421 vs 0.384) but lost on the cards at 20 (0.518 vs 0.527; docs/results.md, "Session 22").
 TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "teacher": {"arch": "retinanet_resnet50_fpn", "image_size": 320, "batch_size": 8, "epochs": 12,
                 "optimizer": "adamw", "lr": 3e-4, "weight_decay": 1e-4, "augment": "light", "assign": "iou"},
@@ -31,8 +33,7 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     # epochs on BCCD (0.413 at 120). At 30 epochs mosaic lost on the cards (0.245): it needs the longer run.
     # Task-aligned assignment, by held-out AP on both sets (docs/results.md, "Session 20: which anchors train on
     # each box"): validation AP 0.507 vs 0.430 for RetinaNet's IoU thresholds on the cards, 0.473 vs 0.378 on
-    # BCCD (ATSS: 0.246 on the cards). The teacher keeps "iou" and "light": with "tal" + "mosaic" it gained on BCCD at
-    # 60 epochs (val AP 0.421 vs 0.384) but lost on the cards at 20 (0.518 vs 0.527; docs/results.md, "Session 22").
+    # BCCD (ATSS: 0.246 on the cards).
     "student": {"arch": "slim-s", "image_size": 320, "batch_size": 16, "epochs": 60,
                 "optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "augment": "mosaic", "assign": "tal"},
 }
