@@ -19,7 +19,8 @@ runs, the filters, the students) run at once:
 2. train-student (slim-s) on the human labels only;
 3. pseudo-label the unlabelled images with the default ensemble (scales 0.75/1/1.25 x flip, WBF), and
    with a single pass (scale 1, no flip) for the variant, and with the ensemble run by the human-only
-   student itself (self-training: what machine labels are worth when the teacher is no better);
+   student itself (self-training: what machine labels are worth when the teacher is no better), and with
+   the teacher and that student together (model ensembling);
 4. filter the machine labels (scored against the hidden truth): the default (thresholds per class chosen on the validation set) and one
    variant per rule;
 5. train-student on human + each set of machine labels (default settings otherwise);
@@ -112,14 +113,20 @@ LABEL_SETS = {
     "default_ignore": ("ensemble", ["--calib", "{val}", "--student", "{student}", "--ambiguous", "ignore"],
                        "the default, with the boxes scored from 0.2 (--ambiguous-low) up to each class's threshold as ignore "
                        "regions (filter --ambiguous ignore)"),
+    "with_student": ("with_student", ["--calib", "{val}", "--student", "{student}"],
+                     "the teacher and the human-only student label together (both ensembled: Data Distillation's model "
+                     "ensembling), thresholds per class on the validation set, classes the human-only student finds "
+                     "better left to it"),
     "round_2": ("round2", ["--calib", "{val}", "--student", "{student}"], "second round: the teacher and the default "
                 "distilled student label together (both ensembled), thresholds per class on the validation set"),
 }
 BCCD_LABEL_SETS = "default,no_student,thresh_0.2,single_pass,thresh_0.5,auto_precision"  # the sets that decided its reading
-# Pseudo-label runs: name -> (labelling models' runs, options). `self` labels with the human-only student;
-# `round2` with the teacher and the student distilled on the default labels, so it waits for that student.
+# Pseudo-label runs: name -> (labelling models' runs, options). `self` labels with the human-only student,
+# `with_student` with it and the teacher; `round2` with the teacher and the student distilled on the default
+# labels, so it waits for that student.
 PSEUDO_RUNS = {"ensemble": (["teacher"], []), "single": (["teacher"], ["--scales", "1", "--no-hflip"]),
-               "self": (["student_human"], []), "round2": (["teacher", "student_default"], [])}
+               "self": (["student_human"], []), "with_student": (["teacher", "student_human"], []),
+               "round2": (["teacher", "student_default"], [])}
 FIRST_ROUND = {"teacher", "student_human"}  # the runs trained before any machine label exists
 SPEED_SIZE = 320  # the longer side in pixels at which the speed target is set (the distillation issue)
 

@@ -40,3 +40,21 @@ def test_the_default_label_set_compares_with_the_human_only_student(tmp_path):
     # the human-only student is trained in a wave before any filter runs
     order = [step.name for wave in waves for step in wave]
     assert order.index("student_human") < order.index("filter_default")
+
+
+def test_with_student_labels_with_the_teacher_and_the_human_only_student_in_the_first_round(tmp_path):
+    data = distill.Dataset(labeled=tmp_path / "labeled.json", val=tmp_path / "val.json", test=tmp_path / "test.json",
+                           unlabeled=tmp_path / "unlabeled", unlabeled_truth=tmp_path / "truth.json",
+                           calib=tmp_path / "calib.json")
+    knobs = {"size": 64, "workers": 0, "teacher_epochs": 1, "student_epochs": 1, "latency_runs": 1}
+    waves = distill.comparison_steps(data, tmp_path, knobs, ["default", "with_student"], "cpu", "cpu", 0)
+    wave_of = {step.name: i for i, wave in enumerate(waves) for step in wave}
+    pseudo = next(step for wave in waves for step in wave if step.name == "pseudo_with_student")
+    args = [str(a) for a in pseudo.args]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--teacher"] == [
+        str(tmp_path / "runs" / "teacher" / "best.pt"), str(tmp_path / "runs" / "student_human" / "best.pt")]
+    # it needs no distilled student: it labels alongside the teacher's own ensemble, before any student trains on it
+    assert wave_of["pseudo_with_student"] == wave_of["pseudo_ensemble"]
+    assert wave_of["filter_with_student"] < wave_of["student_default"]
+    filter_args = [str(a) for a in next(s for w in waves for s in w if s.name == "filter_with_student").args]
+    assert filter_args[1] == str(tmp_path / "labels" / "with_student.json") and "--student" in filter_args
