@@ -244,6 +244,25 @@ def require_scores(coco: CocoData) -> None:
                                        "boxes by score needs the scores pseudo-label writes")
 
 
+def machine_class_mask(coco: CocoData, classes: ClassMap) -> tuple[torch.Tensor | None, str | None]:
+    """((C,) bool, True for the classes of ``classes`` the machine labels ``coco`` speak for, or None when they
+    speak for all; a note naming the others, or None). ``filter`` records in ``info.filter.unreliable_classes``
+    the classes whose teacher boxes it kept none of (the teacher missed its precision target there on the
+    validation images, or the human-only student beat it): a machine-labelled image says nothing about them.
+
+    Raises UserError when that entry is not a list of class names."""
+    names = (coco.info.get("filter") or {}).get("unreliable_classes") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _fail(coco.path, f"info.filter.unreliable_classes must be a list of class names (got {names!r})")
+    left = [n for n in classes.names if n in names]
+    if not left:
+        return None, None
+    mask = torch.tensor([n not in names for n in classes.names])
+    return mask, (f"{coco.path}: its machine labels carry no loss for {', '.join(left)} (the filter kept no box of "
+                  "it: the teacher was unreliable there or the human-only student better), so those classes learn "
+                  "from the human labels only")
+
+
 def require_image_files(coco: CocoData, option: str = "`images`") -> str | None:
     """Check the images the file names against the files on disk, before they train or score anything.
 

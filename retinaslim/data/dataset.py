@@ -24,7 +24,9 @@ class DetectionDataset(torch.utils.data.Dataset):
     ``target["ignore"]`` holds the image's ignore regions (COCO ``iscrowd``), which give no loss;
     ``target["weight"]`` scales the image's loss; ``target["machine"]`` says whether its labels are machine-made;
     with ``score_weights``, ``target["box_weights"]`` (N,) holds each box's ``score`` (0..1, the fused score
-    pseudo-label wrote), which scales that box's loss terms (``models.common.box_weighted_loss``).
+    pseudo-label wrote), which scales that box's loss terms (``models.common.weighted_head_loss``); with
+    ``class_mask`` ((C,) bool), ``target["class_mask"]`` names the classes its labels speak for (the loss of
+    the others is left out: ``models.common.IgnoreAwareRetinaNet``).
     An image that cannot be decoded yields None, which ``collate_skip`` drops and counts.
 
     With ``augment="mosaic"``, an item of an epoch up to ``mosaic_until`` is a mosaic (``mosaic``), an
@@ -33,7 +35,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, coco: CocoData, classes: ClassMap, image_size: int, augment: str = "none", weight: float = 1.0,
-                 machine: bool = False, score_weights: bool = False, seed: int = 0, mosaic_until: int = 0):
+                 machine: bool = False, score_weights: bool = False, seed: int = 0, mosaic_until: int = 0,
+                 class_mask: torch.Tensor | None = None):
         self.coco = coco
         self.classes = classes
         self.resize = Transform(scale=1.0)
@@ -44,6 +47,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.weight = weight  # scales this image's loss (machine labels: --pseudo-weight)
         self.machine = machine  # machine-labelled images are counted apart in the training log
         self.score_weights = score_weights  # machine labels: --pseudo-box-weight score
+        self.class_mask = class_mask  # machine labels: the classes filter trusted the teacher with (None: all)
         # An image's augmentation depends only on (seed, epoch, index): the same in any worker process
         # and after --resume. The epoch comes with each index (see MixedBatchSampler).
         self.seed = seed
@@ -148,6 +152,8 @@ class DetectionDataset(torch.utils.data.Dataset):
                   "weight": torch.tensor(self.weight), "machine": torch.tensor(self.machine)}
         if self.score_weights:
             target["box_weights"] = scores[real]
+        if self.class_mask is not None:
+            target["class_mask"] = self.class_mask
         return image, target
 
 

@@ -56,7 +56,11 @@ class IgnoreAwareRetinaNet(RetinaNet):
     losses are scaled by its ``weight`` (machine-labelled images can count less). ``box_weights`` ((N,)
     floats, one per box of ``boxes``) scale the classification and regression terms of the anchors matched to
     each box: a machine box counts as much as the teacher trusted it (Soft Teacher's idea, Xu et al. 2021,
-    applied to the boxes' own terms; their background terms keep weight 1).
+    applied to the boxes' own terms; their background terms keep weight 1). ``class_mask`` ((C,) bool) names
+    the classes the image's labels speak for: the classification loss of the others is left out at every
+    anchor, so a machine-labelled image whose teacher was not trusted on a class (``filter``'s
+    ``unreliable_classes``) teaches that class neither object nor background (as a federated loss leaves out
+    the classes an image was not checked for, Zhou et al. 2021).
     """
 
     assigner = "iou"
@@ -76,13 +80,13 @@ class IgnoreAwareRetinaNet(RetinaNet):
             if covered is not None:
                 matched = torch.where(covered & (matched < 0), self.proposal_matcher.BETWEEN_THRESHOLDS, matched)
             matched_idxs.append(matched)
-        if all("weight" not in t and "box_weights" not in t for t in targets):
+        if all("weight" not in t and "box_weights" not in t and "class_mask" not in t for t in targets):
             return self.head.compute_loss(targets, head_outputs, anchors, matched_idxs)
         per_image = []
         for i, target in enumerate(targets):
             outputs = {k: v[i:i + 1] for k, v in head_outputs.items()}
-            if "box_weights" in target:
-                per_image.append(box_weighted_loss(self.head, target, outputs, anchors[i], matched_idxs[i]))
+            if "box_weights" in target or "class_mask" in target:
+                per_image.append(weighted_head_loss(self.head, target, outputs, anchors[i], matched_idxs[i]))
             else:
                 per_image.append(self.head.compute_loss([target], outputs, [anchors[i]], [matched_idxs[i]]))
         return _batch_mean(targets, per_image)
@@ -150,8 +154,8 @@ def task_aligned_loss(head, target: dict[str, torch.Tensor], cls_logits: torch.T
     positives weighted by their quality; both divided by the sum of the qualities (at least 1).
 
     ``cls_logits`` (A, C), ``regression`` (A, 4): the head's outputs for the image; ``anchors`` (A, 4) xyxy
-    pixels; ``target`` as for ``IgnoreAwareRetinaNet`` (its ``ignore`` and ``box_weights`` are honoured; its
-    ``weight`` is applied by the caller). The assignment reads the model's own predictions without gradient.
+    pixels; ``target`` as for ``IgnoreAwareRetinaNet`` (its ``ignore``, ``box_weights`` and ``class_mask`` are
+    honoured; its ``weight`` is applied by the caller). The assignment reads the model's own predictions without gradient.
     """
     # in float32 under AMP too: IoU ** 6 and the per-box normalisation underflow in half precision
     cls_logits, regression, anchors = cls_logits.float(), regression.float(), anchors.float()
@@ -172,16 +176,19 @@ def task_aligned_loss(head, target: dict[str, torch.Tensor], cls_logits: torch.T
     if covered is not None:
         weight[covered & ~positive] = 0.0
     focal = F.binary_cross_entropy_with_logits(cls_logits, truth, reduction="none") * (truth - cls_logits.sigmoid()).abs().pow(2)
+    if "class_mask" in target:
+        focal = focal * target["class_mask"].to(focal.dtype)
     normaliser = truth.sum().clamp(min=1.0)
     boxes_loss = _box_loss_per_anchor(head.regression_head, anchors[positive], boxes[matched[positive]], regression[positive])
     return {"classification": (focal * weight[:, None]).sum() / normaliser,
             "bbox_regression": (boxes_loss * quality[positive] * weight[positive]).sum() / normaliser}
 
 
-def box_weighted_loss(head, target: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor],
-                      anchors: torch.Tensor, matched: torch.Tensor) -> dict[str, torch.Tensor]:
+def weighted_head_loss(head, target: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor],
+                       anchors: torch.Tensor, matched: torch.Tensor) -> dict[str, torch.Tensor]:
     """torchvision's RetinaNet head loss for one image, each foreground anchor's focal and box terms scaled by
-    ``target["box_weights"][box it matched]``.
+    ``target["box_weights"][box it matched]`` (1 when absent), and the focal terms of the classes outside
+    ``target["class_mask"]`` (when present) left out.
 
     ``outputs``: the head's ``cls_logits`` (1, A, C) and ``bbox_regression`` (1, A, 4) for the image;
     ``anchors`` (A, 4) xyxy pixels; ``matched`` (A,) the matcher's box index per anchor (-1 background, -2
@@ -193,11 +200,15 @@ def box_weighted_loss(head, target: dict[str, torch.Tensor], outputs: dict[str, 
     foreground = matched >= 0
     num_foreground = max(1, int(foreground.sum()))
     weight = torch.ones(matched.shape, dtype=cls_logits.dtype, device=cls_logits.device)
-    weight[foreground] = target["box_weights"][matched[foreground]].to(cls_logits.dtype)
+    if "box_weights" in target:
+        weight[foreground] = target["box_weights"][matched[foreground]].to(cls_logits.dtype)
     truth = torch.zeros_like(cls_logits)
     truth[foreground, target["labels"][matched[foreground]]] = 1.0
     valid = matched != head.classification_head.BETWEEN_THRESHOLDS
-    focal = sigmoid_focal_loss(cls_logits[valid], truth[valid], reduction="none").sum(dim=1)
+    focal = sigmoid_focal_loss(cls_logits[valid], truth[valid], reduction="none")
+    if "class_mask" in target:
+        focal = focal * target["class_mask"].to(focal.dtype)
+    focal = focal.sum(dim=1)
     boxes = _box_loss_per_anchor(head.regression_head, anchors[foreground], target["boxes"][matched[foreground]],
                                  regression[foreground])
     return {"classification": (focal * weight[valid]).sum() / num_foreground,

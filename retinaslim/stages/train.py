@@ -24,7 +24,7 @@ from torch import nn
 from retinaslim.config import CLOSE_MOSAIC_EPOCHS, TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
 from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import (ClassMap, load_coco, match_classes, relative_boxes, require_image_files, require_scores,
-                                  trained_classes)
+                                  trained_classes, machine_class_mask)
 from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, MixedDataset, collate_skip
 from retinaslim.engine.ddp import Distributed
 from retinaslim.engine.history import plot_history, write_history
@@ -201,9 +201,12 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         notes += [match_classes(classes, source, pseudo, left_out), require_image_files(pseudo)]
         if config.pseudo_box_weight == "score":
             require_scores(pseudo)
+        class_mask, note = machine_class_mask(pseudo, classes)
+        notes.append(note)
         datasets.append(DetectionDataset(pseudo, classes, config.image_size, config.augment,
                                          weight=config.pseudo_weight, machine=True,
-                                         score_weights=config.pseudo_box_weight == "score", seed=config.seed + 1))
+                                         score_weights=config.pseudo_box_weight == "score", seed=config.seed + 1,
+                                         class_mask=class_mask))
         num_images["pseudo"] = len(pseudo.images)
         if not pseudo.images:
             notes.append(f"{pseudo.path} holds no images (the filter kept none): the student trains on the human labels only")

@@ -97,6 +97,69 @@ def test_box_weights_scale_each_boxs_terms(arch, assigner):
     assert torch.allclose(half["classification"] - background, 0.5 * (plain["classification"] - background), rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch, assigner", [("slim-s", "iou"), ("retinanet_resnet50_fpn_v2", "iou"),
+                                             ("slim-s", "tal"), ("retinanet_resnet50_fpn_v2", "tal")])
+def test_a_class_outside_the_class_mask_takes_no_loss_anywhere(arch, assigner):
+    """A machine image whose teacher filter did not trust on class 1: class 1's logits get no gradient at any
+    anchor (neither object nor background), class 0 trains exactly as without the mask."""
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=2, image_size=64)
+    model.assigner = assigner
+    image = [torch.rand(3, 64, 64)]
+    target = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 30.0]]), "labels": torch.tensor([0]), "weight": torch.tensor(1.0)}
+    logits = model.head.classification_head.cls_logits  # conv whose output channels are (anchor, class) pairs
+    num_anchors = logits.out_channels // 2
+
+    def class_grads(extra):
+        model.zero_grad()
+        loss = model(image, [{**target, **extra}])
+        (loss["classification"] + loss["bbox_regression"]).backward()
+        grad = logits.weight.grad.view(num_anchors, 2, -1)
+        return {k: v.detach() for k, v in loss.items()}, grad[:, 0].clone(), grad[:, 1].clone()
+
+    plain, plain_0, plain_1 = class_grads({})
+    masked, masked_0, masked_1 = class_grads({"class_mask": torch.tensor([True, False])})
+    everything, _, _ = class_grads({"class_mask": torch.tensor([True, True])})
+    assert plain_1.abs().sum() > 0 and masked_1.abs().sum() == 0  # class 1 was background; now it is nothing
+    assert torch.allclose(masked_0, plain_0, atol=1e-7)
+    assert masked["bbox_regression"] == pytest.approx(float(plain["bbox_regression"]), rel=1e-6)
+    assert 0 < masked["classification"] < plain["classification"]
+    for k in plain:  # a mask of every class is no mask
+        assert torch.allclose(everything[k], plain[k], rtol=1e-5), k
+
+
+def test_machine_labels_carry_no_loss_for_the_classes_filter_left_out(tiny_cards, tmp_path):
+    import json
+
+    from retinaslim.data.coco import ClassMap, load_coco, machine_class_mask
+    from retinaslim.data.dataset import DetectionDataset
+
+    machine = json.loads((tiny_cards.out / "unlabeled.truth.json").read_text())
+    (tmp_path / "unlabeled").symlink_to(tiny_cards.out / "unlabeled")
+    path = tmp_path / "machine.json"
+    names = [c["name"] for c in sorted(machine["categories"], key=lambda c: c["id"])]
+    for info, expected in [({}, None), ({"filter": {"unreliable_classes": []}}, None),
+                           ({"filter": {"unreliable_classes": [names[1]]}}, [n != names[1] for n in names])]:
+        path.write_text(json.dumps({**machine, "info": info}))
+        coco = load_coco(path)
+        classes = ClassMap.from_categories(coco.categories)
+        mask, note = machine_class_mask(coco, classes)
+        assert (mask if mask is None else mask.tolist()) == expected
+        assert (note is None) == (expected is None)
+        item = DetectionDataset(coco, classes, 64, "none", machine=True, class_mask=mask)[0][1]
+        assert ("class_mask" in item) == (expected is not None)
+    assert names[1] in note and "human labels only" in note
+    path.write_text(json.dumps({**machine, "info": {"filter": {"unreliable_classes": names[1]}}}))
+    with pytest.raises(UserError, match=r"machine\.json: info\.filter\.unreliable_classes must be a list of class names"):
+        machine_class_mask(load_coco(path), classes)
+    # train-student says so, and trains
+    path.write_text(json.dumps({**machine, "info": {"filter": {"unreliable_classes": [names[1]]}}}))
+    reporter = LogLines()
+    train(TrainConfig(role="student", labeled=tiny_cards.files["labeled"], val=tiny_cards.files["val"],
+                      out=tmp_path / "run", pseudo=path, image_size=64, epochs=1, workers=0), reporter)
+    assert any(f"carry no loss for {names[1]}" in line for line in reporter.lines)
+
+
 def cli(*args):
     return [sys.executable, "-m", "retinaslim", *map(str, args)]
 
