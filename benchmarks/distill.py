@@ -382,14 +382,15 @@ def calibration_lines(default: dict) -> list[str]:
                  "and recall there at that threshold (predicted) against what the kept machine labels reached on the "
                  "unlabelled images' hidden truth (achieved, after every filter rule):", "",
              "| class | threshold | validation precision / recall (predicted) | hidden truth precision / recall (achieved) | boxes kept "
-             "| validation AP50: teacher / human-only student |",
+             "| validation AP (AP50): teacher / human-only student |",
              "| --- | --- | --- | --- | --- | --- |"]
     for c in default["validation"]:
         truth = achieved.get(c["class_name"], {})
         found = " (left to the student)" if Calibration(**c).below_student else "" if c["reached"] and c["reliable"] else " (unreliable: keeps none)"
         pair = (f"{truth['precision']:.2f} / {truth['recall']:.2f}"
                 if truth.get("precision") is not None and truth.get("recall") is not None else "-")
-        versus = f"{c['teacher_ap50']:.3f} / {c['student_ap50']:.3f}" if c.get("student_ap50") is not None else "-"
+        versus = (f"{c['teacher_ap']:.3f} ({c['teacher_ap50']:.3f}) / {c['student_ap']:.3f} ({c['student_ap50']:.3f})"
+                  if c.get("student_ap") is not None else "-")
         lines.append(f"| {c['class_name']} | {c['threshold']:.3f}{found} | {c['precision']:.2f} / {c['recall']:.2f} | "
                      f"{pair} | {truth.get('boxes', '-')} | {versus} |")
     return lines

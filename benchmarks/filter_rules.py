@@ -63,7 +63,7 @@ def validation_choice(run: Path, rule: str) -> list[dict]:
         fixed = torch.tensor(FILTER_SCORE_THRESH)
         out = []
         for k, name in enumerate(names):
-            s, hits = torch.cat(scores.scores[k]), torch.cat(scores.hits[k])
+            s, hits = torch.cat(scores.scores[k]), torch.cat(scores.hits[k])[:, 0]  # true positives at IoU 0.5
             kept = s >= fixed
             tp = int(hits[kept].sum())
             out.append({"class": name, "threshold": FILTER_SCORE_THRESH, "precision": tp / max(1, int(kept.sum())),

@@ -25,7 +25,7 @@ def filter_(
     calib_images: Annotated[Optional[Path], typer.Option(help="Folder the --calib file names resolve against.")] = None,
     teacher: Annotated[Optional[list[Path]], typer.Option(help="Teacher for --auto-thresh f1 and precision, repeated for machine labels made by several (default: the ones pseudo.json names).")] = None,
     target_precision: Annotated[float, typer.Option(help="Precision at IoU 0.5 that --auto-thresh precision aims for.")] = 0.95,
-    student: Annotated[Optional[Path], typer.Option(help="A student trained on the human labels only (train-student --human-only): classes on which its validation AP50 beats the teacher's labels are not trained on (ignore regions), with --auto-thresh f1 or precision (default: the workspace's newest runs/student-human).")] = None,
+    student: Annotated[Optional[Path], typer.Option(help="A student trained on the human labels only (train-student --human-only): classes on which its validation AP (IoU 0.5:0.95) beats the teacher's labels' keep no machine box, and a student trained on the output takes no loss for them in the machine images, with --auto-thresh f1 or precision (default: the workspace's newest runs/student-human).")] = None,
     min_agreement: Annotated[int, typer.Option(min=1, help="Keep boxes found by at least this many transforms.")] = 1,
     min_size: Annotated[float, typer.Option(min=0.0, help="Drop boxes whose shorter side is below this many pixels.")] = 0.0,
     max_size_frac: Annotated[float, typer.Option(help="Drop boxes covering more than this fraction of the image area.")] = 1.0,
@@ -82,22 +82,25 @@ def _render(result) -> None:
     compared = any(c.student_ap50 is not None for c in result.calibration)
     console.table("thresholds and boxes per class", ["class", "threshold", "boxes in", "boxes kept"] +
                   (["val precision", "val recall"] if calibrated else []) +
-                  (["teacher val AP50", "student val AP50"] if compared else []),
+                  (["teacher val AP", "student val AP", "teacher val AP50", "student val AP50"] if compared else []),
                   [[n, result.thresholds[n], result.num_boxes_in[n], result.num_boxes_kept[n]] +
                    ([calibrated[n].precision, calibrated[n].recall] if calibrated and calibrated[n].reached else
                     [None, None] if calibrated else []) +
-                   ([calibrated[n].teacher_ap50, calibrated[n].student_ap50] if compared else []) for n in names])
+                   ([calibrated[n].teacher_ap, calibrated[n].student_ap, calibrated[n].teacher_ap50,
+                     calibrated[n].student_ap50] if compared else []) for n in names])
     unreliable = [c for c in result.calibration if not c.reliable]
+    # what train-student does with such a class (info.filter.unreliable_classes: data.coco.machine_class_mask)
+    left_out = ("none of the teacher's boxes of it are kept, and a student trained on this file takes no loss for it "
+                "in the machine images: it learns it from the human labels only")
     for c in result.calibration:
         if c.below_student:
-            console.warn(f"{c.class_name}: the human-only student finds it better than the teacher's labels on the "
-                         f"validation images (AP50 {c.student_ap50:.3f} vs {c.teacher_ap50:.3f}); none of the teacher's "
-                         "boxes are trained on as objects, those scoring >= --ambiguous-low become ignore regions")
+            console.warn(f"{c.class_name}: the human-only student finds and places it better than the teacher's labels "
+                         f"on the validation images (AP {c.student_ap:.3f} vs {c.teacher_ap:.3f}, AP50 "
+                         f"{c.student_ap50:.3f} vs {c.teacher_ap50:.3f}); {left_out}")
         elif c in unreliable:
             found = (f"its best F1 there is {c.f1:.2f} (precision {c.precision:.2f}, recall {c.recall:.2f} at {c.threshold:.2f})"
                      if c.reached else "no threshold reaches the rule's target there")
-            console.warn(f"{c.class_name}: the teacher is unreliable on the validation images ({found}); none of its "
-                         "machine boxes are trained on as objects, those scoring >= --ambiguous-low become ignore regions")
+            console.warn(f"{c.class_name}: the teacher is unreliable on the validation images ({found}); {left_out}")
     if result.calibration and len(unreliable) == len(result.calibration):
         console.warn("the teacher is unreliable on every class: no machine image is kept, so a student trained on this "
                      "file learns from the human labels only. Train the teacher longer or on more labels, or start it "

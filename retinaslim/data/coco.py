@@ -258,9 +258,9 @@ def machine_class_mask(coco: CocoData, classes: ClassMap) -> tuple[torch.Tensor 
     if not left:
         return None, None
     mask = torch.tensor([n not in names for n in classes.names])
-    return mask, (f"{coco.path}: its machine labels carry no loss for {', '.join(left)} (the filter kept no box of "
-                  "it: the teacher was unreliable there or the human-only student better), so those classes learn "
-                  "from the human labels only")
+    return mask, (f"{coco.path}: its machine labels carry no loss for {', '.join(left)} (the filter kept none of "
+                  "the teacher's boxes there: it missed the precision target or the human-only student was better), "
+                  "so the student learns them from the human labels only")
 
 
 def require_image_files(coco: CocoData, option: str = "`images`") -> str | None:

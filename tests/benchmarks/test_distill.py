@@ -11,17 +11,20 @@ def test_the_threshold_table_says_which_classes_were_left_to_the_student():
     default = {
         "validation": [
             {"class_name": "WBC", "threshold": 0.252, "precision": 0.956, "recall": 1.0, "reached": True,
-             "reliable": True, "teacher_ap50": 0.994, "student_ap50": 0.930},
+             "reliable": True, "teacher_ap50": 0.994, "student_ap50": 0.930, "teacher_ap": 0.62,
+             "student_ap": 0.55},
             {"class_name": "RBC", "threshold": 0.907, "precision": 0.954, "recall": 0.064, "reached": True,
-             "reliable": False, "teacher_ap50": 0.748, "student_ap50": 0.810},
+             "reliable": False, "teacher_ap50": 0.748, "student_ap50": 0.810, "teacher_ap": 0.38,
+             "student_ap": 0.51},
             {"class_name": "Platelets", "threshold": 1.000001, "precision": 0.0, "recall": 0.0, "reached": False,
-             "reliable": False, "teacher_ap50": 0.01, "student_ap50": 0.0},
+             "reliable": False, "teacher_ap50": 0.01, "student_ap50": 0.0, "teacher_ap": 0.004,
+             "student_ap": 0.0},
         ],
         "per_class": {"WBC": {"boxes": 114, "precision": 0.947, "recall": 1.0}, "RBC": {"boxes": 0}},
     }
     rows = {line.split(" | ")[0].strip("| "): line for line in distill.calibration_lines(default) if line.startswith("| ")}
-    assert rows["WBC"] == "| WBC | 0.252 | 0.96 / 1.00 | 0.95 / 1.00 | 114 | 0.994 / 0.930 |"
-    assert rows["RBC"] == "| RBC | 0.907 (left to the student) | 0.95 / 0.06 | - | 0 | 0.748 / 0.810 |"
+    assert rows["WBC"] == "| WBC | 0.252 | 0.96 / 1.00 | 0.95 / 1.00 | 114 | 0.620 (0.994) / 0.550 (0.930) |"
+    assert rows["RBC"] == "| RBC | 0.907 (left to the student) | 0.95 / 0.06 | - | 0 | 0.380 (0.748) / 0.510 (0.810) |"
     assert "(unreliable: keeps none)" in rows["Platelets"] and "left to" not in rows["Platelets"]
     header, rule = [line for line in distill.calibration_lines(default) if line.startswith("| ")][:2]
     assert header.count("|") == rule.count("|") == 7  # six columns

@@ -203,6 +203,11 @@ def test_class_scores_choose_per_class_on_hand_made_validation_images():
     [unreached] = weak.choose(["a"], "precision")
     assert not unreached.reached and not unreached.reliable and unreached.threshold == KEEP_NONE
     assert all(c.reliable for c in f1 + precise)
+    # AP over COCO's IoU thresholds: exact boxes count at every one; a box of IoU 0.62 at 0.5, 0.55 and 0.6 only
+    assert scores.ap(0) == pytest.approx(scores.ap50(0)) and scores.ap50(0) > 0
+    loose = ClassScores(1)
+    loose.add(Detections(torch.tensor([[0.0, 0, 10, 6.2]]), torch.tensor([0.8]), torch.tensor([0])), truth[:1], torch.tensor([0]))
+    assert loose.ap50(0) == pytest.approx(1.0) and loose.ap(0) == pytest.approx(0.3)
 
 
 def test_a_validation_set_makes_the_default_rule_precision_and_f1_beats_fixed_on_f1(one_card_set, labeller, tmp_path):
@@ -302,17 +307,30 @@ def test_a_student_better_than_the_teacher_makes_its_classes_unreliable(one_card
     # a class the teacher labels reliably (precision 1.0 at 0.5) but the student finds better is not trained on
     from retinaslim.engine import thresholds
 
-    def scores(task_hits):
+    def scores(hits_at_50, tight):
+        """Three boxes scored 0.9, 0.5, 0.2: true positives at IoU 0.5 as given, and at every IoU up to 0.95 if
+        ``tight``, else only at 0.5."""
         found = ClassScores(len(trained.classes))
+        hits = torch.tensor(hits_at_50)[:, None].repeat(1, len(thresholds.COCO_IOUS))
+        if not tight:
+            hits[:, 1:] = False
         for k in range(len(trained.classes)):
-            found.scores[k], found.hits[k] = [torch.tensor([0.9, 0.5, 0.2])], [torch.tensor(task_hits)]
-            found.num_true[k] = 3
+            found.scores[k], found.hits[k], found.num_true[k] = [torch.tensor([0.9, 0.5, 0.2])], [hits], 3
         return found
 
-    crafted = {"calibrate": scores([True, True, False]), "student": scores([True, True, True])}
+    crafted = {"calibrate": scores([True, True, False], tight=True), "student": scores([True, True, True], tight=True)}
     monkeypatch.setattr(thresholds, "_labeller_scores", lambda *args: crafted[args[-1]])
     result = filter_labels(FilterConfig(tmp_path / "good.json", tmp_path / "m.json", calib=labeled, student=weak))
     for c in result.calibration:
         assert c.reached and c.threshold == pytest.approx(0.5) and c.precision == 1.0  # the precision rule alone keeps them
         assert (c.teacher_ap50, c.student_ap50) == (pytest.approx(2 / 3), pytest.approx(1.0)) and not c.reliable
+        assert (c.teacher_ap, c.student_ap) == (pytest.approx(2 / 3), pytest.approx(1.0))
+    assert sum(result.num_boxes_kept.values()) == 0
+    # AP50 alone would keep the teacher's boxes (2/3 against 1/3): its boxes are loose, the student's tight
+    crafted = {"calibrate": scores([True, True, False], tight=False), "student": scores([True, False, False], tight=True)}
+    result = filter_labels(FilterConfig(tmp_path / "good.json", tmp_path / "n.json", calib=labeled, student=weak))
+    for c in result.calibration:
+        assert (c.teacher_ap50, c.student_ap50) == (pytest.approx(2 / 3), pytest.approx(1 / 3))
+        assert (c.teacher_ap, c.student_ap) == (pytest.approx(2 / 3 / 10), pytest.approx(1 / 3))
+        assert c.below_student and not c.reliable
     assert sum(result.num_boxes_kept.values()) == 0

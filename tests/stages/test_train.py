@@ -148,7 +148,7 @@ def test_machine_labels_carry_no_loss_for_the_classes_filter_left_out(tiny_cards
         assert (note is None) == (expected is None)
         item = DetectionDataset(coco, classes, 64, "none", machine=True, class_mask=mask)[0][1]
         assert ("class_mask" in item) == (expected is not None)
-    assert names[1] in note and "human labels only" in note
+    assert names[1] in note and "from the human labels only" in note
     path.write_text(json.dumps({**machine, "info": {"filter": {"unreliable_classes": names[1]}}}))
     with pytest.raises(UserError, match=r"machine\.json: info\.filter\.unreliable_classes must be a list of class names"):
         machine_class_mask(load_coco(path), classes)
