@@ -202,7 +202,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         if config.pseudo_box_weight == "score":
             require_scores(pseudo)
         class_mask, note = machine_class_mask(pseudo, classes)
-        notes.append(note)
+        notes.append(note if pseudo.images else None)
         datasets.append(DetectionDataset(pseudo, classes, config.image_size, config.augment,
                                          weight=config.pseudo_weight, machine=True,
                                          score_weights=config.pseudo_box_weight == "score", seed=config.seed + 1,
