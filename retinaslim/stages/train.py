@@ -24,7 +24,7 @@ from torch import nn
 from retinaslim.config import CLOSE_MOSAIC_EPOCHS, TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
 from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import (ClassMap, load_coco, match_classes, relative_boxes, require_image_files, require_scores,
-                                  trained_classes, machine_class_mask)
+                                  machine_class_mask, trained_classes)
 from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, MixedDataset, collate_skip
 from retinaslim.engine.ddp import Distributed
 from retinaslim.engine.history import plot_history, write_history
