@@ -9,22 +9,29 @@ from retinaslim.core.detections import Detections
 
 
 def match(dets: Detections, boxes: torch.Tensor, labels: torch.Tensor, iou_thresh: float = 0.5) -> torch.Tensor:
-    """(N,) bool: which detections are true positives.
+    """(N,) bool: which detections are true positives at ``iou_thresh`` (``match_at`` with one threshold)."""
+    return match_at(dets, boxes, labels, [iou_thresh])[:, 0]
+
+
+def match_at(dets: Detections, boxes: torch.Tensor, labels: torch.Tensor, iou_thresholds: list[float]) -> torch.Tensor:
+    """(N, T) bool: which detections are true positives at each of the T ``iou_thresholds``, each matched on its own.
 
     Greedy in descending score, as in COCO/VOC evaluation: a detection is a true positive when it
-    overlaps a not yet matched same-class truth box by IoU >= ``iou_thresh``; it takes the best such box.
+    overlaps a not yet matched same-class truth box by IoU >= the threshold; it takes the best such box.
     boxes: (M, 4) xyxy truth in the same pixels as ``dets.boxes``; labels: (M,).
     """
-    is_tp = torch.zeros(len(dets), dtype=torch.bool)
+    is_tp = torch.zeros(len(dets), len(iou_thresholds), dtype=torch.bool)
     if len(dets) == 0 or len(boxes) == 0:
         return is_tp
     ious = box_iou(dets.boxes, boxes)  # (N, M)
-    taken = torch.zeros(len(boxes), dtype=torch.bool)
+    thresholds = torch.tensor(iou_thresholds, dtype=ious.dtype)[:, None]  # (T, 1)
+    taken = torch.zeros(len(iou_thresholds), len(boxes), dtype=torch.bool)  # (T, M)
     for i in torch.argsort(dets.scores, descending=True).tolist():
-        candidates = (ious[i] >= iou_thresh) & ~taken & (labels == dets.labels[i])
-        if candidates.any():
-            taken[int(torch.argmax(ious[i] * candidates))] = True
-            is_tp[i] = True
+        candidates = (ious[i] >= thresholds) & ~taken & (labels == dets.labels[i])  # (T, M)
+        found = candidates.any(dim=1)
+        best = torch.argmax(ious[i] * candidates, dim=1)
+        taken[found, best[found]] = True
+        is_tp[i] = found
     return is_tp
 
 

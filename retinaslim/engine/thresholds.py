@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from retinaslim.core.detections import Detections
-from retinaslim.core.matching import average_precision, best_f1_threshold, lowest_threshold_for_precision, match
+from retinaslim.core.matching import average_precision, best_f1_threshold, lowest_threshold_for_precision, match_at
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
 from retinaslim.data.coco import ClassMap, CocoData, image_targets
@@ -73,7 +73,7 @@ class Calibration:
 
 class ClassScores:
     """A labeller's boxes on human-labelled images, per class: their scores (0..1), which are true positives at
-    each of COCO's IoU thresholds 0.5, 0.55, ..., 0.95 (``core.matching.match``) and how many human boxes there
+    each of COCO's IoU thresholds 0.5, 0.55, ..., 0.95 (``core.matching.match_at``) and how many human boxes there
     are. ``choose`` turns them into a threshold per class (from the hits at IoU 0.5)."""
 
     def __init__(self, num_classes: int):
@@ -84,7 +84,7 @@ class ClassScores:
     def add(self, dets: Detections, boxes: torch.Tensor, labels: torch.Tensor) -> None:
         """One image: ``dets`` (xyxy pixels, labels in the same numbering) against its human ``boxes`` (M, 4) xyxy, ``labels`` (M,)."""
         self.num_true.update(labels.tolist())
-        is_tp = torch.stack([match(dets, boxes, labels, float(t)) for t in COCO_IOUS], dim=1)
+        is_tp = match_at(dets, boxes, labels, COCO_IOUS)
         for k in self.scores:
             self.scores[k].append(dets.scores[dets.labels == k])
             self.hits[k].append(is_tp[dets.labels == k])

@@ -30,12 +30,16 @@ def test_the_threshold_table_says_which_classes_were_left_to_the_student():
     assert header.count("|") == rule.count("|") == 7  # six columns
 
 
-def test_the_default_label_set_compares_with_the_human_only_student(tmp_path):
-    data = distill.Dataset(labeled=tmp_path / "labeled.json", val=tmp_path / "val.json", test=tmp_path / "test.json",
-                           unlabeled=tmp_path / "unlabeled", unlabeled_truth=tmp_path / "truth.json",
-                           calib=tmp_path / "calib.json")
+def planned_steps(out, label_sets):
+    """distill.py's waves of steps for ``label_sets`` on placeholder files under ``out`` (nothing runs)."""
+    data = distill.Dataset(labeled=out / "labeled.json", val=out / "val.json", test=out / "test.json",
+                           unlabeled=out / "unlabeled", unlabeled_truth=out / "truth.json", calib=out / "calib.json")
     knobs = {"size": 64, "workers": 0, "teacher_epochs": 1, "student_epochs": 1, "latency_runs": 1}
-    waves = distill.comparison_steps(data, tmp_path, knobs, ["default", "no_student"], "cpu", "cpu", 0)
+    return distill.comparison_steps(data, out, knobs, label_sets, "cpu", "cpu", 0)
+
+
+def test_the_default_label_set_compares_with_the_human_only_student(tmp_path):
+    waves = planned_steps(tmp_path, ["default", "no_student"])
     filters = {step.name: [str(a) for a in step.args] for wave in waves for step in wave if step.name.startswith("filter_")}
     student = str(tmp_path / "runs" / "student_human" / "best.pt")
     assert filters["filter_default"][filters["filter_default"].index("--student") + 1] == student
@@ -46,11 +50,7 @@ def test_the_default_label_set_compares_with_the_human_only_student(tmp_path):
 
 
 def test_with_student_labels_with_the_teacher_and_the_human_only_student_in_the_first_round(tmp_path):
-    data = distill.Dataset(labeled=tmp_path / "labeled.json", val=tmp_path / "val.json", test=tmp_path / "test.json",
-                           unlabeled=tmp_path / "unlabeled", unlabeled_truth=tmp_path / "truth.json",
-                           calib=tmp_path / "calib.json")
-    knobs = {"size": 64, "workers": 0, "teacher_epochs": 1, "student_epochs": 1, "latency_runs": 1}
-    waves = distill.comparison_steps(data, tmp_path, knobs, ["default", "with_student"], "cpu", "cpu", 0)
+    waves = planned_steps(tmp_path, ["default", "with_student"])
     wave_of = {step.name: i for i, wave in enumerate(waves) for step in wave}
     pseudo = next(step for wave in waves for step in wave if step.name == "pseudo_with_student")
     args = [str(a) for a in pseudo.args]

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from retinaslim.core.detections import Detections
-from retinaslim.core.matching import best_f1_threshold, lowest_threshold_for_precision, match
+from retinaslim.core.matching import best_f1_threshold, lowest_threshold_for_precision, match, match_at
 
 
 def test_match_is_greedy_by_score_and_per_class():
@@ -12,6 +12,24 @@ def test_match_is_greedy_by_score_and_per_class():
                       torch.tensor([0.6, 0.9, 0.8, 0.7]), torch.tensor([0, 0, 0, 0]))
     # 0.9 takes the class-0 box first; 0.6 finds it taken; the class-1 box does not match a class-0 detection.
     assert match(dets, truth, labels).tolist() == [False, True, False, False]
+
+
+def test_matching_at_several_thresholds_equals_matching_at_each_alone():
+    """match_at shares the IoUs and the order across thresholds; each threshold keeps its own greedy matching
+    (a box taken at 0.9 may be free at 0.5 for a detection that ranks later)."""
+    torch.manual_seed(0)
+    truth = torch.rand(12, 2) * 80
+    truth = torch.cat([truth, truth + 8 + torch.rand(12, 2) * 12], dim=1)
+    labels = torch.randint(0, 2, (12,))
+    jitter = truth[torch.randint(0, 12, (40,))] + torch.randn(40, 4) * 2.5
+    dets = Detections(jitter, torch.rand(40), torch.randint(0, 2, (40,)))
+    thresholds = [0.5, 0.65, 0.8, 0.95]
+    together = match_at(dets, truth, labels, thresholds)
+    assert together.shape == (40, 4)
+    for t, column in zip(thresholds, together.T):
+        assert torch.equal(column, match(dets, truth, labels, t))
+    counts = together.sum(dim=0).tolist()
+    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]  # stricter IoU, fewer hits
 
 
 def test_lowest_threshold_for_precision_on_hand_made_scores():

@@ -128,7 +128,7 @@ def test_a_class_outside_the_class_mask_takes_no_loss_anywhere(arch, assigner):
         assert torch.allclose(everything[k], plain[k], rtol=1e-5), k
 
 
-def test_machine_labels_carry_no_loss_for_the_classes_filter_left_out(tiny_cards, tmp_path):
+def test_machine_labels_carry_no_loss_for_the_classes_filter_left_out(tiny_cards, tmp_path, monkeypatch):
     import json
 
     from retinaslim.data.coco import ClassMap, load_coco, machine_class_mask
@@ -152,12 +152,25 @@ def test_machine_labels_carry_no_loss_for_the_classes_filter_left_out(tiny_cards
     path.write_text(json.dumps({**machine, "info": {"filter": {"unreliable_classes": names[1]}}}))
     with pytest.raises(UserError, match=r"machine\.json: info\.filter\.unreliable_classes must be a list of class names"):
         machine_class_mask(load_coco(path), classes)
-    # train-student says so, and trains
+    # train-student says so, and its machine images carry the mask (the human ones none)
+    import retinaslim.stages.train as train_stage
+
+    masks = []
+
+    class Recording(DetectionDataset):
+        def __getitem__(self, key):
+            item = super().__getitem__(key)
+            masks.append((self.machine, item[1].get("class_mask")))
+            return item
+
+    monkeypatch.setattr(train_stage, "DetectionDataset", Recording)
     path.write_text(json.dumps({**machine, "info": {"filter": {"unreliable_classes": [names[1]]}}}))
     reporter = LogLines()
     train(TrainConfig(role="student", labeled=tiny_cards.files["labeled"], val=tiny_cards.files["val"],
                       out=tmp_path / "run", pseudo=path, image_size=64, epochs=1, workers=0), reporter)
     assert any(f"carry no loss for {names[1]}" in line for line in reporter.lines)
+    assert {machine for machine, _ in masks} == {True, False}
+    assert all(mask is None if not machine else mask.tolist() == [n != names[1] for n in names] for machine, mask in masks)
 
 
 def cli(*args):
