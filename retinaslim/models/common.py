@@ -67,9 +67,18 @@ class IgnoreAwareRetinaNet(RetinaNet):
 
     def compute_loss(self, targets, head_outputs, anchors):
         if self.assigner == "tal":
-            return _batch_mean(targets, [task_aligned_loss(self.head, t, head_outputs["cls_logits"][i],
-                                                           head_outputs["bbox_regression"][i], anchors[i])
-                                         for i, t in enumerate(targets)])
+            # normalised by the whole batch's summed quality, as YOLOv8 does: per image, an image holding one
+            # box would weigh as much as one holding twenty (session 23's BCCD runs, docs/results.md)
+            sums: dict[str, torch.Tensor] = {}
+            qualities = []
+            for i, target in enumerate(targets):
+                one, quality = task_aligned_loss(self.head, target, head_outputs["cls_logits"][i],
+                                                 head_outputs["bbox_regression"][i], anchors[i])
+                qualities.append(quality)
+                for name, value in one.items():
+                    sums[name] = sums.get(name, 0) + target.get("weight", 1.0) * value
+            normaliser = torch.stack(qualities).sum().clamp(min=1.0)
+            return {name: value / normaliser for name, value in sums.items()}
         matched_idxs = []
         for anchors_per_image, target in zip(anchors, targets):
             if target["boxes"].numel() == 0:
@@ -148,10 +157,11 @@ def task_aligned_assign(scores: torch.Tensor, predicted: torch.Tensor, anchors: 
 
 
 def task_aligned_loss(head, target: dict[str, torch.Tensor], cls_logits: torch.Tensor, regression: torch.Tensor,
-                      anchors: torch.Tensor) -> dict[str, torch.Tensor]:
+                      anchors: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One image's loss under task-aligned assignment (``task_aligned_assign``): a quality focal loss (GFL, Li et
     al. 2020) whose target for a positive is its quality (0 elsewhere), and the head's box loss on the
-    positives weighted by their quality; both divided by the sum of the qualities (at least 1).
+    positives weighted by their quality; both summed, with the image's summed quality (a 0-d tensor) beside
+    them: the caller divides the batch's sums by the batch's summed quality (at least 1), as YOLOv8 does.
 
     ``cls_logits`` (A, C), ``regression`` (A, 4): the head's outputs for the image; ``anchors`` (A, 4) xyxy
     pixels; ``target`` as for ``IgnoreAwareRetinaNet`` (its ``ignore``, ``box_weights`` and ``class_mask`` are
@@ -178,10 +188,9 @@ def task_aligned_loss(head, target: dict[str, torch.Tensor], cls_logits: torch.T
     focal = F.binary_cross_entropy_with_logits(cls_logits, truth, reduction="none") * (truth - cls_logits.sigmoid()).abs().pow(2)
     if "class_mask" in target:
         focal = focal * target["class_mask"].to(focal.dtype)
-    normaliser = truth.sum().clamp(min=1.0)
     boxes_loss = _box_loss_per_anchor(head.regression_head, anchors[positive], boxes[matched[positive]], regression[positive])
-    return {"classification": (focal * weight[:, None]).sum() / normaliser,
-            "bbox_regression": (boxes_loss * quality[positive] * weight[positive]).sum() / normaliser}
+    return ({"classification": (focal * weight[:, None]).sum(),
+             "bbox_regression": (boxes_loss * quality[positive] * weight[positive]).sum()}, truth.sum())
 
 
 def weighted_head_loss(head, target: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor],

@@ -98,28 +98,51 @@ def quality_focal(logits, truth):
     return (-(truth * p.log() + (1 - truth) * (1 - p).log()) * (truth - p).abs() ** 2).sum()
 
 
-def test_task_aligned_loss_is_a_quality_focal_loss_over_the_sum_of_qualities():
+def test_task_aligned_loss_is_a_quality_focal_loss_and_a_quality_weighted_box_loss():
     torch.manual_seed(1)
     model = build_model("slim-s", num_classes=2, image_size=64)
     anchors = torch.rand(50, 2) * 50
     anchors = torch.cat([anchors, anchors + 12], dim=1)
     logits, regression = torch.randn(50, 2), torch.randn(50, 4) * 0.1
     target = {"boxes": torch.tensor([[5.0, 5, 40, 30], [20.0, 25, 60, 62]]), "labels": torch.tensor([0, 1])}
-    loss = task_aligned_loss(model.head, target, logits, regression, anchors)
+    loss, quality_sum = task_aligned_loss(model.head, target, logits, regression, anchors)
     predicted = model.head.regression_head.box_coder.decode_single(regression, anchors)
     matched, quality = task_aligned_assign(logits.sigmoid(), predicted, anchors, target["boxes"], target["labels"])
     positive = matched >= 0
     assert positive.sum() >= 2 and set(matched[positive].tolist()) == {0, 1}
+    assert 0 < quality_sum == pytest.approx(float(quality.sum()))
     truth = torch.zeros(50, 2)
     truth[positive, target["labels"][matched[positive]]] = quality[positive]
-    assert loss["classification"] == pytest.approx(float(quality_focal(logits, truth) / quality.sum()), rel=1e-5)
+    assert loss["classification"] == pytest.approx(float(quality_focal(logits, truth)), rel=1e-5)
     encoded = model.head.regression_head.box_coder.encode_single(target["boxes"][matched[positive]], anchors[positive])
     l1 = (regression[positive] - encoded).abs().sum(dim=1)
-    assert loss["bbox_regression"] == pytest.approx(float((l1 * quality[positive]).sum() / quality.sum()), rel=1e-5)
+    assert loss["bbox_regression"] == pytest.approx(float((l1 * quality[positive]).sum()), rel=1e-5)
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-    none = task_aligned_loss(model.head, empty, logits, regression, anchors)
+    none, no_quality = task_aligned_loss(model.head, empty, logits, regression, anchors)
     assert none["classification"] == pytest.approx(float(quality_focal(logits, torch.zeros(50, 2))), rel=1e-5)
-    assert none["bbox_regression"] == 0
+    assert none["bbox_regression"] == 0 and no_quality == 0
+
+
+def test_a_batch_is_normalised_by_its_summed_quality_not_image_by_image(monkeypatch):
+    """YOLOv8's normaliser: the batch's summed losses over the batch's summed quality. An image holding one box
+    weighs by its quality, not as much as an image holding six (what dividing each image by its own sum did)."""
+    torch.manual_seed(5)
+    model = build_model("slim-s", num_classes=1, image_size=64)
+    model.assigner = "tal"
+    recorded = []
+    original = common.task_aligned_loss
+    monkeypatch.setattr(common, "task_aligned_loss", lambda *args: recorded.append(original(*args)) or recorded[-1])
+    one = {"boxes": torch.tensor([[8.0, 8, 40, 30]]), "labels": torch.tensor([0])}
+    six = {"boxes": squares([(12, 12), (32, 12), (52, 12), (12, 44), (32, 44), (52, 44)], size=16.0),
+           "labels": torch.zeros(6, dtype=torch.int64)}
+    batch = model([torch.rand(3, 64, 64), torch.rand(3, 64, 64)], [one, six])
+    (sums_one, quality_one), (sums_six, quality_six) = recorded
+    assert quality_six > 2 * quality_one > 0
+    for name in batch:
+        expected = (sums_one[name] + sums_six[name]) / (quality_one + quality_six)
+        assert batch[name].item() == pytest.approx(expected.item(), rel=1e-5), name
+        per_image = (sums_one[name] / quality_one.clamp(min=1) + sums_six[name] / quality_six.clamp(min=1)) / 2
+        assert batch[name].item() != pytest.approx(per_image.item(), rel=1e-2), name
 
 
 def test_the_assignment_is_a_fixed_target_no_gradient_flows_through_it():
@@ -130,7 +153,7 @@ def test_the_assignment_is_a_fixed_target_no_gradient_flows_through_it():
     target = {"boxes": torch.tensor([[5.0, 5, 40, 30], [20.0, 25, 60, 62]]), "labels": torch.tensor([0, 1])}
     logits = torch.randn(60, 2, requires_grad=True)
     regression = (torch.randn(60, 4) * 0.1).requires_grad_()
-    loss = task_aligned_loss(model.head, target, logits, regression, anchors)
+    loss, _ = task_aligned_loss(model.head, target, logits, regression, anchors)
     got = torch.autograd.grad(loss["classification"] + loss["bbox_regression"], [logits, regression])
     predicted = model.head.regression_head.box_coder.decode_single(regression.detach(), anchors)
     matched, quality = task_aligned_assign(logits.detach().sigmoid(), predicted, anchors, target["boxes"], target["labels"])
@@ -138,7 +161,7 @@ def test_the_assignment_is_a_fixed_target_no_gradient_flows_through_it():
     truth = torch.zeros(60, 2)
     truth[positive, target["labels"][matched[positive]]] = quality[positive]
     encoded = model.head.regression_head.box_coder.encode_single(target["boxes"][matched[positive]], anchors[positive])
-    fixed = (quality_focal(logits, truth) + ((regression[positive] - encoded).abs().sum(dim=1) * quality[positive]).sum()) / quality.sum()
+    fixed = quality_focal(logits, truth) + ((regression[positive] - encoded).abs().sum(dim=1) * quality[positive]).sum()
     expected = torch.autograd.grad(fixed, [logits, regression])
     for g, e in zip(got, expected):
         assert torch.allclose(g, e, atol=1e-6)
@@ -195,8 +218,9 @@ def test_task_aligned_loss_under_half_precision_autocast_assigns_in_float32():
     # float16 as CUDA's AMP gives it: IoU ** 6 would underflow in it, the loss computes in float32
     anchors = torch.tensor([[4.0, 4, 16, 16], [20.0, 20, 44, 36], [28.0, 30, 56, 60]])
     logits, regression = torch.randn(3, 2), torch.randn(3, 4) * 0.1
-    exact = task_aligned_loss(model.head, target, logits, regression, anchors)
-    low = task_aligned_loss(model.head, target, logits.half(), regression.half(), anchors.half())
+    exact, exact_quality = task_aligned_loss(model.head, target, logits, regression, anchors)
+    low, low_quality = task_aligned_loss(model.head, target, logits.half(), regression.half(), anchors.half())
+    assert low_quality.dtype == torch.float32 and low_quality.item() == pytest.approx(exact_quality.item(), rel=0.01)
     assert exact["bbox_regression"] > 0
     for name in exact:
         assert low[name].dtype == torch.float32 and low[name].item() == pytest.approx(exact[name].item(), rel=0.01), name
