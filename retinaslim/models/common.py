@@ -130,10 +130,9 @@ def task_aligned_assign(scores: torch.Tensor, predicted: torch.Tensor, anchors: 
 
     Each anchor's alignment with a box is ``score ** alpha * IoU ** beta``: its predicted probability of the
     box's class times the IoU of its predicted box with the box. Per box, the ``topk`` best-aligned anchors
-    whose centres lie inside the box are candidates (every anchor, for a box so small that no anchor centre
-    lies inside it: it still trains the anchors whose predictions fit it best, as RetinaNet's matcher keeps
-    each box's best anchor); an anchor that is a candidate of several boxes takes the one its prediction
-    overlaps most. A positive's classification target (its quality) is its alignment
+    whose centres lie inside the box are candidates (a box so small that no anchor centre lies inside it gets
+    none, as in YOLOv8: letting it rank every anchor lost validation AP on both sets, docs/results.md
+    "Session 24"); an anchor that is a candidate of several boxes takes the one its prediction overlaps most. A positive's classification target (its quality) is its alignment
     normalised per box so that the box's best-aligned positive gets the box's best IoU among its positives.
 
     ``scores`` (A, C) 0..1 class probabilities; ``predicted`` (A, 4) the decoded boxes and ``anchors``
@@ -143,7 +142,6 @@ def task_aligned_assign(scores: torch.Tensor, predicted: torch.Tensor, anchors: 
     iou = box_iou(boxes, predicted)  # (G, A)
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2
     inside = ((centres[None] > boxes[:, None, :2]) & (centres[None] < boxes[:, None, 2:])).all(dim=2)  # (G, A)
-    inside |= ~inside.any(dim=1, keepdim=True)  # a box smaller than the grid's spacing ranks every anchor instead
     align = scores[:, labels].T.pow(alpha) * iou.pow(beta) * inside
     top = align.topk(min(topk, anchors.shape[0]), dim=1).indices
     candidate = torch.zeros_like(inside).scatter_(1, top, True) & inside & (align > 0)
