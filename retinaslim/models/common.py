@@ -68,7 +68,9 @@ class IgnoreAwareRetinaNet(RetinaNet):
     def compute_loss(self, targets, head_outputs, anchors):
         if self.assigner == "tal":
             # normalised by the whole batch's summed quality, as YOLOv8 does: per image, an image holding one
-            # box would weigh as much as one holding twenty (session 23's BCCD runs, docs/results.md)
+            # box would weigh as much as one holding twenty (session 23's BCCD runs, docs/results.md). An
+            # image's ``weight`` scales its sums, not its share of the normaliser (like box_weights under iou,
+            # which leave torchvision's anchor count as it is).
             sums: dict[str, torch.Tensor] = {}
             qualities = []
             for i, target in enumerate(targets):
