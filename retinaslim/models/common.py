@@ -71,16 +71,10 @@ class IgnoreAwareRetinaNet(RetinaNet):
             # box would weigh as much as one holding twenty (session 23's BCCD runs, docs/results.md). An
             # image's ``weight`` scales its sums, not its share of the normaliser (like box_weights under iou,
             # which leave torchvision's anchor count as it is).
-            sums: dict[str, torch.Tensor] = {}
-            qualities = []
-            for i, target in enumerate(targets):
-                one, quality = task_aligned_loss(self.head, target, head_outputs["cls_logits"][i],
-                                                 head_outputs["bbox_regression"][i], anchors[i])
-                qualities.append(quality)
-                for name, value in one.items():
-                    sums[name] = sums.get(name, 0) + target.get("weight", 1.0) * value
-            normaliser = torch.stack(qualities).sum().clamp(min=1.0)
-            return {name: value / normaliser for name, value in sums.items()}
+            per_image, qualities = zip(*(task_aligned_loss(self.head, t, head_outputs["cls_logits"][i],
+                                                           head_outputs["bbox_regression"][i], anchors[i])
+                                         for i, t in enumerate(targets)))
+            return _weighted_sum(targets, per_image, torch.stack(qualities).sum().clamp(min=1.0))
         matched_idxs = []
         for anchors_per_image, target in zip(anchors, targets):
             if target["boxes"].numel() == 0:
@@ -100,17 +94,17 @@ class IgnoreAwareRetinaNet(RetinaNet):
                 per_image.append(weighted_head_loss(self.head, target, outputs, anchors[i], matched_idxs[i]))
             else:
                 per_image.append(self.head.compute_loss([target], outputs, [anchors[i]], [matched_idxs[i]]))
-        return _batch_mean(targets, per_image)
+        return _weighted_sum(targets, per_image, len(targets))  # the batch mean, as torchvision averages its images
 
 
-def _batch_mean(targets: list[dict[str, torch.Tensor]], per_image: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Each loss averaged over the batch, as torchvision averages its per-image losses, each image's share scaled
-    by its target's ``weight`` (1 when absent)."""
+def _weighted_sum(targets: list[dict[str, torch.Tensor]], per_image, divisor) -> dict[str, torch.Tensor]:
+    """Each loss summed over the batch's images, each image's share scaled by its target's ``weight`` (1 when
+    absent), and divided by ``divisor`` (a number or a 0-d tensor)."""
     losses: dict[str, torch.Tensor] = {}
     for target, one in zip(targets, per_image):
         for name, value in one.items():
-            losses[name] = losses.get(name, 0) + target.get("weight", 1.0) * value / len(targets)
-    return losses
+            losses[name] = losses.get(name, 0) + target.get("weight", 1.0) * value
+    return {name: value / divisor for name, value in losses.items()}
 
 
 def ignored_anchors(anchors: torch.Tensor, ignore: torch.Tensor | None) -> torch.Tensor | None:
@@ -134,8 +128,9 @@ def task_aligned_assign(scores: torch.Tensor, predicted: torch.Tensor, anchors: 
     box's class times the IoU of its predicted box with the box. Per box, the ``topk`` best-aligned anchors
     whose centres lie inside the box are candidates (a box so small that no anchor centre lies inside it gets
     none, as in YOLOv8: letting it rank every anchor lost validation AP on both sets, docs/results.md
-    "Session 24"); an anchor that is a candidate of several boxes takes the one its prediction overlaps most. A positive's classification target (its quality) is its alignment
-    normalised per box so that the box's best-aligned positive gets the box's best IoU among its positives.
+    "Session 24"); an anchor that is a candidate of several boxes takes the one its prediction overlaps most.
+    A positive's classification target (its quality) is its alignment normalised per box so that the box's
+    best-aligned positive gets the box's best IoU among its positives.
 
     ``scores`` (A, C) 0..1 class probabilities; ``predicted`` (A, 4) the decoded boxes and ``anchors``
     (A, 4), ``boxes`` (G, 4, G >= 1): xyxy pixels; ``labels`` (G,) class indices. Returns ``matched`` (A,)
