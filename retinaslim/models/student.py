@@ -159,14 +159,16 @@ def slim_retinanet(num_classes: int, image_size: int, *, stem: int, widths, repe
 
 @register("slim-s", role="student")
 def slim_s(num_classes: int, image_size: int, norm: str = "gn", anchors: dict[str, Any] | None = None):
-    """~0.13 M parameters (125,434 for 3 classes): stem 16, stages 48/96/192 (2/3/2 units), FPN 64, heads 2 x 1x1 of 64."""
+    """~0.13 M parameters (125,434 for 3 classes): stem 16, stages 48/96/192 (2/3/2 units), FPN 64, heads
+    2 x 1x1 of 64."""
     return slim_retinanet(num_classes, image_size, stem=16, widths=(48, 96, 192), repeats=(2, 3, 2),
                           fpn_channels=64, head_hidden=64, head_layers=2, norm=norm, anchors=anchors)
 
 
 @register("slim-m", role="student")
 def slim_m(num_classes: int, image_size: int, norm: str = "gn", anchors: dict[str, Any] | None = None):
-    """~0.32 M parameters (319,202 for 3 classes), SNet49-like widths: stem 24, stages 64/128/256 (3/6/3 units), FPN 96, heads 2 x 1x1 of 128."""
+    """~0.32 M parameters (319,202 for 3 classes), SNet49-like widths: stem 24, stages 64/128/256 (3/6/3
+    units), FPN 96, heads 2 x 1x1 of 128."""
     return slim_retinanet(num_classes, image_size, stem=24, widths=(64, 128, 256), repeats=(3, 6, 3),
                           fpn_channels=96, head_hidden=128, head_layers=2, norm=norm, anchors=anchors)
 
