@@ -28,11 +28,11 @@ def test_bn_variant_builds():
 
 def test_the_family_grows_from_s_to_m_to_l():
     from retinaslim.models.macs import count_macs
-    from retinaslim.models.registry import build_model
 
     sizes = []
     for arch in ("slim-s", "slim-m", "slim-l"):
         model = build_model(arch, num_classes=3, image_size=320)
         sizes.append((sum(p.numel() for p in model.parameters()), sum(count_macs(model, 320).values())))
     assert sizes == sorted(sizes) and len(set(sizes)) == 3
+    assert [params for params, _ in sizes[:2]] == [125_434, 319_202]  # the counts slim_s's and slim_m's docstrings give
     assert 0.9e6 < sizes[2][0] < 1.1e6  # slim-l: about 1 M parameters, as issue 16 asks
