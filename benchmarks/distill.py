@@ -107,7 +107,9 @@ LABEL_SETS = {
                        "Data Distillation threshold (as many boxes per image as human labels)"),
     "auto_precision": ("ensemble", ["--auto-thresh", "precision", "--calib", "{calib}"],
                        "threshold reaching precision 0.95 on the calibration images"),
-    "self_training": ("self", ["--score-thresh", "0.5"], "default ensemble run by the human-only student itself (no teacher), fixed 0.5"),
+    "self_training": ("self", ["--calib", "{val}", "--student", "{student}"],
+                      "self-training: the human-only student's own default ensemble labels the pool (no teacher), "
+                      "thresholds per class on the validation set, classes its single pass finds better left out"),
     "score_weighted": ("ensemble", ["--calib", "{val}", "--student", "{student}"],
                        "the default labels, each machine box's loss scaled by its score", ["--pseudo-box-weight", "score"]),
     "default_ignore": ("ensemble", ["--calib", "{val}", "--student", "{student}", "--ambiguous", "ignore"],
@@ -119,14 +121,16 @@ LABEL_SETS = {
                      "better left to it"),
     "round_2": ("round2", ["--calib", "{val}", "--student", "{student}"], "second round: the teacher and the default "
                 "distilled student label together (both ensembled), thresholds per class on the validation set"),
+    "self_round_2": ("self2", ["--calib", "{val}", "--student", "{student}"], "self-training, second round: the "
+                     "self-trained student's ensemble labels the pool for a new student, filtered as self_training"),
 }
 BCCD_LABEL_SETS = "default,no_student,thresh_0.2,single_pass,thresh_0.5,auto_precision"  # the sets that decided its reading
 # Pseudo-label runs: name -> (labelling models' runs, options). `self` labels with the human-only student,
 # `with_student` with it and the teacher; `round2` with the teacher and the student distilled on the default
-# labels, so it waits for that student.
+# labels, so it waits for that student; `self2` with the self-trained student, so it waits for that one.
 PSEUDO_RUNS = {"ensemble": (["teacher"], []), "single": (["teacher"], ["--scales", "1", "--no-hflip"]),
                "self": (["student_human"], []), "with_student": (["teacher", "student_human"], []),
-               "round2": (["teacher", "student_default"], [])}
+               "round2": (["teacher", "student_default"], []), "self2": (["student_self_training"], [])}
 FIRST_ROUND = {"teacher", "student_human"}  # the runs trained before any machine label exists
 SPEED_SIZE = 320  # the longer side in pixels at which the speed target is set (the distillation issue)
 
@@ -503,6 +507,8 @@ def main() -> None:
     unknown = [n for n in label_sets if n not in LABEL_SETS]
     if unknown or "default" not in label_sets:
         parser.error(f"--label-sets must include 'default' and name only {', '.join(LABEL_SETS)} (got {args.label_sets})")
+    if "self_round_2" in label_sets and "self_training" not in label_sets:
+        parser.error("--label-sets: self_round_2 labels with the self_training student; name both")
     if args.bccd and not (args.bccd / "ImageSets" / "Main").is_dir():
         parser.error(f"--bccd {args.bccd}: expected a Pascal VOC folder with ImageSets/Main/{{train,val,test}}.txt")
     results_json = args.results_json or (args.out / "results.json" if args.quick else Path("docs/results.json"))

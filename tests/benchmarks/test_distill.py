@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import distill  # noqa: E402
 
@@ -61,3 +63,29 @@ def test_with_student_labels_with_the_teacher_and_the_human_only_student_in_the_
     assert wave_of["filter_with_student"] < wave_of["student_default"]
     filter_args = [str(a) for a in next(s for w in waves for s in w if s.name == "filter_with_student").args]
     assert filter_args[1] == str(tmp_path / "labels" / "with_student.json") and "--student" in filter_args
+
+
+def test_self_training_labels_with_the_human_only_student_and_its_second_round_waits_for_it(tmp_path):
+    waves = planned_steps(tmp_path, ["default", "self_training", "self_round_2"])
+    wave_of = {step.name: i for i, wave in enumerate(waves) for step in wave}
+    steps = {step.name: [str(a) for a in step.args] for wave in waves for step in wave}
+
+    def labellers(name):
+        args = steps[name]
+        return [args[i + 1] for i, a in enumerate(args) if a == "--teacher"]
+
+    assert labellers("pseudo_self") == [str(tmp_path / "runs" / "student_human" / "best.pt")]
+    assert labellers("pseudo_self2") == [str(tmp_path / "runs" / "student_self_training" / "best.pt")]
+    # round 1's self-trained student exists before round 2 labels with it; both filter as the default does
+    assert wave_of["student_self_training"] < wave_of["pseudo_self2"] < wave_of["filter_self_round_2"]
+    for name in ("filter_self_training", "filter_self_round_2"):
+        assert steps[name][steps[name].index("--student") + 1] == str(tmp_path / "runs" / "student_human" / "best.pt")
+        assert "--calib" in steps[name] and "--score-thresh" not in steps[name]
+
+
+def test_the_second_self_training_round_needs_the_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["distill.py", "--out", str(tmp_path), "--quick", "--label-sets", "default,self_round_2"])
+    with pytest.raises(SystemExit) as stop:
+        distill.main()
+    assert stop.value.code == 2
+    assert "self_round_2 labels with the self_training student" in capsys.readouterr().err
