@@ -73,3 +73,29 @@ def test_a_wide_table_is_transposed_and_nothing_is_cut(screen):
     narrow = [("slim-s", 0.13, 0.09)]  # fits: drawn as it is
     console.table("profile", ["arch", "params M", "GMACs"], narrow)
     assert _row(screen.getvalue(), "slim-s") == ["slim-s", "0.130", "0.090"]
+
+
+def test_filter_suggests_self_training_for_the_classes_its_student_finds_better(screen):
+    from pathlib import Path
+
+    from retinaslim.cli.filter import _render
+    from retinaslim.engine.thresholds import Calibration
+    from retinaslim.stages.filter import FilterResult
+
+    def calibration(name, teacher_ap, student_ap):
+        return Calibration(name, 0.5, 0.95, 0.8, True, student_ap <= teacher_ap, teacher_ap50=0.9, student_ap50=0.9,
+                           teacher_ap=teacher_ap, student_ap=student_ap)
+
+    names = ["WBC", "RBC", "Platelets"]
+    result = FilterResult(out=Path("f.json"), thresholds=dict.fromkeys(names, 0.5), num_images_in=4, num_images_out=4,
+                          num_boxes_in=dict.fromkeys(names, 3), num_boxes_kept=dict.fromkeys(names, 1),
+                          num_ignore_regions=0, num_empty_images=0, rules=[], histogram=[],
+                          calibration=[calibration("WBC", 0.7, 0.6), calibration("RBC", 0.4, 0.5),
+                                       calibration("Platelets", 0.1, 0.3)])
+    _render(result, Path("runs/student-human/best.pt"))
+    text = " ".join(screen.getvalue().split())  # the warning wraps at 80 columns
+    assert "self-training may label RBC, Platelets better" in text
+    assert "pseudo-label IMAGES --teacher runs/student-human/best.pt" in text
+    screen.truncate(0)
+    _render(result, None)  # no student compared: no class is behind one, nothing to suggest
+    assert "self-training" not in screen.getvalue()

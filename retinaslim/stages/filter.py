@@ -12,7 +12,8 @@ counted per class:
    default given such images), ``f1`` (the threshold of the best F1 there) or ``instances`` (Data
    Distillation: as many machine boxes per unlabelled image as there are human boxes per labelled image);
    classes the validation images show to be unreliable give ignore regions, not boxes (with ``student``, a
-   human-only student's checkpoint, also the classes on which its validation AP50 beats the teacher's labels);
+   human-only student's checkpoint, also the classes on which its validation AP (IoU 0.5:0.95) beats the
+   teacher's labels);
 4. ``max_per_image``: the best-scoring boxes only;
 5. doubtful images, holding a box scored between ``ambiguous_low`` and the threshold: ``keep``,
    ``drop`` the image, or ``ignore`` (those boxes become ``iscrowd`` ignore regions that give no loss);
