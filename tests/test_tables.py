@@ -96,6 +96,7 @@ def test_filter_suggests_self_training_for_the_classes_its_student_finds_better(
     text = " ".join(screen.getvalue().split())  # the warning wraps at 80 columns
     assert "self-training may label RBC, Platelets better" in text
     assert "pseudo-label IMAGES --teacher runs/student-human/best.pt" in text
-    screen.truncate(0)
-    _render(result, None)  # no student compared: no class is behind one, nothing to suggest
+    screen.seek(0)
+    screen.truncate()
+    _render(result, None)  # without the student's checkpoint there is no command to name
     assert "self-training" not in screen.getvalue()
