@@ -94,9 +94,11 @@ def test_filter_suggests_self_training_for_the_classes_its_student_finds_better(
                                        calibration("Platelets", 0.1, 0.3)])
     _render(result, Path("runs/student-human/best.pt"))
     text = " ".join(screen.getvalue().split())  # the warning wraps at 80 columns
-    assert "self-training may label RBC, Platelets better" in text
+    assert "self-training may label RBC, Platelets better than this teacher" in text
     assert "pseudo-label IMAGES --teacher runs/student-human/best.pt" in text
     screen.seek(0)
     screen.truncate()
     _render(result, None)  # without the student's checkpoint there is no command to name
+    result.labelled_by_student = True
+    _render(result, Path("runs/student-human/best.pt"))  # the labels are already the student's own
     assert "self-training" not in screen.getvalue()

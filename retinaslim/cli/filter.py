@@ -106,11 +106,10 @@ def _render(result, student: Path | None) -> None:
                      "file learns from the human labels only. Train the teacher longer or on more labels, or start it "
                      "from trained weights (train-teacher --init)")
     behind = [c.class_name for c in result.calibration if c.below_student]
-    if behind and student is not None:
-        console.warn(f"if these labels are a teacher's, self-training may label {', '.join(behind)} better: the human-only "
-                     f"student's own ensemble (retinaslim pseudo-label IMAGES --teacher {student}), filtered as here. With "
-                     "a teacher behind the student it gave +2.1 test AP on BCCD (docs/results.md, \"Real photographs: "
-                     "BCCD\")")
+    if behind and student is not None and not result.labelled_by_student:
+        console.warn(f"self-training may label {', '.join(behind)} better than this teacher: the human-only student's own "
+                     f"ensemble (retinaslim pseudo-label IMAGES --teacher {student}), filtered as here. With a teacher "
+                     "behind the student it gave +2.1 test AP on BCCD (docs/results.md, \"Real photographs: BCCD\")")
     console.table("boxes removed per rule", ["rule", *names, "images removed"],
                   [[r.rule, *(r.boxes_removed[n] for n in names), r.images_removed] for r in result.rules])
     peak = max([h["boxes_in"] for h in result.histogram] + [1])

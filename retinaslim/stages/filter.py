@@ -116,6 +116,7 @@ class FilterResult:
     truth_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # "before" / "after"
     review_out: Path | None = None
     num_review: int = 0
+    labelled_by_student: bool = False  # the compared ``student`` made these labels itself (self-training)
 
 
 def parse_class_thresholds(text: str) -> float | dict[str, float]:
@@ -209,11 +210,18 @@ def _calibrate(config: FilterConfig, rule: str, pseudo: CocoStream, classes: Cla
     for note in (match_classes(classes, pseudo.path, calib), require_image_files(calib, "`calib_images`")):
         if note:
             reporter.log(note)
-    teacher = config.teacher or (teacher_paths(pseudo.info["teacher"]) if pseudo.info.get("teacher") else None)
-    if teacher is None:
+    teacher = _labellers(config, pseudo)
+    if not teacher:
         raise UserError(f"{pseudo.path}: names no teacher; pass `teacher`")
     return validation_thresholds(pseudo, classes, calib, teacher, rule, config.target_precision,
                                  config.device, config.batch_size, config.workers, reporter, student=config.student)
+
+
+def _labellers(config: FilterConfig, pseudo: CocoStream) -> list[Path]:
+    """The checkpoints whose labels ``pseudo`` holds: ``config.teacher``, else the ones pseudo-label recorded
+    (none if it names none)."""
+    named = config.teacher or pseudo.info.get("teacher")
+    return teacher_paths(named) if named else []
 
 
 def _histogram_counts(scores: torch.Tensor) -> torch.Tensor:
@@ -365,6 +373,8 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         histogram=[{"lo": lo / 10, "hi": (lo + 1) / 10, "boxes_in": int(bins_in[lo]), "boxes_kept": int(bins_kept[lo])}
                    for lo in range(10)],
         calibration=calibration,
+        labelled_by_student=config.student is not None and Path(config.student).resolve() in
+        {t.resolve() for t in _labellers(config, pseudo)},
     )
     if config.truth is not None:
         result.truth_metrics = {

@@ -301,6 +301,10 @@ def test_a_student_better_than_the_teacher_makes_its_classes_unreliable(one_card
     compared = filter_labels(FilterConfig(tmp_path / "good.json", tmp_path / "c.json", calib=labeled, student=weak))
     assert compared.thresholds == alone.thresholds and compared.num_boxes_kept == alone.num_boxes_kept
     assert all(not c.below_student for c in compared.calibration)
+    assert not result.labelled_by_student and not compared.labelled_by_student
+    # the student compared with its own labels (self-training): the filter knows the labels are the student's
+    own = filter_labels(FilterConfig(tmp_path / "good.json", tmp_path / "o.json", calib=labeled, student=labeller))
+    assert own.labelled_by_student
     assert any(c.teacher_ap50 > 0.3 for c in compared.calibration if c.class_name in present)
     with pytest.raises(UserError, match="`student` is compared with the teacher"):
         filter_labels(FilterConfig(tmp_path / "good.json", tmp_path / "x.json", score_thresh=0.5, student=weak))
