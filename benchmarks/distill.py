@@ -86,12 +86,16 @@ PRESETS = {
 # student_distilled of the results. The rule variants pin the threshold they were first measured at, 0.5
 # (filter's default before these results moved it to 0.2): each adds one rule to it.
 LABEL_SETS = {
-    "default": ("ensemble", ["--calib", "{val}", "--student", "{student}"],
-                f"default ensemble ({len(config.PSEUDO_SCALES)} scales x flip, {config.PSEUDO_FUSION}), thresholds per "
-                f"class by {config.FILTER_VALIDATION_RULE} on the validation set, classes the human-only student finds "
-                "better left to it (the default)"),
-    "no_student": ("ensemble", ["--calib", "{val}"], "the default without the human-only student: every class whose "
-                   "threshold reaches the target is trained on (filter's default before session 19)"),
+    "default": (("ensemble", "self"), ["--calib", "{val}", "--student", "{student}"],
+                f"default: the teacher's and the human-only student's own ensembles ({len(config.PSEUDO_SCALES)} scales "
+                f"x flip, {config.PSEUDO_FUSION}), each class from the one with the higher validation AP, thresholds per "
+                f"class by {config.FILTER_VALIDATION_RULE} on the validation set, classes the student's single pass finds "
+                "better left to it"),
+    "teacher_only": ("ensemble", ["--calib", "{val}", "--student", "{student}"],
+                     "the teacher's ensemble only, thresholds per class on the validation set, classes the human-only "
+                     "student finds better left to it (the default of sessions 19-26)"),
+    "no_student": ("ensemble", ["--calib", "{val}"], "the teacher's labels without the human-only student: every class "
+                   "whose threshold reaches the target is trained on (filter's default before session 19)"),
     "thresh_0.2": ("ensemble", ["--score-thresh", str(THRESH)], f"fixed {THRESH} (filter's default without a validation set)"),
     "single_pass": ("single", ["--score-thresh", "0.5"], "single pass (no ensembling), fixed 0.5"),
     "no_threshold": ("ensemble", ["--score-thresh", "0"], "every box above pseudo-label's floor (0.05)"),
@@ -124,7 +128,7 @@ LABEL_SETS = {
     "self_round_2": ("self2", ["--calib", "{val}", "--student", "{student}"], "self-training, second round: the "
                      "self-trained student's ensemble labels the pool for a new student, filtered as self_training"),
 }
-BCCD_LABEL_SETS = "default,no_student,thresh_0.2,single_pass,thresh_0.5,auto_precision"  # the sets that decided its reading
+BCCD_LABEL_SETS = "default,teacher_only,no_student,thresh_0.2,single_pass,thresh_0.5,auto_precision"  # the sets that decided its reading
 # Pseudo-label runs: name -> (labelling models' runs, options). `self` labels with the human-only student,
 # `with_student` with it and the teacher; `round2` with the teacher and the student distilled on the default
 # labels, so it waits for that student; `self2` with the self-trained student, so it waits for that one.
@@ -133,6 +137,13 @@ PSEUDO_RUNS = {"ensemble": (["teacher"], []), "single": (["teacher"], ["--scales
                "round2": (["teacher", "student_default"], []), "self2": (["student_self_training"], [])}
 FIRST_ROUND = {"teacher", "student_human"}  # the runs trained before any machine label exists
 SPEED_SIZE = 320  # the longer side in pixels at which the speed target is set (the distillation issue)
+
+
+def pseudo_runs(label_set: str) -> tuple[str, ...]:
+    """The pseudo-label runs (PSEUDO_RUNS) whose outputs a label set filters: one, or several filter chooses
+    between per class."""
+    runs = LABEL_SETS[label_set][0]
+    return (runs,) if isinstance(runs, str) else runs
 
 
 @dataclass
@@ -192,21 +203,24 @@ def comparison_steps(data: Dataset, out: Path, knobs: dict, label_sets: list[str
 
     def label_set_steps(name: str) -> tuple[Step, Step]:
         """The filter and the student of one label set."""
-        source, options, _, *student_options = LABEL_SETS[name]
+        _, options, _, *student_options = LABEL_SETS[name]
         options = [o.format(labeled=data.labeled, calib=data.calib, val=data.val,
                             student=runs / "student_human" / "best.pt") for o in options]
         filtered = labels / f"filtered_{name}.json"
-        return (Step(f"filter_{name}", ["filter", labels / f"{source}.json", "--out", filtered, *options,
+        return (Step(f"filter_{name}", ["filter", *(labels / f"{run}.json" for run in pseudo_runs(name)), "--out", filtered, *options,
                                         "--truth", data.unlabeled_truth, "--report", labels / f"filter_{name}.report.json",
                                         "--workers", knobs["workers"], "--device", device]),
                 training("student", f"student_{name}", knobs["student_epochs"],
                          ["--pseudo", filtered, *(student_options[0] if student_options else [])]))
 
+    def first_round(run: str) -> bool:
+        return set(PSEUDO_RUNS[run][0]) <= FIRST_ROUND
+
     waves = [trainings]
-    runs_needed = {LABEL_SETS[name][0] for name in label_sets}
+    runs_needed = {run for name in label_sets for run in pseudo_runs(name)}
     for first in (True, False):  # round 1, then label sets labelled by a distilled student
-        pseudos = [n for n in PSEUDO_RUNS if n in runs_needed and (set(PSEUDO_RUNS[n][0]) <= FIRST_ROUND) == first]
-        steps = [label_set_steps(n) for n in label_sets if LABEL_SETS[n][0] in pseudos]
+        pseudos = [n for n in PSEUDO_RUNS if n in runs_needed and first_round(n) == first]
+        steps = [label_set_steps(n) for n in label_sets if all(first_round(run) for run in pseudo_runs(n)) == first]
         if steps:
             waves += [[pseudo(n) for n in pseudos], [f for f, _ in steps], [s for _, s in steps]]
     weights = [runs / name / "best.pt" for name in ["teacher", "student_human", *(f"student_{n}" for n in label_sets)]]
@@ -385,9 +399,9 @@ def calibration_lines(default: dict) -> list[str]:
     lines = ["", "The default filter's thresholds, chosen per class on the validation images: the teacher's precision "
                  "and recall there at that threshold (predicted) against what the kept machine labels reached on the "
                  "unlabelled images' hidden truth (achieved, after every filter rule):", "",
-             "| class | threshold | validation precision / recall (predicted) | hidden truth precision / recall (achieved) | boxes kept "
-             "| validation AP (AP50): teacher / human-only student |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| class | labels from | threshold | validation precision / recall (predicted) | hidden truth precision / recall "
+             "(achieved) | boxes kept | validation AP (AP50): these labels / human-only student |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in default["validation"]:
         truth = achieved.get(c["class_name"], {})
         found = " (left to the student)" if Calibration(**c).below_student else "" if c["reached"] and c["reliable"] else " (unreliable: keeps none)"
@@ -395,7 +409,8 @@ def calibration_lines(default: dict) -> list[str]:
                 if truth.get("precision") is not None and truth.get("recall") is not None else "-")
         versus = (f"{c['teacher_ap']:.3f} ({c['teacher_ap50']:.3f}) / {c['student_ap']:.3f} ({c['student_ap50']:.3f})"
                   if c.get("student_ap") is not None else "-")
-        lines.append(f"| {c['class_name']} | {c['threshold']:.3f}{found} | {c['precision']:.2f} / {c['recall']:.2f} | "
+        source = Path(c["source"]).stem if c.get("source") else "-"
+        lines.append(f"| {c['class_name']} | {source} | {c['threshold']:.3f}{found} | {c['precision']:.2f} / {c['recall']:.2f} | "
                      f"{pair} | {truth.get('boxes', '-')} | {versus} |")
     return lines
 

@@ -352,7 +352,7 @@ def pseudo_label(
 
 
 def filter(  # noqa: A001 - the command's name
-    pseudo: PathLike, *, out: PathLike, score_thresh: float | dict[str, float] | str | None = None,
+    pseudo: PathLike | Sequence[PathLike], *, out: PathLike, score_thresh: float | dict[str, float] | str | None = None,
     auto_thresh: str | None = None, labeled: PathLike | None = None, calib: PathLike | None = None,
     calib_images: PathLike | None = None, teacher: PathLike | Sequence[PathLike] | None = None, target_precision: float = 0.95,
     student: PathLike | None = None, min_agreement: int = 1, min_size: float = 0.0, max_size_frac: float = 1.0,
@@ -366,7 +366,10 @@ def filter(  # noqa: A001 - the command's name
     Rules run in order on every image of ``pseudo``; each box removed is counted against its first rule.
 
     Args:
-        pseudo: machine labels from ``pseudo_label`` (COCO JSON with score and agreement per box).
+        pseudo: machine labels from ``pseudo_label`` (COCO JSON with score and agreement per box), or a list of
+            several outputs of the same images (e.g. the teacher's and the human-only student's own, self-training):
+            each class's boxes then come from the one whose labellers score the highest validation AP (IoU
+            0.5:0.95) on ``calib`` (the first on a tie), which needs 'f1' or 'precision'.
         out: the filtered COCO JSON to write (images left without boxes kept as background unless
             ``keep_empty`` is False).
         score_thresh: keep boxes scoring at least this (0..1): one value, or per class {name: value} (or
@@ -409,7 +412,7 @@ def filter(  # noqa: A001 - the command's name
 
     Raises:
         UserError: a malformed file, an unknown class or option value, a value out of range, an output
-            that would overwrite an input.
+            that would overwrite an input, several ``pseudo`` files of other images or classes.
     """
     from retinaslim.stages.pseudo_label import teacher_paths  # engine.inference's, re-exported: api imports stages only
     from retinaslim.stages.filter import FilterConfig, filter_labels, parse_class_thresholds
@@ -421,7 +424,7 @@ def filter(  # noqa: A001 - the command's name
         if len(aspect_range) != 2:
             raise UserError(f"`aspect_range` {aspect_range}: expected LO,HI, e.g. 0.3,3")
     config = FilterConfig(
-        Path(pseudo), Path(out), score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=_path(labeled),
+        [Path(p) for p in pseudo] if isinstance(pseudo, (list, tuple)) else Path(pseudo), Path(out), score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=_path(labeled),
         calib=_path(calib), calib_images=_path(calib_images),
         teacher=None if teacher is None else teacher_paths(teacher), target_precision=target_precision,
         student=_path(student),

@@ -116,6 +116,11 @@ class Workspace:
         return self.runs / "pseudo.json"
 
     @property
+    def pseudo_student(self) -> Path:
+        """The human-only student's own labels of the pool (self-training), which filter weighs against the teacher's."""
+        return self.runs / "pseudo-student.json"
+
+    @property
     def filtered(self) -> Path:
         return self.runs / "pseudo.filtered.json"
 

@@ -58,6 +58,7 @@ def test_pipeline_with_workspace_short_commands(tiny_cards, monkeypatch):
 
     result = run_cli("pseudo-label", "./unlabeled", "--score-floor", 0.0, "--workers", 0)
     assert result.exit_code == 0, result.stdout + result.stderr
+    assert "no human-only student in the workspace yet" in " ".join(result.stdout.split())
     pseudo = json.loads((tiny_cards.out / "runs/pseudo.json").read_text())
     assert len(pseudo["images"]) == 6 and pseudo["skipped"] == []
     assert len(pseudo["info"]["transforms"]) == 6 and pseudo["info"]["fusion"] == "wbf"
@@ -75,6 +76,17 @@ def test_pipeline_with_workspace_short_commands(tiny_cards, monkeypatch):
     assert f"human-only student {human} finds better" in " ".join(result.stdout.split())
     compared = json.loads((tiny_cards.out / "runs/auto.json").read_text())["info"]["filter"]
     assert compared["threshold_rule"] == "precision" and compared["student"] == str(human)
+    assert compared["source"].endswith("runs/pseudo.json")  # the student had not labelled: the teacher's only
+    # With the human-only student trained, pseudo-label labels with it too (self-training) and filter chooses per class
+    result = run_cli("pseudo-label", "--score-floor", 0.0, "--workers", 0)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    own = json.loads((tiny_cards.out / "runs/pseudo-student.json").read_text())
+    assert own["info"]["teacher"] == str(human) and len(own["images"]) == 6
+    result = run_cli("filter", "--out", "runs/both.json", "--workers", 0)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    both = json.loads((tiny_cards.out / "runs/both.json").read_text())["info"]["filter"]
+    assert [s.rsplit("/", 1)[-1] for s in both["source"]] == ["pseudo.json", "pseudo-student.json"]
+    assert set(both["labels_from"]) == {"id_card", "bank_card", "passport"} and set(both["labels_from"].values()) <= set(both["source"])
 
     result = run_cli("filter", "--score-thresh", 0.0)
     assert result.exit_code == 0, result.stdout + result.stderr
@@ -193,6 +205,10 @@ def test_demo_runs_every_stage(tmp_path, monkeypatch):
     # machine boxes, and both students with fitted anchors.
     filtered = json.loads((tmp_path / "demo/runs/pseudo.filtered.json").read_text())
     assert filtered["info"]["filter"]["student"] == str(tmp_path / "demo/runs/student-human/best.pt")
+    # as in a workspace: the teacher's and the human-only student's own labels, each class from one of them
+    assert filtered["info"]["filter"]["source"] == [str(tmp_path / "demo/runs/pseudo.json"),
+                                                     str(tmp_path / "demo/runs/pseudo-student.json")]
+    assert filtered["info"]["filter"]["labels_from"]["id_card"] in filtered["info"]["filter"]["source"]
     kept = filtered["annotations"]
     assert kept, "the filter let no machine box through: the demo would not distil anything"
     history = list(csv.DictReader(open(tmp_path / "demo/runs/student/results.csv")))

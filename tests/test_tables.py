@@ -84,7 +84,7 @@ def test_filter_suggests_self_training_for_the_classes_its_student_finds_better(
 
     def calibration(name, teacher_ap, student_ap):
         return Calibration(name, 0.5, 0.95, 0.8, True, student_ap <= teacher_ap, teacher_ap50=0.9, student_ap50=0.9,
-                           teacher_ap=teacher_ap, student_ap=student_ap)
+                           teacher_ap=teacher_ap, student_ap=student_ap, source="runs/pseudo.json")
 
     names = ["WBC", "RBC", "Platelets"]
     result = FilterResult(out=Path("f.json"), thresholds=dict.fromkeys(names, 0.5), num_images_in=4, num_images_out=4,
@@ -95,7 +95,9 @@ def test_filter_suggests_self_training_for_the_classes_its_student_finds_better(
     _render(result, Path("runs/student-human/best.pt"))
     text = " ".join(screen.getvalue().split())  # the warning wraps at 80 columns
     assert "self-training may label RBC, Platelets better than this teacher" in text
-    assert "pseudo-label IMAGES --teacher runs/student-human/best.pt" in text
+    assert "pseudo-label IMAGES --teacher runs/student-human/best.pt --out STUDENT.json" in text
+    assert "RBC: the human-only student finds and places it better than the labels of pseudo.json" in text
+    assert _row(screen.getvalue(), "labels from") == ["labels from", *["pseudo.json"] * 3]  # the labels' file per class
     screen.seek(0)
     screen.truncate()
     _render(result, None)  # without the student's checkpoint there is no command to name

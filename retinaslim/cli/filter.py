@@ -10,13 +10,13 @@ import typer
 from retinaslim import api, console
 from retinaslim.cli.common import DeviceOpt, WorkersOpt, app, user_errors
 from retinaslim.cli.workspace import pick
-from retinaslim.config import FILTER_SCORE_THRESH, FILTER_VALIDATION_RULE, Workspace
+from retinaslim.config import FILTER_SCORE_THRESH, FILTER_VALIDATION_RULE, WORKSPACE_FILE, Workspace
 from retinaslim.engine.thresholds import VALIDATION_RULES
 
 
 @app.command("filter")
 def filter_(
-    pseudo: Annotated[Optional[Path], typer.Argument(help="Raw machine labels from pseudo-label (default: runs/pseudo.json).")] = None,
+    pseudo: Annotated[Optional[list[Path]], typer.Argument(help="Raw machine labels from pseudo-label; several of the same images (e.g. the teacher's and the human-only student's own) are chosen between per class by validation AP (default: runs/pseudo.json, and runs/pseudo-student.json when it exists).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Filtered COCO JSON (default: runs/pseudo.filtered.json).")] = None,
     score_thresh: Annotated[Optional[str], typer.Option(help=f"Keep boxes scoring at least this: one value, or per class, e.g. id_card=0.6,passport=0.7 (default: chosen per class on the validation set, see --auto-thresh; {FILTER_SCORE_THRESH} without one).")] = None,
     auto_thresh: Annotated[Optional[str], typer.Option(help=f"Choose the threshold per class: precision (the lowest threshold reaching --target-precision on the --calib images), f1 (the best F1 on them) or instances (as many machine boxes per image as human boxes per labelled image; needs --labeled). Default with --calib images (or the workspace's val): {FILTER_VALIDATION_RULE}.")] = None,
@@ -43,7 +43,6 @@ def filter_(
     """Keep the machine labels worth training on: thresholds, agreement, geometry, doubtful images."""
     with user_errors("pseudo"):
         ws = Workspace.find()
-        pseudo = pick(pseudo, "PSEUDO", ws and ws.pseudo, "machine labels")
         out = pick(out, "--out", ws and ws.filtered, "output")
         if auto_thresh == "instances":
             labeled = pick(labeled, "--labeled", ws and ws.labeled, "human labels")
@@ -52,6 +51,11 @@ def filter_(
             calib = ws.val
             if calib is not None:
                 console.info(f"thresholds chosen on the workspace's validation set: {calib}")
+        if not pseudo and ws and ws.pseudo_student.is_file() and on_validation and calib is not None:
+            pseudo = [ws.pseudo, ws.pseudo_student]
+            console.info(f"using machine labels: {ws.pseudo} and {ws.pseudo_student}, each class from the one the "
+                         f"validation set scores higher (from {WORKSPACE_FILE})")
+        pseudo = pseudo or [pick(None, "PSEUDO", ws and ws.pseudo, "machine labels")]
         if auto_thresh is None and score_thresh is None and calib is None:
             console.info(f"no validation set (--calib, or the workspace's val): the fixed threshold {FILTER_SCORE_THRESH} "
                          "for every class; with one, each class's threshold is chosen on it")
@@ -76,26 +80,32 @@ def filter_(
     console.info(f"saved to {result.out}")
 
 
+def _file(c) -> str:
+    """The name of the machine-label file a class's boxes come from ("-" if not recorded)."""
+    return Path(c.source).name if c.source else "-"
+
+
 def _render(result, student: Path | None) -> None:
     names = list(result.num_boxes_in)
     calibrated = {c.class_name: c for c in result.calibration}
     compared = any(c.student_ap50 is not None for c in result.calibration)
     console.table("thresholds and boxes per class", ["class", "threshold", "boxes in", "boxes kept"] +
-                  (["val precision", "val recall"] if calibrated else []) +
-                  (["teacher val AP", "student val AP", "teacher val AP50", "student val AP50"] if compared else []),
+                  (["labels from", "val precision", "val recall"] if calibrated else []) +
+                  (["labels' val AP", "student val AP", "labels' val AP50", "student val AP50"] if compared else []),
                   [[n, result.thresholds[n], result.num_boxes_in[n], result.num_boxes_kept[n]] +
+                   ([_file(calibrated[n])] if calibrated else []) +
                    ([calibrated[n].precision, calibrated[n].recall] if calibrated and calibrated[n].reached else
                     [None, None] if calibrated else []) +
                    ([calibrated[n].teacher_ap, calibrated[n].student_ap, calibrated[n].teacher_ap50,
                      calibrated[n].student_ap50] if compared else []) for n in names])
     unreliable = [c for c in result.calibration if not c.reliable]
     # what train-student does with such a class (info.filter.unreliable_classes: data.coco.machine_class_mask)
-    left_out = ("none of the teacher's boxes of it are kept, and a student trained on this file takes no loss for it "
+    left_out = ("none of its machine boxes are kept, and a student trained on this file takes no loss for it "
                 "in the machine images: it learns it from the human labels only")
     for c in result.calibration:
         if c.below_student:
-            console.warn(f"{c.class_name}: the human-only student finds and places it better than the teacher's labels "
-                         f"on the validation images (AP {c.student_ap:.3f} vs {c.teacher_ap:.3f}, AP50 "
+            console.warn(f"{c.class_name}: the human-only student finds and places it better than the labels of "
+                         f"{_file(c)} on the validation images (AP {c.student_ap:.3f} vs {c.teacher_ap:.3f}, AP50 "
                          f"{c.student_ap50:.3f} vs {c.teacher_ap50:.3f}); {left_out}")
         elif c in unreliable:
             found = (f"its best F1 there is {c.f1:.2f} (precision {c.precision:.2f}, recall {c.recall:.2f} at {c.threshold:.2f})"
@@ -107,9 +117,11 @@ def _render(result, student: Path | None) -> None:
                      "from trained weights (train-teacher --init)")
     behind = [c.class_name for c in result.calibration if c.below_student]
     if behind and student is not None and not result.labelled_by_student:
-        console.warn(f"self-training may label {', '.join(behind)} better than this teacher: the human-only student's own "
-                     f"ensemble (retinaslim pseudo-label IMAGES --teacher {student}), filtered as here. With a teacher "
-                     "behind the student it gave +2.1 test AP on BCCD (docs/results.md, \"Real photographs: BCCD\")")
+        console.warn(f"self-training may label {', '.join(behind)} better than this teacher: label the images with the "
+                     f"human-only student's own ensemble too (retinaslim pseudo-label IMAGES --teacher {student} --out "
+                     "STUDENT.json; in a workspace pseudo-label does it) and pass both files to filter, which keeps each "
+                     "class from the one scoring higher on the validation set. With a teacher behind the student it gave "
+                     "+2.1 test AP on BCCD (docs/results.md, \"Real photographs: BCCD\")")
     console.table("boxes removed per rule", ["rule", *names, "images removed"],
                   [[r.rule, *(r.boxes_removed[n] for n in names), r.images_removed] for r in result.rules])
     peak = max([h["boxes_in"] for h in result.histogram] + [1])

@@ -39,13 +39,27 @@ def pseudo_label(
     with user_errors("source"):
         ws = Workspace.find()
         source = pick(source, "SOURCE", ws and ws.unlabeled, "unlabelled images")
-        teacher = teacher or [pick(None, "--teacher", ws and ws.newest_weights("teacher"), "teacher")]
-        out = pick(out, "--out", ws and ws.pseudo, "output")
-        with console.RichReporter() as reporter:
-            result = api.pseudo_label(source, teacher=teacher, out=out, scales=scales, short_sides=short_sides,
-                                      hflip=hflip, vflip=vflip, rot90=rot90, fusion=fusion, score_floor=score_floor,
-                                      image_size=image_size, batch_size=batch_size, resume=resume, shard=shard,
-                                      device=device, workers=workers, reporter=reporter)
+        jobs = [(teacher or [pick(None, "--teacher", ws and ws.newest_weights("teacher"), "teacher")],
+                 pick(out, "--out", ws and ws.pseudo, "output"))]
+        if ws and teacher is None and out is None:  # the workspace's flow: the student labels too (self-training)
+            student = ws.newest_weights("student-human")
+            if student is not None:
+                jobs.append(([student], ws.pseudo_student))
+                console.info(f"the human-only student {student} labels the images too, into {ws.pseudo_student}: filter "
+                             "keeps each class from whichever labels score higher on the validation set")
+            else:
+                console.info("no human-only student in the workspace yet (train-student --human-only): only the teacher "
+                             "labels; with one, pseudo-label also labels with it (self-training) for filter to choose from")
+        for models, target in jobs:
+            with console.RichReporter() as reporter:
+                result = api.pseudo_label(source, teacher=models, out=target, scales=scales, short_sides=short_sides,
+                                          hflip=hflip, vflip=vflip, rot90=rot90, fusion=fusion, score_floor=score_floor,
+                                          image_size=image_size, batch_size=batch_size, resume=resume, shard=shard,
+                                          device=device, workers=workers, reporter=reporter)
+            _render(result, models)
+
+
+def _render(result, models: list[Path]) -> None:
     t = result.timings
     if result.num_images_resumed:
         console.info(f"resumed: {result.num_images_resumed} images were already labelled")
@@ -53,8 +67,8 @@ def pseudo_label(
         console.info(f"shard {result.shard[0]}/{result.shard[1]} done ({result.num_images_this_run} images, "
                      f"{result.seconds:.1f} s); the output is written when every shard has finished")
         return
-    models = f"{len(teacher)} teachers x " if len(teacher) > 1 else ""
-    console.table(f"pseudo-label: {models}{len(result.transforms)} transforms ({', '.join(result.transforms)})",
+    labellers = f"{len(models)} teachers x " if len(models) > 1 else f"{models[0]}, "
+    console.table(f"pseudo-label: {labellers}{len(result.transforms)} transforms ({', '.join(result.transforms)})",
                   ["images", "skipped", "boxes", "boxes/image", "images/s", "decode wait s", "forward s", "fusion s"],
                   [(result.num_images, len(result.skipped), result.num_boxes, result.num_boxes / max(1, result.num_images),
                     result.num_images_this_run / max(result.seconds, 1e-9), t.data, t.forward, t.fusion)])

@@ -53,10 +53,11 @@ class Calibration:
     recall: float
     reached: bool
     reliable: bool
-    teacher_ap50: float | None = None  # with a student to compare: AP at IoU 0.5 on the validation images
-    student_ap50: float | None = None
+    teacher_ap50: float | None = None  # the labellers' AP at IoU 0.5 on the validation images
+    student_ap50: float | None = None  # with a student to compare, its own
     teacher_ap: float | None = None  # the same, COCO's AP over IoU 0.5:0.95 (what decides ``below_student``)
     student_ap: float | None = None
+    source: str | None = None  # filter: the machine-label file the class's boxes come from
 
     @property
     def below_student(self) -> bool:
@@ -172,14 +173,15 @@ def validation_thresholds(pseudo: CocoStream, classes: ClassMap, calib: CocoData
                              _label_map(checkpoints[0].classes, teachers[0], classes, pseudo.path), calib, classes,
                              run_on, batch_size, workers, reporter, "calibrate")
     calibration = found.choose(classes.names, rule, target_precision)
+    for k, c in enumerate(calibration):
+        c.teacher_ap50, c.teacher_ap = found.ap50(k), found.ap(k)
     if student is not None:
         other = load_checkpoint(student)
         mine = _labeller_scores([other.build().to(run_on)], [other.image_size], [Transform()], fusion,
                                 _label_map(other.classes, student, classes, pseudo.path), calib, classes,
                                 run_on, batch_size, workers, reporter, "student")
         for k, c in enumerate(calibration):
-            c.teacher_ap50, c.student_ap50 = found.ap50(k), mine.ap50(k)
-            c.teacher_ap, c.student_ap = found.ap(k), mine.ap(k)
+            c.student_ap50, c.student_ap = mine.ap50(k), mine.ap(k)
             c.reliable = c.reliable and not c.below_student
     return calibration
 

@@ -3,6 +3,10 @@
 Reads the ``pseudo.json`` that pseudo-label wrote and applies combinable rules, in this order, each
 counted per class:
 
+0. with several pseudo-label outputs of the same images (a workspace's: the teacher's and the human-only
+   student's own, self-training), each class's boxes come from the one whose labellers score the highest
+   validation AP (IoU 0.5:0.95) on the ``calib`` images; the rest of the rules then apply to those boxes;
+
 1. geometry: ``min_size`` (shorter box side, px), ``max_size_frac`` (box area / image area),
    ``aspect_range`` (width / height), boxes outside are removed;
 2. ``min_agreement``: boxes found by fewer transforms are removed;
@@ -56,7 +60,7 @@ AMBIGUOUS_ACTIONS = ("keep", "drop", "ignore")
 
 @dataclass
 class FilterConfig:
-    pseudo: Path
+    pseudo: Path | list[Path]  # one pseudo-label output, or several of the same images: rule 0
     out: Path
     _: KW_ONLY  # inputs and outputs above may be passed in order, options below by keyword only
     score_thresh: float | dict[str, float] | None = None  # None: see ``threshold_rule``
@@ -116,7 +120,7 @@ class FilterResult:
     truth_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # "before" / "after"
     review_out: Path | None = None
     num_review: int = 0
-    labelled_by_student: bool = False  # the compared ``student`` made these labels itself (self-training)
+    labelled_by_student: bool = False  # the compared ``student`` made (some of) these labels itself (self-training)
 
 
 def parse_class_thresholds(text: str) -> float | dict[str, float]:
@@ -130,17 +134,29 @@ def parse_class_thresholds(text: str) -> float | dict[str, float]:
         raise UserError(f"`score_thresh` {text!r}: expected a number or NAME=VALUE pairs, e.g. id_card=0.6,passport=0.7") from None
 
 
+def _sources(config: FilterConfig) -> list[Path]:
+    return [Path(p) for p in config.pseudo] if isinstance(config.pseudo, (list, tuple)) else [Path(config.pseudo)]
+
+
 def _validate(config: FilterConfig) -> None:
+    sources = _sources(config)
+    if not sources:
+        raise UserError("`pseudo`: give at least one pseudo-label output")
+    if len(sources) > 1 and threshold_rule(config) not in VALIDATION_RULES:
+        raise UserError(f"{len(sources)} pseudo-label outputs: each class's labels are chosen by validation AP, which "
+                        "needs the f1 or precision rule (`calib`, and no `score_thresh`)")
+    if len(sources) > 1 and config.teacher is not None:
+        raise UserError("`teacher` names the labellers of one pseudo-label output; several outputs each name their own")
     review_coco = Path(config.review_out).with_suffix(".coco.json") if config.review_out is not None else None
     teachers = [("`teacher`", t) for t in (teacher_paths(config.teacher) if config.teacher is not None else [])]
     teachers += [("`student`", config.student)] if config.student is not None else []
     refuse_overwriting_inputs(
         [("`out`", config.out), ("`review_out`", config.review_out), ("`review_out`", review_coco)],
-        [("`pseudo`", config.pseudo), ("`labeled`", config.labeled), ("`calib`", config.calib), ("`truth`", config.truth),
-         *teachers])
+        [*(("`pseudo`", p) for p in sources), ("`labeled`", config.labeled), ("`calib`", config.calib),
+         ("`truth`", config.truth), *teachers])
     refuse_overwriting_inputs(
         [("`report`", config.report)],
-        [("`pseudo`", config.pseudo), ("`out`", config.out), ("`review_out`", config.review_out),
+        [*(("`pseudo`", p) for p in sources), ("`out`", config.out), ("`review_out`", config.review_out),
          ("`labeled`", config.labeled), ("`calib`", config.calib), ("`truth`", config.truth), *teachers])
     if config.auto_thresh is not None and config.auto_thresh not in AUTO_RULES:
         raise UserError(f"`auto_thresh` {config.auto_thresh!r}: choose {' or '.join(AUTO_RULES)}")
@@ -196,25 +212,62 @@ def _candidate_mask(config: FilterConfig, image: dict[str, Any], dets: Detection
     return keep, dets.extra["agreement"] >= config.min_agreement
 
 
-def _machine_images(pseudo: CocoStream, classes: ClassMap) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]], Detections]]:
-    for image, anns in pseudo:
+def _machine_images(streams: list[CocoStream], classes: ClassMap, owner: list[int] | None = None
+                    ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]], Detections]]:
+    """Each image with its machine boxes. One stream: its boxes as they are. Several (pseudo-label outputs of the
+    same images, which it writes in the same order): the image as the first names it, with class k's boxes from
+    stream ``owner[k]``, numbered anew (each file numbers its own)."""
+    def scored(stream: CocoStream, anns: list[dict[str, Any]]) -> list[dict[str, Any]]:
         unscored = [a["id"] for a in anns if "score" not in a]
         if unscored:
-            raise UserError(f"{pseudo.path}: annotation {unscored[0]} has no 'score'; filter reads pseudo-label output")
-        yield image, anns, _as_detections(anns, classes)
+            raise UserError(f"{stream.path}: annotation {unscored[0]} has no 'score'; filter reads pseudo-label output")
+        return anns
+
+    if len(streams) == 1:
+        for image, anns in streams[0]:
+            yield image, scored(streams[0], anns), _as_detections(anns, classes)
+        return
+    first, next_id = streams[0], 1
+    try:
+        for items in zip(*streams, strict=True):
+            image = items[0][0]
+            where = os.path.normpath(first.image_path(image).absolute())
+            anns = []
+            for s, (stream, (other, found)) in enumerate(zip(streams, items)):
+                if s and os.path.normpath(stream.image_path(other).absolute()) != where:
+                    raise UserError(f"{stream.path}: image {other['file_name']} where {first.path} has "
+                                    f"{image['file_name']}: the pseudo-label outputs must label the same images")
+                anns += [a for a in scored(stream, found) if owner[classes.label(a["category_id"])] == s]
+            anns = [{**a, "id": next_id + i} for i, a in enumerate(anns)]
+            next_id += len(anns)
+            yield image, anns, _as_detections(anns, classes)
+    except ValueError as e:
+        if "zip()" not in str(e):
+            raise
+        raise UserError(f"{', '.join(str(s.path) for s in streams)}: hold different numbers of images; "
+                        "the pseudo-label outputs must label the same images") from None
 
 
-def _calibrate(config: FilterConfig, rule: str, pseudo: CocoStream, classes: ClassMap, reporter: Reporter) -> list[Calibration]:
-    """The f1 or precision rule on ``calib``, run with ``config.teacher``, else the teacher that made ``pseudo``."""
+def _calibrate(config: FilterConfig, rule: str, streams: list[CocoStream], classes: ClassMap,
+               reporter: Reporter) -> list[Calibration]:
+    """The f1 or precision rule on ``calib``, per stream run with its labellers (``config.teacher``, else the ones
+    pseudo-label recorded); per class, the calibration of the stream with the highest validation AP (the first
+    on a tie), its ``source`` naming that stream."""
     calib = load_coco(config.calib, config.calib_images)
-    for note in (match_classes(classes, pseudo.path, calib), require_image_files(calib, "`calib_images`")):
+    for note in (*(match_classes(classes, s.path, calib) for s in streams), require_image_files(calib, "`calib_images`")):
         if note:
             reporter.log(note)
-    teacher = _labellers(config, pseudo)
-    if not teacher:
-        raise UserError(f"{pseudo.path}: names no teacher; pass `teacher`")
-    return validation_thresholds(pseudo, classes, calib, teacher, rule, config.target_precision,
-                                 config.device, config.batch_size, config.workers, reporter, student=config.student)
+    per_stream = []
+    for stream in streams:
+        teacher = _labellers(config, stream)
+        if not teacher:
+            raise UserError(f"{stream.path}: names no teacher; pass `teacher`")
+        found = validation_thresholds(stream, classes, calib, teacher, rule, config.target_precision, config.device,
+                                      config.batch_size, config.workers, reporter, student=config.student)
+        for c in found:
+            c.source = str(stream.path)
+        per_stream.append(found)
+    return [max(candidates, key=lambda c: c.teacher_ap) for candidates in zip(*per_stream)]
 
 
 def _labellers(config: FilterConfig, pseudo: CocoStream) -> list[Path]:
@@ -235,9 +288,14 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
     holds every box."""
     reporter = reporter or Reporter()
     _validate(config)
-    pseudo = open_stream(config.pseudo)
+    streams = [open_stream(p) for p in _sources(config)]
+    pseudo = streams[0]  # the image records, folder and info written come from the first
     classes = pseudo.classes
     names = classes.names
+    for other in streams[1:]:
+        if other.classes.names != names:
+            raise UserError(f"{other.path}: its classes ({', '.join(other.classes.names)}) differ from {pseudo.path}'s "
+                            f"({', '.join(names)}); label with models of the same classes")
     unknown = sorted(set(config.score_thresh) - set(names)) if isinstance(config.score_thresh, dict) else []
     if unknown:
         raise UserError(f"`score_thresh`: unknown class {unknown[0]!r}; {pseudo.path} has {', '.join(names)}")
@@ -262,7 +320,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         # tensor per image (~0.2 KB each: at 100,000 images that grew the peak by a third).
         per_class = [array("f") for _ in classes.names]
         num_images = 0
-        for image, _, dets in _machine_images(pseudo, classes):
+        for image, _, dets in _machine_images(streams, classes):
             geometry, agreement = _candidate_mask(config, image, dets)
             candidates = geometry & agreement
             for score, label in zip(dets.scores[candidates].tolist(), dets.labels[candidates].tolist()):
@@ -273,12 +331,14 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         floor = float(pseudo.info.get("score_floor", 0.0))
         by_label = instances_thresholds(scores_per_class, per_image, num_images, floor)
     elif rule in VALIDATION_RULES:
-        calibration = _calibrate(config, rule, pseudo, classes, reporter)
+        calibration = _calibrate(config, rule, streams, classes, reporter)
         by_label = {k: c.threshold for k, c in enumerate(calibration)}
     elif isinstance(score_thresh, dict):
         by_label = {k: score_thresh.get(name, FILTER_SCORE_THRESH) for k, name in enumerate(names)}
     else:
         by_label = dict.fromkeys(range(len(classes)), float(score_thresh))
+    # several streams (validation rules only): each class's boxes from the stream its calibration came from
+    owner = [[str(s.path) for s in streams].index(c.source) for c in calibration] if len(streams) > 1 else None
     # Classes the teacher does not find reliably on the validation images: none of their boxes are trained on
     # as objects; those scoring >= ambiguous_low become ignore regions, so the student is not taught either way.
     unreliable = torch.tensor([not c.reliable for c in calibration] or [False] * len(classes), dtype=torch.bool)
@@ -296,7 +356,8 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         "target_precision": config.target_precision if rule == "precision" else None,
         "student": None if config.student is None else str(config.student),
         "max_per_image": config.max_per_image, "ambiguous": config.ambiguous, "ambiguous_low": config.ambiguous_low,
-        "keep_empty": config.keep_empty, "source": str(pseudo.path),
+        "keep_empty": config.keep_empty, "source": [str(s.path) for s in streams] if len(streams) > 1 else str(pseudo.path),
+        "labels_from": {c.class_name: c.source for c in calibration} if owner else None,
     }
     out = Path(config.out)
     # File names resolve against each JSON file's own folder: rebase them when the folder changes.
@@ -310,7 +371,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
     truth_kept: list[dict[str, Any]] = []
     num_in = num_out = num_ignore = num_empty = num_dropped_ambiguous = num_dropped_empty = num_dropped_unreliable = 0
     with coco_writer(out, {**pseudo.info, "filter": rules}, pseudo.categories) as write:
-        for seq, (image, source, all_dets) in enumerate(_machine_images(pseudo, classes)):
+        for seq, (image, source, all_dets) in enumerate(_machine_images(streams, classes, owner)):
             num_in += 1
             boxes_in += torch.bincount(all_dets.labels, minlength=len(classes))
             bins_in += _histogram_counts(all_dets.scores)
@@ -374,7 +435,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
                    for lo in range(10)],
         calibration=calibration,
         labelled_by_student=config.student is not None and Path(config.student).resolve() in
-        {t.resolve() for t in _labellers(config, pseudo)},
+        {t.resolve() for s in streams for t in _labellers(config, s)},
     )
     if config.truth is not None:
         result.truth_metrics = {

@@ -24,12 +24,13 @@ def test_the_threshold_table_says_which_classes_were_left_to_the_student():
         ],
         "per_class": {"WBC": {"boxes": 114, "precision": 0.947, "recall": 1.0}, "RBC": {"boxes": 0}},
     }
+    default["validation"][0]["source"] = "bench/x/labels/self.json"  # the labels' file, chosen per class
     rows = {line.split(" | ")[0].strip("| "): line for line in distill.calibration_lines(default) if line.startswith("| ")}
-    assert rows["WBC"] == "| WBC | 0.252 | 0.96 / 1.00 | 0.95 / 1.00 | 114 | 0.620 (0.994) / 0.550 (0.930) |"
-    assert rows["RBC"] == "| RBC | 0.907 (left to the student) | 0.95 / 0.06 | - | 0 | 0.380 (0.748) / 0.510 (0.810) |"
+    assert rows["WBC"] == "| WBC | self | 0.252 | 0.96 / 1.00 | 0.95 / 1.00 | 114 | 0.620 (0.994) / 0.550 (0.930) |"
+    assert rows["RBC"] == "| RBC | - | 0.907 (left to the student) | 0.95 / 0.06 | - | 0 | 0.380 (0.748) / 0.510 (0.810) |"
     assert "(unreliable: keeps none)" in rows["Platelets"] and "left to" not in rows["Platelets"]
     header, rule = [line for line in distill.calibration_lines(default) if line.startswith("| ")][:2]
-    assert header.count("|") == rule.count("|") == 7  # six columns
+    assert header.count("|") == rule.count("|") == 8  # seven columns
 
 
 def planned_steps(out, label_sets):
@@ -46,6 +47,10 @@ def test_the_default_label_set_compares_with_the_human_only_student(tmp_path):
     student = str(tmp_path / "runs" / "student_human" / "best.pt")
     assert filters["filter_default"][filters["filter_default"].index("--student") + 1] == student
     assert "--student" not in filters["filter_no_student"]
+    # the default chooses per class between the teacher's ensemble and the human-only student's own (self-training)
+    sources = [a for a in filters["filter_default"][1:] if a.endswith(".json")][:2]
+    assert sources == [str(tmp_path / "labels" / "ensemble.json"), str(tmp_path / "labels" / "self.json")]
+    assert filters["filter_default"][3] == "--out"
     # the human-only student is trained in a wave before any filter runs
     order = [step.name for wave in waves for step in wave]
     assert order.index("student_human") < order.index("filter_default")

@@ -338,3 +338,75 @@ def test_a_student_better_than_the_teacher_makes_its_classes_unreliable(one_card
         assert (c.teacher_ap, c.student_ap) == (pytest.approx(2 / 3 / 10), pytest.approx(1 / 3))
         assert c.below_student and not c.reliable
     assert sum(result.num_boxes_kept.values()) == 0
+
+
+def test_several_pseudo_label_outputs_give_each_class_the_labels_with_the_higher_validation_ap(pseudo, tmp_path, monkeypatch):
+    from retinaslim.engine.thresholds import Calibration
+    from retinaslim.stages import filter as filter_stage
+
+    from PIL import Image
+
+    for i in (1, 2, 3, 4):  # the validation set here is the machine labels' own images, which must exist
+        Image.new("RGB", (100, 100)).save(tmp_path / f"img{i}.jpg")
+    # the student's own labels of the same images (another file, its own annotation ids): boxes at other places
+    data = json.loads(pseudo.read_text())
+    own = tmp_path / "own" / "pseudo-student.json"
+    own.parent.mkdir()
+    data["images"] = [{**im, "file_name": f"../{im['file_name']}"} for im in data["images"]]  # the same files
+    data["annotations"] = [ann(100, 1, 0.9, box=(50, 50, 20, 20)), ann(101, 1, 0.8, box=(5, 60, 30, 30), category_id=2),
+                           ann(102, 4, 0.7, box=(60, 5, 30, 30), category_id=2)]
+    data["info"] = {**data["info"], "teacher": "s.pt"}
+    own.write_text(json.dumps(data))
+    # validation AP: the teacher's labels win id_card (0.6 vs 0.4), the student's win passport (0.5 vs 0.1)
+    aps = {"t.pt": {"id_card": 0.6, "passport": 0.1}, "s.pt": {"id_card": 0.4, "passport": 0.5}}
+
+    def calibrated(stream, classes, calib, teacher, *args, **kwargs):
+        return [Calibration(n, 0.5, 0.95, 0.5, True, True, teacher_ap=aps[str(teacher[0])][n]) for n in classes.names]
+
+    monkeypatch.setattr(filter_stage, "validation_thresholds", calibrated)
+    out = tmp_path / "f.json"
+    result = filter_labels(FilterConfig([pseudo, own], out, calib=pseudo))
+    assert [(c.class_name, c.source) for c in result.calibration] == [("id_card", str(pseudo)), ("passport", str(own))]
+    written = json.loads(out.read_text())
+    # id_card: the teacher's boxes >= 0.5 (1, 4, 5, 6, 7 of images 1-3); passport: the student's (images 1 and 4)
+    boxes = sorted((a["image_id"], a["category_id"], tuple(a["bbox"])) for a in written["annotations"])
+    assert boxes == [(1, 1, (10, 10, 40, 25)), (1, 2, (5, 60, 30, 30)), (2, 1, (0, 0, 3, 30)), (2, 1, (10, 10, 40, 25)),
+                     (3, 1, (0, 0, 60, 10)), (3, 1, (0, 0, 95, 95)), (4, 2, (60, 5, 30, 30))]
+    assert len({a["id"] for a in written["annotations"]}) == len(written["annotations"])  # numbered anew
+    assert result.num_boxes_in == {"id_card": 7, "passport": 2} and result.num_boxes_kept == {"id_card": 5, "passport": 2}
+    assert written["info"]["filter"]["labels_from"] == {"id_card": str(pseudo), "passport": str(own)}
+    assert [im["file_name"] for im in written["images"]] == [f"img{i}.jpg" for i in (1, 2, 3, 4)]
+    # the order of the files does not change the choice; a tie goes to the first
+    again = filter_labels(FilterConfig([own, pseudo], tmp_path / "g.json", calib=pseudo))
+    assert [c.source for c in again.calibration] == [str(pseudo), str(own)]
+    aps["s.pt"]["id_card"] = 0.6
+    tie = filter_labels(FilterConfig([own, pseudo], tmp_path / "h.json", calib=pseudo))
+    assert tie.calibration[0].source == str(own)
+
+
+def test_several_pseudo_label_outputs_must_label_the_same_images_and_need_the_validation_set(pseudo, tmp_path):
+    from PIL import Image
+
+    for i in (1, 2, 3, 4):
+        Image.new("RGB", (100, 100)).save(tmp_path / f"img{i}.jpg")
+    data = json.loads(pseudo.read_text())
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**data, "images": [{**im, "file_name": f"x{im['id']}.jpg"} for im in data["images"]]}))
+    fewer = tmp_path / "fewer.json"
+    fewer.write_text(json.dumps({**data, "images": data["images"][:3],
+                                 "annotations": [a for a in data["annotations"] if a["image_id"] < 4]}))
+    with pytest.raises(UserError, match="need the f1 or precision rule|needs the f1 or precision rule"):
+        filter_labels(FilterConfig([pseudo, other], tmp_path / "a.json", score_thresh=0.5))
+    with pytest.raises(UserError, match="`teacher` names the labellers of one"):
+        filter_labels(FilterConfig([pseudo, other], tmp_path / "a.json", calib=pseudo, teacher=[tmp_path / "t.pt"]))
+    from retinaslim.stages import filter as filter_stage
+    from retinaslim.engine.thresholds import Calibration
+
+    for bad, message in [(other, "image x1.jpg where .* has img1.jpg"), (fewer, "hold different numbers of images")]:
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(filter_stage, "validation_thresholds", lambda stream, classes, *a, **k: [
+                Calibration(n, 0.5, 1.0, 1.0, True, True, teacher_ap=0.5 if stream.path == bad else 0.1)
+                for n in classes.names])
+            with pytest.raises(UserError, match=message):
+                filter_labels(FilterConfig([pseudo, bad], tmp_path / "b.json", calib=pseudo))
+    assert not (tmp_path / "b.json").exists()  # nothing written on a refusal
