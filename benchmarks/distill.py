@@ -329,8 +329,9 @@ def collect(out: Path, label_sets: list[str], records: dict[str, dict], setup: d
     for name in label_sets:
         result["variants"][name] = model_row(reports[f"student_{name}"], records[f"student_{name}"])
         report = json.loads((out / "labels" / f"filter_{name}.report.json").read_text())
-        result["machine_labels"][name] = report["truth_metrics"]["after"] | {"thresholds": report["thresholds"],
-                                                                            "validation": report.get("calibration", [])}
+        result["machine_labels"][name] = report["truth_metrics"]["after"] | {
+            "thresholds": report["thresholds"], "validation": report.get("calibration", []),
+            "source_ap": report.get("source_ap", {})}
     result["student_distilled"] = result["variants"]["default"]
     speed = {Path(r["weights"]).parent.name: r for r in json.loads((out / "eval_320.json").read_text())}
     result["speed_320"] = {"teacher_ms": speed["teacher"]["latency_ms"], "student_ms": speed["student_default"]["latency_ms"],
@@ -396,10 +397,10 @@ def calibration_lines(default: dict) -> list[str]:
     if not default.get("validation"):
         return []
     achieved = default.get("per_class", {})
-    lines = ["", "The default filter's thresholds, chosen per class on the validation images: the teacher's precision "
-                 "and recall there at that threshold (predicted) against what the kept machine labels reached on the "
-                 "unlabelled images' hidden truth (achieved, after every filter rule):", "",
-             "| class | labels from | threshold | validation precision / recall (predicted) | hidden truth precision / recall "
+    lines = ["", "The default filter's thresholds, chosen per class on the validation images: the chosen labels' "
+                 "precision and recall there at that threshold (predicted) against what the kept machine labels reached on "
+                 "the unlabelled images' hidden truth (achieved, after every filter rule):", "",
+             "| class | labels from (validation AP of each file's) | threshold | validation precision / recall (predicted) | hidden truth precision / recall "
              "(achieved) | boxes kept | validation AP (AP50): these labels / human-only student |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in default["validation"]:
@@ -410,6 +411,8 @@ def calibration_lines(default: dict) -> list[str]:
         versus = (f"{c['teacher_ap']:.3f} ({c['teacher_ap50']:.3f}) / {c['student_ap']:.3f} ({c['student_ap50']:.3f})"
                   if c.get("student_ap") is not None else "-")
         source = Path(c["source"]).stem if c.get("source") else "-"
+        if len(default.get("source_ap", {})) > 1:  # several files: each one's validation AP, the choice made
+            source += " (" + "; ".join(f"{Path(f).stem} {aps[c['class_name']]:.3f}" for f, aps in default["source_ap"].items()) + ")"
         lines.append(f"| {c['class_name']} | {source} | {c['threshold']:.3f}{found} | {c['precision']:.2f} / {c['recall']:.2f} | "
                      f"{pair} | {truth.get('boxes', '-')} | {versus} |")
     return lines

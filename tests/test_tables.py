@@ -104,3 +104,9 @@ def test_filter_suggests_self_training_for_the_classes_its_student_finds_better(
     result.labelled_by_student = True
     _render(result, Path("runs/student-human/best.pt"))  # the labels are already the student's own
     assert "self-training" not in screen.getvalue()
+    # several files of labels: each one's validation AP per class, the choice filter made
+    result.source_ap = {"runs/pseudo.json": {"WBC": 0.7, "RBC": 0.4, "Platelets": 0.1},
+                        "runs/pseudo-student.json": {"WBC": 0.65, "RBC": 0.55, "Platelets": 0.35}}
+    _render(result, Path("runs/student-human/best.pt"))
+    assert _row(screen.getvalue(), "pseudo-student.json") == ["pseudo-student.json", "0.650", "0.550", "0.350"]
+    assert _row(screen.getvalue(), "pseudo.json") == ["pseudo.json", "0.700", "0.400", "0.100"]

@@ -101,7 +101,8 @@ class RuleCount:
 class FilterResult:
     """What ``filter`` kept, per class name: the ``thresholds`` used (0..1), boxes in and kept, and per
     rule (in order) the boxes and images it removed; ``histogram``: boxes in and kept per score bin (lo, hi).
-    ``calibration``: per class, what the precision rule reached; ``truth_metrics``: with truth, precision,
+    ``calibration``: per class, what the precision rule reached (for the file chosen, with several);
+    ``source_ap``: each input file's labels' validation AP (IoU 0.5:0.95, 0..1) per class; ``truth_metrics``: with truth, precision,
     recall (IoU 0.5), AP and AP50 "before" and "after" filtering, overall and per class. ``review_out``:
     the Label Studio file of the ``num_review`` most doubtful images, if asked for.
     """
@@ -120,6 +121,7 @@ class FilterResult:
     truth_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # "before" / "after"
     review_out: Path | None = None
     num_review: int = 0
+    source_ap: dict[str, dict[str, float]] = field(default_factory=dict)  # validation AP per input file, per class
     labelled_by_student: bool = False  # the compared ``student`` made (some of) these labels itself (self-training)
 
 
@@ -249,10 +251,10 @@ def _machine_images(streams: list[CocoStream], classes: ClassMap, owner: list[in
 
 
 def _calibrate(config: FilterConfig, rule: str, streams: list[CocoStream], classes: ClassMap,
-               reporter: Reporter) -> list[Calibration]:
+               reporter: Reporter) -> tuple[list[Calibration], dict[str, dict[str, float]]]:
     """The f1 or precision rule on ``calib``, per stream run with its labellers (``config.teacher``, else the ones
     pseudo-label recorded); per class, the calibration of the stream with the highest validation AP (the first
-    on a tie), its ``source`` naming that stream."""
+    on a tie), its ``source`` naming that stream; and every stream's validation AP per class name."""
     calib = load_coco(config.calib, config.calib_images)
     for note in (*(match_classes(classes, s.path, calib) for s in streams), require_image_files(calib, "`calib_images`")):
         if note:
@@ -267,7 +269,8 @@ def _calibrate(config: FilterConfig, rule: str, streams: list[CocoStream], class
         for c in found:
             c.source = str(stream.path)
         per_stream.append(found)
-    return [max(candidates, key=lambda c: c.teacher_ap) for candidates in zip(*per_stream)]
+    chosen = [max(candidates, key=lambda c: c.teacher_ap) for candidates in zip(*per_stream)]
+    return chosen, {str(s.path): {c.class_name: c.teacher_ap for c in found} for s, found in zip(streams, per_stream)}
 
 
 def _labellers(config: FilterConfig, pseudo: CocoStream) -> list[Path]:
@@ -308,6 +311,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         return dets[keep]
 
     calibration: list[Calibration] = []
+    source_ap: dict[str, dict[str, float]] = {}
     if rule == "instances":
         labeled = load_coco(config.labeled)
         note = match_classes(classes, pseudo.path, labeled)
@@ -331,7 +335,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         floor = float(pseudo.info.get("score_floor", 0.0))
         by_label = instances_thresholds(scores_per_class, per_image, num_images, floor)
     elif rule in VALIDATION_RULES:
-        calibration = _calibrate(config, rule, streams, classes, reporter)
+        calibration, source_ap = _calibrate(config, rule, streams, classes, reporter)
         by_label = {k: c.threshold for k, c in enumerate(calibration)}
     elif isinstance(score_thresh, dict):
         by_label = {k: score_thresh.get(name, FILTER_SCORE_THRESH) for k, name in enumerate(names)}
@@ -433,7 +437,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
            RuleCount("teacher unreliable on every class", dict.fromkeys(names, 0), num_dropped_unreliable)],
         histogram=[{"lo": lo / 10, "hi": (lo + 1) / 10, "boxes_in": int(bins_in[lo]), "boxes_kept": int(bins_kept[lo])}
                    for lo in range(10)],
-        calibration=calibration,
+        calibration=calibration, source_ap=source_ap,
         labelled_by_student=config.student is not None and Path(config.student).resolve() in
         {t.resolve() for s in streams for t in _labellers(config, s)},
     )

@@ -31,6 +31,10 @@ def test_the_threshold_table_says_which_classes_were_left_to_the_student():
     assert "(unreliable: keeps none)" in rows["Platelets"] and "left to" not in rows["Platelets"]
     header, rule = [line for line in distill.calibration_lines(default) if line.startswith("| ")][:2]
     assert header.count("|") == rule.count("|") == 8  # seven columns
+    default["source_ap"] = {"l/ensemble.json": {"WBC": 0.62, "RBC": 0.38, "Platelets": 0.004},
+                            "l/self.json": {"WBC": 0.716, "RBC": 0.549, "Platelets": 0.351}}
+    rows = {line.split(" | ")[0].strip("| "): line for line in distill.calibration_lines(default) if line.startswith("| ")}
+    assert rows["WBC"].startswith("| WBC | self (ensemble 0.620; self 0.716) | 0.252 |")
 
 
 def planned_steps(out, label_sets):

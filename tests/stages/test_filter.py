@@ -247,7 +247,7 @@ def test_classes_the_teacher_finds_unreliably_on_validation_give_ignore_regions(
     from retinaslim.stages import filter as filter_stage
 
     def calibrate(found):
-        monkeypatch.setattr(filter_stage, "_calibrate", lambda *args: found)
+        monkeypatch.setattr(filter_stage, "_calibrate", lambda *args: (found, {}))
 
     # id_card found reliably (threshold 0.5); passport's best F1 0.2: its box (0.6, image 1) becomes an ignore region
     calibrate([Calibration("id_card", 0.5, 0.8, 0.8, True, True), Calibration("passport", 0.3, 0.2, 0.2, True, False)])
@@ -375,6 +375,7 @@ def test_several_pseudo_label_outputs_give_each_class_the_labels_with_the_higher
     assert len({a["id"] for a in written["annotations"]}) == len(written["annotations"])  # numbered anew
     assert result.num_boxes_in == {"id_card": 7, "passport": 2} and result.num_boxes_kept == {"id_card": 5, "passport": 2}
     assert written["info"]["filter"]["labels_from"] == {"id_card": str(pseudo), "passport": str(own)}
+    assert result.source_ap == {str(pseudo): aps["t.pt"], str(own): aps["s.pt"]}
     assert [im["file_name"] for im in written["images"]] == [f"img{i}.jpg" for i in (1, 2, 3, 4)]
     # the order of the files does not change the choice; a tie goes to the first
     again = filter_labels(FilterConfig([own, pseudo], tmp_path / "g.json", calib=pseudo))
