@@ -262,3 +262,21 @@ def test_train_teacher_init_coco_needs_the_cached_file(tiny_cards, tmp_path, mon
     assert_user_error(run_cli("train-teacher", "--labeled", data["labeled"], "--val", data["val"], "--init",
                               tmp_path / "none.pth", "--out", tmp_path / "run", "--workers", 0), "none.pth", "not found")
     assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
+def test_the_demo_reads_a_change_within_its_noise_as_no_change():
+    from types import SimpleNamespace
+
+    from retinaslim.stages.demo import _notes
+
+    def notes(human, distilled):
+        reports = [SimpleNamespace(ap=ap, latency_ms=ms, params=p)
+                   for ap, ms, p in [(0.012, 40.0, 32e6), (human, 2.0, 1.25e5), (distilled, 2.0, 1.25e5)]]
+        filtered = SimpleNamespace(calibration=[], truth_metrics={})
+        trainings = {"teacher": SimpleNamespace(history=[{"step": 144, "time": 300.0}])}
+        return " ".join(_notes(SimpleNamespace(reports=reports), filtered, trainings))
+
+    assert "left the student's AP within this scale's noise (0.172 human only -> 0.178" in notes(0.172, 0.178)
+    assert "raised the student's AP (0.172 human only -> 0.200" in notes(0.172, 0.200)
+    assert "lowered the student's AP (0.172 human only -> 0.140" in notes(0.172, 0.140)
+    assert "20x faster than the teacher" in notes(0.172, 0.178)

@@ -6,7 +6,8 @@
   machine labels' ``info``) on human-labelled validation images, score its boxes against the human boxes
   (``ClassScores``) and take per class the threshold of the highest F1 (``core.matching.best_f1_threshold``)
   or the lowest threshold whose precision at IoU 0.5 reaches a target
-  (``core.matching.lowest_threshold_for_precision``).
+  (``core.matching.lowest_threshold_for_precision``);
+- ``compare_with_student``: the human-only student's single pass on the same images, against those labels.
 """
 
 from __future__ import annotations
@@ -146,24 +147,13 @@ def instances_thresholds(scores_per_class: dict[int, torch.Tensor], human_per_im
 
 def validation_thresholds(pseudo: CocoStream, classes: ClassMap, calib: CocoData, teacher: Path | list[Path], rule: str,
                           target_precision: float, device: str, batch_size: int, workers: int,
-                          reporter: Reporter, student: Path | None = None) -> list[Calibration]:
+                          reporter: Reporter) -> list[Calibration]:
     """Per class of ``classes`` (the machine labels' ``pseudo``), the threshold ``rule`` (``ClassScores.choose``)
     picks on the human-labelled ``calib`` images, labelled by ``teacher`` (one checkpoint, or the several
-    pseudo-label fused) as pseudo-label labelled ``pseudo``. The teacher's classes are matched to ``classes`` by
-    name.
-
-    ``student``: a student trained on the human labels only. It is run once per image (no transforms) on the
-    same images; a class whose validation AP (IoU 0.5:0.95) is higher for the student than for the teacher's
-    labels is not ``reliable``: the teacher's boxes would teach the student less than it already knows there
-    (``Calibration.below_student``)."""
+    pseudo-label fused) as pseudo-label labelled ``pseudo``, with the labels' AP and AP50 there. The teacher's
+    classes are matched to ``classes`` by name."""
     teachers = teacher_paths(teacher)
-    try:
-        transforms = [Transform.from_name(n) for n in pseudo.info["transforms"]]
-        fusion, sizes = pseudo.info["fusion"], pseudo.info["image_size"]
-        image_sizes = [int(size) for size in (sizes if isinstance(sizes, list) else [sizes])]
-    except (KeyError, ValueError, TypeError):
-        raise UserError(f"{pseudo.path}: its info lacks pseudo-label's transforms/fusion/image_size; "
-                        "choosing thresholds on validation images needs them to run the teacher the same way") from None
+    transforms, fusion, image_sizes = _labelling(pseudo)
     if len(image_sizes) != len(teachers):
         raise UserError(f"{pseudo.path}: made by {len(image_sizes)} teacher(s), {len(teachers)} given; calibrate with "
                         "the teachers that made it")
@@ -175,15 +165,35 @@ def validation_thresholds(pseudo: CocoStream, classes: ClassMap, calib: CocoData
     calibration = found.choose(classes.names, rule, target_precision)
     for k, c in enumerate(calibration):
         c.teacher_ap50, c.teacher_ap = found.ap50(k), found.ap(k)
-    if student is not None:
-        other = load_checkpoint(student)
-        mine = _labeller_scores([other.build().to(run_on)], [other.image_size], [Transform()], fusion,
-                                _label_map(other.classes, student, classes, pseudo.path), calib, classes,
-                                run_on, batch_size, workers, reporter, "student")
-        for k, c in enumerate(calibration):
-            c.student_ap50, c.student_ap = mine.ap50(k), mine.ap(k)
-            c.reliable = c.reliable and not c.below_student
     return calibration
+
+
+def compare_with_student(calibration: list[Calibration], student: Path, pseudo: CocoStream, classes: ClassMap,
+                         calib: CocoData, device: str, batch_size: int, workers: int, reporter: Reporter) -> None:
+    """Run ``student``, trained on the human labels only, once per ``calib`` image (no transforms; fused as
+    ``pseudo``'s labels were) and set each class's ``student_ap50`` and ``student_ap``. A class whose validation
+    AP (IoU 0.5:0.95) is higher for the student than for the labels is no longer ``reliable``: those boxes would
+    teach the student less than it already knows there (``Calibration.below_student``)."""
+    _, fusion, _ = _labelling(pseudo)
+    other = load_checkpoint(student)
+    run_on = resolve_device(device)
+    mine = _labeller_scores([other.build().to(run_on)], [other.image_size], [Transform()], fusion,
+                            _label_map(other.classes, student, classes, pseudo.path), calib, classes,
+                            run_on, batch_size, workers, reporter, "student")
+    for k, c in enumerate(calibration):
+        c.student_ap50, c.student_ap = mine.ap50(k), mine.ap(k)
+        c.reliable = c.reliable and not c.below_student
+
+
+def _labelling(pseudo: CocoStream) -> tuple[list[Transform], str, list[int]]:
+    """How pseudo-label made ``pseudo``: its transforms, fusion and each teacher's image size (from its info)."""
+    try:
+        transforms = [Transform.from_name(n) for n in pseudo.info["transforms"]]
+        fusion, sizes = pseudo.info["fusion"], pseudo.info["image_size"]
+        return transforms, fusion, [int(size) for size in (sizes if isinstance(sizes, list) else [sizes])]
+    except (KeyError, ValueError, TypeError):
+        raise UserError(f"{pseudo.path}: its info lacks pseudo-label's transforms/fusion/image_size; "
+                        "choosing thresholds on validation images needs them to run the teacher the same way") from None
 
 
 def _label_map(categories: list[dict], model_path: Path, classes: ClassMap, pseudo_path: Path) -> torch.Tensor:

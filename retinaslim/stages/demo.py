@@ -26,6 +26,9 @@ from retinaslim.stages.train import TrainConfig, TrainResult, train
 DEMO_SCALE = {"labeled": 96, "unlabeled": 240, "val": 48, "size": 128,
               "teacher_epochs": 12, "student_epochs": TRAIN_DEFAULTS["student"]["epochs"], "latency_runs": 10}
 DEMO_CLASSES = ("id_card",)
+# A change of AP smaller than this is not read as a gain or a loss: on sets this small one run's noise is
+# several AP points (docs/results.md, its opening note), and the demo scores on 48 images.
+DEMO_NOISE_AP = 0.02
 LABELLERS = {"pseudo.json": "the teacher's ensemble", "pseudo-student.json": "the human-only student's own ensemble"}
 
 
@@ -71,8 +74,9 @@ def _notes(evaluation: EvalResult, filtered: FilterResult, trainings: dict[str, 
         notes.append(f"Machine labels kept by the filter (each class from the labels the validation images score "
                      f"higher: {chosen}; thresholds chosen there): {after['boxes']} boxes, precision "
                      f"{after['precision']:.2f} and recall {after['recall']:.2f} against the unlabelled images' hidden truth.")
-    verdict = "raised" if distilled > human else "did not raise"
-    notes.append(f"Machine labels {verdict} the student's AP ({human:.3f} human only -> {distilled:.3f} with machine "
+    verdict = ("left the student's AP within this scale's noise" if abs(distilled - human) < DEMO_NOISE_AP
+               else "raised the student's AP" if distilled > human else "lowered the student's AP")
+    notes.append(f"Machine labels {verdict} ({human:.3f} human only -> {distilled:.3f} with machine "
                  f"labels); the student runs {evaluation.reports[0].latency_ms / max(evaluation.reports[2].latency_ms, 1e-9):.0f}x "
                  f"faster than the teacher with {evaluation.reports[0].params / evaluation.reports[2].params:.0f}x fewer parameters.")
     return notes

@@ -50,7 +50,8 @@ from retinaslim.data.coco import ClassMap, annotation_boxes, load_coco, match_cl
 from retinaslim.data.stream import CocoStream, coco_writer, open_stream
 from retinaslim.engine.inference import teacher_paths
 from retinaslim.engine.review import doubt, write_review
-from retinaslim.engine.thresholds import KEEP_NONE, VALIDATION_RULES, Calibration, instances_thresholds, validation_thresholds
+from retinaslim.engine.thresholds import (KEEP_NONE, VALIDATION_RULES, Calibration, compare_with_student, instances_thresholds,
+                                         validation_thresholds)
 from retinaslim.engine.truth import truth_metrics
 from retinaslim.errors import UserError
 
@@ -254,7 +255,8 @@ def _calibrate(config: FilterConfig, rule: str, streams: list[CocoStream], class
                reporter: Reporter) -> tuple[list[Calibration], dict[str, dict[str, float]]]:
     """The f1 or precision rule on ``calib``, per stream run with its labellers (``config.teacher``, else the ones
     pseudo-label recorded); per class, the calibration of the stream with the highest validation AP (the first
-    on a tie), its ``source`` naming that stream; and every stream's validation AP per class name."""
+    on a tie), its ``source`` naming that stream, compared with ``config.student``'s single pass if given; and every
+    stream's validation AP per class name."""
     calib = load_coco(config.calib, config.calib_images)
     for note in (*(match_classes(classes, s.path, calib) for s in streams), require_image_files(calib, "`calib_images`")):
         if note:
@@ -265,11 +267,14 @@ def _calibrate(config: FilterConfig, rule: str, streams: list[CocoStream], class
         if not teacher:
             raise UserError(f"{stream.path}: names no teacher; pass `teacher`")
         found = validation_thresholds(stream, classes, calib, teacher, rule, config.target_precision, config.device,
-                                      config.batch_size, config.workers, reporter, student=config.student)
+                                      config.batch_size, config.workers, reporter)
         for c in found:
             c.source = str(stream.path)
         per_stream.append(found)
     chosen = [max(candidates, key=lambda c: c.teacher_ap) for candidates in zip(*per_stream)]
+    if config.student is not None:
+        compare_with_student(chosen, config.student, streams[0], classes, calib, config.device, config.batch_size,
+                             config.workers, reporter)
     return chosen, {str(s.path): {c.class_name: c.teacher_ap for c in found} for s, found in zip(streams, per_stream)}
 
 
