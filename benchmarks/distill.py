@@ -21,8 +21,9 @@ runs, the filters, the students) run at once:
    with a single pass (scale 1, no flip) for the variant, and with the ensemble run by the human-only
    student itself (self-training: what machine labels are worth when the teacher is no better), and with
    the teacher and that student together (model ensembling);
-4. filter the machine labels (scored against the hidden truth): the default (thresholds per class chosen on the validation set) and one
-   variant per rule;
+4. filter the machine labels (scored against the hidden truth): the default (the teacher's and the human-only
+   student's ensembles, each class from the one with the higher validation AP, thresholds per class chosen on the
+   validation set) and one variant per rule;
 5. train-student on human + each set of machine labels (default settings otherwise);
 6. eval every checkpoint on the test images in one side-by-side table (+ precision-recall PNGs).
 7. the teacher and the default student timed again at 320 px, where the speed target is set.
@@ -207,7 +208,8 @@ def comparison_steps(data: Dataset, out: Path, knobs: dict, label_sets: list[str
         options = [o.format(labeled=data.labeled, calib=data.calib, val=data.val,
                             student=runs / "student_human" / "best.pt") for o in options]
         filtered = labels / f"filtered_{name}.json"
-        return (Step(f"filter_{name}", ["filter", *(labels / f"{run}.json" for run in pseudo_runs(name)), "--out", filtered, *options,
+        sources = [labels / f"{run}.json" for run in pseudo_runs(name)]
+        return (Step(f"filter_{name}", ["filter", *sources, "--out", filtered, *options,
                                         "--truth", data.unlabeled_truth, "--report", labels / f"filter_{name}.report.json",
                                         "--workers", knobs["workers"], "--device", device]),
                 training("student", f"student_{name}", knobs["student_epochs"],
@@ -412,7 +414,8 @@ def calibration_lines(default: dict) -> list[str]:
                   if c.get("student_ap") is not None else "-")
         source = Path(c["source"]).stem if c.get("source") else "-"
         if len(default.get("source_ap", {})) > 1:  # several files: each one's validation AP, the choice made
-            source += " (" + "; ".join(f"{Path(f).stem} {aps[c['class_name']]:.3f}" for f, aps in default["source_ap"].items()) + ")"
+            each = (f"{Path(f).stem} {aps[c['class_name']]:.3f}" for f, aps in default["source_ap"].items())
+            source += f" ({'; '.join(each)})"
         lines.append(f"| {c['class_name']} | {source} | {c['threshold']:.3f}{found} | {c['precision']:.2f} / {c['recall']:.2f} | "
                      f"{pair} | {truth.get('boxes', '-')} | {versus} |")
     return lines
