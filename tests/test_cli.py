@@ -87,9 +87,16 @@ def test_pipeline_with_workspace_short_commands(tiny_cards, monkeypatch):
     both = json.loads((tiny_cards.out / "runs/both.json").read_text())["info"]["filter"]
     assert [s.rsplit("/", 1)[-1] for s in both["source"]] == ["pseudo.json", "pseudo-student.json"]
     assert set(both["labels_from"]) == {"id_card", "bank_card", "passport"} and set(both["labels_from"].values()) <= set(both["source"])
+    # resuming the two passes after they finished labels nothing again
+    made = [(tiny_cards.out / f"runs/{n}").stat().st_mtime_ns for n in ("pseudo.json", "pseudo-student.json")]
+    result = run_cli("pseudo-label", "--score-floor", 0.0, "--workers", 0, "--resume")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert [(tiny_cards.out / f"runs/{n}").stat().st_mtime_ns for n in ("pseudo.json", "pseudo-student.json")] == made
+    assert result.stdout.count("resumed: 6 images were already labelled") == 2
 
     result = run_cli("filter", "--score-thresh", 0.0)
     assert result.exit_code == 0, result.stdout + result.stderr
+    assert "pseudo-student.json (the human-only student's labels) is not used" in " ".join(result.stdout.split())
     filtered = json.loads((tiny_cards.out / "runs/pseudo.filtered.json").read_text())
     assert filtered["info"]["filter"]["thresholds"] == dict.fromkeys(["id_card", "bank_card", "passport"], 0.0)
     assert filtered["info"]["filter"]["student"] is None  # a fixed threshold compares nothing

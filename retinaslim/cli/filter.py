@@ -51,17 +51,22 @@ def filter_(
             calib = ws.val
             if calib is not None:
                 console.info(f"thresholds chosen on the workspace's validation set: {calib}")
-        if not pseudo and ws and ws.pseudo_student.is_file() and on_validation and calib is not None:
-            pseudo = [ws.pseudo, ws.pseudo_student]
-            console.info(f"using machine labels: {ws.pseudo} and {ws.pseudo_student}, each class from the one the "
-                         f"validation set scores higher (from {WORKSPACE_FILE})")
+        if not pseudo and ws and ws.pseudo_student.is_file():
+            if on_validation and calib is not None and not teacher:
+                pseudo = [ws.pseudo, ws.pseudo_student]
+                console.info(f"using machine labels: {ws.pseudo} and {ws.pseudo_student}, each class from the one the "
+                             f"validation set scores higher (from {WORKSPACE_FILE})")
+            else:
+                console.info(f"{ws.pseudo_student} (the human-only student's labels) is not used: choosing between "
+                             "label files needs the validation rule (--calib or the workspace's val, no --score-thresh) "
+                             "and no --teacher")
         pseudo = pseudo or [pick(None, "PSEUDO", ws and ws.pseudo, "machine labels")]
         if auto_thresh is None and score_thresh is None and calib is None:
             console.info(f"no validation set (--calib, or the workspace's val): the fixed threshold {FILTER_SCORE_THRESH} "
                          "for every class; with one, each class's threshold is chosen on it")
         elif on_validation and student is None and ws:
             student = ws.newest_weights("student-human")
-            console.info(f"classes the human-only student {student} finds better than the teacher are left to it" if student
+            console.info(f"classes the human-only student {student} finds better than the machine labels are left to it" if student
                          else "no human-only student in the workspace (train-student --human-only -> runs/student-human): "
                               "every class whose threshold reaches the target is trained on")
         with console.RichReporter() as reporter:
@@ -113,11 +118,12 @@ def _render(result, student: Path | None) -> None:
         elif c in unreliable:
             found = (f"its best F1 there is {c.f1:.2f} (precision {c.precision:.2f}, recall {c.recall:.2f} at {c.threshold:.2f})"
                      if c.reached else "no threshold reaches the rule's target there")
-            console.warn(f"{c.class_name}: the teacher is unreliable on the validation images ({found}); {left_out}")
+            console.warn(f"{c.class_name}: the labels of {_file(c)} are unreliable on the validation images ({found}); "
+                         f"{left_out}")
     if result.calibration and len(unreliable) == len(result.calibration):
-        console.warn("the teacher is unreliable on every class: no machine image is kept, so a student trained on this "
-                     "file learns from the human labels only. Train the teacher longer or on more labels, or start it "
-                     "from trained weights (train-teacher --init)")
+        console.warn("the machine labels are unreliable on every class: no machine image is kept, so a student trained "
+                     "on this file learns from the human labels only. Train the teacher longer or on more labels, or "
+                     "start it from trained weights (train-teacher --init)")
     behind = [c.class_name for c in result.calibration if c.below_student]
     if behind and student is not None and not result.labelled_by_student:
         console.warn(f"self-training may label {', '.join(behind)} better than this teacher: label the images with the "

@@ -50,6 +50,10 @@ def pseudo_label(
             else:
                 console.info("no human-only student in the workspace yet (train-student --human-only): only the teacher "
                              "labels; with one, pseudo-label also labels with it (self-training) for filter to choose from")
+        elif ws and jobs[0][1] == ws.pseudo and ws.pseudo_student.is_file():
+            console.warn(f"{ws.pseudo_student} (the human-only student's labels) is from an earlier run and filter still "
+                         "weighs it against these labels; run pseudo-label without --teacher and --out to relabel with "
+                         "both, or delete it")
         for models, target in jobs:
             with console.RichReporter() as reporter:
                 result = api.pseudo_label(source, teacher=models, out=target, scales=scales, short_sides=short_sides,

@@ -259,7 +259,7 @@ def machine_class_mask(coco: CocoData, classes: ClassMap) -> tuple[torch.Tensor 
         return None, None
     mask = torch.tensor([n not in names for n in classes.names])
     return mask, (f"{coco.path}: its machine labels carry no loss for {', '.join(left)} (the filter kept none of "
-                  "the teacher's boxes there: it missed the precision target or the human-only student was better), "
+                  "the machine boxes there: it missed the precision target or the human-only student was better), "
                   "so the student learns them from the human labels only")
 
 

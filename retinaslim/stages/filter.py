@@ -215,6 +215,9 @@ def _candidate_mask(config: FilterConfig, image: dict[str, Any], dets: Detection
     return keep, dets.extra["agreement"] >= config.min_agreement
 
 
+_AGAIN = " (label them again; in a workspace `retinaslim pseudo-label` writes both)"
+
+
 def _machine_images(streams: list[CocoStream], classes: ClassMap, owner: list[int] | None = None
                     ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]], Detections]]:
     """Each image with its machine boxes. One stream: its boxes as they are. Several (pseudo-label outputs of the
@@ -239,7 +242,7 @@ def _machine_images(streams: list[CocoStream], classes: ClassMap, owner: list[in
             for s, (stream, (other, found)) in enumerate(zip(streams, items)):
                 if s and os.path.normpath(stream.image_path(other).absolute()) != where:
                     raise UserError(f"{stream.path}: image {other['file_name']} where {first.path} has "
-                                    f"{image['file_name']}: the pseudo-label outputs must label the same images")
+                                    f"{image['file_name']}: the pseudo-label outputs must label the same images{_AGAIN}")
                 anns += [a for a in scored(stream, found) if owner[classes.label(a["category_id"])] == s]
             anns = [{**a, "id": next_id + i} for i, a in enumerate(anns)]
             next_id += len(anns)
@@ -248,7 +251,7 @@ def _machine_images(streams: list[CocoStream], classes: ClassMap, owner: list[in
         if "zip()" not in str(e):
             raise
         raise UserError(f"{', '.join(str(s.path) for s in streams)}: hold different numbers of images; "
-                        "the pseudo-label outputs must label the same images") from None
+                        f"the pseudo-label outputs must label the same images{_AGAIN}") from None
 
 
 def _calibrate(config: FilterConfig, rule: str, streams: list[CocoStream], classes: ClassMap,
@@ -265,7 +268,8 @@ def _calibrate(config: FilterConfig, rule: str, streams: list[CocoStream], class
     for stream in streams:
         teacher = _labellers(config, stream)
         if not teacher:
-            raise UserError(f"{stream.path}: names no teacher; pass `teacher`")
+            raise UserError(f"{stream.path}: names no teacher; pass `teacher`" if len(streams) == 1 else
+                            f"{stream.path}: its info names no labeller: not a pseudo-label output")
         found = validation_thresholds(stream, classes, calib, teacher, rule, config.target_precision, config.device,
                                       config.batch_size, config.workers, reporter)
         for c in found:
@@ -439,7 +443,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         rules=[RuleCount(rule, {n: counts[n] for n in names},
                          {"ambiguous": num_dropped_ambiguous}.get(rule, 0)) for rule, counts in removed.items()]
         + [RuleCount("empty images", dict.fromkeys(names, 0), num_dropped_empty),
-           RuleCount("teacher unreliable on every class", dict.fromkeys(names, 0), num_dropped_unreliable)],
+           RuleCount("labels unreliable on every class", dict.fromkeys(names, 0), num_dropped_unreliable)],
         histogram=[{"lo": lo / 10, "hi": (lo + 1) / 10, "boxes_in": int(bins_in[lo]), "boxes_kept": int(bins_kept[lo])}
                    for lo in range(10)],
         calibration=calibration, source_ap=source_ap,

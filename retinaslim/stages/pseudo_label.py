@@ -8,7 +8,8 @@ a ``score`` and an ``agreement`` (how many (teacher, transform) pairs found the 
 chosen later (``retinaslim filter``) without running the teacher again.
 
 Work is never lost: each finished batch is appended to a journal beside the output (one JSON line per
-batch, flushed and fsynced), and ``resume=True`` skips the batches already there. Batches are fixed
+batch, flushed and fsynced), and ``resume=True`` skips the batches already there (and an output already
+finished with the same settings, ``settings_sha256`` in its info, is not made again). Batches are fixed
 slices of the sorted image list, and a batch's detections depend only on its own images, so a resumed
 run writes exactly what an uninterrupted one would. The images can be split into shards (torchrun
 ranks, or ``shard=(i, n)`` for other schedulers): shard i takes batches i, i+n, ...; once every shard has
@@ -28,6 +29,8 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ijson
+
 from retinaslim.config import PSEUDO_FUSION, PSEUDO_SCALES, PSEUDO_SCORE_FLOOR
 from retinaslim.core.atomic import atomic_path, refuse_overwriting_inputs
 from retinaslim.core.fusion import FUSION_METHODS
@@ -35,6 +38,7 @@ from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import make_transforms
 from retinaslim.data.coco import ClassMap, detections_to_annotations
 from retinaslim.data.images import list_images
+from retinaslim.data.stream import open_stream
 from retinaslim.engine import ddp
 from retinaslim.engine.inference import (ImageResult, Timings, chunks, load_teachers, predict_batches, resolve_device,
                                          teacher_paths)
@@ -247,9 +251,19 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
               "num_images": len(paths), "images_sha256": hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest(),
               "shard": list(shard)}
 
+    # What decides the output, whatever the sharding: a finished output holding it is not made again under `resume`.
+    info["settings_sha256"] = hashlib.sha256(json.dumps({k: v for k, v in header.items() if k != "shard"},
+                                                        sort_keys=True).encode()).hexdigest()
     journal = _journal_path(out, shard)
     finished: set[int] = set()
     done = False
+    journals = [_journal_path(out, (i, shard[1])) for i in range(shard[1])]
+    if config.resume and out.is_file() and not any(j.exists() for j in journals):
+        complete = _complete_output(out, info["settings_sha256"], shard)
+        if complete is not None:
+            reporter.log(f"{out}: already complete with these settings; not labelled again")
+            complete.seconds = time.perf_counter() - started
+            return complete
     if journal.exists():
         if not config.resume:
             raise UserError(f"{journal}: an interrupted run's journal is here; pass `resume` to continue it, or delete it")
@@ -308,7 +322,6 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
     partial = PseudoLabelResult(out, merged=False, shard=shard, transforms=info["transforms"],
                                 num_images_this_run=sum(len(all_batches[k]) for k in todo),
                                 num_images_resumed=num_resumed, timings=timings)
-    journals = [_journal_path(out, (i, shard[1])) for i in range(shard[1])]
     if distributed:
         ddp.barrier()
         if shard[0] != 0:
@@ -325,6 +338,23 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
     result.shard, result.transforms, result.timings = shard, info["transforms"], timings
     result.num_images_this_run, result.num_images_resumed = partial.num_images_this_run, num_resumed
     result.seconds = time.perf_counter() - started
+    return result
+
+
+def _complete_output(out: Path, settings: str, shard: tuple[int, int]) -> PseudoLabelResult | None:
+    """``out`` as a finished result if pseudo-label wrote it with the same settings (``settings_sha256`` in its
+    info: the teachers' bytes, the images, the transforms...), else None. Counts its images, boxes and skipped
+    files in one streamed pass."""
+    stream = open_stream(out)
+    if stream.info.get("settings_sha256") != settings:
+        return None
+    result = PseudoLabelResult(out, merged=True, shard=shard, transforms=list(stream.info.get("transforms", [])))
+    for _, annotations in stream:
+        result.num_images += 1
+        result.num_boxes += len(annotations)
+    with open(out, "rb") as f:
+        result.skipped = list(ijson.items(f, "skipped.item"))
+    result.num_images_resumed = result.num_images
     return result
 
 

@@ -69,7 +69,7 @@ def test_ambiguous_images_drop_or_ignore_and_empty_images(pseudo, tmp_path):
     assert kept_ids(tmp_path / "d.json") == ([4, 5, 6, 7], [2, 3])  # image 1 is doubtful, image 4 empty
     assert {r.rule: r.images_removed for r in dropped.rules} == {
         "geometry": 0, "agreement": 0, "threshold": 0, "max_per_image": 0, "ambiguous": 1, "empty images": 1,
-        "teacher unreliable on every class": 0}
+        "labels unreliable on every class": 0}
     filter_labels(FilterConfig(pseudo, tmp_path / "i.json", score_thresh=0.5, ambiguous="ignore", ambiguous_low=0.2))
     data = json.loads((tmp_path / "i.json").read_text())
     assert [(a["id"], a["iscrowd"]) for a in data["annotations"] if a["image_id"] == 1] == [(1, 0), (2, 0), (3, 1)]

@@ -106,6 +106,19 @@ def test_resume_refuses_a_journal_made_with_other_settings(unlabeled, labeller, 
         pseudo_label(config(unlabeled, labeller, out, resume=True))
 
 
+def test_resume_leaves_an_output_finished_with_the_same_settings_as_it_is(unlabeled, labeller, tmp_path):
+    out = tmp_path / "p.json"
+    first = pseudo_label(config(unlabeled, labeller, out))
+    made = out.stat().st_mtime_ns
+    again = pseudo_label(config(unlabeled, labeller, out, resume=True))  # e.g. a workspace's second pass was cut
+    assert out.stat().st_mtime_ns == made and again.merged
+    assert (again.num_images, again.num_boxes, again.num_images_resumed, again.num_images_this_run) == (
+        first.num_images, first.num_boxes, first.num_images, 0)
+    # other settings: labelled again, as without the output
+    other = pseudo_label(config(unlabeled, labeller, out, resume=True, hflip=False))
+    assert out.stat().st_mtime_ns != made and other.num_images_this_run == 40 and len(other.transforms) == 3
+
+
 def test_shards_merge_into_the_single_process_output(unlabeled, labeller, tmp_path):
     pseudo_label(config(unlabeled, labeller, tmp_path / "one.json"))
     first = pseudo_label(config(unlabeled, labeller, tmp_path / "sharded.json", shard=(1, 3)))
