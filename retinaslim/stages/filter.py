@@ -34,6 +34,7 @@ import heapq
 import os
 from array import array
 from collections.abc import Iterator
+from itertools import zip_longest
 from collections import Counter
 from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
@@ -234,24 +235,21 @@ def _machine_images(streams: list[CocoStream], classes: ClassMap, owner: list[in
             yield image, scored(streams[0], anns), _as_detections(anns, classes)
         return
     first, next_id = streams[0], 1
-    try:
-        for items in zip(*streams, strict=True):
-            image = items[0][0]
-            where = os.path.normpath(first.image_path(image).absolute())
-            anns = []
-            for s, (stream, (other, found)) in enumerate(zip(streams, items)):
-                if s and os.path.normpath(stream.image_path(other).absolute()) != where:
-                    raise UserError(f"{stream.path}: image {other['file_name']} where {first.path} has "
-                                    f"{image['file_name']}: the pseudo-label outputs must label the same images{_AGAIN}")
-                anns += [a for a in scored(stream, found) if owner[classes.label(a["category_id"])] == s]
-            anns = [{**a, "id": next_id + i} for i, a in enumerate(anns)]
-            next_id += len(anns)
-            yield image, anns, _as_detections(anns, classes)
-    except ValueError as e:
-        if "zip()" not in str(e):
-            raise
-        raise UserError(f"{', '.join(str(s.path) for s in streams)}: hold different numbers of images; "
-                        f"the pseudo-label outputs must label the same images{_AGAIN}") from None
+    for items in zip_longest(*streams):  # None where a file has run out of images
+        if any(item is None for item in items):
+            raise UserError(f"{', '.join(str(s.path) for s in streams)}: hold different numbers of images; "
+                            f"the pseudo-label outputs must label the same images{_AGAIN}")
+        image = items[0][0]
+        where = os.path.normpath(first.image_path(image).absolute())
+        anns = []
+        for s, (stream, (other, found)) in enumerate(zip(streams, items)):
+            if s and os.path.normpath(stream.image_path(other).absolute()) != where:
+                raise UserError(f"{stream.path}: image {other['file_name']} where {first.path} has "
+                                f"{image['file_name']}: the pseudo-label outputs must label the same images{_AGAIN}")
+            anns += [a for a in scored(stream, found) if owner[classes.label(a["category_id"])] == s]
+        anns = [{**a, "id": next_id + i} for i, a in enumerate(anns)]
+        next_id += len(anns)
+        yield image, anns, _as_detections(anns, classes)
 
 
 def _calibrate(config: FilterConfig, rule: str, streams: list[CocoStream], classes: ClassMap,
