@@ -12,6 +12,7 @@ from retinaslim.cli.common import DeviceOpt, WorkersOpt, app, user_errors
 from retinaslim.cli.workspace import pick
 from retinaslim.config import FILTER_SCORE_THRESH, FILTER_VALIDATION_RULE, WORKSPACE_FILE, Workspace
 from retinaslim.engine.thresholds import VALIDATION_RULES
+from retinaslim.errors import UserError
 
 
 @app.command("filter")
@@ -60,6 +61,8 @@ def filter_(
                 console.info(f"{ws.pseudo_student} (the human-only student's labels) is not used: choosing between "
                              "label files needs the validation rule (--calib or the workspace's val, no --score-thresh) "
                              "and no --teacher")
+        if not pseudo and ws and not ws.pseudo.is_file():
+            raise UserError(f"{ws.pseudo}: no machine labels yet; run `retinaslim pseudo-label` in this workspace first")
         pseudo = pseudo or [pick(None, "PSEUDO", ws and ws.pseudo, "machine labels")]
         if auto_thresh is None and score_thresh is None and calib is None:
             console.info(f"no validation set (--calib, or the workspace's val): the fixed threshold {FILTER_SCORE_THRESH} "
