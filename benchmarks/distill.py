@@ -21,9 +21,9 @@ runs, the filters, the students) run at once:
    with a single pass (scale 1, no flip) for the variant, and with the ensemble run by the human-only
    student itself (self-training: what machine labels are worth when the teacher is no better), and with
    the teacher and that student together (model ensembling);
-4. filter the machine labels (scored against the hidden truth): the default (the teacher's and the human-only
-   student's ensembles, each class from the one with the higher validation AP, thresholds per class chosen on the
-   validation set) and one variant per rule;
+4. filter the machine labels (scored against the hidden truth): the default (the teacher's, the human-only
+   student's and both models' fused ensembles, each class from the one with the highest validation AP, thresholds
+   per class chosen on the validation set) and one variant per rule;
 5. train-student on human + each set of machine labels (default settings otherwise);
 6. eval every checkpoint on the test images in one side-by-side table (+ precision-recall PNGs).
 7. the teacher and the default student timed again at 320 px, where the speed target is set.
@@ -87,11 +87,14 @@ PRESETS = {
 # student_distilled of the results. The rule variants pin the threshold they were first measured at, 0.5
 # (filter's default before these results moved it to 0.2): each adds one rule to it.
 LABEL_SETS = {
-    "default": (("ensemble", "self"), ["--calib", "{val}", "--student", "{student}"],
-                f"default: the teacher's and the human-only student's own ensembles ({len(config.PSEUDO_SCALES)} scales "
-                f"x flip, {config.PSEUDO_FUSION}), each class from the one with the higher validation AP, thresholds per "
-                f"class by {config.FILTER_VALIDATION_RULE} on the validation set, classes the student's single pass finds "
-                "better left to it"),
+    "default": (("ensemble", "self", "with_student"), ["--calib", "{val}", "--student", "{student}"],
+                f"default: the teacher's, the human-only student's own and both models' fused ensembles "
+                f"({len(config.PSEUDO_SCALES)} scales x flip, {config.PSEUDO_FUSION}), each class from the one with the "
+                f"highest validation AP, thresholds per class by {config.FILTER_VALIDATION_RULE} on the validation set, "
+                "classes the student's single pass finds better left to it"),
+    "teacher_or_self": (("ensemble", "self"), ["--calib", "{val}", "--student", "{student}"],
+                        "the teacher's or the human-only student's own ensemble per class, as the default but without "
+                        "the fused one (the default of session 27)"),
     "teacher_only": ("ensemble", ["--calib", "{val}", "--student", "{student}"],
                      "the teacher's ensemble only, thresholds per class on the validation set, classes the human-only "
                      "student finds better left to it (the default of sessions 19-26)"),

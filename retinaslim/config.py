@@ -55,6 +55,10 @@ PSEUDO_SCORE_FLOOR = 0.05
 # makes the shorter side 800 px (the longer at most 1333), so for square images this is its input size.
 IMPORT_IMAGE_SIZE = 800
 
+# Who made each of a workspace's label files (Workspace.labellings), as filter's readings name them.
+LABELLERS = {"pseudo.json": "the teacher's ensemble", "pseudo-student.json": "the human-only student's own ensemble",
+             "pseudo-joint.json": "the teacher and the human-only student fused"}
+
 FILTER_SCORE_THRESH = 0.2  # measured: docs/results.md, "The data-distillation benchmark"
 FILTER_VALIDATION_RULE = "precision"  # with a validation set and no threshold given: measured, docs/filter.md
 
@@ -119,6 +123,17 @@ class Workspace:
     def pseudo_student(self) -> Path:
         """The human-only student's own labels of the pool (self-training), which filter weighs against the teacher's."""
         return self.runs / "pseudo-student.json"
+
+    @property
+    def pseudo_joint(self) -> Path:
+        """The teacher's and the human-only student's transforms fused together (model ensembling)."""
+        return self.runs / "pseudo-joint.json"
+
+    def labellings(self, teacher: Path, student: Path) -> list[tuple[list[Path], Path]]:
+        """What pseudo-label writes once a human-only student exists, as (models, output), in the order filter
+        breaks ties: the teacher's ensemble, the student's own (self-training) and both fused (Data Distillation's
+        model ensembling). filter keeps each class from the one whose labels score the higher validation AP."""
+        return [([teacher], self.pseudo), ([student], self.pseudo_student), ([teacher, student], self.pseudo_joint)]
 
     @property
     def filtered(self) -> Path:

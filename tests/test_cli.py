@@ -82,21 +82,31 @@ def test_pipeline_with_workspace_short_commands(tiny_cards, monkeypatch):
     assert result.exit_code == 0, result.stdout + result.stderr
     own = json.loads((tiny_cards.out / "runs/pseudo-student.json").read_text())
     assert own["info"]["teacher"] == str(human) and len(own["images"]) == 6
+    teacher = json.loads((tiny_cards.out / "runs/pseudo.json").read_text())["info"]["teacher"]
+    joint = json.loads((tiny_cards.out / "runs/pseudo-joint.json").read_text())
+    assert joint["info"]["teacher"] == [teacher, str(human)] and len(joint["images"]) == 6
+    assert len(joint["info"]["image_size"]) == 2  # both models' transforms fused (tests/stages count the agreement)
+    files = ["pseudo.json", "pseudo-student.json", "pseudo-joint.json"]
     result = run_cli("filter", "--out", "runs/both.json", "--workers", 0)
     assert result.exit_code == 0, result.stdout + result.stderr
     both = json.loads((tiny_cards.out / "runs/both.json").read_text())["info"]["filter"]
-    assert [s.rsplit("/", 1)[-1] for s in both["source"]] == ["pseudo.json", "pseudo-student.json"]
+    assert [s.rsplit("/", 1)[-1] for s in both["source"]] == files
     assert set(both["labels_from"]) == {"id_card", "bank_card", "passport"} and set(both["labels_from"].values()) <= set(both["source"])
-    # resuming the two passes after they finished labels nothing again
-    made = [(tiny_cards.out / f"runs/{n}").stat().st_mtime_ns for n in ("pseudo.json", "pseudo-student.json")]
+    # resuming the three passes after they finished labels nothing again
+    made = [(tiny_cards.out / f"runs/{n}").stat().st_mtime_ns for n in files]
     result = run_cli("pseudo-label", "--score-floor", 0.0, "--workers", 0, "--resume")
     assert result.exit_code == 0, result.stdout + result.stderr
-    assert [(tiny_cards.out / f"runs/{n}").stat().st_mtime_ns for n in ("pseudo.json", "pseudo-student.json")] == made
-    assert result.stdout.count("resumed: 6 images were already labelled") == 2
+    assert [(tiny_cards.out / f"runs/{n}").stat().st_mtime_ns for n in files] == made
+    assert result.stdout.count("resumed: 6 images were already labelled") == 3
+    # the teacher alone into the workspace's file: the student's labels of the earlier run are named as stale
+    result = run_cli("pseudo-label", "--teacher", teacher, "--score-floor", 0.0, "--workers", 0, "--resume")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    said = " ".join((result.stdout + result.stderr).split())
+    assert all(f"{n} is from an earlier run" in said for n in files[1:]) and "resumed: 6 images" in said
 
     result = run_cli("filter", "--score-thresh", 0.0)
     assert result.exit_code == 0, result.stdout + result.stderr
-    assert "pseudo-student.json (the human-only student's labels) is not used" in " ".join(result.stdout.split())
+    assert "pseudo-joint.json (labels with the human-only student) not used" in " ".join(result.stdout.split())
     filtered = json.loads((tiny_cards.out / "runs/pseudo.filtered.json").read_text())
     assert filtered["info"]["filter"]["thresholds"] == dict.fromkeys(["id_card", "bank_card", "passport"], 0.0)
     assert filtered["info"]["filter"]["student"] is None  # a fixed threshold compares nothing
@@ -221,9 +231,9 @@ def test_demo_runs_every_stage(tmp_path, monkeypatch):
     # machine boxes, and both students with fitted anchors.
     filtered = json.loads((tmp_path / "demo/runs/pseudo.filtered.json").read_text())
     assert filtered["info"]["filter"]["student"] == str(tmp_path / "demo/runs/student-human/best.pt")
-    # as in a workspace: the teacher's and the human-only student's own labels, each class from one of them
-    assert filtered["info"]["filter"]["source"] == [str(tmp_path / "demo/runs/pseudo.json"),
-                                                     str(tmp_path / "demo/runs/pseudo-student.json")]
+    # as in a workspace: the teacher's, the human-only student's own and both fused, each class from one of them
+    assert filtered["info"]["filter"]["source"] == [str(tmp_path / f"demo/runs/{n}") for n in
+                                                     ("pseudo.json", "pseudo-student.json", "pseudo-joint.json")]
     assert filtered["info"]["filter"]["labels_from"]["id_card"] in filtered["info"]["filter"]["source"]
     kept = filtered["annotations"]
     assert kept, "the filter let no machine box through: the demo would not distil anything"

@@ -17,7 +17,7 @@ from retinaslim.errors import UserError
 
 @app.command("filter")
 def filter_(
-    pseudo: Annotated[Optional[list[Path]], typer.Argument(help="Raw machine labels from pseudo-label; several of the same images (e.g. the teacher's and the human-only student's own) are chosen between per class by validation AP (default: runs/pseudo.json, and runs/pseudo-student.json when it exists).")] = None,
+    pseudo: Annotated[Optional[list[Path]], typer.Argument(help="Raw machine labels from pseudo-label; several of the same images (e.g. the teacher's and the human-only student's own) are chosen between per class by validation AP (default: runs/pseudo.json, and runs/pseudo-student.json and runs/pseudo-joint.json where they exist).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Filtered COCO JSON (default: runs/pseudo.filtered.json).")] = None,
     score_thresh: Annotated[Optional[str], typer.Option(help=f"Keep boxes scoring at least this: one value, or per class, e.g. id_card=0.6,passport=0.7 (default: chosen per class on the validation set, see --auto-thresh; {FILTER_SCORE_THRESH} without one).")] = None,
     auto_thresh: Annotated[Optional[str], typer.Option(help=f"Choose the threshold per class: precision (the lowest threshold reaching --target-precision on the --calib images), f1 (the best F1 on them) or instances (as many machine boxes per image as human boxes per labelled image; needs --labeled). Default with --calib images (or the workspace's val): {FILTER_VALIDATION_RULE}.")] = None,
@@ -52,15 +52,16 @@ def filter_(
             calib = ws.val
             if calib is not None:
                 console.info(f"thresholds chosen on the workspace's validation set: {calib}")
-        if not pseudo and ws and ws.pseudo_student.is_file():
+        others = [p for p in (ws.pseudo_student, ws.pseudo_joint) if p.is_file()] if ws and not pseudo else []
+        if others:
             if on_validation and calib is not None and not teacher:
-                pseudo = [ws.pseudo, ws.pseudo_student]
-                console.info(f"using machine labels: {ws.pseudo} and {ws.pseudo_student}, each class from the one the "
+                pseudo = [ws.pseudo, *others]
+                console.info(f"using machine labels: {', '.join(map(str, pseudo))}, each class from the one the "
                              f"validation set scores higher (from {WORKSPACE_FILE})")
             else:
-                console.info(f"{ws.pseudo_student} (the human-only student's labels) is not used: choosing between "
-                             "label files needs the validation rule (--calib or the workspace's val, no --score-thresh) "
-                             "and no --teacher")
+                console.info(f"{' and '.join(map(str, others))} (labels with the human-only student) not used: choosing "
+                             "between label files needs the validation rule (--calib or the workspace's val, no "
+                             "--score-thresh) and no --teacher")
         if not pseudo and ws and not ws.pseudo.is_file():
             raise UserError(f"{ws.pseudo}: no machine labels yet; run `retinaslim pseudo-label` in this workspace first")
         pseudo = pseudo or [pick(None, "PSEUDO", ws and ws.pseudo, "machine labels")]

@@ -39,21 +39,24 @@ def pseudo_label(
     with user_errors("source"):
         ws = Workspace.find()
         source = pick(source, "SOURCE", ws and ws.unlabeled, "unlabelled images")
-        jobs = [(teacher or [pick(None, "--teacher", ws and ws.newest_weights("teacher"), "teacher")],
-                 pick(out, "--out", ws and ws.pseudo, "output"))]
+        models = teacher or [pick(None, "--teacher", ws and ws.newest_weights("teacher"), "teacher")]
+        jobs = [(models, pick(out, "--out", ws and ws.pseudo, "output"))]
         if ws and teacher is None and out is None:  # the workspace's flow: the student labels too (self-training)
             student = ws.newest_weights("student-human")
             if student is not None:
-                jobs.append(([student], ws.pseudo_student))
-                console.info(f"the human-only student {student} labels the images too, into {ws.pseudo_student}: filter "
-                             "keeps each class from whichever labels score higher on the validation set")
+                jobs = ws.labellings(models[0], student)
+                console.info(f"the human-only student {student} labels the images too, alone into {ws.pseudo_student} "
+                             f"and fused with the teacher into {ws.pseudo_joint}: filter keeps each class from whichever "
+                             "labels score higher on the validation set")
             else:
                 console.info("no human-only student in the workspace yet (train-student --human-only): only the teacher "
-                             "labels; with one, pseudo-label also labels with it (self-training) for filter to choose from")
-        elif ws and jobs[0][1] == ws.pseudo and ws.pseudo_student.is_file():
-            console.warn(f"{ws.pseudo_student} (the human-only student's labels) is from an earlier run and filter still "
-                         "weighs it against these labels; run pseudo-label without --teacher and --out to relabel with "
-                         "both, or delete it")
+                             "labels; with one, pseudo-label also labels with it, alone (self-training) and fused with the "
+                             "teacher, for filter to choose from")
+        elif ws and jobs[0][1] == ws.pseudo:
+            for stale in (p for p in (ws.pseudo_student, ws.pseudo_joint) if p.is_file()):
+                console.warn(f"{stale} is from an earlier run and filter still weighs it against these labels; run "
+                             "pseudo-label without --teacher and --out to relabel with the teacher and the human-only "
+                             "student, or delete it")
         for models, target in jobs:
             with console.RichReporter() as reporter:
                 result = api.pseudo_label(source, teacher=models, out=target, scales=scales, short_sides=short_sides,

@@ -1,9 +1,9 @@
 """demo: the whole pipeline at smoke scale on built-in synthetic data, with a reading of its own numbers.
 
 synth (one card kind: ID cards in photos, the article's case) -> train-teacher -> train-student on human
-labels only -> pseudo-label with each of them (as a workspace's pseudo-label does) -> filter (each class from
-the labels the validation images score higher, compared with that student, scored against the unlabelled
-images' hidden truth) -> train-student on human + machine labels -> eval of all three side by side. Sized
+labels only -> pseudo-label with each of them and with both fused (as a workspace's pseudo-label does) ->
+filter (each class from the labels the validation images score higher, compared with that student, scored
+against the unlabelled images' hidden truth) -> train-student on human + machine labels -> eval of all three side by side. Sized
 to finish in a few minutes on 2 CPU cores. ``DemoResult.notes`` says what the run's own numbers show and
 what they do not; the full-size figures are in docs/results.md.
 """
@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retinaslim.config import TRAIN_DEFAULTS
+from retinaslim.config import LABELLERS, TRAIN_DEFAULTS, Workspace
 from retinaslim.core.progress import Reporter
 from retinaslim.stages.evaluate import EvalConfig, EvalResult, evaluate
 from retinaslim.stages.filter import FilterConfig, FilterResult, filter_labels
@@ -29,7 +29,6 @@ DEMO_CLASSES = ("id_card",)
 # A change of AP smaller than this is not read as a gain or a loss: on sets this small one run's noise is
 # several AP points (docs/results.md, its opening note), and the demo scores on 48 images.
 DEMO_NOISE_AP = 0.02
-LABELLERS = {"pseudo.json": "the teacher's ensemble", "pseudo-student.json": "the human-only student's own ensemble"}
 
 
 @dataclass
@@ -103,15 +102,13 @@ def demo(out: Path, seed: int = 0, device: str = "auto", reporter: Reporter | No
 
     teacher = run_training("teacher", "teacher", scale["teacher_epochs"])
     human = run_training("student", "student-human", scale["student_epochs"])
-    # As `retinaslim pseudo-label` and `filter` in a workspace: the teacher and the human-only student each label
-    # the images; per class the labels the validation images score higher, thresholds chosen there, and the classes
-    # the student's single pass finds better than both left to it.
+    # As `retinaslim pseudo-label` and `filter` in a workspace: the teacher, the human-only student, and both fused
+    # label the images; per class the labels the validation images score higher, thresholds chosen there, and the
+    # classes the student's single pass finds better than all of them left to it.
     reporter.log("pseudo-label")
-    pseudo = pseudo_label(PseudoLabelConfig(out / "data" / "unlabeled", teacher, runs / "pseudo.json",
-                                            device=device), reporter)
-    own = pseudo_label(PseudoLabelConfig(out / "data" / "unlabeled", human, runs / "pseudo-student.json",
-                                         device=device), reporter)
-    filtered = filter_labels(FilterConfig([pseudo.out, own.out], runs / "pseudo.filtered.json", calib=val,
+    labelled = [pseudo_label(PseudoLabelConfig(out / "data" / "unlabeled", models, target, device=device), reporter)
+                for models, target in Workspace(out, runs=runs).labellings(teacher, human)]
+    filtered = filter_labels(FilterConfig([r.out for r in labelled], runs / "pseudo.filtered.json", calib=val,
                                           student=human, device=device, truth=data.files["unlabeled"]), reporter)
     if filtered.num_images_out:
         distilled = run_training("student", "student", scale["student_epochs"], pseudo=filtered.out)
@@ -124,4 +121,4 @@ def demo(out: Path, seed: int = 0, device: str = "auto", reporter: Reporter | No
         distilled = runs / "student" / "best.pt"
     evaluation = evaluate(EvalConfig([teacher, human, distilled], val, device=device,
                                      latency_runs=scale["latency_runs"], json_out=out / "metrics.json"), reporter)
-    return DemoResult(out, pseudo, filtered, evaluation, trainings, _notes(evaluation, filtered, trainings))
+    return DemoResult(out, labelled[0], filtered, evaluation, trainings, _notes(evaluation, filtered, trainings))

@@ -51,10 +51,11 @@ def test_the_default_label_set_compares_with_the_human_only_student(tmp_path):
     student = str(tmp_path / "runs" / "student_human" / "best.pt")
     assert filters["filter_default"][filters["filter_default"].index("--student") + 1] == student
     assert "--student" not in filters["filter_no_student"]
-    # the default chooses per class between the teacher's ensemble and the human-only student's own (self-training)
-    sources = [a for a in filters["filter_default"][1:] if a.endswith(".json")][:2]
-    assert sources == [str(tmp_path / "labels" / "ensemble.json"), str(tmp_path / "labels" / "self.json")]
-    assert filters["filter_default"][3] == "--out"
+    # the default chooses per class between the teacher's ensemble, the human-only student's own (self-training)
+    # and both fused (model ensembling), in that order
+    sources = [a for a in filters["filter_default"][1:] if a.endswith(".json")][:3]
+    assert sources == [str(tmp_path / "labels" / n) for n in ("ensemble.json", "self.json", "with_student.json")]
+    assert filters["filter_default"][4] == "--out"
     # the human-only student is trained in a wave before any filter runs
     order = [step.name for wave in waves for step in wave]
     assert order.index("student_human") < order.index("filter_default")
