@@ -55,7 +55,7 @@ PSEUDO_SCORE_FLOOR = 0.05
 # makes the shorter side 800 px (the longer at most 1333), so for square images this is its input size.
 IMPORT_IMAGE_SIZE = 800
 
-# Who made each of a workspace's label files (Workspace.labellings), as filter's readings name them.
+# Who made each of a workspace's label files (Workspace.labellings), as the demo's reading names them.
 LABELLERS = {"pseudo.json": "the teacher's ensemble", "pseudo-student.json": "the human-only student's own ensemble",
              "pseudo-joint.json": "the teacher and the human-only student fused"}
 
@@ -132,7 +132,7 @@ class Workspace:
     def labellings(self, teacher: Path, student: Path) -> list[tuple[list[Path], Path]]:
         """What pseudo-label writes once a human-only student exists, as (models, output), in the order filter
         breaks ties: the teacher's ensemble, the student's own (self-training) and both fused (Data Distillation's
-        model ensembling). filter keeps each class from the one whose labels score the higher validation AP."""
+        model ensembling). filter keeps each class from the one whose labels score the highest validation AP."""
         return [([teacher], self.pseudo), ([student], self.pseudo_student), ([teacher, student], self.pseudo_joint)]
 
     @property

@@ -57,7 +57,7 @@ def filter_(
             if on_validation and calib is not None and not teacher:
                 pseudo = [ws.pseudo, *others]
                 console.info(f"using machine labels: {', '.join(map(str, pseudo))}, each class from the one the "
-                             f"validation set scores higher (from {WORKSPACE_FILE})")
+                             f"validation set scores highest (from {WORKSPACE_FILE})")
             else:
                 console.info(f"{' and '.join(map(str, others))} (labels with the human-only student) not used: choosing "
                              "between label files needs the validation rule (--calib or the workspace's val, no "

@@ -47,7 +47,7 @@ def pseudo_label(
                 jobs = ws.labellings(models[0], student)
                 console.info(f"the human-only student {student} labels the images too, alone into {ws.pseudo_student} "
                              f"and fused with the teacher into {ws.pseudo_joint}: filter keeps each class from whichever "
-                             "labels score higher on the validation set")
+                             "labels score highest on the validation set")
             else:
                 console.info("no human-only student in the workspace yet (train-student --human-only): only the teacher "
                              "labels; with one, pseudo-label also labels with it, alone (self-training) and fused with the "

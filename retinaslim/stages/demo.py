@@ -2,10 +2,10 @@
 
 synth (one card kind: ID cards in photos, the article's case) -> train-teacher -> train-student on human
 labels only -> pseudo-label with each of them and with both fused (as a workspace's pseudo-label does) ->
-filter (each class from the labels the validation images score higher, compared with that student, scored
-against the unlabelled images' hidden truth) -> train-student on human + machine labels -> eval of all three side by side. Sized
-to finish in a few minutes on 2 CPU cores. ``DemoResult.notes`` says what the run's own numbers show and
-what they do not; the full-size figures are in docs/results.md.
+filter (each class from the labels the validation images score highest, compared with that student, scored
+against the unlabelled images' hidden truth) -> train-student on human + machine labels -> eval of all three
+side by side. Sized to finish in a few minutes on 2 CPU cores. ``DemoResult.notes`` says what the run's own
+numbers show and what they do not; the full-size figures are in docs/results.md.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _notes(evaluation: EvalResult, filtered: FilterResult, trainings: dict[str, 
         chosen = "; ".join(f"{c.class_name} from {LABELLERS.get(Path(c.source).name, Path(c.source).name)}"
                            for c in filtered.calibration)
         notes.append(f"Machine labels kept by the filter (each class from the labels the validation images score "
-                     f"higher: {chosen}; thresholds chosen there): {after['boxes']} boxes, precision "
+                     f"highest: {chosen}; thresholds chosen there): {after['boxes']} boxes, precision "
                      f"{after['precision']:.2f} and recall {after['recall']:.2f} against the unlabelled images' hidden truth.")
     verdict = ("left the student's AP within this scale's noise" if abs(distilled - human) < DEMO_NOISE_AP
                else "raised the student's AP" if distilled > human else "lowered the student's AP")
@@ -103,7 +103,7 @@ def demo(out: Path, seed: int = 0, device: str = "auto", reporter: Reporter | No
     teacher = run_training("teacher", "teacher", scale["teacher_epochs"])
     human = run_training("student", "student-human", scale["student_epochs"])
     # As `retinaslim pseudo-label` and `filter` in a workspace: the teacher, the human-only student, and both fused
-    # label the images; per class the labels the validation images score higher, thresholds chosen there, and the
+    # label the images; per class the labels the validation images score highest, thresholds chosen there, and the
     # classes the student's single pass finds better than all of them left to it.
     reporter.log("pseudo-label")
     labelled = [pseudo_label(PseudoLabelConfig(out / "data" / "unlabeled", models, target, device=device), reporter)
