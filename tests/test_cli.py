@@ -196,12 +196,13 @@ def test_init_writes_commented_workspace(tmp_path, monkeypatch):
     assert_user_error(run_cli("init"), "already exists")
 
 
-def test_workspace_filter_before_pseudo_label_names_the_step(tmp_path, monkeypatch):
+def test_workspace_steps_out_of_order_name_the_step_to_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run_cli("init").exit_code == 0
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs/pseudo-student.json").write_text("{}")  # the student's labels alone: still no teacher's file
     assert_user_error(run_cli("filter"), "runs/pseudo.json", "no machine labels yet", "retinaslim pseudo-label")
+    assert_user_error(run_cli("pseudo-label", tmp_path), "no teacher in this workspace yet", "retinaslim train-teacher")
     assert not (tmp_path / "runs/pseudo.filtered.json").exists()
 
 

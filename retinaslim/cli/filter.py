@@ -108,7 +108,7 @@ def _render(result, student: Path | None) -> None:
                    ([calibrated[n].teacher_ap, calibrated[n].student_ap, calibrated[n].teacher_ap50,
                      calibrated[n].student_ap50] if compared else []) for n in names])
     if len(result.source_ap) > 1:
-        console.table("validation AP (IoU 0.5:0.95) of each file's labels: each class takes the higher",
+        console.table("validation AP (IoU 0.5:0.95) of each file's labels: each class takes the highest",
                       ["labels", *names], [[Path(f).name, *(aps[n] for n in names)] for f, aps in result.source_ap.items()])
     unreliable = [c for c in result.calibration if not c.reliable]
     # what train-student does with such a class (info.filter.unreliable_classes: data.coco.machine_class_mask)

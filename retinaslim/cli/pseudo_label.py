@@ -11,6 +11,7 @@ from retinaslim import api, console
 from retinaslim.cli.common import DeviceOpt, WorkersOpt, app, user_errors
 from retinaslim.cli.workspace import pick
 from retinaslim.config import PSEUDO_FUSION, PSEUDO_SCALES, PSEUDO_SCORE_FLOOR, Workspace
+from retinaslim.errors import UserError
 
 
 @app.command("pseudo-label")
@@ -39,6 +40,9 @@ def pseudo_label(
     with user_errors("source"):
         ws = Workspace.find()
         source = pick(source, "SOURCE", ws and ws.unlabeled, "unlabelled images")
+        if ws and not teacher and ws.newest_weights("teacher") is None:
+            raise UserError(f"no teacher in this workspace yet ({ws.runs}/teacher*/best.pt): run `retinaslim "
+                            "train-teacher` first, or pass --teacher")
         models = teacher or [pick(None, "--teacher", ws and ws.newest_weights("teacher"), "teacher")]
         jobs = [(models, pick(out, "--out", ws and ws.pseudo, "output"))]
         if ws and teacher is None and out is None:  # the workspace's flow: the student labels too (self-training)

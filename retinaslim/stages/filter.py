@@ -216,7 +216,7 @@ def _candidate_mask(config: FilterConfig, image: dict[str, Any], dets: Detection
     return keep, dets.extra["agreement"] >= config.min_agreement
 
 
-_AGAIN = " (label them again; in a workspace `retinaslim pseudo-label` writes both)"
+_AGAIN = " (label them again; in a workspace `retinaslim pseudo-label` writes them all)"
 
 
 def _machine_images(streams: list[CocoStream], classes: ClassMap, owner: list[int] | None = None
