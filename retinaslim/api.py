@@ -423,9 +423,10 @@ def filter(  # noqa: A001 - the command's name
         aspect_range = _floats(aspect_range, "aspect_range", "0.3,3")
         if len(aspect_range) != 2:
             raise UserError(f"`aspect_range` {aspect_range}: expected LO,HI, e.g. 0.3,3")
-    sources = [Path(p) for p in pseudo] if isinstance(pseudo, (list, tuple)) else [Path(pseudo)]
-    config = FilterConfig(
-        sources[0] if len(sources) == 1 else sources, Path(out), score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=_path(labeled),
+    sources = [Path(p) for p in (pseudo if isinstance(pseudo, (list, tuple)) else [pseudo])]
+    config = FilterConfig(  # one file as a path, as the config's own default is
+        sources[0] if len(sources) == 1 else sources, Path(out), score_thresh=score_thresh, auto_thresh=auto_thresh,
+        labeled=_path(labeled),
         calib=_path(calib), calib_images=_path(calib_images),
         teacher=None if teacher is None else teacher_paths(teacher), target_precision=target_precision,
         student=_path(student),

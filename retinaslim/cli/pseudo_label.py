@@ -40,10 +40,11 @@ def pseudo_label(
     with user_errors("source"):
         ws = Workspace.find()
         source = pick(source, "SOURCE", ws and ws.unlabeled, "unlabelled images")
-        if ws and not teacher and ws.newest_weights("teacher") is None:
+        newest = ws.newest_weights("teacher") if ws and not teacher else None
+        if ws and not teacher and newest is None:
             raise UserError(f"no teacher in this workspace yet ({ws.runs}/teacher*/best.pt): run `retinaslim "
                             "train-teacher` first, or pass --teacher")
-        models = teacher or [pick(None, "--teacher", ws and ws.newest_weights("teacher"), "teacher")]
+        models = teacher or [pick(None, "--teacher", newest, "teacher")]
         jobs = [(models, pick(out, "--out", ws and ws.pseudo, "output"))]
         if ws and teacher is None and out is None:  # the workspace's flow: the student labels too (self-training)
             student = ws.newest_weights("student-human")

@@ -33,10 +33,10 @@ from __future__ import annotations
 import heapq
 import os
 from array import array
-from collections.abc import Iterator
-from itertools import zip_longest
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import KW_ONLY, asdict, dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 

@@ -361,7 +361,8 @@ def test_several_pseudo_label_outputs_give_each_class_the_labels_with_the_higher
     aps = {"t.pt": {"id_card": 0.6, "passport": 0.1}, "s.pt": {"id_card": 0.4, "passport": 0.5}}
 
     def calibrated(stream, classes, calib, teacher, *args, **kwargs):
-        return [Calibration(n, 0.5, 0.95, 0.5, True, True, teacher_ap=aps[str(teacher[0])][n]) for n in classes.names]
+        return [Calibration(n, 0.5, 0.95, 0.5, True, True, teacher_ap=aps["+".join(map(str, teacher))][n])
+                for n in classes.names]
 
     monkeypatch.setattr(filter_stage, "validation_thresholds", calibrated)
     out = tmp_path / "f.json"
@@ -383,6 +384,19 @@ def test_several_pseudo_label_outputs_give_each_class_the_labels_with_the_higher
     aps["s.pt"]["id_card"] = 0.6
     tie = filter_labels(FilterConfig([own, pseudo], tmp_path / "h.json", calib=pseudo))
     assert tie.calibration[0].source == str(own)
+    # three files, as a workspace writes them: both models fused (its info lists both) win passport, the teacher id_card
+    aps["s.pt"]["id_card"] = 0.4
+    data["info"] = {**data["info"], "teacher": ["t.pt", "s.pt"]}
+    data["annotations"] = [ann(200, 2, 0.9, box=(20, 20, 30, 30), category_id=2)]
+    joint = tmp_path / "own" / "pseudo-joint.json"
+    joint.write_text(json.dumps(data))
+    aps["t.pt+s.pt"] = {"id_card": 0.5, "passport": 0.7}
+    three = filter_labels(FilterConfig([pseudo, own, joint], tmp_path / "j.json", calib=pseudo))
+    assert [(c.class_name, c.source) for c in three.calibration] == [("id_card", str(pseudo)), ("passport", str(joint))]
+    assert three.source_ap == {str(pseudo): aps["t.pt"], str(own): aps["s.pt"], str(joint): aps["t.pt+s.pt"]}
+    written = json.loads((tmp_path / "j.json").read_text())
+    assert sorted((a["image_id"], tuple(a["bbox"])) for a in written["annotations"] if a["category_id"] == 2) == [
+        (2, (20, 20, 30, 30))]  # the passports are the fused file's, the student's own are not written
 
 
 def test_several_pseudo_label_outputs_must_label_the_same_images_and_need_the_validation_set(pseudo, tmp_path):
