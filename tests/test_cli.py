@@ -98,6 +98,8 @@ def test_pipeline_with_workspace_short_commands(tiny_cards, monkeypatch):
     assert result.exit_code == 0, result.stdout + result.stderr
     assert [(tiny_cards.out / f"runs/{n}").stat().st_mtime_ns for n in files] == made
     assert result.stdout.count("resumed: 6 images were already labelled") == 3
+    said = " ".join(result.stdout.split())
+    assert said.count("left as it was") == 3 and "saved to" not in said
     # the teacher alone into the workspace's file: the student's labels of the earlier run are named as stale
     result = run_cli("pseudo-label", "--teacher", teacher, "--score-floor", 0.0, "--workers", 0, "--resume")
     assert result.exit_code == 0, result.stdout + result.stderr

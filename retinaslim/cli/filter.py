@@ -125,9 +125,11 @@ def _render(result, student: Path | None) -> None:
             console.warn(f"{c.class_name}: the labels of {_file(c)} are unreliable on the validation images ({found}); "
                          f"{left_out}")
     if result.calibration and len(unreliable) == len(result.calibration):
+        mine = (" (the human-only student's own ensemble among them: it learnt from the same human labels, so a "
+                "teacher that knows more is the lever)" if result.labelled_by_student else "")
         console.warn("the machine labels are unreliable on every class: no machine image is kept, so a student trained "
-                     "on this file learns from the human labels only. Train the teacher longer or on more labels, or "
-                     "start it from trained weights (train-teacher --init)")
+                     f"on this file learns from the human labels only{mine}. Train the teacher longer or on more labels, "
+                     "or start it from trained weights (train-teacher --init)")
     behind = [c.class_name for c in result.calibration if c.below_student]
     if behind and student is not None and not result.labelled_by_student:
         console.warn(f"self-training may label {', '.join(behind)} better than this teacher: label the images with the "

@@ -86,4 +86,4 @@ def _render(result, models: list[Path]) -> None:
                     result.num_images_this_run / max(result.seconds, 1e-9), t.data, t.forward, t.fusion)])
     for item in result.skipped:
         console.info(f"skipped {item['file']}: {item['reason']}")
-    console.info(f"saved to {result.out}")
+    console.info(f"{result.out} left as it was" if result.unchanged else f"saved to {result.out}")

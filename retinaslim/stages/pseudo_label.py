@@ -89,6 +89,7 @@ class PseudoLabelResult:
     num_images_resumed: int = 0
     timings: Timings = field(default_factory=Timings)
     seconds: float = 0.0
+    unchanged: bool = False  # under ``resume``: ``out`` was already complete with these settings, not written again
 
 
 def _sha256(path: Path) -> str:
@@ -354,7 +355,7 @@ def _complete_output(out: Path, settings: str, shard: tuple[int, int]) -> Pseudo
         result.num_boxes += len(annotations)
     with open(out, "rb") as f:
         result.skipped = list(ijson.items(f, "skipped.item"))
-    result.num_images_resumed = result.num_images
+    result.num_images_resumed, result.unchanged = result.num_images, True
     return result
 
 

@@ -242,7 +242,7 @@ def test_a_validation_set_makes_the_default_rule_precision_and_f1_beats_fixed_on
     assert set(by_hand.thresholds.values()) == {0.5} and not by_hand.calibration
 
 
-def test_classes_the_teacher_finds_unreliably_on_validation_give_ignore_regions(pseudo, tmp_path, monkeypatch):
+def test_classes_the_teacher_finds_unreliably_on_validation_give_ignore_regions(pseudo, tmp_path, monkeypatch, capsys):
     from retinaslim.engine.thresholds import Calibration
     from retinaslim.stages import filter as filter_stage
 
@@ -261,6 +261,14 @@ def test_classes_the_teacher_finds_unreliably_on_validation_give_ignore_regions(
     result = filter_labels(FilterConfig(pseudo, tmp_path / "g.json", calib=pseudo))
     assert result.num_images_out == 0 and json.loads((tmp_path / "g.json").read_text())["images"] == []
     assert result.rules[-1].images_removed == 4
+    # the command's warning names the student's own labels among the unreliable ones when it made some of them
+    from retinaslim.cli.filter import _render
+    for by_student in (False, True):
+        result.labelled_by_student = by_student
+        _render(result, None)
+        said = " ".join("".join(capsys.readouterr()).split())
+        assert "unreliable on every class" in said
+        assert ("the human-only student's own ensemble among them" in said) is by_student
 
 
 def test_average_precision_is_the_area_under_the_monotone_precision_recall_curve():
