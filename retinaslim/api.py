@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from retinaslim.config import IMPORT_IMAGE_SIZE, PSEUDO_FUSION, PSEUDO_SCORE_FLOOR, TRAIN_DEFAULTS
+from retinaslim.config import FILTER_TARGET_PRECISION, IMPORT_IMAGE_SIZE, PSEUDO_FUSION, PSEUDO_SCORE_FLOOR, TRAIN_DEFAULTS
 from retinaslim.errors import UserError
 
 if TYPE_CHECKING:
@@ -354,7 +354,7 @@ def pseudo_label(
 def filter(  # noqa: A001 - the command's name
     pseudo: PathLike | Sequence[PathLike], *, out: PathLike, score_thresh: float | dict[str, float] | str | None = None,
     auto_thresh: str | None = None, labeled: PathLike | None = None, calib: PathLike | None = None,
-    calib_images: PathLike | None = None, teacher: PathLike | Sequence[PathLike] | None = None, target_precision: float = 0.95,
+    calib_images: PathLike | None = None, teacher: PathLike | Sequence[PathLike] | None = None, target_precision: float = FILTER_TARGET_PRECISION,
     student: PathLike | None = None, min_agreement: int = 1, min_size: float = 0.0, max_size_frac: float = 1.0,
     aspect_range: str | tuple[float, float] | None = None, max_per_image: int | None = None, ambiguous: str = "keep",
     ambiguous_low: float = 0.2, keep_empty: bool = True, truth: PathLike | None = None,

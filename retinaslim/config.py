@@ -61,6 +61,7 @@ LABELLERS = {"pseudo.json": "the teacher's ensemble", "pseudo-student.json": "th
 
 FILTER_SCORE_THRESH = 0.2  # measured: docs/results.md, "The data-distillation benchmark"
 FILTER_VALIDATION_RULE = "precision"  # with a validation set and no threshold given: measured, docs/filter.md
+FILTER_TARGET_PRECISION = 0.95  # the precision rule's target on the validation images: measured, docs/filter.md
 
 WORKSPACE_TEMPLATE = """\
 # retinaslim workspace: commands run in this folder take their inputs from here.

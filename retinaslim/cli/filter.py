@@ -10,7 +10,7 @@ import typer
 from retinaslim import api, console
 from retinaslim.cli.common import DeviceOpt, WorkersOpt, app, user_errors
 from retinaslim.cli.workspace import pick
-from retinaslim.config import FILTER_SCORE_THRESH, FILTER_VALIDATION_RULE, WORKSPACE_FILE, Workspace
+from retinaslim.config import FILTER_SCORE_THRESH, FILTER_TARGET_PRECISION, FILTER_VALIDATION_RULE, WORKSPACE_FILE, Workspace
 from retinaslim.engine.thresholds import VALIDATION_RULES
 from retinaslim.errors import UserError
 
@@ -25,7 +25,7 @@ def filter_(
     calib: Annotated[Optional[Path], typer.Option(help="Human-labelled COCO file the teacher is run on to choose thresholds, for --auto-thresh f1 and precision (default: the workspace's validation set).")] = None,
     calib_images: Annotated[Optional[Path], typer.Option(help="Folder the --calib file names resolve against.")] = None,
     teacher: Annotated[Optional[list[Path]], typer.Option(help="Teacher for --auto-thresh f1 and precision, repeated for machine labels made by several (default: the ones pseudo.json names).")] = None,
-    target_precision: Annotated[float, typer.Option(help="Precision at IoU 0.5 that --auto-thresh precision aims for.")] = 0.95,
+    target_precision: Annotated[float, typer.Option(help="Precision at IoU 0.5 that --auto-thresh precision aims for on the validation images.")] = FILTER_TARGET_PRECISION,
     student: Annotated[Optional[Path], typer.Option(help="A student trained on the human labels only (train-student --human-only): classes on which its validation AP (IoU 0.5:0.95) beats the teacher's labels' keep no machine box, and a student trained on the output takes no loss for them in the machine images, with --auto-thresh f1 or precision (default: the workspace's newest runs/student-human).")] = None,
     min_agreement: Annotated[int, typer.Option(min=1, help="Keep boxes found by at least this many transforms.")] = 1,
     min_size: Annotated[float, typer.Option(min=0.0, help="Drop boxes whose shorter side is below this many pixels.")] = 0.0,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from retinaslim.config import FILTER_TARGET_PRECISION
 from retinaslim.core.detections import Detections
 from retinaslim.core.matching import average_precision, best_f1_threshold, lowest_threshold_for_precision, match_at
 from retinaslim.core.progress import Reporter
@@ -107,7 +108,7 @@ class ClassScores:
         scores, hits = self._class(k)
         return sum(average_precision(scores, hits[:, t], self.num_true[k]) for t in range(len(COCO_IOUS))) / len(COCO_IOUS)
 
-    def choose(self, names: list[str], rule: str, target_precision: float = 0.95) -> list[Calibration]:
+    def choose(self, names: list[str], rule: str, target_precision: float = FILTER_TARGET_PRECISION) -> list[Calibration]:
         """Per class (``names`` in label order): ``f1``, the threshold of the best F1; ``precision``, the lowest
         reaching ``target_precision``. A class where the rule finds none gets KEEP_NONE (``reached`` and
         ``reliable`` False); under ``f1`` a class whose best F1 is below RELIABLE_F1 is not ``reliable``."""

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from retinaslim.config import FILTER_SCORE_THRESH, FILTER_VALIDATION_RULE
+from retinaslim.config import FILTER_SCORE_THRESH, FILTER_TARGET_PRECISION, FILTER_VALIDATION_RULE
 from retinaslim.core.atomic import refuse_overwriting_inputs, write_json
 from retinaslim.core.detections import Detections
 from retinaslim.core.progress import Reporter
@@ -71,7 +71,7 @@ class FilterConfig:
     calib: Path | None = None  # auto "f1" and "precision": human-labelled images, e.g. the validation set
     calib_images: Path | None = None
     teacher: list[Path] | None = None  # auto "f1"/"precision"; default: the teacher(s) named in pseudo.json
-    target_precision: float = 0.95
+    target_precision: float = FILTER_TARGET_PRECISION
     student: Path | None = None  # auto "f1"/"precision": a human-only student; classes it finds better are unreliable
     min_agreement: int = 1
     min_size: float = 0.0
