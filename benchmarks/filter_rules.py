@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from distill import Step, run_step  # benchmarks/ is the script's folder, first on sys.path
-from retinaslim.config import FILTER_SCORE_THRESH
+from retinaslim.config import FILTER_SCORE_THRESH, FILTER_TARGET_PRECISION
 from retinaslim.core.atomic import write_json
 from retinaslim.core.detections import Detections
 from retinaslim.data.coco import annotation_boxes, image_targets, load_coco
@@ -70,7 +70,7 @@ def validation_choice(run: Path, rule: str) -> list[dict]:
                         "recall": tp / max(1, scores.num_true[k])})
         return out
     return [{"class": c.class_name, "threshold": c.threshold, "precision": c.precision, "recall": c.recall}
-            for c in scores.choose(names, rule)]
+            for c in scores.choose(names, rule, FILTER_TARGET_PRECISION)]
 
 
 def main() -> None:

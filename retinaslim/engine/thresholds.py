@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from retinaslim.config import FILTER_TARGET_PRECISION
 from retinaslim.core.detections import Detections
 from retinaslim.core.matching import average_precision, best_f1_threshold, lowest_threshold_for_precision, match_at
 from retinaslim.core.progress import Reporter
@@ -108,10 +107,11 @@ class ClassScores:
         scores, hits = self._class(k)
         return sum(average_precision(scores, hits[:, t], self.num_true[k]) for t in range(len(COCO_IOUS))) / len(COCO_IOUS)
 
-    def choose(self, names: list[str], rule: str, target_precision: float = FILTER_TARGET_PRECISION) -> list[Calibration]:
+    def choose(self, names: list[str], rule: str, target_precision: float) -> list[Calibration]:
         """Per class (``names`` in label order): ``f1``, the threshold of the best F1; ``precision``, the lowest
-        reaching ``target_precision``. A class where the rule finds none gets KEEP_NONE (``reached`` and
-        ``reliable`` False); under ``f1`` a class whose best F1 is below RELIABLE_F1 is not ``reliable``."""
+        reaching ``target_precision`` (0..1, at IoU 0.5; the commands pass config.FILTER_TARGET_PRECISION unless
+        told). A class where the rule finds none gets KEEP_NONE (``reached`` and ``reliable`` False); under ``f1``
+        a class whose best F1 is below RELIABLE_F1 is not ``reliable``."""
         if rule not in VALIDATION_RULES:
             raise UserError(f"threshold rule {rule!r}: choose {' or '.join(VALIDATION_RULES)}")
         found = []

@@ -180,27 +180,27 @@ def test_class_scores_choose_per_class_on_hand_made_validation_images():
     # image 2: class 0 found at 0.5, nothing of class 1 (its box missed)
     scores.add(Detections(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([0.5]), torch.tensor([0])),
                truth, torch.tensor([0, 1]))
-    f1 = scores.choose(["a", "b"], "f1")
+    f1 = scores.choose(["a", "b"], "f1", 0.95)
     # class 0: cuts 0.9 (P 1, R 1/2), 0.6 (1/2, 1/2), 0.5 (2/3, 1) -> F1 0.67, 0.5, 0.8: 0.5
     assert (f1[0].threshold, f1[0].precision, f1[0].recall, f1[0].reached) == pytest.approx((0.5, 2 / 3, 1.0, True))
     assert (f1[1].threshold, f1[1].precision, f1[1].recall) == pytest.approx((0.3, 1.0, 0.5))
-    precise = scores.choose(["a", "b"], "precision", target_precision=0.9)
+    precise = scores.choose(["a", "b"], "precision", 0.9)
     assert [c.threshold for c in precise] == pytest.approx([0.9, 0.3])
     empty = ClassScores(1)
     empty.add(Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64)), truth[:1], torch.tensor([0]))
-    assert not empty.choose(["a"], "f1")[0].reached and empty.choose(["a"], "f1")[0].threshold == KEEP_NONE
+    assert not empty.choose(["a"], "f1", 0.95)[0].reached and empty.choose(["a"], "f1", 0.95)[0].threshold == KEEP_NONE
     with pytest.raises(UserError, match="instances"):
-        scores.choose(["a", "b"], "instances")
+        scores.choose(["a", "b"], "instances", 0.95)
     # one card found, below nine wrong boxes: best F1 2 / (10 + 1) = 0.18 < RELIABLE_F1, so f1 distrusts the class;
     # precision 0.95 is never reached, so the precision rule finds no threshold either
     weak = ClassScores(1)
     wrong = torch.tensor([[50.0 + 3 * i, 50, 60 + 3 * i, 60] for i in range(9)])
     weak.add(Detections(torch.cat([wrong, truth[:1]]), torch.linspace(0.9, 0.4, 10), torch.zeros(10, dtype=torch.int64)),
              truth[:1], torch.tensor([0]))
-    [distrusted] = weak.choose(["a"], "f1")
+    [distrusted] = weak.choose(["a"], "f1", 0.95)
     assert distrusted.reached and not distrusted.reliable and distrusted.f1 == pytest.approx(2 / 11)
     assert distrusted.threshold == pytest.approx(0.4)
-    [unreached] = weak.choose(["a"], "precision")
+    [unreached] = weak.choose(["a"], "precision", 0.95)
     assert not unreached.reached and not unreached.reliable and unreached.threshold == KEEP_NONE
     assert all(c.reliable for c in f1 + precise)
     # AP over COCO's IoU thresholds: exact boxes count at every one; a box of IoU 0.62 at 0.5, 0.55 and 0.6 only
