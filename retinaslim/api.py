@@ -31,7 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from retinaslim.config import FILTER_TARGET_PRECISION, IMPORT_IMAGE_SIZE, PSEUDO_FUSION, PSEUDO_SCORE_FLOOR, TRAIN_DEFAULTS
+from retinaslim.config import (FILTER_TARGET_PRECISION, IMPORT_IMAGE_SIZE, PSEUDO_FUSION, PSEUDO_SCORE_FLOOR,
+                               TRAIN_DEFAULTS)
 from retinaslim.errors import UserError
 
 if TYPE_CHECKING:

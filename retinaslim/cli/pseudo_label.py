@@ -40,11 +40,13 @@ def pseudo_label(
     with user_errors("source"):
         ws = Workspace.find()
         source = pick(source, "SOURCE", ws and ws.unlabeled, "unlabelled images")
-        newest = ws.newest_weights("teacher") if ws and not teacher else None
-        if ws and not teacher and newest is None:
-            raise UserError(f"no teacher in this workspace yet ({ws.runs}/teacher*/best.pt): run `retinaslim "
-                            "train-teacher` first, or pass --teacher")
-        models = teacher or [pick(None, "--teacher", newest, "teacher")]
+        models = teacher
+        if not models:
+            newest = ws and ws.newest_weights("teacher")
+            if ws and newest is None:
+                raise UserError(f"no teacher in this workspace yet ({ws.runs}/teacher*/best.pt): run `retinaslim "
+                                "train-teacher` first, or pass --teacher")
+            models = [pick(None, "--teacher", newest, "teacher")]
         jobs = [(models, pick(out, "--out", ws and ws.pseudo, "output"))]
         if ws and teacher is None and out is None:  # the workspace's flow: the student labels too (self-training)
             student = ws.newest_weights("student-human")
