@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -16,3 +17,11 @@ class UserError(Exception):
     def renamed(self, name: Callable[[str], str]) -> UserError:
         """This error with each `field` replaced by ``name(field)``."""
         return UserError(re.sub(r"`(\w+)`", lambda m: name(m.group(1)), str(self)))
+
+
+def not_a_file(path: Path, what: str) -> UserError:
+    """The error for a ``path`` that should be ``what`` (e.g. "checkpoint") but is not a file: a folder
+    passed in its place is named as one, so the fix is clear; otherwise ``what`` was not found."""
+    if path.is_dir():
+        return UserError(f"{path}: a folder, expected {what}; pass the file itself")
+    return UserError(f"{path}: not found (expected {what})")

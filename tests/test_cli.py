@@ -100,6 +100,7 @@ def test_pipeline_with_workspace_short_commands(tiny_cards, monkeypatch):
     assert result.stdout.count("resumed: 6 images were already labelled") == 3
     said = " ".join(result.stdout.split())
     assert said.count("left as it was") == 3 and "saved to" not in said
+    assert "images/s" not in said  # nothing was labelled, so nothing was timed
     # the teacher alone into the workspace's file: the student's labels of the earlier run are named as stale
     result = run_cli("pseudo-label", "--teacher", teacher, "--score-floor", 0.0, "--workers", 0, "--resume")
     assert result.exit_code == 0, result.stdout + result.stderr
@@ -178,10 +179,18 @@ def test_bad_input_gives_one_line_errors(tiny_cards, tmp_path, monkeypatch):
     assert_user_error(run_cli("train-student", "--labeled", bad_json, "--val", labeled), "bad.json", "not valid JSON")
     assert_user_error(run_cli("train-student", "--labeled", unknown, "--val", labeled), "unknown.json", "category id 42")
     assert_user_error(run_cli("train-teacher"), "--labeled", "retinaslim.yaml")
+    assert_user_error(run_cli("filter"), "missing PSEUDO")  # the argument first, then --out
     assert_user_error(run_cli("pseudo-label", tmp_path / "empty", "--teacher", tmp_path / "t.pt", "--out", "p.json"),
                       "empty", "no images found")
     assert_user_error(run_cli("pseudo-label", tiny_cards.out / "unlabeled", "--teacher", tmp_path / "t.pt", "--out", "p.json"),
                       "t.pt", "not found")
+    # a folder where a file belongs is named as one, not "not found" (it exists)
+    assert_user_error(run_cli("pseudo-label", tiny_cards.out / "unlabeled", "--teacher", tmp_path / "empty", "--out", "p.json"),
+                      "empty: a folder, expected a checkpoint")
+    assert_user_error(run_cli("filter", labeled, "--out", "f.json", "--calib", tmp_path / "empty"),
+                      "empty: a folder, expected a COCO JSON file")
+    assert_user_error(run_cli("train-student", "--labeled", tmp_path / "empty", "--val", labeled),
+                      "empty: a folder, expected a COCO JSON file")
     assert_user_error(run_cli("filter", bad_json, "--out", "f.json"), "bad.json")
     assert_user_error(run_cli("filter", labeled, "--out", "f.json", "--score-thresh", 1.5), "--score-thresh")
     assert_user_error(run_cli("filter", labeled, "--out", labeled), "overwrite the input")

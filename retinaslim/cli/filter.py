@@ -11,7 +11,7 @@ from retinaslim import api, console
 from retinaslim.cli.common import DeviceOpt, WorkersOpt, app, user_errors
 from retinaslim.cli.workspace import pick
 from retinaslim.config import FILTER_SCORE_THRESH, FILTER_TARGET_PRECISION, FILTER_VALIDATION_RULE, WORKSPACE_FILE, Workspace
-from retinaslim.engine.thresholds import VALIDATION_RULES
+from retinaslim.engine.thresholds import KEEP_NONE, VALIDATION_RULES
 from retinaslim.errors import UserError
 
 
@@ -44,7 +44,6 @@ def filter_(
     """Keep the machine labels worth training on: thresholds, agreement, geometry, doubtful images."""
     with user_errors("pseudo"):
         ws = Workspace.find()
-        out = pick(out, "--out", ws and ws.filtered, "output")
         if auto_thresh == "instances":
             labeled = pick(labeled, "--labeled", ws and ws.labeled, "human labels")
         on_validation = auto_thresh in VALIDATION_RULES or (auto_thresh is None and score_thresh is None)
@@ -65,6 +64,7 @@ def filter_(
         if not pseudo and ws and not ws.pseudo.is_file():
             raise UserError(f"{ws.pseudo}: no machine labels yet; run `retinaslim pseudo-label` in this workspace first")
         pseudo = pseudo or [pick(None, "PSEUDO", ws and ws.pseudo, "machine labels")]
+        out = pick(out, "--out", ws and ws.filtered, "output")
         if auto_thresh is None and score_thresh is None and calib is None:
             console.info(f"no validation set (--calib, or the workspace's val): the fixed threshold {FILTER_SCORE_THRESH} "
                          "for every class; with one, each class's threshold is chosen on it")
@@ -81,7 +81,8 @@ def filter_(
                 max_per_image=max_per_image, ambiguous=ambiguous, ambiguous_low=ambiguous_low, keep_empty=keep_empty,
                 truth=truth, review_out=review_out, review_count=review_count, report=report, device=device,
                 workers=workers, reporter=reporter)
-    _render(result, student)
+    rule = auto_thresh or FILTER_VALIDATION_RULE
+    _render(result, student, f"precision {target_precision:g}" if rule == "precision" else "a true positive")
     if report is not None:
         console.info(f"report saved to {report}")
     if result.review_out:
@@ -94,14 +95,16 @@ def _file(c) -> str:
     return Path(c.source).name if c.source else "-"
 
 
-def _render(result, student: Path | None) -> None:
+def _render(result, student: Path | None, aim: str) -> None:
+    """Draw filter's tables and warnings; ``aim``: what the validation rule asks of a threshold ("precision 0.95")."""
     names = list(result.num_boxes_in)
     calibrated = {c.class_name: c for c in result.calibration}
     compared = any(c.student_ap50 is not None for c in result.calibration)
     console.table("thresholds and boxes per class", ["class", "threshold", "boxes in", "boxes kept"] +
                   (["labels from", "val precision", "val recall"] if calibrated else []) +
                   (["labels' val AP", "student val AP", "labels' val AP50", "student val AP50"] if compared else []),
-                  [[n, result.thresholds[n], result.num_boxes_in[n], result.num_boxes_kept[n]] +
+                  [[n, "keeps none" if result.thresholds[n] >= KEEP_NONE else result.thresholds[n],
+                    result.num_boxes_in[n], result.num_boxes_kept[n]] +
                    ([_file(calibrated[n])] if calibrated else []) +
                    ([calibrated[n].precision, calibrated[n].recall] if calibrated and calibrated[n].reached else
                     [None, None] if calibrated else []) +
@@ -121,7 +124,7 @@ def _render(result, student: Path | None) -> None:
                          f"{c.student_ap50:.3f} vs {c.teacher_ap50:.3f}); {left_out}")
         elif c in unreliable:
             found = (f"its best F1 there is {c.f1:.2f} (precision {c.precision:.2f}, recall {c.recall:.2f} at {c.threshold:.2f})"
-                     if c.reached else "no threshold reaches the rule's target there")
+                     if c.reached else f"no threshold reaches {aim} there")
             console.warn(f"{c.class_name}: the labels of {_file(c)} are unreliable on the validation images ({found}); "
                          f"{left_out}")
     if result.calibration and len(unreliable) == len(result.calibration):

@@ -82,10 +82,12 @@ def _render(result, models: list[Path]) -> None:
                      f"{result.seconds:.1f} s); the output is written when every shard has finished")
         return
     labellers = f"{len(models)} teachers x " if len(models) > 1 else f"{models[0]}, "
+    counts = [result.num_images, len(result.skipped), result.num_boxes, result.num_boxes / max(1, result.num_images)]
+    speed = [result.num_images_this_run / max(result.seconds, 1e-9), t.data, t.forward, t.fusion]
     console.table(f"pseudo-label: {labellers}{len(result.transforms)} transforms ({', '.join(result.transforms)})",
-                  ["images", "skipped", "boxes", "boxes/image", "images/s", "decode wait s", "forward s", "fusion s"],
-                  [(result.num_images, len(result.skipped), result.num_boxes, result.num_boxes / max(1, result.num_images),
-                    result.num_images_this_run / max(result.seconds, 1e-9), t.data, t.forward, t.fusion)])
+                  ["images", "skipped", "boxes", "boxes/image"] +
+                  ([] if result.unchanged else ["images/s", "decode wait s", "forward s", "fusion s"]),
+                  [counts + ([] if result.unchanged else speed)])  # nothing was run to time when it was complete
     for item in result.skipped:
         console.info(f"skipped {item['file']}: {item['reason']}")
     console.info(f"{result.out} left as it was" if result.unchanged else f"saved to {result.out}")

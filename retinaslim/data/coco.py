@@ -30,7 +30,7 @@ from torchvision.ops import box_convert
 
 from retinaslim.core.detections import Detections
 from retinaslim.data.images import ImageError, SizeMismatch, check_declared_size, displayed_size
-from retinaslim.errors import UserError
+from retinaslim.errors import UserError, not_a_file
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
     """
     path = Path(path)
     if not path.is_file():
-        raise _fail(path, "file not found")
+        raise not_a_file(path, "a COCO JSON file")
     try:
         data = json.loads(path.read_text())
     except UnicodeDecodeError:

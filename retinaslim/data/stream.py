@@ -30,7 +30,7 @@ import numpy as np
 from retinaslim.core.atomic import atomic_path
 from retinaslim.data.coco import (ClassMap, annotation_id, image_id, load_coco, validate_annotation,
                                   validate_categories, validate_image)
-from retinaslim.errors import UserError
+from retinaslim.errors import UserError, not_a_file
 
 
 _END = object()
@@ -123,7 +123,7 @@ def open_stream(path: Path, images_dir: Path | None = None) -> CocoStream:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: file not found")
+        raise not_a_file(path, "a COCO JSON file")
     stream = CocoStream(path, Path(images_dir) if images_dir is not None else path.parent, {}, [])
     with open(path, "rb") as f:  # 'categories' and 'info' come first in the files we write: found at once
         categories = next(stream._items(f, "categories"), None)

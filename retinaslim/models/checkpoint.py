@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from retinaslim.core.atomic import atomic_path
-from retinaslim.errors import UserError
+from retinaslim.errors import UserError, not_a_file
 from retinaslim.models.registry import build_model
 
 FORMAT = "retinaslim-checkpoint/1"
@@ -70,7 +70,7 @@ def read_weights_file(path: Path, hint: str = "") -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
+        raise not_a_file(path, "a checkpoint")
     with open(path, "rb") as f:
         head = f.read(4)
     if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save writes a zip archive (a pickle before torch 1.6)

@@ -30,7 +30,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
-from retinaslim.errors import UserError
+from retinaslim.errors import UserError, not_a_file
 from retinaslim.models.lean import LeanDetector
 from retinaslim.models.registry import build_model
 
@@ -154,7 +154,7 @@ class OnnxDetector(LeanDetector):
     def __init__(self, path: Path, threads: int | None = None):
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"{path}: ONNX model not found")
+            raise not_a_file(path, "an ONNX model")
         sess = session(path, threads)
         metadata = read_metadata(path, sess)
         model = build_model(metadata["arch"], len(metadata["classes"]), metadata["train_image_size"], **metadata["arch_options"])

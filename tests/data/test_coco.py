@@ -61,8 +61,10 @@ def test_bad_files_raise_one_clear_line(tmp_path, data, message):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(UserError, match="file not found"):
+    with pytest.raises(UserError, match=r"nope.json: not found \(expected a COCO JSON file\)"):
         load_coco(tmp_path / "nope.json")
+    with pytest.raises(UserError, match="a folder, expected a COCO JSON file; pass the file itself"):
+        load_coco(tmp_path)
 
 
 def test_detections_to_annotations_uses_dataset_category_ids():

@@ -265,9 +265,10 @@ def test_classes_the_teacher_finds_unreliably_on_validation_give_ignore_regions(
     from retinaslim.cli.filter import _render
     for by_student in (False, True):
         result.labelled_by_student = by_student
-        _render(result, None)
+        _render(result, None, "precision 0.95")
         said = " ".join("".join(capsys.readouterr()).split())
-        assert "unreliable on every class" in said
+        assert "unreliable on every class" in said and "no threshold reaches precision 0.95 there" in said
+        assert said.count("keeps none") == 2 and "1.000" not in said  # the threshold of a class that keeps nothing
         assert ("the human-only student's own ensemble among them" in said) is by_student
 
 

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from retinaslim.core.atomic import write_json
 from retinaslim.data.formats.labelset import LabelSet
-from retinaslim.errors import UserError
+from retinaslim.errors import UserError, not_a_file
 
 UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio prefixes uploaded files with 8 hex digits
 
@@ -126,7 +126,7 @@ def _categories(tasks: list[Any]) -> list[dict[str, Any]]:
 def read_labelstudio(src: Path, images_dir: Path | None = None) -> LabelSet:
     src = Path(src)
     if not src.is_file():
-        raise UserError(f"{src}: file not found; expected a Label Studio JSON export")
+        raise not_a_file(src, "a Label Studio JSON export")
     try:
         tasks = json.loads(src.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
