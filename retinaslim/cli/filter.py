@@ -81,8 +81,7 @@ def filter_(
                 max_per_image=max_per_image, ambiguous=ambiguous, ambiguous_low=ambiguous_low, keep_empty=keep_empty,
                 truth=truth, review_out=review_out, review_count=review_count, report=report, device=device,
                 workers=workers, reporter=reporter)
-    rule = auto_thresh or FILTER_VALIDATION_RULE
-    _render(result, student, f"precision {target_precision:g}" if rule == "precision" else "a true positive")
+    _render(result, student)
     if report is not None:
         console.info(f"report saved to {report}")
     if result.review_out:
@@ -95,8 +94,10 @@ def _file(c) -> str:
     return Path(c.source).name if c.source else "-"
 
 
-def _render(result, student: Path | None, aim: str) -> None:
-    """Draw filter's tables and warnings; ``aim``: what the validation rule asks of a threshold ("precision 0.95")."""
+def _render(result, student: Path | None) -> None:
+    """Draw filter's tables and warnings (``result``: the stage's FilterResult; ``student``: the human-only student
+    compared, if any)."""
+    aim = f"precision {result.target_precision:g}" if result.threshold_rule == "precision" else "a true positive"
     names = list(result.num_boxes_in)
     calibrated = {c.class_name: c for c in result.calibration}
     compared = any(c.student_ap50 is not None for c in result.calibration)

@@ -125,6 +125,8 @@ class FilterResult:
     num_review: int = 0
     source_ap: dict[str, dict[str, float]] = field(default_factory=dict)  # validation AP per input file, per class
     labelled_by_student: bool = False  # the compared ``student`` made (some of) these labels itself (self-training)
+    threshold_rule: str = "fixed"  # how the thresholds were chosen: fixed, instances, precision or f1
+    target_precision: float | None = None  # the precision rule's target on the validation images (0..1)
 
 
 def parse_class_thresholds(text: str) -> float | dict[str, float]:
@@ -444,8 +446,8 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
            RuleCount("labels unreliable on every class", dict.fromkeys(names, 0), num_dropped_unreliable)],
         histogram=[{"lo": lo / 10, "hi": (lo + 1) / 10, "boxes_in": int(bins_in[lo]), "boxes_kept": int(bins_kept[lo])}
                    for lo in range(10)],
-        calibration=calibration, source_ap=source_ap,
-        labelled_by_student=config.student is not None and Path(config.student).resolve() in
+        calibration=calibration, source_ap=source_ap, threshold_rule=rules["threshold_rule"],
+        target_precision=rules["target_precision"], labelled_by_student=config.student is not None and Path(config.student).resolve() in
         {t.resolve() for s in streams for t in _labellers(config, s)},
     )
     if config.truth is not None:

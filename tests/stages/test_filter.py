@@ -260,12 +260,13 @@ def test_classes_the_teacher_finds_unreliably_on_validation_give_ignore_regions(
     calibrate([Calibration("id_card", 0.5, 0.1, 0.1, True, False), Calibration("passport", 1.0, 0, 0, False, False)])
     result = filter_labels(FilterConfig(pseudo, tmp_path / "g.json", calib=pseudo))
     assert result.num_images_out == 0 and json.loads((tmp_path / "g.json").read_text())["images"] == []
+    assert (result.threshold_rule, result.target_precision) == ("precision", 0.95)  # what the warning names
     assert result.rules[-1].images_removed == 4
     # the command's warning names the student's own labels among the unreliable ones when it made some of them
     from retinaslim.cli.filter import _render
     for by_student in (False, True):
         result.labelled_by_student = by_student
-        _render(result, None, "precision 0.95")
+        _render(result, None)
         said = " ".join("".join(capsys.readouterr()).split())
         assert "unreliable on every class" in said and "no threshold reaches precision 0.95 there" in said
         assert said.count("keeps none") == 2 and "1.000" not in said  # the threshold of a class that keeps nothing
