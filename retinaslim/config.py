@@ -101,6 +101,8 @@ class Workspace:
     def find(cls, folder: Path | None = None) -> Workspace | None:
         """The workspace in ``folder`` (default: the current folder), or None if there is none."""
         path = (folder or Path.cwd()) / WORKSPACE_FILE
+        if path.is_dir():
+            raise UserError(f"{path}: a folder, expected the workspace file (retinaslim init writes one)")
         if not path.is_file():
             return None
         try:
@@ -112,6 +114,12 @@ class Workspace:
         unknown = set(data) - {"labeled", "val", "unlabeled", "unlabeled_truth", "classes", "runs"}
         if unknown:
             raise UserError(f"{path}: unknown key '{sorted(unknown)[0]}'")
+        for key, value in data.items():
+            if key == "classes":
+                if value is not None and not (isinstance(value, list) and all(isinstance(c, str) for c in value)):
+                    raise UserError(f"{path}: 'classes' must be a list of class names")
+            elif value is not None and not isinstance(value, str):
+                raise UserError(f"{path}: '{key}' must be a path, got {value!r}")
         root = path.parent
         paths = {k: root / v for k, v in data.items() if k != "classes" and v is not None}
         return cls(root=root, classes=data.get("classes"), **paths)

@@ -396,6 +396,14 @@ OPTION_CASES = [
     ("eval_json_is_weights", lambda i, t: ["eval", "--weights", t, "--data", i["labels"], "--json", t], ["--json", "overwrite the input --weights"]),
     ("profile_json_is_weights", lambda i, t: ["profile", "--weights", t, "--json", t], ["--json", "overwrite the input --weights"]),
     ("train_out_is_a_file", lambda i, t: ["train-student", "--labeled", i["labels"], "--val", i["labels"], "--out", i["labels"], *FAST_TRAIN], ["--out", "is a file"]),
+    # a folder where an output file belongs: refused before the work, not after it
+    ("eval_json_is_a_folder", lambda i, t: ["eval", "--weights", t, "--data", i["labels"], "--json", i["folder"]], ["--json", "a folder, expected a file name"]),
+    ("filter_report_is_a_folder", lambda i, t: ["filter", i["labels"], "--out", "f.json", "--report", i["folder"]], ["--report", "a folder, expected a file name"]),
+    ("filter_out_is_a_folder", lambda i, t: ["filter", i["labels"], "--out", i["folder"]], ["--out", "a folder, expected a file name"]),
+    ("import_teacher_out_is_a_folder", lambda i, t: ["import-teacher", t, "--arch", "retinanet_resnet50_fpn", "--classes", "id_card", "--out", i["folder"]], ["--out", "a folder, expected a file name"]),
+    ("predict_draw_is_a_file", lambda i, t: ["predict", i["folder"], "--weights", t, "--out", "p.json", "--draw", i["labels"]], ["--draw", "a file, expected a folder"]),
+    ("predict_weights_is_a_folder", lambda i, t: ["predict", i["folder"], "--weights", i["folder"], "--out", "p.json"], ["a folder, expected a retinaslim checkpoint"]),
+    ("predict_weights_not_found", lambda i, t: ["predict", i["folder"], "--weights", "nope", "--out", "p.json"], ["nope: not found"]),
 ]
 
 

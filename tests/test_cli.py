@@ -207,6 +207,21 @@ def test_init_writes_commented_workspace(tmp_path, monkeypatch):
     assert_user_error(run_cli("init"), "already exists")
 
 
+@pytest.mark.parametrize("text, fragment", [("labeled: 5", "'labeled' must be a path, got 5"),
+                                            ("runs: {a: 1}", "'runs' must be a path"),
+                                            ("classes: id_card", "'classes' must be a list of class names")])
+def test_a_workspace_value_of_the_wrong_kind_is_one_line(text, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "retinaslim.yaml").write_text(text + "\n")
+    assert_user_error(run_cli("train-student"), "retinaslim.yaml", fragment)
+
+
+def test_a_folder_named_as_the_workspace_file_is_not_taken_for_no_workspace(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "retinaslim.yaml").mkdir()
+    assert_user_error(run_cli("train-student"), "retinaslim.yaml: a folder, expected the workspace file")
+
+
 def test_workspace_steps_out_of_order_name_the_step_to_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run_cli("init").exit_code == 0

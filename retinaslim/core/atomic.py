@@ -52,7 +52,8 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def refuse_overwriting_inputs(outputs: list[tuple[str, Path | None]], inputs: list[tuple[str, Path | None]]) -> None:
-    """Raise if an output file is an input file or another output: a run must not destroy its own data.
+    """Raise if an output file is a folder, an input file or another output: a run must not destroy its own
+    data, nor find out after its work that it cannot write the result.
 
     ``outputs``, ``inputs``: (option, path) pairs; None paths are not given and are ignored.
     """
@@ -60,6 +61,8 @@ def refuse_overwriting_inputs(outputs: list[tuple[str, Path | None]], inputs: li
     for option, path in outputs:
         if path is None:
             continue
+        if Path(path).is_dir():
+            raise UserError(f"{option} {path}: a folder, expected a file name for the output")
         clash = taken.get(Path(path).resolve())
         if clash is not None:
             raise UserError(f"{option} {path}: the output would overwrite {clash}; choose another {option}")

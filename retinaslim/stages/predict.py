@@ -25,7 +25,7 @@ from retinaslim.data.coco import ClassMap, detections_to_annotations
 from retinaslim.data.draw import draw_boxes, save_image
 from retinaslim.data.images import ImageError, list_images, read_rgb
 from retinaslim.engine.inference import ImageResult, chunks, predict_batches, resolve_device
-from retinaslim.errors import UserError
+from retinaslim.errors import UserError, not_a_file
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.onnx import OnnxDetector
 
@@ -75,6 +75,8 @@ def load_detector(weights: Path) -> tuple[nn.Module, ClassMap, int]:
         metadata = detector.metadata
         return detector, ClassMap.from_categories(metadata["classes"]), metadata["image_size"]
     if weights.suffix.lower() != ".pt":
+        if not weights.is_file():
+            raise not_a_file(weights, "a retinaslim checkpoint (.pt) or an ONNX export (.onnx)")
         raise UserError(f"{weights}: expected a retinaslim checkpoint (.pt, from train-teacher or train-student) "
                         "or an ONNX export (.onnx, from retinaslim export)")
     checkpoint = load_checkpoint(weights)
@@ -95,6 +97,8 @@ def predict(config: PredictConfig, reporter: Reporter | None = None) -> PredictR
         raise UserError(f"`score_thresh` {config.score_thresh} must be in [0, 1]")
     if Path(config.out).suffix.lower() != ".json":
         raise UserError(f"`out` {config.out}: expected a .json file name")
+    if config.draw is not None and Path(config.draw).exists() and not Path(config.draw).is_dir():
+        raise UserError(f"`draw` {config.draw}: a file, expected a folder for the drawn images")
     if not config.sources:
         raise UserError("no images given: pass image files or folders")
     paths = gather_images(config.sources)
