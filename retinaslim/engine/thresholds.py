@@ -162,7 +162,8 @@ def validation_thresholds(pseudo: CocoStream, classes: ClassMap, calib: CocoData
     run_on = resolve_device(device)
     found = _labeller_scores([c.build().to(run_on) for c in checkpoints], image_sizes, transforms, fusion,
                              _label_map(checkpoints[0].classes, teachers[0], classes, pseudo.path), calib, classes,
-                             run_on, batch_size, workers, reporter, "calibrate")
+                             run_on, batch_size, workers, reporter, "calibrate",
+                             floor=float(pseudo.info.get("score_floor", 0.0)))
     calibration = found.choose(classes.names, rule, target_precision)
     for k, c in enumerate(calibration):
         c.teacher_ap50, c.teacher_ap = found.ap50(k), found.ap(k)
@@ -209,20 +210,29 @@ def _label_map(categories: list[dict], model_path: Path, classes: ClassMap, pseu
 
 def _labeller_scores(models: list, image_sizes: list[int], transforms: list[Transform], fusion: str,
                      to_label: torch.Tensor, calib: CocoData, classes: ClassMap, run_on: torch.device,
-                     batch_size: int, workers: int, reporter: Reporter, task: str) -> ClassScores:
-    """``models`` (fused as pseudo-label fuses them) run on every ``calib`` image, scored against its human boxes."""
+                     batch_size: int, workers: int, reporter: Reporter, task: str, floor: float = 0.0) -> ClassScores:
+    """``models`` (fused as pseudo-label fuses them) run on every ``calib`` image, scored against its human boxes.
+    Fused boxes scoring below ``floor`` (0..1: the machine-label file's ``score_floor``, which pseudo-label cut its
+    boxes at) are dropped, so that the thresholds, precision, recall and AP describe boxes the file can hold. An
+    image that cannot be decoded counts its human boxes as missed, and is reported."""
     paths = [calib.image_path(im) for im in calib.images]
     found = ClassScores(len(classes))
+    undecodable = 0
 
     def collect(batch: list[ImageResult]) -> None:
+        nonlocal undecodable
         for result in batch:
-            if result.detections is None:
-                continue
             boxes, labels = image_targets(calib, calib.images[result.index], classes)
-            dets = result.detections
+            if result.detections is None:
+                undecodable += 1
+                found.add(Detections.empty(), boxes, labels)
+                continue
+            dets = result.detections[result.detections.scores >= floor]
             found.add(Detections(dets.boxes, dets.scores, to_label[dets.labels], dets.extra), boxes, labels)
 
     predict_batches(models[0], paths, chunks(list(range(len(paths))), batch_size), image_sizes[0], transforms, run_on,
                     collect, fusion=fusion, workers=workers, reporter=reporter, task=task,
                     ensemble=list(zip(models[1:], image_sizes[1:])))
+    if undecodable:
+        reporter.log(f"warning: {calib.path}: {undecodable} image(s) could not be decoded; their objects count as missed")
     return found

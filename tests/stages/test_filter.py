@@ -333,7 +333,7 @@ def test_a_student_better_than_the_teacher_makes_its_classes_unreliable(one_card
         return found
 
     crafted = {"calibrate": scores([True, True, False], tight=True), "student": scores([True, True, True], tight=True)}
-    monkeypatch.setattr(thresholds, "_labeller_scores", lambda *args: crafted[args[-1]])
+    monkeypatch.setattr(thresholds, "_labeller_scores", lambda *args, **kwargs: crafted[args[-1]])
     result = filter_labels(FilterConfig(tmp_path / "good.json", tmp_path / "m.json", calib=labeled, student=weak))
     for c in result.calibration:
         assert c.reached and c.threshold == pytest.approx(0.5) and c.precision == 1.0  # the precision rule alone keeps them
@@ -435,3 +435,42 @@ def test_several_pseudo_label_outputs_must_label_the_same_images_and_need_the_va
             with pytest.raises(UserError, match=message):
                 filter_labels(FilterConfig([pseudo, bad], tmp_path / "b.json", calib=pseudo))
     assert not (tmp_path / "b.json").exists()  # nothing written on a refusal
+
+
+def test_validation_thresholds_see_only_boxes_above_the_files_score_floor_and_count_undecodable_images(
+        one_card_set, labeller, tmp_path):
+    """pseudo-label cut its boxes at the score floor: the validation run must cut there too (or a threshold below
+    the floor describes boxes the file cannot hold); an image that cannot be decoded counts its objects as missed."""
+    import shutil
+
+    from retinaslim.stages.pseudo_label import PseudoLabelConfig, pseudo_label
+
+    images, labeled = one_card_set.out / "labeled", one_card_set.files["labeled"]
+    low, high = tmp_path / "low.json", tmp_path / "high.json"
+    pseudo_label(PseudoLabelConfig(images, labeller, low, batch_size=4, score_floor=0.0))
+    pseudo_label(PseudoLabelConfig(images, labeller, high, batch_size=4, score_floor=0.1))
+    # precision 0 is reached by the lowest score seen: the floor bounds it from below
+    at_low = filter_labels(FilterConfig(low, tmp_path / "a.json", calib=labeled, target_precision=0.0))
+    at_high = filter_labels(FilterConfig(high, tmp_path / "b.json", calib=labeled, target_precision=0.0))
+    assert min(c.threshold for c in at_low.calibration if c.reached) < 0.1
+    assert all(c.threshold >= 0.1 for c in at_high.calibration if c.reached)
+    assert any(c.reached for c in at_high.calibration)
+    # one validation image corrupted: its objects count as missed (recall drops), and the run says so
+    copy = tmp_path / "calib"
+    shutil.copytree(one_card_set.out / "labeled", copy / "labeled")
+    data = json.loads(labeled.read_text())
+    (copy / data["images"][0]["file_name"]).write_bytes(b"not an image")
+    (copy / "labeled.json").write_text(json.dumps(data))
+    from retinaslim.core.progress import Reporter
+
+    logged = []
+
+    class Recorder(Reporter):
+        def log(self, message):
+            logged.append(message)
+
+    broken = filter_labels(FilterConfig(low, tmp_path / "c.json", calib=copy / "labeled.json", target_precision=0.0),
+                           Recorder())
+    assert any("1 image(s) could not be decoded" in line for line in logged)
+    recall = {c.class_name: c.recall for c in at_low.calibration if c.reached}
+    assert any(c.recall < recall[c.class_name] for c in broken.calibration if c.class_name in recall)
