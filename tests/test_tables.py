@@ -92,7 +92,7 @@ def test_filter_suggests_self_training_for_the_classes_its_student_finds_better(
                           num_ignore_regions=0, num_empty_images=0, rules=[], histogram=[],
                           calibration=[calibration("WBC", 0.7, 0.6), calibration("RBC", 0.4, 0.5),
                                        calibration("Platelets", 0.1, 0.3)])
-    _render(result, Path("runs/student-human/best.pt"), "precision 0.95")
+    _render(result, Path("runs/student-human/best.pt"))
     text = " ".join(screen.getvalue().split())  # the warning wraps at 80 columns
     assert "self-training may label RBC, Platelets better than this teacher" in text
     assert "pseudo-label IMAGES --teacher runs/student-human/best.pt --out STUDENT.json" in text
@@ -100,13 +100,13 @@ def test_filter_suggests_self_training_for_the_classes_its_student_finds_better(
     assert _row(screen.getvalue(), "labels from") == ["labels from", *["pseudo.json"] * 3]  # the labels' file per class
     screen.seek(0)
     screen.truncate()
-    _render(result, None, "precision 0.95")  # without the student's checkpoint there is no command to name
+    _render(result, None)  # without the student's checkpoint there is no command to name
     result.labelled_by_student = True
-    _render(result, Path("runs/student-human/best.pt"), "precision 0.95")  # the labels are already the student's own
+    _render(result, Path("runs/student-human/best.pt"))  # the labels are already the student's own
     assert "self-training" not in screen.getvalue()
     # several files of labels: each one's validation AP per class, the choice filter made
     result.source_ap = {"runs/pseudo.json": {"WBC": 0.7, "RBC": 0.4, "Platelets": 0.1},
                         "runs/pseudo-student.json": {"WBC": 0.65, "RBC": 0.55, "Platelets": 0.35}}
-    _render(result, Path("runs/student-human/best.pt"), "precision 0.95")
+    _render(result, Path("runs/student-human/best.pt"))
     assert _row(screen.getvalue(), "pseudo-student.json") == ["pseudo-student.json", "0.650", "0.550", "0.350"]
     assert _row(screen.getvalue(), "pseudo.json") == ["pseudo.json", "0.700", "0.400", "0.100"]
