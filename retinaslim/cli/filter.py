@@ -43,6 +43,10 @@ def filter_(
 ) -> None:
     """Keep the machine labels worth training on: thresholds, agreement, geometry, doubtful images."""
     with user_errors("pseudo"):
+        if target_precision != FILTER_TARGET_PRECISION and (score_thresh is not None or auto_thresh in ("f1", "instances")):
+            other = "--score-thresh" if score_thresh is not None else f"--auto-thresh {auto_thresh}"
+            raise UserError(f"--target-precision {target_precision:g} is the precision rule's target: it has no effect "
+                            f"with {other}")
         ws = Workspace.find()
         if auto_thresh == "instances":
             labeled = pick(labeled, "--labeled", ws and ws.labeled, "human labels")
