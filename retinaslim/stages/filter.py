@@ -447,7 +447,8 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
         histogram=[{"lo": lo / 10, "hi": (lo + 1) / 10, "boxes_in": int(bins_in[lo]), "boxes_kept": int(bins_kept[lo])}
                    for lo in range(10)],
         calibration=calibration, source_ap=source_ap, threshold_rule=rules["threshold_rule"],
-        target_precision=rules["target_precision"], labelled_by_student=config.student is not None and Path(config.student).resolve() in
+        target_precision=rules["target_precision"],
+        labelled_by_student=config.student is not None and Path(config.student).resolve() in
         {t.resolve() for s in streams for t in _labellers(config, s)},
     )
     if config.truth is not None:
