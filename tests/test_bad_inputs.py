@@ -376,6 +376,7 @@ OPTION_CASES = [
     ("ambiguous_low_above_1", lambda i, t: ["filter", i["labels"], "--out", "f.json", "--ambiguous-low", 2], ["--ambiguous-low 2.0", "[0, 1]"]),
     ("target_precision_above_1", lambda i, t: ["filter", i["labels"], "--out", "f.json", "--auto-thresh", "precision", "--calib", i["labels"], "--target-precision", 1.2], ["--target-precision 1.2", "[0, 1]"]),
     ("target_precision_without_its_rule", lambda i, t: ["filter", i["labels"], "--out", "f.json", "--score-thresh", 0.2, "--target-precision", 0.5], ["--target-precision 0.5", "no effect with --score-thresh"]),
+    ("target_precision_default_value_given", lambda i, t: ["filter", i["labels"], "--out", "f.json", "--score-thresh", 0.2, "--target-precision", 0.95], ["--target-precision 0.95", "no effect with --score-thresh"]),
     ("target_precision_under_f1", lambda i, t: ["filter", i["labels"], "--out", "f.json", "--auto-thresh", "f1", "--calib", i["labels"], "--target-precision", 0.5], ["no effect with --auto-thresh f1"]),
     ("max_size_frac_negative", lambda i, t: ["filter", i["labels"], "--out", "f.json", "--max-size-frac", -1], ["--max-size-frac", "[0, 1]"]),
     ("score_floor_above_1", lambda i, t: ["pseudo-label", i["folder"], "--teacher", t, "--out", "p.json", "--score-floor", 1.5], ["--score-floor 1.5", "[0, 1]"]),
@@ -465,6 +466,16 @@ def test_a_bad_training_option_value_is_one_line(tiny_cards, tmp_path, flag, val
         assert_user_error(result, fragment)
 
 
+@pytest.mark.parametrize("init, fragment", [("", "a folder, expected a weights file"),
+                                            ("missing.pt", "not found (expected a weights file)")])
+def test_train_teacher_init_that_is_no_file_is_refused_first(tiny_cards, tmp_path, init, fragment):
+    data = tiny_cards.files
+    result = run_cli("train-teacher", "--labeled", data["labeled"], "--val", data["val"], "--out", tmp_path / "run",
+                     "--image-size", 32, "--epochs", 1, "--workers", 0, "--init", tmp_path / init)
+    assert_user_error(result, fragment)
+    assert "anchors" not in result.stdout  # refused before the data are read and the anchors fitted
+
+
 def test_a_library_config_out_of_range_is_a_user_error_naming_the_field(tiny_cards, tmp_path):
     from retinaslim.errors import UserError
     from retinaslim.stages.train import TrainConfig
@@ -511,3 +522,12 @@ def test_train_student_warns_when_the_machine_file_has_no_box(tiny_cards, tmp_pa
                      "--out", tmp_path / "run", *FAST_TRAIN)
     assert result.exit_code == 0, result.stderr
     assert f"warning: {empty} has no machine boxes" in result.stdout
+    assert "training on human labels" in result.stdout  # its images do train, toward background
+    none = tmp_path / "none.json"  # what filter writes when it keeps no image: said once, not contradicted
+    none.write_text(json.dumps({**truth, "images": [], "annotations": []}))
+    result = run_cli("train-student", "--labeled", data["labeled"], "--val", data["val"], "--pseudo", none,
+                     "--out", tmp_path / "run2", *FAST_TRAIN)
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stdout.split())
+    assert f"{none} holds no images (the filter kept none): the student trains on the human labels only" in said
+    assert "training on human labels" not in said

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,9 +108,14 @@ def test_pipeline_with_workspace_short_commands(tiny_cards, monkeypatch):
     said = " ".join((result.stdout + result.stderr).split())
     assert all(f"{n} is from an earlier run" in said for n in files[1:]) and "resumed: 6 images" in said
 
+    result = run_cli("filter", "--auto-thresh", "instances", "--out", "runs/instances.json", "--workers", 0)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert ("pseudo-joint.json (labels with the human-only student) not used: choosing between label files needs "
+            "the validation set's scores, and --auto-thresh instances does not use it") in " ".join(result.stdout.split())
     result = run_cli("filter", "--score-thresh", 0.0)
     assert result.exit_code == 0, result.stdout + result.stderr
-    assert "pseudo-joint.json (labels with the human-only student) not used" in " ".join(result.stdout.split())
+    assert ("pseudo-joint.json (labels with the human-only student) not used: choosing between label files needs "
+            "the validation set's scores, and --score-thresh fixes the thresholds") in " ".join(result.stdout.split())
     filtered = json.loads((tiny_cards.out / "runs/pseudo.filtered.json").read_text())
     assert filtered["info"]["filter"]["thresholds"] == dict.fromkeys(["id_card", "bank_card", "passport"], 0.0)
     assert filtered["info"]["filter"]["student"] is None  # a fixed threshold compares nothing
@@ -180,6 +186,11 @@ def test_bad_input_gives_one_line_errors(tiny_cards, tmp_path, monkeypatch):
     assert_user_error(run_cli("train-student", "--labeled", unknown, "--val", labeled), "unknown.json", "category id 42")
     assert_user_error(run_cli("train-teacher"), "--labeled", "retinaslim.yaml")
     assert_user_error(run_cli("filter"), "missing PSEUDO")  # the argument first, then --out
+    # a path a workspace derives (not a key of retinaslim.yaml) says what it is there
+    assert_user_error(run_cli("filter", labeled), "missing --out: pass --out, or run in a workspace",
+                      "where it is its runs/pseudo.filtered.json")
+    assert_user_error(run_cli("pseudo-label", tiny_cards.out / "unlabeled", "--out", "p.json"),
+                      "missing --teacher", "where it is the newest runs/teacher*/best.pt")
     assert_user_error(run_cli("pseudo-label", tmp_path / "empty", "--teacher", tmp_path / "t.pt", "--out", "p.json"),
                       "empty", "no images found")
     assert_user_error(run_cli("pseudo-label", tiny_cards.out / "unlabeled", "--teacher", tmp_path / "t.pt", "--out", "p.json"),
@@ -333,3 +344,33 @@ def test_the_demo_reads_a_change_within_its_noise_as_no_change():
     assert "raised the student's AP (0.172 human only -> 0.200" in notes(0.172, 0.200)
     assert "lowered the student's AP (0.172 human only -> 0.140" in notes(0.172, 0.140)
     assert "20x faster than the teacher" in notes(0.172, 0.178)
+
+
+def test_ctrl_c_says_how_to_resume(tiny_cards, tmp_path, monkeypatch):
+    """Ctrl-C ends in one line, exit 130, naming the file to resume from, or saying there is none yet."""
+    from retinaslim import api
+
+    def stopped(write):
+        def run(*args, **kwargs):
+            write(kwargs)
+            raise KeyboardInterrupt
+        return run
+
+    files = ["--labeled", tiny_cards.files["labeled"], "--val", tiny_cards.files["val"]]
+    for saved in (False, True):
+        out = tmp_path / f"student-{saved}"
+        monkeypatch.setattr(api, "train_student", stopped(
+            lambda kw: (Path(kw["out"]).mkdir(), (Path(kw["out"]) / "last.pt").write_bytes(b"")) if saved else None))
+        result = run_cli("train-student", *files, "--out", out, "--human-only")
+        assert result.exit_code == 130 and "Traceback" not in result.stdout + result.stderr
+        said = [line for line in result.stderr.splitlines() if line.strip()]
+        expected = (f"continue with `retinaslim train-student --resume {out / 'last.pt'}`" if saved
+                    else f"no epoch had finished, so there is no {out / 'last.pt'} to resume from")
+        assert said == [f"error: interrupted; {expected}"], said
+
+    target = tmp_path / "pseudo.json"
+    monkeypatch.setattr(api, "pseudo_label", stopped(lambda kw: Path(f"{kw['out']}.journal").write_text("")))
+    result = run_cli("pseudo-label", tiny_cards.out / "unlabeled", "--teacher", tmp_path / "t.pt", "--out", target)
+    assert result.exit_code == 130
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        f"error: interrupted; {target}.journal keeps the finished batches: run the same command with --resume to continue"]

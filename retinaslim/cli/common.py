@@ -6,7 +6,7 @@ typed it (--score-thresh, or PSEUDO for a command's argument) and exits 1 withou
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -39,10 +39,12 @@ def flag(name: str, arguments: tuple[str, ...] = ()) -> str:
 
 
 @contextmanager
-def user_errors(*arguments: str) -> Iterator[None]:
+def user_errors(*arguments: str, resume_hint: Callable[[], str | None] | None = None) -> Iterator[None]:
     """A user's mistake ends in one red line and exit code 1, never a traceback.
 
     The message's `keywords` become the flags typed; ``arguments``: the command's positional arguments.
+    ``resume_hint``: on Ctrl-C, how to continue the interrupted work (called then, so it sees the paths the
+    command resolved), or None when there is nothing to continue.
     """
     try:
         yield
@@ -53,5 +55,6 @@ def user_errors(*arguments: str) -> Iterator[None]:
         console.error(f"{e.filename}: {e.strerror or e}" if e.filename else f"{e.strerror or e}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        console.error("interrupted")
+        hint = resume_hint() if resume_hint is not None else None
+        console.error("interrupted" + (f"; {hint}" if hint else ""))
         raise typer.Exit(130) from None

@@ -25,7 +25,7 @@ def filter_(
     calib: Annotated[Optional[Path], typer.Option(help="Human-labelled COCO file the teacher is run on to choose thresholds, for --auto-thresh f1 and precision (default: the workspace's validation set).")] = None,
     calib_images: Annotated[Optional[Path], typer.Option(help="Folder the --calib file names resolve against.")] = None,
     teacher: Annotated[Optional[list[Path]], typer.Option(help="Teacher for --auto-thresh f1 and precision, repeated for machine labels made by several (default: the ones pseudo.json names).")] = None,
-    target_precision: Annotated[float, typer.Option(help="Precision at IoU 0.5 that --auto-thresh precision aims for on the validation images.")] = FILTER_TARGET_PRECISION,
+    target_precision: Annotated[Optional[float], typer.Option(help=f"Precision at IoU 0.5 that --auto-thresh precision aims for on the validation images. Default: {FILTER_TARGET_PRECISION}.")] = None,
     student: Annotated[Optional[Path], typer.Option(help="A student trained on the human labels only (train-student --human-only): classes on which its validation AP (IoU 0.5:0.95) beats the teacher's labels' keep no machine box, and a student trained on the output takes no loss for them in the machine images, with --auto-thresh f1 or precision (default: the workspace's newest runs/student-human).")] = None,
     min_agreement: Annotated[int, typer.Option(min=1, help="Keep boxes found by at least this many transforms.")] = 1,
     min_size: Annotated[float, typer.Option(min=0.0, help="Drop boxes whose shorter side is below this many pixels.")] = 0.0,
@@ -43,7 +43,7 @@ def filter_(
 ) -> None:
     """Keep the machine labels worth training on: thresholds, agreement, geometry, doubtful images."""
     with user_errors("pseudo"):
-        if target_precision != FILTER_TARGET_PRECISION and (score_thresh is not None or auto_thresh in ("f1", "instances")):
+        if target_precision is not None and (score_thresh is not None or auto_thresh in ("f1", "instances")):
             other = "--score-thresh" if score_thresh is not None else f"--auto-thresh {auto_thresh}"
             raise UserError(f"--target-precision {target_precision:g} is the precision rule's target: it has no effect "
                             f"with {other}")
@@ -62,13 +62,16 @@ def filter_(
                 console.info(f"using machine labels: {', '.join(map(str, pseudo))}, each class from the one the "
                              f"validation set scores highest (from {WORKSPACE_FILE})")
             else:
+                why = ("--score-thresh fixes the thresholds" if score_thresh is not None
+                       else f"--auto-thresh {auto_thresh} does not use it" if not on_validation
+                       else "there is none (--calib, or the workspace's val)" if calib is None
+                       else "--teacher runs one model on it, for one label file")
                 console.info(f"{' and '.join(map(str, others))} (labels with the human-only student) not used: choosing "
-                             "between label files needs the validation rule (--calib or the workspace's val, no "
-                             "--score-thresh) and no --teacher")
+                             f"between label files needs the validation set's scores, and {why}")
         if not pseudo and ws and not ws.pseudo.is_file():
             raise UserError(f"{ws.pseudo}: no machine labels yet; run `retinaslim pseudo-label` in this workspace first")
-        pseudo = pseudo or [pick(None, "PSEUDO", ws and ws.pseudo, "machine labels")]
-        out = pick(out, "--out", ws and ws.filtered, "output")
+        pseudo = pseudo or [pick(None, "PSEUDO", ws and ws.pseudo, "machine labels", "its runs/pseudo.json")]
+        out = pick(out, "--out", ws and ws.filtered, "output", "its runs/pseudo.filtered.json")
         if auto_thresh is None and score_thresh is None and calib is None:
             console.info(f"no validation set (--calib, or the workspace's val): the fixed threshold {FILTER_SCORE_THRESH} "
                          "for every class; with one, each class's threshold is chosen on it")
@@ -80,7 +83,8 @@ def filter_(
         with console.RichReporter() as reporter:
             result = api.filter(
                 pseudo, out=out, score_thresh=score_thresh, auto_thresh=auto_thresh, labeled=labeled, calib=calib,
-                calib_images=calib_images, teacher=teacher, target_precision=target_precision, student=student,
+                calib_images=calib_images, teacher=teacher, student=student,
+                target_precision=FILTER_TARGET_PRECISION if target_precision is None else target_precision,
                 min_agreement=min_agreement, min_size=min_size, max_size_frac=max_size_frac, aspect_range=aspect_range,
                 max_per_image=max_per_image, ambiguous=ambiguous, ambiguous_low=ambiguous_low, keep_empty=keep_empty,
                 truth=truth, review_out=review_out, review_count=review_count, report=report, device=device,
@@ -127,6 +131,9 @@ def _render(result, student: Path | None) -> None:
             console.warn(f"{c.class_name}: the human-only student finds and places it better than the labels of "
                          f"{_file(c)} on the validation images (AP {c.student_ap:.3f} vs {c.teacher_ap:.3f}, AP50 "
                          f"{c.student_ap50:.3f} vs {c.teacher_ap50:.3f}); {left_out}")
+        elif c in unreliable and c.num_val_boxes == 0:
+            console.warn(f"{c.class_name}: the validation images hold no box of it, so the labels of {_file(c)} cannot "
+                         f"be checked there; {left_out}. Label some validation images with it to train on its labels")
         elif c in unreliable:
             found = (f"its best F1 there is {c.f1:.2f} (precision {c.precision:.2f}, recall {c.recall:.2f} at {c.threshold:.2f})"
                      if c.reached else f"no threshold reaches {aim} there")

@@ -37,7 +37,8 @@ def pseudo_label(
     Under `torchrun --nproc-per-node N -m retinaslim pseudo-label ...` each process takes a shard and
     rank 0 writes the output.
     """
-    with user_errors("source"):
+    target = None  # the output being written when Ctrl-C comes
+    with user_errors("source", resume_hint=lambda: _resume_hint(target)):
         ws = Workspace.find()
         source = pick(source, "SOURCE", ws and ws.unlabeled, "unlabelled images")
         models = teacher
@@ -46,8 +47,8 @@ def pseudo_label(
             if ws and newest is None:
                 raise UserError(f"no teacher in this workspace yet ({ws.runs}/teacher*/best.pt): run `retinaslim "
                                 "train-teacher` first, or pass --teacher")
-            models = [pick(None, "--teacher", newest, "teacher")]
-        jobs = [(models, pick(out, "--out", ws and ws.pseudo, "output"))]
+            models = [pick(None, "--teacher", newest, "teacher", "the newest runs/teacher*/best.pt")]
+        jobs = [(models, pick(out, "--out", ws and ws.pseudo, "output", "its runs/pseudo.json"))]
         if ws and teacher is None and out is None:  # the workspace's flow: the student labels too (self-training)
             student = ws.newest_weights("student-human")
             if student is not None:
@@ -71,6 +72,14 @@ def pseudo_label(
                                           image_size=image_size, batch_size=batch_size, resume=resume, shard=shard,
                                           device=device, workers=workers, reporter=reporter)
             _render(result, models)
+
+
+def _resume_hint(target: Path | None) -> str | None:
+    """How to continue a labelling stopped by Ctrl-C: its journal keeps the finished batches."""
+    journals = sorted(Path(target).parent.glob(f"{Path(target).name}*.journal")) if target is not None else []
+    if not journals:
+        return None
+    return f"{journals[0]} keeps the finished batches: run the same command with --resume to continue"
 
 
 def _render(result, models: list[Path]) -> None:

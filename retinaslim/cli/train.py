@@ -13,8 +13,18 @@ from retinaslim.cli.workspace import pick
 from retinaslim.config import TRAIN_DEFAULTS, Workspace
 
 
+def _resume_hint(role: str, out: Path | None, resume: Path | None) -> str | None:
+    """How to continue a training stopped by Ctrl-C: from its last.pt, or why there is none."""
+    last = resume if resume is not None else (Path(out) / "last.pt" if out is not None else None)
+    if last is None:
+        return None
+    if Path(last).is_file():
+        return f"continue with `retinaslim train-{role} --resume {last}`"
+    return f"no epoch had finished, so there is no {last} to resume from"
+
+
 def _train(role: str, labeled, val, out, resume, options: dict) -> None:
-    with user_errors():
+    with user_errors(resume_hint=lambda: _resume_hint(role, out, resume)):
         if resume is None:
             ws = Workspace.find()
             labeled = pick(labeled, "--labeled", ws and ws.labeled, "labelled data")
@@ -22,11 +32,6 @@ def _train(role: str, labeled, val, out, resume, options: dict) -> None:
             if out is None:  # a student on human labels only is the bar the machine labels must beat: runs/student-human
                 folder = "student-human" if role == "student" and options.get("pseudo") is None else role
                 out = (ws or Workspace(Path.cwd())).run_dir(folder)
-            if options.get("pseudo") is not None:
-                console.info(f"training on human labels {labeled} + machine labels {options['pseudo']} "
-                             f"({options['pseudo_ratio']:.0%} of each batch, loss weight {options['pseudo_weight']:g}"
-                             + (", each box weighted by its score" if options.get("pseudo_box_weight") == "score" else "")
-                             + ")")
         run = api.train_teacher if role == "teacher" else api.train_student
         given = {k: v for k, v in options.items() if v is not None}  # None: the role's default
         with console.RichReporter() as reporter:

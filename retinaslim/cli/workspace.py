@@ -14,13 +14,19 @@ from retinaslim.config import WORKSPACE_FILE, WORKSPACE_TEMPLATE
 from retinaslim.errors import UserError
 
 
-def pick(value, option: str, fallback, what: str):
-    """``value`` if given, else the workspace's ``fallback`` (announced), else a one-line error."""
+def pick(value, option: str, fallback, what: str, in_workspace: str | None = None):
+    """``value`` if given, else the workspace's ``fallback`` (announced), else a one-line error.
+
+    ``in_workspace``: for a path a workspace derives rather than names (an output, the newest teacher), what it is
+    there, e.g. "runs/pseudo.json", so that the error does not send the user to a key that does not exist."""
     if value is not None:
         return value
     if fallback is not None:
         console.info(f"using {what}: {fallback} (from {WORKSPACE_FILE})")
         return fallback
+    if in_workspace is not None:
+        raise UserError(f"missing {option}: pass {option}, or run in a workspace (a folder with a {WORKSPACE_FILE}; "
+                        f"`retinaslim init` writes one), where it is {in_workspace}")
     raise UserError(f"missing {option}: pass {option} or run in a folder with a {WORKSPACE_FILE} that names it "
                     "(`retinaslim init` writes one)")
 

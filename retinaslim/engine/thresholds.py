@@ -59,6 +59,7 @@ class Calibration:
     teacher_ap: float | None = None  # the same, COCO's AP over IoU 0.5:0.95 (what decides ``below_student``)
     student_ap: float | None = None
     source: str | None = None  # filter: the machine-label file the class's boxes come from
+    num_val_boxes: int | None = None  # the class's human boxes on the validation images (0: nothing to check its labels by)
 
     @property
     def below_student(self) -> bool:
@@ -121,9 +122,9 @@ class ClassScores:
             chosen = (best_f1_threshold(scores, hits, self.num_true[k]) if rule == "f1"
                       else lowest_threshold_for_precision(scores, hits, self.num_true[k], target_precision))
             if chosen is None:
-                found.append(Calibration(name, KEEP_NONE, 0.0, 0.0, False, False))
+                found.append(Calibration(name, KEEP_NONE, 0.0, 0.0, False, False, num_val_boxes=self.num_true[k]))
                 continue
-            c = Calibration(name, *chosen, True, True)
+            c = Calibration(name, *chosen, True, True, num_val_boxes=self.num_true[k])
             c.reliable = rule != "f1" or c.f1 >= RELIABLE_F1
             found.append(c)
         return found

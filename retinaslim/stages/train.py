@@ -31,7 +31,7 @@ from retinaslim.engine.history import plot_history, write_history
 from retinaslim.engine.inference import evaluate_on_coco, resolve_device
 from retinaslim.engine.loop import make_optimizer, train_one_epoch, warmup_cosine
 from retinaslim.engine.rng import rng_state, seed_everything, set_rng_state
-from retinaslim.errors import UserError
+from retinaslim.errors import UserError, not_a_file
 from retinaslim.models.anchors import class_coverage, fitted_or_default, retinanet_fit
 from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from retinaslim.models.common import ASSIGNERS
@@ -165,6 +165,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         raise UserError(f"`image_size` {config.image_size} is too small; use at least 32 px")
     if config.init is not None and config.pretrained:
         raise UserError(f"`init` {config.init} and `pretrained` both choose the starting weights; pass one of them")
+    if config.init not in (None, "coco") and resume is None and not Path(config.init).is_file():
+        raise not_a_file(Path(config.init), "a weights file")  # before the data are read and the anchors fitted
     if not 0 <= config.pseudo_ratio < 1:
         raise UserError(f"`pseudo_ratio` {config.pseudo_ratio} must be in [0, 1)")
     out = Path(config.out)
@@ -198,6 +200,10 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     num_images = {"labeled": len(labeled.images)}
     if config.pseudo is not None:
         pseudo = load_coco(config.pseudo)
+        if pseudo.images:  # said here, where an empty file is known, so that no line contradicts another
+            notes.append(f"training on human labels {labeled.path} + machine labels {pseudo.path} "
+                         f"({config.pseudo_ratio:.0%} of each batch, loss weight {config.pseudo_weight:g}"
+                         + (", each box weighted by its score" if config.pseudo_box_weight == "score" else "") + ")")
         notes += [match_classes(classes, source, pseudo, left_out), require_image_files(pseudo)]
         if config.pseudo_box_weight == "score":
             require_scores(pseudo)

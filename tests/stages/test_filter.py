@@ -271,6 +271,23 @@ def test_classes_the_teacher_finds_unreliably_on_validation_give_ignore_regions(
         assert "unreliable on every class" in said and "no threshold reaches precision 0.95 there" in said
         assert said.count("keeps none") == 2 and "1.000" not in said  # the threshold of a class that keeps nothing
         assert ("the human-only student's own ensemble among them" in said) is by_student
+    # a class the validation images hold no box of is said to be unchecked, not to have missed the target
+    result.calibration[1].num_val_boxes = 0
+    _render(result, None)
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert "passport: the validation images hold no box of it, so the labels of" in said
+    assert "no threshold reaches" not in said
+
+
+def test_calibration_counts_each_class_validation_boxes():
+    from retinaslim.core.detections import Detections
+    from retinaslim.engine.thresholds import ClassScores
+
+    scores = ClassScores(2)  # one image: a true id_card (label 0) found at 0.9; no passport box on it
+    scores.add(Detections(torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([0.9]), torch.tensor([0])),
+               torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([0]))
+    found = scores.choose(["id_card", "passport"], "precision", 0.95)
+    assert [(c.num_val_boxes, c.reached) for c in found] == [(1, True), (0, False)]
 
 
 def test_average_precision_is_the_area_under_the_monotone_precision_recall_curve():

@@ -222,6 +222,8 @@ def test_run_folder_outputs_and_mixing_log(tiny_cards, tmp_path):
                               "--workers", 0, "--augment", "strong", "--out", tmp_path / "run"),
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert (f"training on human labels {data['labeled']} + machine labels {tiny_cards.out / 'unlabeled.truth.json'} "
+            "(50% of each batch, loss weight 0.5)") in " ".join(done.stdout.split())
     history = rows(tmp_path / "run" / "results.csv")
     assert len(history) == 2
     for row in history:  # 8 human images, 2 per batch of 4 -> 4 batches with 2 machine images each
