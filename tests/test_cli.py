@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,8 @@ def test_pipeline_with_workspace_short_commands(tiny_cards, monkeypatch):
     result = run_cli("pseudo-label", "./unlabeled", "--score-floor", 0.0, "--workers", 0)
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "no human-only student in the workspace yet" in " ".join(result.stdout.split())
+    # found in runs/, not named by retinaslim.yaml: said so
+    assert re.search(r"using teacher: \S*runs/teacher/best\.pt \(this workspace's\)", " ".join(result.stdout.split()))
     pseudo = json.loads((tiny_cards.out / "runs/pseudo.json").read_text())
     assert len(pseudo["images"]) == 6 and pseudo["skipped"] == []
     assert len(pseudo["info"]["transforms"]) == 6 and pseudo["info"]["fusion"] == "wbf"
@@ -188,7 +191,7 @@ def test_bad_input_gives_one_line_errors(tiny_cards, tmp_path, monkeypatch):
     assert_user_error(run_cli("filter"), "missing PSEUDO")  # the argument first, then --out
     # a path a workspace derives (not a key of retinaslim.yaml) says what it is there
     assert_user_error(run_cli("filter", labeled), "missing --out: pass --out, or run in a workspace",
-                      "where it is its runs/pseudo.filtered.json")
+                      "where it is runs/pseudo.filtered.json")
     assert_user_error(run_cli("pseudo-label", tiny_cards.out / "unlabeled", "--out", "p.json"),
                       "missing --teacher", "where it is the newest runs/teacher*/best.pt")
     assert_user_error(run_cli("pseudo-label", tmp_path / "empty", "--teacher", tmp_path / "t.pt", "--out", "p.json"),

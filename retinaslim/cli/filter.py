@@ -70,8 +70,8 @@ def filter_(
                              f"between label files needs the validation set's scores, and {why}")
         if not pseudo and ws and not ws.pseudo.is_file():
             raise UserError(f"{ws.pseudo}: no machine labels yet; run `retinaslim pseudo-label` in this workspace first")
-        pseudo = pseudo or [pick(None, "PSEUDO", ws and ws.pseudo, "machine labels", "its runs/pseudo.json")]
-        out = pick(out, "--out", ws and ws.filtered, "output", "its runs/pseudo.filtered.json")
+        pseudo = pseudo or [pick(None, "PSEUDO", ws and ws.pseudo, "machine labels", "runs/pseudo.json")]
+        out = pick(out, "--out", ws and ws.filtered, "output", "runs/pseudo.filtered.json")
         if auto_thresh is None and score_thresh is None and calib is None:
             console.info(f"no validation set (--calib, or the workspace's val): the fixed threshold {FILTER_SCORE_THRESH} "
                          "for every class; with one, each class's threshold is chosen on it")

@@ -48,7 +48,7 @@ def pseudo_label(
                 raise UserError(f"no teacher in this workspace yet ({ws.runs}/teacher*/best.pt): run `retinaslim "
                                 "train-teacher` first, or pass --teacher")
             models = [pick(None, "--teacher", newest, "teacher", "the newest runs/teacher*/best.pt")]
-        jobs = [(models, pick(out, "--out", ws and ws.pseudo, "output", "its runs/pseudo.json"))]
+        jobs = [(models, pick(out, "--out", ws and ws.pseudo, "output", "runs/pseudo.json"))]
         if ws and teacher is None and out is None:  # the workspace's flow: the student labels too (self-training)
             student = ws.newest_weights("student-human")
             if student is not None:

@@ -18,11 +18,12 @@ def pick(value, option: str, fallback, what: str, in_workspace: str | None = Non
     """``value`` if given, else the workspace's ``fallback`` (announced), else a one-line error.
 
     ``in_workspace``: for a path a workspace derives rather than names (an output, the newest teacher), what it is
-    there, e.g. "runs/pseudo.json", so that the error does not send the user to a key that does not exist."""
+    there, e.g. "runs/pseudo.json": the error and the notice then name it rather than a key of the workspace file."""
     if value is not None:
         return value
     if fallback is not None:
-        console.info(f"using {what}: {fallback} (from {WORKSPACE_FILE})")
+        console.info(f"using {what}: {fallback} (from {WORKSPACE_FILE})" if in_workspace is None
+                     else f"using {what}: {fallback} (this workspace's)")
         return fallback
     if in_workspace is not None:
         raise UserError(f"missing {option}: pass {option}, or run in a workspace (a folder with a {WORKSPACE_FILE}; "
