@@ -97,6 +97,13 @@ class Workspace:
     classes: list[str] | None = None
     runs: Path = Path("runs")
 
+    def refuse_overwriting_labels(self, outputs: list[tuple[str, Path | None]]) -> None:
+        """Raise ``UserError`` if an output path is one of the workspace's human-labelled files (``labeled``,
+        ``val``, ``unlabeled_truth``): a command writing machine labels or predictions must not replace them."""
+        from retinaslim.core.atomic import refuse_overwriting_inputs  # config is imported by core's users
+        refuse_overwriting_inputs(outputs, [(f"{WORKSPACE_FILE}'s {key}:", getattr(self, key))
+                                            for key in ("labeled", "val", "unlabeled_truth")])
+
     @classmethod
     def find(cls, folder: Path | None = None) -> Workspace | None:
         """The workspace in ``folder`` (default: the current folder), or None if there is none."""

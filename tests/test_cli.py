@@ -377,3 +377,21 @@ def test_ctrl_c_says_how_to_resume(tiny_cards, tmp_path, monkeypatch):
     assert result.exit_code == 130
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
         f"error: interrupted; {target}.journal keeps the finished batches: run the same command with --resume to continue"]
+
+
+def test_outputs_never_replace_the_workspace_human_labels(tiny_cards, labeller, tmp_path, monkeypatch):
+    """pseudo-label, predict and filter refuse an --out that is the workspace's labeled/val/truth file, before any work."""
+    import shutil
+    workspace = tmp_path / "ws"
+    shutil.copytree(tiny_cards.out, workspace)  # a copy: a broken guard must not destroy the shared fixture
+    monkeypatch.chdir(workspace)
+    before = {name: (workspace / name).read_bytes() for name in ("labeled.json", "val.json")}
+    assert_user_error(run_cli("pseudo-label", "--teacher", str(labeller), "--out", "labeled.json", "--workers", 0),
+                      "--out labeled.json", "the input retinaslim.yaml's labeled:")
+    assert_user_error(run_cli("predict", "unlabeled", "--weights", str(labeller), "--out", "val.json", "--workers", 0),
+                      "--out val.json", "the input retinaslim.yaml's val:")
+    pseudo = tmp_path / "pseudo.json"
+    assert run_cli("pseudo-label", "--teacher", str(labeller), "--out", str(pseudo), "--workers", 0).exit_code == 0
+    assert_user_error(run_cli("filter", str(pseudo), "--score-thresh", 0.3, "--out", "labeled.json"),
+                      "--out labeled.json", "the input retinaslim.yaml's labeled:")
+    assert {name: (workspace / name).read_bytes() for name in before} == before

@@ -72,6 +72,8 @@ def filter_(
             raise UserError(f"{ws.pseudo}: no machine labels yet; run `retinaslim pseudo-label` in this workspace first")
         pseudo = pseudo or [pick(None, "PSEUDO", ws and ws.pseudo, "machine labels", "runs/pseudo.json")]
         out = pick(out, "--out", ws and ws.filtered, "output", "runs/pseudo.filtered.json")
+        if ws:
+            ws.refuse_overwriting_labels([("--out", out), ("--report", report), ("--review-out", review_out)])
         if auto_thresh is None and score_thresh is None and calib is None:
             console.info(f"no validation set (--calib, or the workspace's val): the fixed threshold {FILTER_SCORE_THRESH} "
                          "for every class; with one, each class's threshold is chosen on it")

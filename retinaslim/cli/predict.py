@@ -9,6 +9,7 @@ import typer
 
 from retinaslim import api, console
 from retinaslim.cli.common import DeviceOpt, WorkersOpt, app, user_errors
+from retinaslim.config import Workspace
 
 
 @app.command()
@@ -24,6 +25,10 @@ def predict(
     device: DeviceOpt = "auto", workers: WorkersOpt = 2,
 ) -> None:
     """Detect objects in images with a trained model: COCO JSON out, optional drawings."""
+    with user_errors("images"):
+        ws = Workspace.find()
+        if ws:
+            ws.refuse_overwriting_labels([("--out", out)])
     with user_errors("images"), console.RichReporter() as reporter:
         result = api.predict(images, weights=weights, out=out, draw=draw, score_thresh=score_thresh, tta=tta,
                              image_size=image_size, batch_size=batch_size, device=device, workers=workers,

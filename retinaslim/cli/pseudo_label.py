@@ -65,6 +65,8 @@ def pseudo_label(
                 console.warn(f"{stale} is from an earlier run and filter still weighs it against these labels; run "
                              "pseudo-label without --teacher and --out to relabel with the teacher and the human-only "
                              "student, or delete it")
+        if ws:
+            ws.refuse_overwriting_labels([("--out", path) for _, path in jobs])
         for models, target in jobs:
             with console.RichReporter() as reporter:
                 result = api.pseudo_label(source, teacher=models, out=target, scales=scales, short_sides=short_sides,
