@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from retinaslim.core.atomic import atomic_path
+from retinaslim.core.atomic import atomic_path, refuse_overwriting_inputs
 from retinaslim.errors import UserError
 
 WORKSPACE_FILE = "retinaslim.yaml"
@@ -100,7 +100,6 @@ class Workspace:
     def refuse_overwriting_labels(self, outputs: list[tuple[str, Path | None]]) -> None:
         """Raise ``UserError`` if an output path is one of the workspace's human-labelled files (``labeled``,
         ``val``, ``unlabeled_truth``): a command writing machine labels or predictions must not replace them."""
-        from retinaslim.core.atomic import refuse_overwriting_inputs  # config is imported by core's users
         refuse_overwriting_inputs(outputs, [(f"{WORKSPACE_FILE}'s {key}:", getattr(self, key))
                                             for key in ("labeled", "val", "unlabeled_truth")])
 

@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -381,7 +382,6 @@ def test_ctrl_c_says_how_to_resume(tiny_cards, tmp_path, monkeypatch):
 
 def test_outputs_never_replace_the_workspace_human_labels(tiny_cards, labeller, tmp_path, monkeypatch):
     """pseudo-label, predict and filter refuse an --out that is the workspace's labeled/val/truth file, before any work."""
-    import shutil
     workspace = tmp_path / "ws"
     shutil.copytree(tiny_cards.out, workspace)  # a copy: a broken guard must not destroy the shared fixture
     monkeypatch.chdir(workspace)
