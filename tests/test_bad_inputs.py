@@ -286,6 +286,7 @@ COCO_CASES = [
     ("negative_box", changed(lambda d: d["annotations"][1].update(bbox=[10, 10, -5, 30])), ["annotation 2", "width or height <= 0"]),
     ("zero_box", changed(lambda d: d["annotations"][1].update(bbox=[10, 10, 50, 0])), ["annotation 2", "width or height <= 0"]),
     ("box_outside_image", changed(lambda d: d["annotations"][1].update(bbox=[300, 10, 50, 30])), ["annotation 2", "wholly outside", "second.jpg (128 x 128)"]),
+    ("box_far_past_image", changed(lambda d: d["annotations"][1].update(bbox=[10, 10, 1e6, 30])), ["annotation 2", "by more than the image's size", "second.jpg (128 x 128)"]),
     ("nan_box", text(json.dumps(good_coco_dict()).replace("50.0, 30.0", "NaN, 30.0")), ["annotation 2", "four finite numbers"]),
     ("inf_score", text(json.dumps(good_coco_dict()).replace('"score": 0.8', '"score": Infinity')), ["annotation 2", "score"]),
     ("nan_image_width", text(json.dumps(good_coco_dict()).replace('"width": 128, "height": 128}]', '"width": NaN, "height": 128}]')), ["image 2", "positive integer 'width'"]),

@@ -156,12 +156,16 @@ def validate_annotation(path: Path, a: dict[str, Any], image: dict[str, Any], ca
         raise _fail(path, f"{where} needs 'bbox' as four finite numbers [x, y, width, height]")
     if bbox[2] <= 0 or bbox[3] <= 0:
         raise _fail(path, f"{where} has a box with width or height <= 0: {bbox}")
-    # A box reaching past the border is clipped in training; one wholly outside means a wrong image size.
-    outside = bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0 or (
-        image["width"] is not None and (bbox[0] >= image["width"] or bbox[1] >= image["height"]))
-    if outside:
+    # A box reaching past the border is clipped in training; one wholly outside means a wrong image size, and
+    # one reaching past the border by more than the image's own width or height is a wrong number.
+    width, height = image["width"], image["height"]
+    if bbox[0] + bbox[2] <= 0 or bbox[1] + bbox[3] <= 0 or (width is not None and (bbox[0] >= width or bbox[1] >= height)):
         raise _fail(path, f"{where} has box {bbox} (x, y, width, height) wholly outside its image "
-                          f"{image['file_name']} ({image['width']} x {image['height']})")
+                          f"{image['file_name']} ({width} x {height})")
+    if width is not None and (bbox[0] < -width or bbox[1] < -height or
+                              bbox[0] + bbox[2] > 2 * width or bbox[1] + bbox[3] > 2 * height):
+        raise _fail(path, f"{where} has box {bbox} (x, y, width, height) reaching past its image "
+                          f"{image['file_name']} ({width} x {height}) by more than the image's size")
     if "score" in a and not (_finite_number(a["score"]) and 0 <= a["score"] <= 1):
         raise _fail(path, f"{where} has score {a['score']!r}; scores must be numbers in [0, 1]")
     if "area" in a and not (_finite_number(a["area"]) and a["area"] >= 0):
@@ -377,14 +381,20 @@ def annotation_boxes(annotations: list[dict[str, Any]]) -> torch.Tensor:
 
 
 def relative_boxes(coco: CocoData) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, 4) xyxy non-crowd boxes as fractions of their image's longer side (the side training resizes to
-    ``image_size``): multiplied by ``image_size``, the boxes in pixels as training sees them; and (M,) their
-    COCO category ids."""
-    kept = [(a, max(image["width"], image["height"])) for image in coco.images
-            for a in coco.annotations_per_image[image["id"]] if not a.get("iscrowd") and a["bbox"][2] > 0 and a["bbox"][3] > 0]
-    boxes = [(x / side, y / side, (x + w) / side, (y + h) / side) for a, side in kept for x, y, w, h in [a["bbox"]]]
-    return (torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4),
-            torch.tensor([a["category_id"] for a, _ in kept], dtype=torch.int64))
+    """(M, 4) xyxy non-crowd boxes, clipped to their image as training clips them, as fractions of the image's
+    longer side (the side training resizes to ``image_size``): multiplied by ``image_size``, the boxes in pixels
+    as training sees them; and (M,) their COCO category ids."""
+    boxes, category_ids = [], []
+    for image in coco.images:
+        width, height = image["width"], image["height"]
+        side = max(width, height)
+        for a in coco.annotations_per_image[image["id"]]:
+            x, y, w, h = a["bbox"]
+            x1, y1, x2, y2 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
+            if not a.get("iscrowd") and x2 > x1 and y2 > y1:
+                boxes.append((x1 / side, y1 / side, x2 / side, y2 / side))
+                category_ids.append(a["category_id"])
+    return (torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), torch.tensor(category_ids, dtype=torch.int64))
 
 
 def image_targets(coco: CocoData, image: dict[str, Any], classes: ClassMap) -> tuple[torch.Tensor, torch.Tensor]:

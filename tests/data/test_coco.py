@@ -6,7 +6,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from retinaslim.core.detections import Detections
-from retinaslim.data.coco import ClassMap, coco_metrics, detections_to_annotations, load_coco
+from retinaslim.data.coco import ClassMap, coco_metrics, detections_to_annotations, load_coco, relative_boxes
 from retinaslim.errors import UserError
 
 
@@ -51,6 +51,7 @@ def broken(change):
     (broken(lambda d: d["annotations"][0].update(bbox=[1, 1, 0, 5])), "width or height <= 0"),
     (broken(lambda d: d["annotations"][0].update(bbox=[1, 1, float("nan"), 5])), "four finite numbers"),
     (broken(lambda d: d["annotations"][0].update(score=1.5)), "score"),
+    (broken(lambda d: d["annotations"][0].update(bbox=[10, 10, 1e6, 20])), "by more than the image's size"),
     (broken(lambda d: d["images"][0].update(width=0)), "positive integer 'width'"),
 ])
 def test_bad_files_raise_one_clear_line(tmp_path, data, message):
@@ -58,6 +59,16 @@ def test_bad_files_raise_one_clear_line(tmp_path, data, message):
     with pytest.raises(UserError) as e:
         load_coco(path)
     assert str(path) in str(e.value) and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_relative_boxes_are_clipped_to_the_image_as_training_clips_them(tmp_path):
+    # Anchors are fitted to these: a box reaching past the border must count with the part training sees.
+    data = coco_dict()
+    data["annotations"][0].update(bbox=[-10, 70, 60, 40])  # 100 x 80 image: x -10..50 -> 0..50, y 70..110 -> 70..80
+    boxes, category_ids = relative_boxes(load_coco(write(tmp_path, data)))
+    assert torch.allclose(boxes[0], torch.tensor([0, 70, 50, 80], dtype=torch.float64) / 100)
+    assert torch.allclose(boxes[1:], torch.tensor([[50, 40, 70, 60], [5, 5, 45, 35]], dtype=torch.float64) / 100)
+    assert category_ids.tolist() == [17, 3, 17]
 
 
 def test_missing_file(tmp_path):
