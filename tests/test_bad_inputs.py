@@ -331,6 +331,18 @@ def test_coco_file(case, content, fragments, command, card, labeller, tmp_path):
     assert path.read_bytes() == before
 
 
+def test_a_labelled_set_without_boxes_is_refused_before_training(card, tmp_path):
+    (tmp_path / "good.jpg").write_bytes(card[0])
+    (tmp_path / "second.jpg").write_bytes(card[0])
+    data = good_coco_dict()
+    data["annotations"] = []
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(data))
+    result = run_cli("train-student", "--labeled", path, "--val", path, "--out", tmp_path / "run", *FAST_TRAIN)
+    assert_user_error(result, str(path), "no boxes in its 2 images", "label some objects first")
+    assert not (tmp_path / "run").exists()
+
+
 def test_file_names_from_data_never_make_a_command_write_outside_its_outputs(card, labeller, tmp_path):
     """'../../x.jpg' and absolute file names are read (or refused as missing), never written to."""
     root = tmp_path / "a" / "b"

@@ -183,6 +183,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     val = load_coco(config.val, config.images)
     if not labeled.images:
         raise UserError(f"{labeled.path}: no images to train on")
+    if not any(not a.get("iscrowd") for anns in labeled.annotations_per_image.values() for a in anns):
+        raise UserError(f"{labeled.path}: no boxes in its {len(labeled.images)} images, so nothing to learn to detect; "
+                        "label some objects first")
     if previous is None:
         classes, note = trained_classes(labeled, config.keep_empty_classes)
     else:  # a resumed run keeps the classes it started with
