@@ -212,8 +212,9 @@ def train_teacher(
         results.csv, results.png and config.yaml (the resolved configuration).
 
     Raises:
-        UserError: a missing or malformed file, classes that differ between the files, an option out of
-            range, ``out`` already holding a run, ``init``/``pretrained`` weights that are not cached.
+        UserError: a missing or malformed file, ``labeled`` without boxes, classes that differ between the
+            files, an option out of range, ``out`` already holding a run, ``init``/``pretrained`` weights that are
+            not cached.
     """
     return _train("teacher", labeled, val, out, resume, reporter, images=images, arch=arch, pretrained=pretrained,
                   init=init, image_size=image_size, batch_size=batch_size, epochs=epochs, iterations=iterations,
@@ -464,8 +465,8 @@ def evaluate(
         ``EvalResult`` with one ``ModelReport`` per checkpoint, in order.
 
     Raises:
-        UserError: a missing or malformed file, a checkpoint whose classes differ from ``data``'s, an option
-            out of range, an output that would overwrite an input.
+        UserError: a missing or malformed file, ``data`` without boxes, a checkpoint whose classes differ from
+            ``data``'s, an option out of range, an output that would overwrite an input.
     """
     from retinaslim.stages.evaluate import EvalConfig
     from retinaslim.stages.evaluate import evaluate as run

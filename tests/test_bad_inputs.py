@@ -331,7 +331,7 @@ def test_coco_file(case, content, fragments, command, card, labeller, tmp_path):
     assert path.read_bytes() == before
 
 
-def test_a_labelled_set_without_boxes_is_refused_before_training(card, tmp_path):
+def test_a_labelled_set_without_boxes_is_refused_before_training_or_scoring(card, labeller, tmp_path):
     (tmp_path / "good.jpg").write_bytes(card[0])
     (tmp_path / "second.jpg").write_bytes(card[0])
     data = good_coco_dict()
@@ -341,6 +341,10 @@ def test_a_labelled_set_without_boxes_is_refused_before_training(card, tmp_path)
     result = run_cli("train-student", "--labeled", path, "--val", path, "--out", tmp_path / "run", *FAST_TRAIN)
     assert_user_error(result, str(path), "no boxes in its 2 images", "label some objects first")
     assert not (tmp_path / "run").exists()
+    # eval would print AP 0.000 for data that cannot score anything
+    result = run_cli("eval", "--weights", labeller, "--data", path, "--json", tmp_path / "m.json", *FAST_EVAL)
+    assert_user_error(result, str(path), "no boxes to score detections against", "retinaslim predict")
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_file_names_from_data_never_make_a_command_write_outside_its_outputs(card, labeller, tmp_path):

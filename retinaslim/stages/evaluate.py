@@ -198,6 +198,9 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
     data = load_coco(config.data, config.images)
     if not data.images:
         raise UserError(f"{data.path}: no images to evaluate on")
+    if not any(not a.get("iscrowd") for anns in data.annotations_per_image.values() for a in anns):
+        raise UserError(f"{data.path}: no boxes to score detections against (AP needs labelled images); "
+                        "`retinaslim predict` runs a model on unlabelled images, `retinaslim profile` times it")
     note = require_image_files(data)
     if note:
         reporter.log(note)
