@@ -213,6 +213,18 @@ def test_decompression_bomb_limit_is_configurable(image_folder, card, labeller, 
                               *FAST_PSEUDO), "RETINASLIM_MAX_IMAGE_PIXELS", "'lots'")
 
 
+def test_pseudo_label_fails_when_no_image_could_be_read(card, labeller, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (folder / name).write_bytes(card[0][:200])  # truncated: the header reads, the pixels do not
+    out = tmp_path / "p.json"
+    result = run_cli("pseudo-label", folder, "--teacher", labeller, "--out", out, *FAST_PSEUDO)
+    assert_user_error(result, f"{folder}: none of its 2 image(s) could be read", "a.jpg", f"{out} labels no image")
+    assert json.loads(out.read_text())["images"] == []  # the output says which images failed and why
+    assert len(json.loads(out.read_text())["skipped"]) == 2
+
+
 def test_exif_rotated_photo_gets_boxes_in_its_displayed_orientation(card, labeller, tmp_path):
     """The same card photograph stored upright, and stored sideways with an EXIF rotation: the same boxes."""
     upright, sideways = tmp_path / "upright", tmp_path / "sideways"

@@ -74,6 +74,10 @@ def pseudo_label(
                                           image_size=image_size, batch_size=batch_size, resume=resume, shard=shard,
                                           device=device, workers=workers, reporter=reporter)
             _render(result, models)
+            if result.merged and not result.num_images and result.skipped:
+                first = result.skipped[0]
+                raise UserError(f"{source}: none of its {len(result.skipped)} image(s) could be read (first: "
+                                f"{first['file']}: {first['reason']}); {target} labels no image")
 
 
 def _resume_hint(target: Path | None) -> str | None:
