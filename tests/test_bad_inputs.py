@@ -496,9 +496,11 @@ def test_a_bad_training_option_value_is_one_line(tiny_cards, tmp_path, flag, val
 
 
 @pytest.mark.parametrize("init, fragment", [("", "a folder, expected a weights file"),
-                                            ("missing.pt", "not found (expected a weights file)")])
-def test_train_teacher_init_that_is_no_file_is_refused_first(tiny_cards, tmp_path, init, fragment):
+                                            ("missing.pt", "not found (expected a weights file)"),
+                                            ("garbage.pt", "garbage.pt: not a PyTorch checkpoint")])
+def test_train_teacher_init_that_is_no_weights_file_is_refused_first(tiny_cards, tmp_path, init, fragment):
     data = tiny_cards.files
+    (tmp_path / "garbage.pt").write_bytes(b"not weights at all")
     result = run_cli("train-teacher", "--labeled", data["labeled"], "--val", data["val"], "--out", tmp_path / "run",
                      "--image-size", 32, "--epochs", 1, "--workers", 0, "--init", tmp_path / init)
     assert_user_error(result, fragment)

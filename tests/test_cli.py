@@ -327,6 +327,7 @@ def test_train_teacher_init_coco_needs_the_cached_file(tiny_cards, tmp_path, mon
                      "--arch", "retinanet_resnet50_fpn_v2", "--out", tmp_path / "run", "--workers", 0)
     assert_user_error(result, "--init coco", str(tmp_path / "hub" / "checkpoints" / "retinanet_resnet50_fpn_v2_coco-5905b1c5.pth"),
                       "nothing is downloaded")
+    assert "anchors" not in result.stdout  # refused before the data are read and the anchors fitted
     assert_user_error(run_cli("train-teacher", "--labeled", data["labeled"], "--val", data["val"], "--init",
                               tmp_path / "none.pth", "--out", tmp_path / "run", "--workers", 0), "none.pth", "not found")
     assert not (tmp_path / "run").exists()  # refused before the run folder is made

@@ -38,7 +38,7 @@ from retinaslim.models.common import ASSIGNERS
 from retinaslim.models.ema import ModelEMA
 from retinaslim.models.registry import build_model, list_archs, takes_option
 from retinaslim.models.teacher import coco_weights_path
-from retinaslim.models.weights import CLASS_LOGITS, load_matching, read_weights, summarise_names
+from retinaslim.models.weights import CLASS_LOGITS, WeightsFile, load_matching, read_weights, summarise_names
 
 PATH_FIELDS = ("labeled", "val", "out", "pseudo", "images")
 PSEUDO_BOX_WEIGHTS = ("none", "score")
@@ -130,15 +130,24 @@ class TrainResult:
     resumed_from_epoch: int = 0
 
 
-def initialise(model: nn.Module, init: str, arch: str, categories: list[dict[str, Any]], reporter: Reporter) -> None:
-    """Load the starting weights ``init`` names into ``model`` (in place) and log what was not loaded.
+def read_init(init: str, arch: str) -> WeightsFile:
+    """The starting weights ``init`` names: a weights file (``models.weights``) or ``coco`` (torchvision's COCO
+    weights for ``arch`` from the local torch cache). Raises ``UserError`` when the file is missing, not cached,
+    carries code or holds no tensors by name."""
+    if init == "coco":
+        return read_weights(coco_weights_path(arch))
+    if not Path(init).is_file():
+        raise not_a_file(Path(init), "a weights file")
+    return read_weights(Path(init))
 
-    ``init``: a weights file (``models.weights``) or ``coco`` (torchvision's COCO weights for ``arch`` from the local
-    torch cache). Tensors whose shapes do not fit, and the class head of a retinaslim checkpoint trained on other
-    ``categories``, keep the model's initialisation. Raises ``UserError`` when the file is missing, carries code
-    or has no tensor that fits.
+
+def initialise(model: nn.Module, weights: WeightsFile, arch: str, categories: list[dict[str, Any]],
+               reporter: Reporter) -> None:
+    """Load the starting ``weights`` (``read_init``) into ``model`` (in place) and log what was not loaded.
+
+    Tensors whose shapes do not fit, and the class head of a retinaslim checkpoint trained on other
+    ``categories``, keep the model's initialisation. Raises ``UserError`` when no tensor fits.
     """
-    weights = read_weights(coco_weights_path(arch) if init == "coco" else Path(init))
     other_classes = weights.classes is not None and weights.classes != categories
     report = load_matching(model, weights, arch, reinitialise=(CLASS_LOGITS,) if other_classes else ())
     reporter.log(f"init: {report.num_loaded} tensors from {weights.path}")
@@ -165,8 +174,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         raise UserError(f"`image_size` {config.image_size} is too small; use at least 32 px")
     if config.init is not None and config.pretrained:
         raise UserError(f"`init` {config.init} and `pretrained` both choose the starting weights; pass one of them")
-    if config.init not in (None, "coco") and resume is None and not Path(config.init).is_file():
-        raise not_a_file(Path(config.init), "a weights file")  # before the data are read and the anchors fitted
+    # read before the data are read and the anchors fitted; a resumed run's weights are in last.pt
+    init_weights = read_init(config.init, config.arch) if config.init is not None and previous is None else None
     if not 0 <= config.pseudo_ratio < 1:
         raise UserError(f"`pseudo_ratio` {config.pseudo_ratio} must be in [0, 1)")
     out = Path(config.out)
@@ -243,8 +252,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     init_options = {"pretrained": True} if config.pretrained and previous is None else {}
     model = build_model(config.arch, len(classes), config.image_size, **config.arch_options, **init_options)
     model.assigner = config.assign
-    if config.init is not None and previous is None:  # a resumed run's weights are in last.pt
-        initialise(model, config.init, config.arch, classes.categories(), reporter)
+    if init_weights is not None:
+        initialise(model, init_weights, config.arch, classes.categories(), reporter)
     model = model.to(device)
     ema = ModelEMA(model, config.ema_decay)
     optimizer = make_optimizer(config.optimizer, model, config.lr, config.weight_decay)

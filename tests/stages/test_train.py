@@ -19,7 +19,7 @@ from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from retinaslim.models.registry import build_model
 from retinaslim.stages.synth import SynthConfig, synth
-from retinaslim.stages.train import TrainConfig, initialise, train
+from retinaslim.stages.train import TrainConfig, initialise, read_init, train
 from tests.conftest import LogLines
 
 
@@ -325,7 +325,7 @@ def test_init_from_a_checkpoint_with_other_classes_reinitialises_the_class_head(
                                                                  "head.classification_head.cls_logits.bias (classes differ)"])):
         reporter = LogLines()
         fresh = build_model("slim-s", num_classes=2, image_size=64)
-        initialise(fresh, str(tmp_path / "a_b.pt"), "slim-s", other, reporter)
+        initialise(fresh, read_init(str(tmp_path / "a_b.pt"), "slim-s"), "slim-s", other, reporter)
         assert [line for line in reporter.lines if "re-initialised" in line] == expected
         state = fresh.state_dict()
         assert all(torch.equal(state[k], v) for k, v in model.state_dict().items() if "cls_logits" not in k)
