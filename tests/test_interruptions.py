@@ -203,9 +203,11 @@ def test_train_teacher_killed_before_a_checkpoint_rename_resumes_to_the_same_run
     kill_when(start(["train-teacher", *common, "--out", run], pause=("last.pt", 2, marker)), marker.exists)
     assert check_run_folder(run) == 1 and temporary_files(run)
     assert_user_error(run_cli("train-teacher", *common, "--out", run), "already holds a run", "--resume")
-    result = run_cli("train-teacher", "--resume", run / "last.pt")
+    result = run_cli("train-teacher", "--resume", run / "last.pt", "--epochs", 9, "--workers", 0)
     assert result.exit_code == 0, result.stdout + result.stderr
-    assert_same_run(whole, run)
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "warning: --resume continues with the run's own settings: ignored --epochs, --workers" in said
+    assert_same_run(whole, run)  # 2 epochs, as the run was started
     assert not temporary_files(run)
 
 

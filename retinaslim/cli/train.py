@@ -23,9 +23,20 @@ def _resume_hint(role: str, out: Path | None, resume: Path | None) -> str | None
     return f"no epoch had finished, so there is no {last} to resume from"
 
 
-def _train(role: str, labeled, val, out, resume, options: dict) -> None:
+def _given(context: typer.Context) -> list[str]:
+    """The options typed on the command line, as --names (a source's enum is compared by name: typer has
+    used click's and, since 0.2x, its own copy)."""
+    return [f"--{p.name.replace('_', '-')}" for p in context.command.params
+            if getattr(context.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]
+
+
+def _train(context: typer.Context, role: str, labeled, val, out, resume, options: dict) -> None:
     with user_errors(resume_hint=lambda: _resume_hint(role, out, resume)):
-        if resume is None:
+        if resume is not None:
+            ignored = [name for name in _given(context) if name != "--resume"]
+            if ignored:
+                console.warn(f"--resume continues with the run's own settings: ignored {', '.join(ignored)}")
+        else:
             ws = Workspace.find()
             labeled = pick(labeled, "--labeled", ws and ws.labeled, "labelled data")
             val = pick(val, "--val", ws and ws.val, "validation data")
@@ -78,7 +89,7 @@ def _student_help() -> str:
 
 @app.command("train-teacher", help=_teacher_help())
 def train_teacher(
-    labeled: LabeledOpt = None, val: ValOpt = None, images: ImagesOpt = None, out: OutRunOpt = None,
+    context: typer.Context, labeled: LabeledOpt = None, val: ValOpt = None, images: ImagesOpt = None, out: OutRunOpt = None,
     arch: Annotated[Optional[str], typer.Option(help="retinanet_resnet50_fpn or retinanet_resnet50_fpn_v2.")] = None,
     pretrained: Annotated[bool, typer.Option(help="Start from torchvision's ImageNet ResNet50 weights in the local torch cache (never downloaded).")] = False,
     init: Annotated[Optional[str], typer.Option(help="Start from these weights: a torchvision-format state dict (bare, {'model': ...} or {'state_dict': ...}, 'module.' prefixes allowed) of a RetinaNet or a ResNet50 classifier, or a retinaslim checkpoint; 'coco': torchvision's COCO weights for --arch from the local torch cache. Tensors that do not fit keep their initialisation, and the log names them.")] = None,
@@ -87,7 +98,7 @@ def train_teacher(
     assign: AssignOpt = None, keep_empty_classes: KeepEmptyOpt = False,
     resume: ResumeOpt = None, device: DeviceOpt = "auto", workers: WorkersOpt = 2, seed: SeedOpt = 0,
 ) -> None:
-    _train("teacher", labeled, val, out, resume, dict(
+    _train(context, "teacher", labeled, val, out, resume, dict(
         images=images, arch=arch, pretrained=pretrained, init=init, image_size=image_size, batch_size=batch_size,
         epochs=epochs, iterations=iterations, optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment,
         assign=assign, keep_empty_classes=keep_empty_classes, device=device, workers=workers, seed=seed))
@@ -95,7 +106,7 @@ def train_teacher(
 
 @app.command("train-student", help=_student_help())
 def train_student(
-    labeled: LabeledOpt = None, val: ValOpt = None,
+    context: typer.Context, labeled: LabeledOpt = None, val: ValOpt = None,
     pseudo: Annotated[Optional[Path], typer.Option(help="Filtered machine labels (COCO JSON from `retinaslim filter`); default: the workspace's runs/pseudo.filtered.json if present, else human labels only.")] = None,
     human_only: Annotated[bool, typer.Option(help="Ignore the workspace's machine labels and train on human labels only.")] = False,
     pseudo_ratio: Annotated[float, typer.Option(help="Share of machine-labelled images in every batch (Data Distillation used about 0.4).")] = 0.4,
@@ -114,7 +125,7 @@ def train_student(
         ws = Workspace.find()
         if pseudo is None and not human_only and resume is None and ws is not None and ws.filtered.is_file():
             pseudo = pick(None, "--pseudo", ws.filtered, "machine labels")
-    _train("student", labeled, val, out, resume, dict(
+    _train(context, "student", labeled, val, out, resume, dict(
         pseudo=pseudo, pseudo_ratio=pseudo_ratio, pseudo_weight=pseudo_weight, pseudo_box_weight=pseudo_box_weight,
         images=images, arch=arch, norm=norm,
         anchors=anchors, image_size=image_size, batch_size=batch_size, epochs=epochs, iterations=iterations,
