@@ -507,6 +507,14 @@ def test_train_teacher_init_that_is_no_weights_file_is_refused_first(tiny_cards,
     assert "anchors" not in result.stdout  # refused before the data are read and the anchors fitted
 
 
+def test_an_image_size_beyond_the_memory_is_one_line(tiny_cards, tmp_path):
+    data = tiny_cards.files  # 300,000 px: one 3-channel image would need a terabyte
+    result = run_cli("train-student", "--labeled", data["labeled"], "--val", data["val"], "--out", tmp_path / "run",
+                     "--image-size", 300_000, "--epochs", 1, "--workers", 0)
+    assert_user_error(result, "out of memory", "--image-size")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_library_config_out_of_range_is_a_user_error_naming_the_field(tiny_cards, tmp_path):
     from retinaslim.errors import UserError
     from retinaslim.stages.train import TrainConfig

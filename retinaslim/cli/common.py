@@ -54,6 +54,13 @@ def user_errors(*arguments: str, resume_hint: Callable[[], str | None] | None = 
     except OSError as e:  # the machine's problem, not the code's: a full disk, a permission, a vanished file
         console.error(f"{e.filename}: {e.strerror or e}" if e.filename else f"{e.strerror or e}")
         raise typer.Exit(1) from None
+    except (MemoryError, RuntimeError) as e:  # e.g. a mistyped --image-size 300000
+        # torch reports a failed allocation as a RuntimeError (CPU) or its subclass OutOfMemoryError (CUDA)
+        if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)):
+            raise
+        console.error("out of memory: the inputs at this --image-size and --batch-size need more memory than this "
+                      "machine has; try smaller ones")
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         hint = resume_hint() if resume_hint is not None else None
         console.error("interrupted" + (f"; {hint}" if hint else ""))
