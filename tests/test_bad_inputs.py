@@ -515,6 +515,15 @@ def test_an_image_size_beyond_the_memory_is_one_line(tiny_cards, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_diverging_run_says_whether_a_checkpoint_was_kept(tiny_cards, tmp_path):
+    data = tiny_cards.files
+    result = run_cli("train-student", "--labeled", data["labeled"], "--val", data["val"], "--out", tmp_path / "run",
+                     "--image-size", 64, "--batch-size", 1, "--lr", 1e9, "--epochs", 3, "--workers", 0)
+    assert_user_error(result, "training loss became non-finite in epoch 1", "lower --lr",
+                      "no epoch had finished, so no checkpoint was saved")
+    assert "Warning" not in result.stdout + result.stderr and not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_a_library_config_out_of_range_is_a_user_error_naming_the_field(tiny_cards, tmp_path):
     from retinaslim.errors import UserError
     from retinaslim.stages.train import TrainConfig

@@ -81,8 +81,10 @@ def train_one_epoch(model, ema: ModelEMA, loader, optimizer, scheduler, scaler, 
             losses = model(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
-            raise UserError(f"training loss became non-finite in epoch {epoch} ({ {k: float(v) for k, v in losses.items()} }); "
-                            "lower `lr`; the last good checkpoint is kept")
+            kept = (f"last.pt keeps the end of epoch {epoch - 1}" if epoch > 1
+                    else "no epoch had finished, so no checkpoint was saved")
+            raise UserError(f"training loss became non-finite in epoch {epoch} ({ {k: v.item() for k, v in losses.items()} }); "
+                            f"lower `lr`; {kept}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
