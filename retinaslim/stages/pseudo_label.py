@@ -266,12 +266,12 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
             complete.seconds = time.perf_counter() - started
             return complete
     if journal.exists():
-        if not config.resume:
-            raise UserError(f"{journal}: an interrupted run's journal is here; pass `resume` to continue it, or delete it")
         old_header, finished, done = _read_journal(journal)
         changed = sorted(k for k in header if old_header is None or old_header.get(k) != header[k])
-        if not finished and not done:  # killed before its first batch was written: nothing to continue
+        if not finished and not done:  # killed before its first batch was written: nothing to continue or lose
             reporter.log(f"{journal}: holds no finished batch; starting over")
+        elif not config.resume:
+            raise UserError(f"{journal}: an interrupted run's journal is here; pass `resume` to continue it, or delete it")
         elif changed:
             raise UserError(f"{journal}: made with different settings ({', '.join(changed)}); "
                             "rerun with the original ones, or delete the journal to start over")

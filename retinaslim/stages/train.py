@@ -263,7 +263,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         for dataset in datasets:  # before the loader's workers start, so that they copy it
             dataset.mosaic_until = num_epochs - CLOSE_MOSAIC_EPOCHS
         if num_epochs <= CLOSE_MOSAIC_EPOCHS:
-            reporter.log(f"augment mosaic: a run of {num_epochs} epochs sees no mosaics (the last "
+            reporter.log(f"augment mosaic: a run of {num_epochs} epoch{'s' if num_epochs > 1 else ''} sees no mosaics (the last "
                          f"{CLOSE_MOSAIC_EPOCHS} epochs train on whole images); it trains as `light`")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_iters, min(WARMUP_ITERS, total_iters // 5)))
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
