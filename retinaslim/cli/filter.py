@@ -142,11 +142,13 @@ def _render(result, student: Path | None) -> None:
             console.warn(f"{c.class_name}: the labels of {_file(c)} are unreliable on the validation images ({found}); "
                          f"{left_out}")
     if result.calibration and len(unreliable) == len(result.calibration):
+        unchecked = all(c.num_val_boxes == 0 for c in unreliable)
         mine = (" (the human-only student's own ensemble among them: it learnt from the same human labels, so a "
-                "teacher that knows more is the lever)" if result.labelled_by_student else "")
-        console.warn("the machine labels are unreliable on every class: no machine image is kept, so a student trained "
-                     f"on this file learns from the human labels only{mine}. Train the teacher longer or on more labels, "
-                     "or start it from trained weights (train-teacher --init)")
+                "teacher that knows more is the lever)" if result.labelled_by_student and not unchecked else "")
+        advice = ("Label some validation images with its classes" if unchecked else
+                  "Train the teacher longer or on more labels, or start it from trained weights (train-teacher --init)")
+        console.warn(f"the machine labels are {'unchecked' if unchecked else 'unreliable'} on every class: no machine "
+                     f"image is kept, so a student trained on this file learns from the human labels only{mine}. {advice}")
     behind = [c.class_name for c in result.calibration if c.below_student]
     if behind and student is not None and not result.labelled_by_student:
         console.warn(f"self-training may label {', '.join(behind)} better than this teacher: label the images with the "

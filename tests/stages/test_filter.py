@@ -277,6 +277,13 @@ def test_classes_the_teacher_finds_unreliably_on_validation_give_ignore_regions(
     said = " ".join("".join(capsys.readouterr()).split())
     assert "passport: the validation images hold no box of it, so the labels of" in said
     assert "no threshold reaches" not in said
+    assert "unreliable on every class" in said and "Train the teacher longer" in said  # id_card was checked
+    # every class unchecked: the advice is to label validation images, not to train the teacher longer
+    result.calibration[0].num_val_boxes = 0
+    _render(result, None)
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert "the machine labels are unchecked on every class" in said and "Label some validation images" in said
+    assert "Train the teacher longer" not in said and "own ensemble among them" not in said
 
 
 def test_calibration_counts_each_class_validation_boxes():
