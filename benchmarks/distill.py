@@ -67,18 +67,19 @@ THRESH = config.FILTER_SCORE_THRESH  # filter's fixed threshold when it has no v
 SECTIONS = {"synthetic": "distill", "bccd": "distill-bccd"}  # results key -> markdown marker name
 
 # Size presets: `full` is what docs/results.md reports; `quick` proves the script works end to end.
+# student_epochs None: train-student's default schedule (60 epochs, at least config.STUDENT_MIN_ITERATIONS steps).
 PRESETS = {
     # 1,000 labelled images: a ResNet50 from scratch needs a labelled set of this order to beat the student
     # (docs/results.md, "With a labelled set the ResNet50 can use"); 20 teacher epochs are 2,500 steps of 8.
     "full": {"size": 128, "labeled": 1000, "unlabeled": 1500, "val": 200, "calib": 100, "teacher_epochs": 20,
-             "student_epochs": config.TRAIN_DEFAULTS["student"]["epochs"], "latency_runs": 50,
+             "student_epochs": None, "latency_runs": 50,
              "workers": 2},
     "quick": {"size": 96, "labeled": 16, "unlabeled": 32, "val": 12, "calib": 8, "teacher_epochs": 1,
               "student_epochs": 2, "latency_runs": 3, "workers": 0},
     # BCCD: `labeled` of the 205 train-split images keep their labels, the rest are the unlabelled pool;
     # val, test and calibration images are the dataset's own splits, so those knobs do not apply.
     "bccd": {"size": 256, "labeled": 100, "teacher_epochs": 60,
-             "student_epochs": config.TRAIN_DEFAULTS["student"]["epochs"], "latency_runs": 50, "workers": 2},
+             "student_epochs": None, "latency_runs": 50, "workers": 2},
     "bccd_quick": {"size": 96, "labeled": 8, "teacher_epochs": 1, "student_epochs": 1, "latency_runs": 3, "workers": 0},
 }
 
@@ -189,9 +190,10 @@ def comparison_steps(data: Dataset, out: Path, knobs: dict, label_sets: list[str
     common = ["--image-size", knobs["size"], "--workers", knobs["workers"], "--device", device, "--seed", seed]
     data_args = ["--labeled", data.labeled, "--val", data.val]
 
-    def training(role: str, name: str, epochs: int, extra: list) -> Step:
+    def training(role: str, name: str, epochs: int | None, extra: list) -> Step:
         run = runs / name
-        return Step(name, [f"train-{role}", *data_args, "--out", run, "--epochs", epochs, *common, *extra],
+        schedule = [] if epochs is None else ["--epochs", epochs]  # None: the command's default schedule
+        return Step(name, [f"train-{role}", *data_args, "--out", run, *schedule, *common, *extra],
                     ["train-" + role, "--resume", run / "last.pt"], run / "last.pt")
 
     def pseudo(name: str) -> Step:
@@ -365,13 +367,15 @@ def markdown(result: dict, invocation: str) -> str:
         data = (f"Data: `retinaslim synth` seed {s['seed']}, {s['labeled']} human-labelled, {s['unlabeled']} unlabelled, "
                 f"{s['val']} validation (+{s['calib']} calibration) images of {s['size']} px; the table is on "
                 f"{s['val']} test images of another seed ({s.get('test_seed', 'n/a')}).")
+    default_schedule = (f"the default schedule ({config.TRAIN_DEFAULTS['student']['epochs']} epochs, at least "
+                        f"{config.STUDENT_MIN_ITERATIONS} steps)")
     lines = [
         title, "",
         (f"Command: `{invocation}` ({result['seconds'] / 60:.0f} min of steps, summed over steps run side by side). "
          f"Machine: {s['machine']}, {s['cpu_count']} CPUs{', ' + s['gpu'] if s.get('gpu') else ''}, torch {s['torch']}; "
          f"training on {s['device']}, the table (AP and latency) on {s.get('eval_device', s['device'])}"
          f"{' with ' + str(s['threads']) + ' torch threads' if s.get('eval_device', s['device']) == 'cpu' else ''}. Date: {s['date']}."), "",
-        (f"{data} Epochs: teacher {s['teacher_epochs']}, students {s['student_epochs']}; every other setting is the "
+        (f"{data} Epochs: teacher {s['teacher_epochs']}, students {s['student_epochs'] or default_schedule}; every other setting is the "
          f"commands' default. Latency: batch 1, median of {s['latency_runs']} runs after 3 warm-up runs; img/s at batch {batch}."), "",
         f"| model | AP | AP50 | AP75 | ms (p50) | ms (p90) | FPS | img/s b{batch} | params | GMACs | MB | train min |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -91,7 +91,7 @@ def run_one(name: str, role: str, overrides: dict, files: dict[str, Path], args)
     options = {**TRAIN_DEFAULTS[role], "image_size": args.size, **overrides}
     if role == "teacher":
         options["iterations"] = args.iterations
-    else:  # the student trains its default schedule length in epochs, scaled to the same data
+    else:  # the student trains --student-epochs exactly (without the default schedule's floor on steps)
         options["epochs"] = args.student_epochs
     last = out / "last.pt"
     done = out / "done.json"

@@ -228,7 +228,7 @@ def train_student(
     images: PathLike | None = None, out: PathLike | None = None,
     arch: str = _STUDENT["arch"], norm: str | None = None, anchors: str = "fit",
     image_size: int = _STUDENT["image_size"], batch_size: int = _STUDENT["batch_size"],
-    epochs: int = _STUDENT["epochs"], iterations: int | None = None, optimizer: str = _STUDENT["optimizer"],
+    epochs: int | None = None, iterations: int | None = None, optimizer: str = _STUDENT["optimizer"],
     lr: float = _STUDENT["lr"], weight_decay: float = _STUDENT["weight_decay"], augment: str = _STUDENT["augment"],
     assign: str = _STUDENT["assign"], keep_empty_classes: bool = False, resume: PathLike | None = None,
     device: str = "auto", workers: int = 2, seed: int = 0, reporter: Reporter | None = None,
@@ -252,7 +252,9 @@ def train_student(
             retinanet_shufflenet_v2_fpn); norm: gn (GroupNorm, the slim students' default) or bn.
         anchors: fit (anchor sizes and aspect ratios by k-means on the human-labelled boxes, kept when they
             match the boxes better than the built-in ones; slim students only) or default.
-        image_size, batch_size, epochs, iterations, optimizer, lr, weight_decay, augment, assign, keep_empty_classes,
+        epochs: None: the default schedule, ``TRAIN_DEFAULTS["student"]["epochs"]`` (60) epochs but at least
+            ``config.STUDENT_MIN_ITERATIONS`` (1,000) optimiser steps; a number: exactly that many epochs.
+        image_size, batch_size, iterations, optimizer, lr, weight_decay, augment, assign, keep_empty_classes,
             resume, device, workers, seed, reporter: as for ``train_teacher``.
 
     Returns:

@@ -40,6 +40,10 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
                 "optimizer": "adamw", "lr": 1e-2, "weight_decay": 1e-4, "augment": "mosaic", "assign": "tal"},
 }
 WARMUP_ITERS = 100  # linear learning-rate warm-up (shortened for runs with fewer iterations)
+# The student's default schedule is its epochs, but at least this many optimiser steps: an epoch is a pass over
+# the human-labelled images, so 60 of them are 240 steps for 50 images and the student is still climbing
+# (docs/results.md, "Session 34: a floor on the student's steps"). --epochs or --iterations set it exactly.
+STUDENT_MIN_ITERATIONS = 1000
 # `--augment mosaic` trains its last epochs on whole images, as Ultralytics' close_mosaic (default 10) does:
 # the model ends on the images it will see. On the cards the student's validation AP rose 3.3 points in the
 # first closed epoch (docs/results.md, "mosaic").

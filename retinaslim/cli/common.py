@@ -58,8 +58,9 @@ def user_errors(*arguments: str, resume_hint: Callable[[], str | None] | None = 
         # torch reports a failed allocation as a RuntimeError (CPU) or its subclass OutOfMemoryError (CUDA)
         if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(e)):
             raise
-        console.error("out of memory: the inputs at this --image-size and --batch-size need more memory than this "
-                      "machine has; try smaller ones")
+        said = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        console.error(f"out of memory ({said}): the inputs need more memory than this machine has; try a smaller "
+                      "--image-size or --batch-size where the command takes them")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         hint = resume_hint() if resume_hint is not None else None

@@ -10,7 +10,7 @@ import typer
 from retinaslim import api, console
 from retinaslim.cli.common import DeviceOpt, ImagesOpt, SeedOpt, WorkersOpt, app, user_errors
 from retinaslim.cli.workspace import pick
-from retinaslim.config import TRAIN_DEFAULTS, Workspace
+from retinaslim.config import STUDENT_MIN_ITERATIONS, TRAIN_DEFAULTS, Workspace
 
 
 def _resume_hint(role: str, out: Path | None, resume: Path | None) -> str | None:
@@ -33,8 +33,10 @@ def _given(context: typer.Context) -> list[str]:
 def _train(context: typer.Context, role: str, labeled, val, out, resume, options: dict) -> None:
     with user_errors(resume_hint=lambda: _resume_hint(role, out, resume)):
         if resume is not None:
+            from retinaslim.engine import ddp  # loads torch: not at the top, where --help would load it too
+
             ignored = [name for name in _given(context) if name != "--resume"]
-            if ignored:
+            if ignored and ddp.is_main_process():
                 console.warn(f"--resume continues with the run's own settings: ignored {', '.join(ignored)}")
         else:
             ws = Workspace.find()
@@ -84,7 +86,7 @@ def _teacher_help() -> str:
 def _student_help() -> str:
     s = TRAIN_DEFAULTS["student"]
     return (f"Train the slim student on human labels (+ machine labels with --pseudo). Defaults: {s['arch']}, "
-            f"{s['image_size']} px, batch {s['batch_size']}, {s['epochs']} epochs, {s['optimizer']} lr {s['lr']}, augment {s['augment']}, assign {s['assign']}.")
+            f"{s['image_size']} px, batch {s['batch_size']}, {s['epochs']} epochs but at least {STUDENT_MIN_ITERATIONS} steps, {s['optimizer']} lr {s['lr']}, augment {s['augment']}, assign {s['assign']}.")
 
 
 @app.command("train-teacher", help=_teacher_help())

@@ -199,7 +199,7 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
     if not data.images:
         raise UserError(f"{data.path}: no images to evaluate on")
     if not any(not a.get("iscrowd") for anns in data.annotations_per_image.values() for a in anns):
-        raise UserError(f"{data.path}: no boxes to score detections against (AP needs labelled images); "
+        raise UserError(f"{data.path}: no boxes (crowd regions aside) to score detections against (AP needs labelled images); "
                         "`retinaslim predict` runs a model on unlabelled images, `retinaslim profile` times it")
     note = require_image_files(data)
     if note:

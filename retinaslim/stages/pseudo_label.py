@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import ijson
 
@@ -105,19 +105,26 @@ def _journal_path(out: Path, shard: tuple[int, int]) -> Path:
     return out.with_name(f"{out.name}{suffix}.journal")
 
 
+def _journal_records(f: BinaryIO) -> Iterator[tuple[dict[str, Any], int]]:
+    """The journal's records and their lengths in bytes, up to the first line a kill cut short (or any line
+    that is not a JSON object)."""
+    for line in f:
+        try:
+            record = json.loads(line) if line.endswith(b"\n") else None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            return
+        yield record, len(line)
+
+
 def _read_journal(path: Path) -> tuple[dict[str, Any] | None, set[int], bool]:
     """(header, finished batch numbers, done flag); a line cut short by a kill (and anything after it) is
     dropped from the file."""
     header, finished, done, end = None, set(), False, 0
     with open(path, "rb") as f:  # line by line: a 100,000-image journal is ~300 MB
-        for line in f:
-            try:
-                record = json.loads(line) if line.endswith(b"\n") else None
-            except ValueError:
-                record = None
-            if not isinstance(record, dict):
-                break
-            end += len(line)
+        for record, length in _journal_records(f):
+            end += length
             if "header" in record:
                 header = record["header"]
             elif "batch" in record:
@@ -128,6 +135,12 @@ def _read_journal(path: Path) -> tuple[dict[str, Any] | None, set[int], bool]:
         with open(path, "r+b") as f:
             f.truncate(end)
     return header, finished, done
+
+
+def _holds_a_batch(path: Path) -> bool:
+    """Whether the journal records a finished batch (or its end); reads up to that line, changes nothing."""
+    with open(path, "rb") as f:
+        return any("batch" in record or record.get("done") for record, _ in _journal_records(f))
 
 
 @contextmanager
@@ -266,12 +279,12 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
             complete.seconds = time.perf_counter() - started
             return complete
     if journal.exists():
+        if not config.resume and _holds_a_batch(journal):
+            raise UserError(f"{journal}: an interrupted run's journal is here; pass `resume` to continue it, or delete it")
         old_header, finished, done = _read_journal(journal)
         changed = sorted(k for k in header if old_header is None or old_header.get(k) != header[k])
         if not finished and not done:  # killed before its first batch was written: nothing to continue or lose
             reporter.log(f"{journal}: holds no finished batch; starting over")
-        elif not config.resume:
-            raise UserError(f"{journal}: an interrupted run's journal is here; pass `resume` to continue it, or delete it")
         elif changed:
             raise UserError(f"{journal}: made with different settings ({', '.join(changed)}); "
                             "rerun with the original ones, or delete the journal to start over")

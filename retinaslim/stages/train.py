@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from retinaslim.config import CLOSE_MOSAIC_EPOCHS, TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
+from retinaslim.config import CLOSE_MOSAIC_EPOCHS, STUDENT_MIN_ITERATIONS, TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
 from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import (ClassMap, load_coco, match_classes, relative_boxes, require_image_files, require_scores,
                                   machine_class_mask, trained_classes)
@@ -76,6 +76,8 @@ class TrainConfig:
     fit_anchors: bool = True  # fit anchor sizes and ratios to the human-labelled boxes (`--anchors fit`)
     keep_empty_classes: bool = False  # train categories with no boxes in ``labeled`` too (see ``trained_classes``)
     iterations: int | None = None  # total optimiser steps; replaces epochs when set
+    # the default schedule's floor on optimiser steps (STUDENT_MIN_ITERATIONS); 0 when epochs or iterations are given
+    min_iterations: int | None = None
     ema_decay: float = 0.9998
     device: str = "auto"
     workers: int = 2  # image-decoding processes; 0: decode in the main process
@@ -84,6 +86,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.role not in TRAIN_DEFAULTS:
             raise UserError(f"`role` {self.role!r}: choose {' or '.join(TRAIN_DEFAULTS)}")
+        if self.min_iterations is None:
+            given = self.epochs is not None or self.iterations is not None
+            self.min_iterations = STUDENT_MIN_ITERATIONS if self.role == "student" and not given else 0
         for name, value in TRAIN_DEFAULTS[self.role].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -91,6 +96,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < (32 if name == "image_size" else 1)):
                 raise UserError(f"`{name}` {value!r}: must be a whole number of at least {32 if name == 'image_size' else 1}")
+        if not (type(self.min_iterations) is int and self.min_iterations >= 0):
+            raise UserError(f"`min_iterations` {self.min_iterations!r}: must be a whole number of at least 0")
         if not self.lr >= 0:
             raise UserError(f"`lr` {self.lr!r}: must be 0 or more")
         if self.assign not in ASSIGNERS:
@@ -193,8 +200,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     if not labeled.images:
         raise UserError(f"{labeled.path}: no images to train on")
     if not any(not a.get("iscrowd") for anns in labeled.annotations_per_image.values() for a in anns):
-        raise UserError(f"{labeled.path}: no boxes in its {len(labeled.images)} images, so nothing to learn to detect; "
-                        "label some objects first")
+        raise UserError(f"{labeled.path}: no boxes (crowd regions aside) in its {len(labeled.images)} images, so "
+                        "nothing to learn to detect; label some objects first")
     if previous is None:
         classes, note = trained_classes(labeled, config.keep_empty_classes)
     else:  # a resumed run keeps the classes it started with
@@ -258,6 +265,11 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     ema = ModelEMA(model, config.ema_decay)
     optimizer = make_optimizer(config.optimizer, model, config.lr, config.weight_decay)
     total_iters = config.iterations or config.epochs * len(loader)
+    if total_iters < config.min_iterations:
+        reporter.log(f"schedule: {config.epochs} epoch{'s' if config.epochs > 1 else ''} of {len(loader)} steps {'are' if config.epochs > 1 else 'is'} {total_iters} steps, below the default "
+                     f"schedule's floor: training {config.min_iterations} steps "
+                     f"({math.ceil(config.min_iterations / len(loader))} epochs; --epochs or --iterations set it exactly)")
+        total_iters = config.min_iterations
     num_epochs = math.ceil(total_iters / len(loader))
     if config.augment == "mosaic":
         for dataset in datasets:  # before the loader's workers start, so that they copy it

@@ -244,6 +244,31 @@ def test_iterations_replace_epochs(tiny_cards, tmp_path):
     assert [int(r["step"]) for r in history] == [2, 4, 5]  # 2 steps per epoch, stopped at 5
 
 
+def test_the_default_schedule_has_a_floor_on_steps_and_given_epochs_do_not(tiny_cards, tmp_path):
+    from retinaslim.config import STUDENT_MIN_ITERATIONS
+
+    data = tiny_cards.files
+    paths = dict(labeled=data["labeled"], val=data["val"], out=tmp_path / "x")
+    assert TrainConfig(role="student", **paths).min_iterations == STUDENT_MIN_ITERATIONS == 1000
+    assert TrainConfig(role="student", **paths).epochs == TRAIN_DEFAULTS["student"]["epochs"]
+    assert TrainConfig(role="student", epochs=60, **paths).min_iterations == 0  # a schedule the user chose
+    assert TrainConfig(role="student", iterations=60, **paths).min_iterations == 0
+    assert TrainConfig(role="teacher", **paths).min_iterations == 0
+    with pytest.raises(UserError, match="`min_iterations` -1"):
+        TrainConfig(role="student", min_iterations=-1, **paths)
+    # a run saved before the floor existed resumes with the schedule it started with
+    old = Checkpoint("slim-s", {}, [], 64, train_args={"role": "student", **paths, "epochs": 60, "iterations": None})
+    assert TrainConfig.from_checkpoint(old, tmp_path / "last.pt").min_iterations == 0
+    # a floor above the epochs' steps lengthens the run to it, in whole epochs, and says so
+    reporter = LogLines()
+    config = TrainConfig(role="student", epochs=1, min_iterations=5, image_size=64, batch_size=4, workers=0,
+                         device="cpu", **{**paths, "out": tmp_path / "run"})
+    train(config, reporter)
+    assert [int(r["step"]) for r in rows(tmp_path / "run" / "results.csv")] == [2, 4, 5]  # 2 steps per epoch
+    assert ("schedule: 1 epoch of 2 steps is 2 steps, below the default schedule's floor: training 5 steps "
+            "(3 epochs; --epochs or --iterations set it exactly)") in reporter.lines
+
+
 def test_ddp_two_cpu_processes(tiny_cards, tmp_path):
     data = tiny_cards.files
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518",
