@@ -220,7 +220,8 @@ def test_pseudo_label_fails_when_no_image_could_be_read(card, labeller, tmp_path
         (folder / name).write_bytes(card[0][:200])  # truncated: the header reads, the pixels do not
     out = tmp_path / "p.json"
     result = run_cli("pseudo-label", folder, "--teacher", labeller, "--out", out, *FAST_PSEUDO)
-    assert_user_error(result, f"{folder}: none of its 2 image(s) could be read", "a.jpg", f"{out} labels no image")
+    assert_user_error(result, f"{folder}: none of its 2 images could be read", "a.jpg", f"{out} lists each with its reason")
+    assert "saved to" not in result.stdout
     assert json.loads(out.read_text())["images"] == []  # the output says which images failed and why
     assert len(json.loads(out.read_text())["skipped"]) == 2
 
@@ -352,6 +353,12 @@ def test_a_labelled_set_without_boxes_is_refused_before_training_or_scoring(card
     path.write_text(json.dumps(data))
     result = run_cli("train-student", "--labeled", path, "--val", path, "--out", tmp_path / "run", *FAST_TRAIN)
     assert_user_error(result, str(path), "no boxes (crowd regions aside) in its 2 images", "label some objects first")
+    assert not (tmp_path / "run").exists()
+    # nor can it validate: every epoch would score AP 0.000 and the first be kept as the best
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(good_coco_dict()))
+    result = run_cli("train-student", "--labeled", good, "--val", path, "--out", tmp_path / "run", *FAST_TRAIN)
+    assert_user_error(result, str(path), "no boxes (crowd regions aside) to validate on")
     assert not (tmp_path / "run").exists()
     # eval would print AP 0.000 for data that cannot score anything
     result = run_cli("eval", "--weights", labeller, "--data", path, "--json", tmp_path / "m.json", *FAST_EVAL)

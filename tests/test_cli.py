@@ -374,11 +374,13 @@ def test_ctrl_c_says_how_to_resume(tiny_cards, tmp_path, monkeypatch):
         assert said == [f"error: interrupted; {expected}"], said
 
     target = tmp_path / "pseudo.json"
-    monkeypatch.setattr(api, "pseudo_label", stopped(lambda kw: Path(f"{kw['out']}.journal").write_text("")))
-    result = run_cli("pseudo-label", tiny_cards.out / "unlabeled", "--teacher", tmp_path / "t.pt", "--out", target)
-    assert result.exit_code == 130
-    assert [line for line in result.stderr.splitlines() if line.strip()] == [
-        f"error: interrupted; {target}.journal keeps the finished batches: run the same command with --resume to continue"]
+    for journal, expected in (("", f"no batch had finished ({target}.journal holds none): the same command starts over"),
+                              ('{"header": {}}\n{"batch": 0, "records": []}\n',
+                               f"{target}.journal keeps the finished batches: run the same command with --resume to continue")):
+        monkeypatch.setattr(api, "pseudo_label", stopped(lambda kw, j=journal: Path(f"{kw['out']}.journal").write_text(j)))
+        result = run_cli("pseudo-label", tiny_cards.out / "unlabeled", "--teacher", tmp_path / "t.pt", "--out", target)
+        assert result.exit_code == 130
+        assert [line for line in result.stderr.splitlines() if line.strip()] == [f"error: interrupted; {expected}"]
 
 
 def test_outputs_never_replace_the_workspace_human_labels(tiny_cards, labeller, tmp_path, monkeypatch):

@@ -73,11 +73,11 @@ def pseudo_label(
                                           hflip=hflip, vflip=vflip, rot90=rot90, fusion=fusion, score_floor=score_floor,
                                           image_size=image_size, batch_size=batch_size, resume=resume, shard=shard,
                                           device=device, workers=workers, reporter=reporter)
-            _render(result, models)
             if result.merged and not result.num_images and result.skipped:
                 first = result.skipped[0]
-                raise UserError(f"{source}: none of its {len(result.skipped)} image(s) could be read (first: "
-                                f"{first['file']}: {first['reason']}); {target} labels no image")
+                raise UserError(f"{source}: none of its {len(result.skipped)} images could be read (first: "
+                                f"{first['file']}: {first['reason']}); {target} lists each with its reason")
+            _render(result, models)
 
 
 def _resume_hint(target: Path | None) -> str | None:
@@ -85,6 +85,10 @@ def _resume_hint(target: Path | None) -> str | None:
     journals = sorted(Path(target).parent.glob(f"{Path(target).name}*.journal")) if target is not None else []
     if not journals:
         return None
+    from retinaslim.stages.pseudo_label import holds_a_batch  # loads torch: not at the top, for --help's sake
+
+    if not any(holds_a_batch(j) for j in journals):
+        return f"no batch had finished ({journals[0]} holds none): the same command starts over"
     return f"{journals[0]} keeps the finished batches: run the same command with --resume to continue"
 
 

@@ -86,7 +86,7 @@ def _teacher_help() -> str:
 def _student_help() -> str:
     s = TRAIN_DEFAULTS["student"]
     return (f"Train the slim student on human labels (+ machine labels with --pseudo). Defaults: {s['arch']}, "
-            f"{s['image_size']} px, batch {s['batch_size']}, {s['epochs']} epochs but at least {STUDENT_MIN_ITERATIONS} steps, {s['optimizer']} lr {s['lr']}, augment {s['augment']}, assign {s['assign']}.")
+            f"{s['image_size']} px, batch {s['batch_size']}, {s['epochs']} epochs but at least {STUDENT_MIN_ITERATIONS:,} steps, {s['optimizer']} lr {s['lr']}, augment {s['augment']}, assign {s['assign']}.")
 
 
 @app.command("train-teacher", help=_teacher_help())

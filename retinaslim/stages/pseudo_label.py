@@ -137,7 +137,7 @@ def _read_journal(path: Path) -> tuple[dict[str, Any] | None, set[int], bool]:
     return header, finished, done
 
 
-def _holds_a_batch(path: Path) -> bool:
+def holds_a_batch(path: Path) -> bool:
     """Whether the journal records a finished batch (or its end); reads up to that line, changes nothing."""
     with open(path, "rb") as f:
         return any("batch" in record or record.get("done") for record, _ in _journal_records(f))
@@ -279,7 +279,7 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
             complete.seconds = time.perf_counter() - started
             return complete
     if journal.exists():
-        if not config.resume and _holds_a_batch(journal):
+        if not config.resume and holds_a_batch(journal):
             raise UserError(f"{journal}: an interrupted run's journal is here; pass `resume` to continue it, or delete it")
         old_header, finished, done = _read_journal(journal)
         changed = sorted(k for k in header if old_header is None or old_header.get(k) != header[k])

@@ -122,7 +122,7 @@ class TrainResult:
 
     ``best``: best.pt, the EMA weights of the epoch with the highest validation AP (``best_epoch``,
     ``best_metrics``: ap, ap50, ap75, ap_small, ap_medium, ap_large, ar100, all 0..1). ``history``: one row
-    per epoch (epoch, step, losses, the same metrics, lr, seconds), as in results.csv. ``num_images``: human
+    per validated epoch (epoch, step, losses, the same metrics, lr, seconds), as in results.csv. ``num_images``: human
     ("labeled") and machine ("pseudo") training images. ``seconds``: wall time of this invocation.
     """
 
@@ -135,6 +135,11 @@ class TrainResult:
     num_skipped_images: int
     seconds: float
     resumed_from_epoch: int = 0
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 step', '7 steps', '1,000 epochs'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def read_init(init: str, arch: str) -> WeightsFile:
@@ -202,6 +207,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     if not any(not a.get("iscrowd") for anns in labeled.annotations_per_image.values() for a in anns):
         raise UserError(f"{labeled.path}: no boxes (crowd regions aside) in its {len(labeled.images)} images, so "
                         "nothing to learn to detect; label some objects first")
+    if not any(not a.get("iscrowd") for anns in val.annotations_per_image.values() for a in anns):
+        raise UserError(f"{val.path}: no boxes (crowd regions aside) to validate on, so no epoch could be chosen as the "
+                        "best; pass labelled validation images")
     if previous is None:
         classes, note = trained_classes(labeled, config.keep_empty_classes)
     else:  # a resumed run keeps the classes it started with
@@ -265,11 +273,15 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     ema = ModelEMA(model, config.ema_decay)
     optimizer = make_optimizer(config.optimizer, model, config.lr, config.weight_decay)
     total_iters = config.iterations or config.epochs * len(loader)
+    validate_every = 1
     if total_iters < config.min_iterations:
-        reporter.log(f"schedule: {config.epochs} epoch{'s' if config.epochs > 1 else ''} of {len(loader)} steps {'are' if config.epochs > 1 else 'is'} {total_iters} steps, below the default "
-                     f"schedule's floor: training {config.min_iterations} steps "
-                     f"({math.ceil(config.min_iterations / len(loader))} epochs; --epochs or --iterations set it exactly)")
-        total_iters = config.min_iterations
+        asked, total_iters = total_iters, config.min_iterations
+        # validated about as often as the epochs asked for, and in each of the last (whole-image) epochs
+        validate_every = math.ceil(math.ceil(total_iters / len(loader)) / config.epochs)
+        reporter.log(f"schedule: {_count(config.epochs, 'epoch')} of {_count(len(loader), 'step')} = {asked:,} steps, below "
+                     f"the default schedule's floor: training {total_iters:,} steps ({math.ceil(total_iters / len(loader)):,} "
+                     f"epochs, validated every {_count(validate_every, 'epoch')} and in each of the last "
+                     f"{CLOSE_MOSAIC_EPOCHS}); --epochs or --iterations set the schedule exactly")
     num_epochs = math.ceil(total_iters / len(loader))
     if config.augment == "mosaic":
         for dataset in datasets:  # before the loader's workers start, so that they copy it
@@ -308,24 +320,26 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
                                 total_iters - step)
         step += stats.steps
         num_skipped += stats.num_skipped
+        validated = epoch % validate_every == 0 or epoch > num_epochs - CLOSE_MOSAIC_EPOCHS
         if distributed.main:
-            evaluation, skipped_val = evaluate_on_coco(ema.module, val, classes, config.image_size, device,
-                                                       config.batch_size, config.workers, reporter)
-            metrics = evaluation.as_floats()
-            if skipped_val and epoch == start_epoch:
-                reporter.log(f"validation: {len(skipped_val)} image(s) could not be decoded; their objects count as "
-                             f"missed ({skipped_val[0]})")
-            row = {"epoch": epoch, "step": step, **stats.losses, **metrics, "lr": scheduler.get_last_lr()[0],
-                   "human_images": stats.human_images, "machine_images": stats.machine_images,
-                   "machine_boxes": stats.machine_boxes, "data_wait": stats.data_wait_fraction,
-                   "time": earlier_seconds + time.perf_counter() - started}
-            history.append(row)
-            improved = metrics["ap"] > best_ap
-            if improved:
-                best_ap, best_epoch, best_metrics = metrics["ap"], epoch, metrics
+            metrics, improved = {}, False
+            if validated:
+                evaluation, skipped_val = evaluate_on_coco(ema.module, val, classes, config.image_size, device,
+                                                           config.batch_size, config.workers, reporter)
+                metrics = evaluation.as_floats()
+                if skipped_val and not history:
+                    reporter.log(f"validation: {len(skipped_val)} image(s) could not be decoded; their objects count "
+                                 f"as missed ({skipped_val[0]})")
+                history.append({"epoch": epoch, "step": step, **stats.losses, **metrics, "lr": scheduler.get_last_lr()[0],
+                                "human_images": stats.human_images, "machine_images": stats.machine_images,
+                                "machine_boxes": stats.machine_boxes, "data_wait": stats.data_wait_fraction,
+                                "time": earlier_seconds + time.perf_counter() - started})
+                improved = metrics["ap"] > best_ap
+                if improved:
+                    best_ap, best_epoch, best_metrics = metrics["ap"], epoch, metrics
             checkpoint = Checkpoint(
                 arch=config.arch, arch_options=dict(config.arch_options), classes=classes.categories(),
-                image_size=config.image_size, epoch=epoch, metrics=metrics,
+                image_size=config.image_size, epoch=epoch, metrics=metrics,  # {}: an epoch not validated
                 train_args={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
                 model={k: v.detach().cpu() for k, v in ema.module.state_dict().items()},
             )
@@ -338,12 +352,15 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
                 "best_ap": best_ap, "best_epoch": best_epoch,
             }
             save_checkpoint(out / "last.pt", checkpoint)
-            write_history(out / "results.csv", history)
-            plot_history(out / "results.png", history)
-            reporter.log(f"epoch {epoch}/{num_epochs}  loss {stats.losses.get('loss', float('nan')):.3f}  "
-                         f"val AP {metrics['ap']:.3f}  AP50 {metrics['ap50']:.3f}  "
-                         f"machine boxes {stats.machine_boxes}  data wait {100 * stats.data_wait_fraction:.0f}%"
-                         + ("  (best)" if improved else ""))
+            loss = f"epoch {epoch}/{num_epochs}  loss {stats.losses.get('loss', float('nan')):.3f}  "
+            if validated:
+                write_history(out / "results.csv", history)
+                plot_history(out / "results.png", history)
+                reporter.log(loss + f"val AP {metrics['ap']:.3f}  AP50 {metrics['ap50']:.3f}  "
+                             f"machine boxes {stats.machine_boxes}  data wait {100 * stats.data_wait_fraction:.0f}%"
+                             + ("  (best)" if improved else ""))
+            else:
+                reporter.log(loss + f"machine boxes {stats.machine_boxes}  (validated every {validate_every} epochs)")
         distributed.barrier()
     return TrainResult(out, out / "best.pt", best_epoch, best_metrics, history, num_images, num_skipped,
                        time.perf_counter() - started, resumed_from_epoch=previous.epoch if previous else 0)

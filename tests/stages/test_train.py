@@ -259,14 +259,19 @@ def test_the_default_schedule_has_a_floor_on_steps_and_given_epochs_do_not(tiny_
     # a run saved before the floor existed resumes with the schedule it started with
     old = Checkpoint("slim-s", {}, [], 64, train_args={"role": "student", **paths, "epochs": 60, "iterations": None})
     assert TrainConfig.from_checkpoint(old, tmp_path / "last.pt").min_iterations == 0
-    # a floor above the epochs' steps lengthens the run to it, in whole epochs, and says so
+    # a floor above the epochs' steps lengthens the run to it, in whole epochs, says so, and validates about as often
+    # as the epochs asked for (here once), and in each of the last 10 (whole-image) epochs
     reporter = LogLines()
-    config = TrainConfig(role="student", epochs=1, min_iterations=5, image_size=64, batch_size=4, workers=0,
+    config = TrainConfig(role="student", epochs=1, min_iterations=30, image_size=64, batch_size=4, workers=0,
                          device="cpu", **{**paths, "out": tmp_path / "run"})
-    train(config, reporter)
-    assert [int(r["step"]) for r in rows(tmp_path / "run" / "results.csv")] == [2, 4, 5]  # 2 steps per epoch
-    assert ("schedule: 1 epoch of 2 steps is 2 steps, below the default schedule's floor: training 5 steps "
-            "(3 epochs; --epochs or --iterations set it exactly)") in reporter.lines
+    result = train(config, reporter)
+    history = rows(tmp_path / "run" / "results.csv")
+    assert [int(r["epoch"]) for r in history] == list(range(6, 16)) and int(history[-1]["step"]) == 30
+    assert result.best_epoch >= 6 and load_checkpoint(tmp_path / "run" / "last.pt").epoch == 15
+    assert ("schedule: 1 epoch of 2 steps = 2 steps, below the default schedule's floor: training 30 steps (15 epochs, "
+            "validated every 15 epochs and in each of the last 10); --epochs or --iterations set the schedule exactly"
+            ) in reporter.lines
+    assert any(line.startswith("epoch 1/15  loss") and line.endswith("(validated every 15 epochs)") for line in reporter.lines)
 
 
 def test_ddp_two_cpu_processes(tiny_cards, tmp_path):
