@@ -205,7 +205,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     if not labeled.images:
         raise UserError(f"{labeled.path}: no images to train on")
     if not any(not a.get("iscrowd") for anns in labeled.annotations_per_image.values() for a in anns):
-        raise UserError(f"{labeled.path}: no boxes (crowd regions aside) in its {len(labeled.images)} images, so "
+        raise UserError(f"{labeled.path}: no boxes (crowd regions aside) in its {_count(len(labeled.images), 'image')}, so "
                         "nothing to learn to detect; label some objects first")
     if not any(not a.get("iscrowd") for anns in val.annotations_per_image.values() for a in anns):
         raise UserError(f"{val.path}: no boxes (crowd regions aside) to validate on, so no epoch could be chosen as the "
@@ -214,8 +214,6 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         classes, note = trained_classes(labeled, config.keep_empty_classes)
     else:  # a resumed run keeps the classes it started with
         classes, note = ClassMap.from_categories(previous.classes), None
-    if not len(classes):
-        raise UserError(f"{labeled.path}: no categories, so no classes to train; list them under 'categories'")
     # Other files name the classes by name, whatever ids they give them (labelled: the resumed run's own check).
     left_out = [c for c in labeled.categories if c["name"] not in classes.names]
     source = labeled.path if previous is None else resume
