@@ -374,6 +374,11 @@ def match_classes(classes: ClassMap, source: Path | str, other: CocoData,
     return None
 
 
+def has_boxes(coco: CocoData) -> bool:
+    """Whether ``coco`` holds at least one box that is not a crowd region (``iscrowd``): something to learn or score."""
+    return any(not a.get("iscrowd") for anns in coco.annotations_per_image.values() for a in anns)
+
+
 def annotation_boxes(annotations: list[dict[str, Any]]) -> torch.Tensor:
     """(N, 4) xyxy boxes of COCO annotations (whose bboxes are xywh)."""
     boxes_xywh = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)

@@ -26,7 +26,7 @@ from torch import nn
 from retinaslim.core.atomic import atomic_path, refuse_overwriting_inputs, write_json
 from retinaslim.core.progress import Reporter
 from retinaslim.core.tta import Transform
-from retinaslim.data.coco import ClassMap, CocoEvaluation, CocoEvaluator, load_coco, match_classes, require_image_files
+from retinaslim.data.coco import ClassMap, CocoEvaluation, CocoEvaluator, has_boxes, load_coco, match_classes, require_image_files
 from retinaslim.data.images import ImageError, read_image
 from retinaslim.engine.inference import evaluate_on_coco, resolve_device
 from retinaslim.engine.timing import measure, median_ms, p90_ms
@@ -198,7 +198,7 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
     data = load_coco(config.data, config.images)
     if not data.images:
         raise UserError(f"{data.path}: no images to evaluate on")
-    if not any(not a.get("iscrowd") for anns in data.annotations_per_image.values() for a in anns):
+    if not has_boxes(data):
         raise UserError(f"{data.path}: no boxes (crowd regions aside) to score detections against (AP needs labelled images); "
                         "`retinaslim predict` runs a model on unlabelled images, `retinaslim profile` times it")
     note = require_image_files(data)

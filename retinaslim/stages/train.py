@@ -23,7 +23,7 @@ from torch import nn
 
 from retinaslim.config import CLOSE_MOSAIC_EPOCHS, STUDENT_MIN_ITERATIONS, TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
 from retinaslim.core.progress import Reporter
-from retinaslim.data.coco import (ClassMap, load_coco, match_classes, relative_boxes, require_image_files, require_scores,
+from retinaslim.data.coco import (ClassMap, has_boxes, load_coco, match_classes, relative_boxes, require_image_files, require_scores,
                                   machine_class_mask, trained_classes)
 from retinaslim.data.dataset import DetectionDataset, MixedBatchSampler, MixedDataset, collate_skip
 from retinaslim.engine.ddp import Distributed
@@ -204,10 +204,10 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     val = load_coco(config.val, config.images)
     if not labeled.images:
         raise UserError(f"{labeled.path}: no images to train on")
-    if not any(not a.get("iscrowd") for anns in labeled.annotations_per_image.values() for a in anns):
+    if not has_boxes(labeled):
         raise UserError(f"{labeled.path}: no boxes (crowd regions aside) in its {_count(len(labeled.images), 'image')}, so "
                         "nothing to learn to detect; label some objects first")
-    if not any(not a.get("iscrowd") for anns in val.annotations_per_image.values() for a in anns):
+    if not has_boxes(val):
         raise UserError(f"{val.path}: no boxes (crowd regions aside) to validate on, so no epoch could be chosen as the "
                         "best; pass labelled validation images")
     if previous is None:
