@@ -151,8 +151,10 @@ def _train(role: str, labeled: PathLike | None, val: PathLike | None, out: PathL
            **options) -> TrainResult:
     from retinaslim.stages.train import TrainConfig, train
 
+    machine = {k: options.pop(k) for k in ("device", "workers")}  # None: auto and 2, or a resumed run's own
     if resume is not None:
-        return train(None, reporter, resume=Path(resume))
+        return train(None, reporter, resume=Path(resume), machine={k: v for k, v in machine.items() if v is not None})
+    options.update({k: v for k, v in machine.items() if v is not None})
     missing = [f"`{name}`" for name, value in (("labeled", labeled), ("val", val), ("out", out)) if value is None]
     if missing:
         raise UserError(f"missing {', '.join(missing)}: pass the labelled and validation COCO files and the run "
@@ -174,7 +176,7 @@ def train_teacher(
     epochs: int = _TEACHER["epochs"], iterations: int | None = None, optimizer: str = _TEACHER["optimizer"],
     lr: float = _TEACHER["lr"], weight_decay: float = _TEACHER["weight_decay"], augment: str = _TEACHER["augment"],
     assign: str = _TEACHER["assign"], keep_empty_classes: bool = False, resume: PathLike | None = None,
-    device: str = "auto", workers: int = 2, seed: int = 0, reporter: Reporter | None = None,
+    device: str | None = None, workers: int | None = None, seed: int = 0, reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train the teacher (torchvision's ResNet50 RetinaNet) on human labels; see ``train_student`` for the loop.
 
@@ -190,7 +192,8 @@ def train_teacher(
             their initialisation.
         image_size: images are resized so that their longer side is this many pixels.
         batch_size: images per optimiser step; epochs: passes over the human-labelled images;
-            iterations: total optimiser steps, replacing ``epochs`` when given.
+            iterations: total optimiser steps, replacing ``epochs`` when given (validated about as often as
+                ``epochs`` epochs, every k-th epoch, and in each of the last 10).
         optimizer: sgd or adamw; lr: peak learning rate (linear warm-up, cosine decay); weight_decay.
         augment: none, light (flip, brightness/contrast, hue), strong (+ scale, shift, rotation,
             perspective, blur, JPEG) or mosaic (four images tiled at 0.5-1.5 times their size, then light;
@@ -201,9 +204,10 @@ def train_teacher(
             ``models.common.task_aligned_assign``). The student's default is tal, the teacher's iou.
         keep_empty_classes: also train categories that have no boxes in ``labeled`` (by default they are
             left out, e.g. the supercategory Roboflow lists as category 0).
-        resume: continue the run whose last.pt this is, with its own settings (the other arguments are ignored).
+        resume: continue the run whose last.pt this is, with its own settings: the other arguments are ignored,
+            except the machine's, ``device`` and ``workers``, where given (it may continue on another machine).
         device: auto (cuda if available, else cpu), cpu, cuda or cuda:N; workers: image-decoding processes
-            (0: in this process); seed: the run's random seed.
+            (0: in this process); None: auto and 2 (a resumed run: its own); seed: the run's random seed.
         reporter: receives progress and notes; None: silent.
 
     Returns:
@@ -231,7 +235,7 @@ def train_student(
     epochs: int | None = None, iterations: int | None = None, optimizer: str = _STUDENT["optimizer"],
     lr: float = _STUDENT["lr"], weight_decay: float = _STUDENT["weight_decay"], augment: str = _STUDENT["augment"],
     assign: str = _STUDENT["assign"], keep_empty_classes: bool = False, resume: PathLike | None = None,
-    device: str = "auto", workers: int = 2, seed: int = 0, reporter: Reporter | None = None,
+    device: str | None = None, workers: int | None = None, seed: int = 0, reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train the slim student on human labels, and on machine labels when ``pseudo`` is given.
 

@@ -203,11 +203,15 @@ def test_train_teacher_killed_before_a_checkpoint_rename_resumes_to_the_same_run
     kill_when(start(["train-teacher", *common, "--out", run], pause=("last.pt", 2, marker)), marker.exists)
     assert check_run_folder(run) == 1 and temporary_files(run)
     assert_user_error(run_cli("train-teacher", *common, "--out", run), "already holds a run", "--resume")
-    result = run_cli("train-teacher", "--resume", run / "last.pt", "--epochs", 9, "--workers", 0)
+    # started with no decoding workers, continued with two on the CPU (the machine's options are taken)
+    result = run_cli("train-teacher", "--resume", run / "last.pt", "--epochs", 9, "--workers", 2, "--device", "cpu")
     assert result.exit_code == 0, result.stdout + result.stderr
     said = " ".join((result.stdout + result.stderr).split())
-    assert "warning: --resume continues with the run's own settings: ignored --epochs, --workers" in said
-    assert_same_run(whole, run)  # 2 epochs, as the run was started
+    assert ("warning: --resume continues with the run's own settings: ignored --epochs (--device and --workers, the "
+            "machine's, are taken)") in said
+    assert_same_run(whole, run)  # 2 epochs, as the run was started, and the same augmentation with workers
+    assert load_checkpoint(run / "last.pt").train_args["workers"] == 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["workers"] == 0  # the run as it was started
     assert not temporary_files(run)
 
 

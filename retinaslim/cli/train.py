@@ -35,9 +35,12 @@ def _train(context: typer.Context, role: str, labeled, val, out, resume, options
         if resume is not None:
             from retinaslim.engine import ddp  # loads torch: not at the top, where --help would load it too
 
-            ignored = [name for name in _given(context) if name != "--resume"]
+            typed = _given(context)
+            ignored = [name for name in typed if name not in ("--resume", "--device", "--workers")]
             if ignored and ddp.is_main_process():
-                console.warn(f"--resume continues with the run's own settings: ignored {', '.join(ignored)}")
+                console.warn(f"--resume continues with the run's own settings: ignored {', '.join(ignored)} "
+                             "(--device and --workers, the machine's, are taken)")
+            options.update({k: None for k in ("device", "workers") if f"--{k}" not in typed})  # None: the run's own
         else:
             ws = Workspace.find()
             labeled = pick(labeled, "--labeled", ws and ws.labeled, "labelled data")
@@ -67,8 +70,8 @@ OutRunOpt = Annotated[Optional[Path], typer.Option(help="Run folder (default: a 
 SizeOpt = Annotated[Optional[int], typer.Option(min=32, help="Input size: images are resized so their longer side is this many pixels.")]
 BatchOpt = Annotated[Optional[int], typer.Option(min=1, help="Images per batch.")]
 EpochsOpt = Annotated[Optional[int], typer.Option(min=1, help="Passes over the (human-labelled) training images.")]
-ItersOpt = Annotated[Optional[int], typer.Option(min=1, help="Total optimiser steps; replaces --epochs when given.")]
-ResumeOpt = Annotated[Optional[Path], typer.Option(help="Continue the run whose last.pt this is (its own settings are used; other options are ignored).")]
+ItersOpt = Annotated[Optional[int], typer.Option(min=1, help="Total optimiser steps; replaces --epochs when given (validated about as often as --epochs epochs, and in each of the last 10).")]
+ResumeOpt = Annotated[Optional[Path], typer.Option(help="Continue the run whose last.pt this is, with its own settings: other options are ignored, except the machine's, --device and --workers.")]
 OptimOpt = Annotated[Optional[str], typer.Option(help="sgd or adamw.")]
 LrOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Peak learning rate (after linear warm-up; cosine decay).")]
 WdOpt = Annotated[Optional[float], typer.Option(min=0.0, help="Weight decay.")]

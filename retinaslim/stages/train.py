@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -170,14 +170,17 @@ def initialise(model: nn.Module, weights: WeightsFile, arch: str, categories: li
                      f"not in the file, left at their initialisation: {summarise_names(report.missing) or 'none'}")
 
 
-def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | None = None) -> TrainResult:
-    """Train a model per ``config`` (or continue the run ``resume`` names); returns the best checkpoint and metrics."""
+def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: Path | None = None,
+          machine: dict[str, Any] | None = None) -> TrainResult:
+    """Train a model per ``config``, or continue the run ``resume`` names with its own settings except ``machine``'s
+    (``device`` and/or ``workers``: the machine it continues on may differ; an image's augmentation does not
+    depend on the workers); returns the best checkpoint and metrics."""
     started = time.perf_counter()
     previous = load_checkpoint(resume) if resume is not None else None
     if previous is not None:
         if previous.training_state is None:
             raise UserError(f"{resume}: holds no training state; resume from the run's last.pt")
-        config = TrainConfig.from_checkpoint(previous, resume)
+        config = replace(TrainConfig.from_checkpoint(previous, resume), **(machine or {}))
     distributed = Distributed(resolve_device(config.device))
     device = distributed.device
     reporter = (reporter or Reporter()) if distributed.main else Reporter()
@@ -271,16 +274,20 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
     ema = ModelEMA(model, config.ema_decay)
     optimizer = make_optimizer(config.optimizer, model, config.lr, config.weight_decay)
     total_iters = config.iterations or config.epochs * len(loader)
-    validate_every = 1
-    if total_iters < config.min_iterations:
-        asked, total_iters = total_iters, config.min_iterations
-        # validated about as often as the epochs asked for, and in each of the last (whole-image) epochs
-        validate_every = math.ceil(math.ceil(total_iters / len(loader)) / config.epochs)
-        reporter.log(f"schedule: {_count(config.epochs, 'epoch')} of {_count(len(loader), 'step')} = {asked:,} steps, below "
-                     f"the default schedule's floor: training {total_iters:,} steps ({math.ceil(total_iters / len(loader)):,} "
-                     f"epochs, validated every {_count(validate_every, 'epoch')} and in each of the last "
-                     f"{CLOSE_MOSAIC_EPOCHS}); --epochs or --iterations set the schedule exactly")
+    asked = total_iters
+    total_iters = max(total_iters, config.min_iterations)
     num_epochs = math.ceil(total_iters / len(loader))
+    # A schedule in steps (the floor, or `iterations`) can run many short epochs: validated about as often as the
+    # epochs asked for (every k-th epoch) and in each of the last (whole-image) epochs
+    validate_every = math.ceil(num_epochs / config.epochs)
+    validation = (f"validated every {_count(validate_every, 'epoch')} and in each of the last {CLOSE_MOSAIC_EPOCHS}, "
+                  f"about as often as {_count(config.epochs, 'epoch')}")
+    if total_iters > asked:
+        reporter.log(f"schedule: {_count(config.epochs, 'epoch')} of {_count(len(loader), 'step')} = {asked:,} steps, below "
+                     f"the default schedule's floor: training {total_iters:,} steps ({num_epochs:,} epochs, {validation}); "
+                     "--epochs or --iterations set the schedule exactly")
+    elif validate_every > 1:
+        reporter.log(f"schedule: {total_iters:,} steps = {num_epochs:,} epochs of {_count(len(loader), 'step')}, {validation}")
     if config.augment == "mosaic":
         for dataset in datasets:  # before the loader's workers start, so that they copy it
             dataset.mosaic_until = num_epochs - CLOSE_MOSAIC_EPOCHS
@@ -298,7 +305,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, resume: Path | 
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and scaler.is_enabled():  # empty from a CPU run; unused when continuing on the CPU
+            scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         history, step, start_epoch = state["history"], state["step"], previous.epoch + 1
         best_ap, best_epoch = state["best_ap"], state["best_epoch"]
