@@ -2,8 +2,11 @@
 
 import csv
 import json
+import os
 import re
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -352,7 +355,7 @@ def test_the_demo_reads_a_change_within_its_noise_as_no_change():
 
 
 def test_ctrl_c_says_how_to_resume(tiny_cards, tmp_path, monkeypatch):
-    """Ctrl-C ends in one line, exit 130, naming the file to resume from, or saying there is none yet."""
+    """Ctrl-C ends in one line, exit 130, naming the file to resume from, or saying there is none yet; SIGTERM too, exit 143."""
     from retinaslim import api
 
     def stopped(write):
@@ -381,6 +384,27 @@ def test_ctrl_c_says_how_to_resume(tiny_cards, tmp_path, monkeypatch):
         result = run_cli("pseudo-label", tiny_cards.out / "unlabeled", "--teacher", tmp_path / "t.pt", "--out", target)
         assert result.exit_code == 130
         assert [line for line in result.stderr.splitlines() if line.strip()] == [f"error: interrupted; {expected}"]
+
+    # SIGTERM (a scheduler's stop, `kill`) ends the same way, exit 143, and the handler is put back afterwards
+    def terminated(**kwargs):
+        (Path(kwargs["out"]) / "last.pt").parent.mkdir()
+        (Path(kwargs["out"]) / "last.pt").write_bytes(b"")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+        raise AssertionError("SIGTERM was not handled")
+
+    def unhandled(signum, frame):  # in place of the default action, which would end pytest itself
+        raise AssertionError("the command left SIGTERM to the handler it found")
+
+    monkeypatch.setattr(api, "train_student", terminated)
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        result = run_cli("train-student", *files, "--out", tmp_path / "term", "--human-only")
+        assert result.exit_code == 143 and signal.getsignal(signal.SIGTERM) is unhandled
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        f"error: terminated (SIGTERM); continue with `retinaslim train-student --resume {tmp_path / 'term' / 'last.pt'}`"]
 
 
 def test_outputs_never_replace_the_workspace_human_labels(tiny_cards, labeller, tmp_path, monkeypatch):

@@ -6,6 +6,8 @@ typed it (--score-thresh, or PSEUDO for a command's argument) and exits 1 withou
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,14 +40,26 @@ def flag(name: str, arguments: tuple[str, ...] = ()) -> str:
     return name.upper() if name in arguments else FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop or time limit, ``kill``), raised where Ctrl-C raises KeyboardInterrupt, so
+    that the work stops the same way and the same line says how to continue it."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 @contextmanager
 def user_errors(*arguments: str, resume_hint: Callable[[], str | None] | None = None) -> Iterator[None]:
     """A user's mistake ends in one red line and exit code 1, never a traceback.
 
     The message's `keywords` become the flags typed; ``arguments``: the command's positional arguments.
-    ``resume_hint``: on Ctrl-C, how to continue the interrupted work (called then, so it sees the paths the
-    command resolved), or None when there is nothing to continue.
+    ``resume_hint``: on Ctrl-C (exit 130) or SIGTERM (exit 143; handled only inside such a block, in the main
+    thread), how to continue the interrupted work (called then, so it sees the paths the command resolved), or
+    None when there is nothing to continue.
     """
+    handles_term = resume_hint is not None and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if handles_term else None
     try:
         yield
     except UserError as e:
@@ -62,7 +76,11 @@ def user_errors(*arguments: str, resume_hint: Callable[[], str | None] | None = 
         console.error(f"out of memory ({said}): the inputs need more memory than this machine has; try a smaller "
                       "--image-size or --batch-size where the command takes them")
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
         hint = resume_hint() if resume_hint is not None else None
-        console.error("interrupted" + (f"; {hint}" if hint else ""))
-        raise typer.Exit(130) from None
+        console.error(("terminated (SIGTERM)" if terminated else "interrupted") + (f"; {hint}" if hint else ""))
+        raise typer.Exit(143 if terminated else 130) from None
+    finally:
+        if handles_term:
+            signal.signal(signal.SIGTERM, previous)
