@@ -257,7 +257,7 @@ def train_student(
         anchors: fit (anchor sizes and aspect ratios by k-means on the human-labelled boxes, kept when they
             match the boxes better than the built-in ones; slim students only) or default.
         epochs: None: the default schedule, ``TRAIN_DEFAULTS["student"]["epochs"]`` (60) epochs but at least
-            ``config.STUDENT_MIN_ITERATIONS`` (1,000) optimiser steps; a number: exactly that many epochs.
+            ``config.STUDENT_MIN_ITERATIONS`` (2,000) optimiser steps; a number: exactly that many epochs.
         image_size, batch_size, iterations, optimizer, lr, weight_decay, augment, assign, keep_empty_classes,
             resume, device, workers, seed, reporter: as for ``train_teacher``.
 

@@ -249,7 +249,7 @@ def test_the_default_schedule_has_a_floor_on_steps_and_given_epochs_do_not(tiny_
 
     data = tiny_cards.files
     paths = dict(labeled=data["labeled"], val=data["val"], out=tmp_path / "x")
-    assert TrainConfig(role="student", **paths).min_iterations == STUDENT_MIN_ITERATIONS == 1000
+    assert TrainConfig(role="student", **paths).min_iterations == STUDENT_MIN_ITERATIONS == 2000
     assert TrainConfig(role="student", **paths).epochs == TRAIN_DEFAULTS["student"]["epochs"]
     assert TrainConfig(role="student", epochs=60, **paths).min_iterations == 0  # a schedule the user chose
     assert TrainConfig(role="student", iterations=60, **paths).min_iterations == 0
