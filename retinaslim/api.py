@@ -212,7 +212,7 @@ def train_teacher(
 
     Returns:
         ``TrainResult``: ``best`` (the checkpoint with the best validation AP), ``best_metrics`` (COCO AP,
-        AP50, ...: 0..1), ``history`` (one row per epoch) and the run folder, which also holds last.pt,
+        AP50, ...: 0..1), ``history`` (one row per validated epoch) and the run folder, which also holds last.pt,
         results.csv, results.png and config.yaml (the resolved configuration).
 
     Raises:
@@ -240,8 +240,9 @@ def train_student(
     """Train the slim student on human labels, and on machine labels when ``pseudo`` is given.
 
     Each batch holds ``pseudo_ratio`` machine-labelled images and human-labelled ones for the rest; an
-    epoch is one pass over the human-labelled images. After each epoch the EMA weights are scored on
-    ``val`` (COCO AP with pycocotools), last.pt is written and best.pt when AP improved.
+    epoch is one pass over the human-labelled images. After each epoch last.pt is written; the EMA weights are
+    scored on ``val`` (COCO AP with pycocotools) after each epoch, or every k-th epoch and each of the last 10 when the
+    schedule is in steps (the default's floor, ``iterations``), and best.pt is written when AP improved.
 
     Args:
         labeled, val: human-labelled training and validation COCO JSON files.

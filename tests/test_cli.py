@@ -386,26 +386,35 @@ def test_ctrl_c_says_how_to_resume(tiny_cards, tmp_path, monkeypatch):
         assert [line for line in result.stderr.splitlines() if line.strip()] == [f"error: interrupted; {expected}"]
 
     # SIGTERM (a scheduler's stop, `kill`) ends the same way, exit 143, and the handler is put back afterwards
-    def terminated(**kwargs):
-        (Path(kwargs["out"]) / "last.pt").parent.mkdir()
-        (Path(kwargs["out"]) / "last.pt").write_bytes(b"")
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler raises here
-        raise AssertionError("SIGTERM was not handled")
+    def terminated(write):
+        def run(*args, **kwargs):
+            write(kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+            raise AssertionError("SIGTERM was not handled")
+        return run
 
     def unhandled(signum, frame):  # in place of the default action, which would end pytest itself
         raise AssertionError("the command left SIGTERM to the handler it found")
 
-    monkeypatch.setattr(api, "train_student", terminated)
+    term = tmp_path / "term"
+    monkeypatch.setattr(api, "train_student", terminated(lambda kw: (term.mkdir(exist_ok=True), (term / "last.pt").write_bytes(b""))))
+    monkeypatch.setattr(api, "pseudo_label", terminated(
+        lambda kw: Path(f"{kw['out']}.journal").write_text('{"header": {}}\n{"batch": 0, "records": []}\n')))
     before = signal.signal(signal.SIGTERM, unhandled)
     try:
-        result = run_cli("train-student", *files, "--out", tmp_path / "term", "--human-only")
-        assert result.exit_code == 143 and signal.getsignal(signal.SIGTERM) is unhandled
+        for args, expected in (
+                (["train-student", *files, "--out", term, "--human-only"],
+                 f"continue with `retinaslim train-student --resume {term / 'last.pt'}`"),
+                (["train-student", "--resume", term / "last.pt", "--device", "cpu"],  # the machine's option kept
+                 f"continue with `retinaslim train-student --resume {term / 'last.pt'} --device cpu`"),
+                (["pseudo-label", tiny_cards.out / "unlabeled", "--teacher", tmp_path / "t.pt", "--out", target],
+                 f"{target}.journal keeps the finished batches: run the same command with --resume to continue")):
+            result = run_cli(*args)
+            assert result.exit_code == 143 and signal.getsignal(signal.SIGTERM) is unhandled
+            assert [line for line in result.stderr.splitlines() if line.strip()] == [f"error: terminated (SIGTERM); {expected}"]
     finally:
         signal.signal(signal.SIGTERM, before)
-    assert [line for line in result.stderr.splitlines() if line.strip()] == [
-        f"error: terminated (SIGTERM); continue with `retinaslim train-student --resume {tmp_path / 'term' / 'last.pt'}`"]
-
 
 def test_outputs_never_replace_the_workspace_human_labels(tiny_cards, labeller, tmp_path, monkeypatch):
     """pseudo-label, predict and filter refuse an --out that is the workspace's labeled/val/truth file, before any work."""

@@ -197,7 +197,7 @@ def test_train_teacher_killed_before_a_checkpoint_rename_resumes_to_the_same_run
 
     data = synth(SynthConfig(tmp_path / "data", num_labeled=2, num_unlabeled=0, num_val=1, size=48, seed=2)).files
     common = ["--labeled", data["labeled"], "--val", data["val"], "--image-size", 32, "--batch-size", 2,
-              "--epochs", 2, "--workers", 0, "--augment", "none"]
+              "--epochs", 2, "--workers", 0, "--augment", "light"]
     whole, run, marker = tmp_path / "whole", tmp_path / "run", tmp_path / "paused"
     assert run_cli("train-teacher", *common, "--out", whole).exit_code == 0
     kill_when(start(["train-teacher", *common, "--out", run], pause=("last.pt", 2, marker)), marker.exists)
@@ -207,10 +207,11 @@ def test_train_teacher_killed_before_a_checkpoint_rename_resumes_to_the_same_run
     result = run_cli("train-teacher", "--resume", run / "last.pt", "--epochs", 9, "--workers", 2, "--device", "cpu")
     assert result.exit_code == 0, result.stdout + result.stderr
     said = " ".join((result.stdout + result.stderr).split())
-    assert ("warning: --resume continues with the run's own settings: ignored --epochs (--device and --workers, the "
-            "machine's, are taken)") in said
+    assert ("warning: --resume continues with the run's own settings: ignored --epochs (only --device and --workers, "
+            "the machine's, are taken)") in said
+    assert f"resuming {run} after epoch 1 (device cpu, 2 workers)" in said
     assert_same_run(whole, run)  # 2 epochs, as the run was started, and the same augmentation with workers
-    assert load_checkpoint(run / "last.pt").train_args["workers"] == 2
+    assert {k: load_checkpoint(run / "last.pt").train_args[k] for k in ("device", "workers")} == {"device": "cpu", "workers": 2}
     assert yaml.safe_load((run / "config.yaml").read_text())["workers"] == 0  # the run as it was started
     assert not temporary_files(run)
 

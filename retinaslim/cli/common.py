@@ -6,6 +6,7 @@ typed it (--score-thresh, or PSEUDO for a command's argument) and exits 1 withou
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -46,6 +47,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM (to the process and its group) must not cut the line
     raise Terminated
 
 
@@ -58,7 +60,8 @@ def user_errors(*arguments: str, resume_hint: Callable[[], str | None] | None = 
     thread), how to continue the interrupted work (called then, so it sees the paths the command resolved), or
     None when there is nothing to continue.
     """
-    handles_term = resume_hint is not None and threading.current_thread() is threading.main_thread()
+    handles_term = (resume_hint is not None and threading.current_thread() is threading.main_thread()
+                    and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN)  # ignored by the caller: left so
     previous = signal.signal(signal.SIGTERM, _terminate) if handles_term else None
     try:
         yield
@@ -78,8 +81,9 @@ def user_errors(*arguments: str, resume_hint: Callable[[], str | None] | None = 
         raise typer.Exit(1) from None
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
-        hint = resume_hint() if resume_hint is not None else None
-        console.error(("terminated (SIGTERM)" if terminated else "interrupted") + (f"; {hint}" if hint else ""))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun the first process speaks for all
+            hint = resume_hint() if resume_hint is not None else None
+            console.error(("terminated (SIGTERM)" if terminated else "interrupted") + (f"; {hint}" if hint else ""))
         raise typer.Exit(143 if terminated else 130) from None
     finally:
         if handles_term:

@@ -13,13 +13,14 @@ from retinaslim.cli.workspace import pick
 from retinaslim.config import STUDENT_MIN_ITERATIONS, TRAIN_DEFAULTS, Workspace
 
 
-def _resume_hint(role: str, out: Path | None, resume: Path | None) -> str | None:
-    """How to continue a training stopped by Ctrl-C: from its last.pt, or why there is none."""
+def _resume_hint(role: str, out: Path | None, resume: Path | None, machine: str = "") -> str | None:
+    """How to continue a training stopped by Ctrl-C or SIGTERM: from its last.pt (with the ``machine`` options a
+    resumed run was given, e.g. " --device cpu"), or why there is none."""
     last = resume if resume is not None else (Path(out) / "last.pt" if out is not None else None)
     if last is None:
         return None
     if Path(last).is_file():
-        return f"continue with `retinaslim train-{role} --resume {last}`"
+        return f"continue with `retinaslim train-{role} --resume {last}{machine}`"
     return f"no epoch had finished, so there is no {last} to resume from"
 
 
@@ -31,15 +32,16 @@ def _given(context: typer.Context) -> list[str]:
 
 
 def _train(context: typer.Context, role: str, labeled, val, out, resume, options: dict) -> None:
-    with user_errors(resume_hint=lambda: _resume_hint(role, out, resume)):
+    typed = _given(context)
+    machine = "".join(f" --{k} {options[k]}" for k in ("device", "workers") if resume is not None and f"--{k}" in typed)
+    with user_errors(resume_hint=lambda: _resume_hint(role, out, resume, machine)):
         if resume is not None:
             from retinaslim.engine import ddp  # loads torch: not at the top, where --help would load it too
 
-            typed = _given(context)
             ignored = [name for name in typed if name not in ("--resume", "--device", "--workers")]
             if ignored and ddp.is_main_process():
                 console.warn(f"--resume continues with the run's own settings: ignored {', '.join(ignored)} "
-                             "(--device and --workers, the machine's, are taken)")
+                             "(only --device and --workers, the machine's, are taken)")
             options.update({k: None for k in ("device", "workers") if f"--{k}" not in typed})  # None: the run's own
         else:
             ws = Workspace.find()

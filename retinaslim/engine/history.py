@@ -1,5 +1,5 @@
-"""A training run's history beside its checkpoints: ``results.csv`` (one row per epoch) and ``results.png``
-(loss and validation AP per epoch), both rewritten atomically after every epoch."""
+"""A training run's history beside its checkpoints: ``results.csv`` (one row per validated epoch) and
+``results.png`` (loss and validation AP per validated epoch), both rewritten atomically after each."""
 
 from __future__ import annotations
 

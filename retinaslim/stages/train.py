@@ -3,9 +3,10 @@
 Human labels (``labeled``) and optionally machine labels (``pseudo``) are mixed with a fixed share of
 machine images in every batch; machine images' losses can be scaled down; ignore regions and empty
 (background) images from the filter stage are honoured. Per epoch: train (``engine.loop.train_one_epoch``),
-measure val AP of the EMA weights with pycocotools, write ``last.pt`` (with everything ``resume`` needs,
-random state included: ``engine.rng``) and, when AP improved, ``best.pt``; append a row to ``results.csv``
-and redraw ``results.png`` (``engine.history``). The resolved configuration is saved as ``config.yaml``
+measure val AP of the EMA weights with pycocotools (every k-th epoch and each of the last 10 when a schedule in
+steps makes more epochs than ``epochs``), write ``last.pt`` (with everything ``resume`` needs, random state
+included: ``engine.rng``) and, when AP improved, ``best.pt``; on a validated epoch append a row to
+``results.csv`` and redraw ``results.png`` (``engine.history``). The resolved configuration is saved as ``config.yaml``
 first. Under torchrun each process trains on its share of the batches (DDP, ``engine.ddp``); only rank 0
 validates and writes. Anchors (students' and the teacher's) are fitted to the human boxes first (``models.anchors``).
 """
@@ -281,12 +282,12 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
     # epochs asked for (every k-th epoch) and in each of the last (whole-image) epochs
     validate_every = math.ceil(num_epochs / config.epochs)
     validation = (f"validated every {_count(validate_every, 'epoch')} and in each of the last {CLOSE_MOSAIC_EPOCHS}, "
-                  f"about as often as {_count(config.epochs, 'epoch')}")
+                  f"about as often as --epochs {config.epochs} would be")
     if total_iters > asked:
         reporter.log(f"schedule: {_count(config.epochs, 'epoch')} of {_count(len(loader), 'step')} = {asked:,} steps, below "
                      f"the default schedule's floor: training {total_iters:,} steps ({num_epochs:,} epochs, {validation}); "
                      "--epochs or --iterations set the schedule exactly")
-    elif validate_every > 1:
+    elif validate_every > 1 and num_epochs > CLOSE_MOSAIC_EPOCHS:
         reporter.log(f"schedule: {total_iters:,} steps = {num_epochs:,} epochs of {_count(len(loader), 'step')}, {validation}")
     if config.augment == "mosaic":
         for dataset in datasets:  # before the loader's workers start, so that they copy it
@@ -311,7 +312,8 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
         history, step, start_epoch = state["history"], state["step"], previous.epoch + 1
         best_ap, best_epoch = state["best_ap"], state["best_epoch"]
         best_metrics = next((h for h in history if h["epoch"] == best_epoch), {})
-        reporter.log(f"resuming {out} after epoch {previous.epoch}")
+        reporter.log(f"resuming {out} after epoch {previous.epoch} (device {config.device}, "
+                     f"{_count(config.workers, 'worker')})")
     elif distributed.main:
         try:
             out.mkdir(parents=True, exist_ok=True)

@@ -269,7 +269,7 @@ def test_the_default_schedule_has_a_floor_on_steps_and_given_epochs_do_not(tiny_
     assert [int(r["epoch"]) for r in history] == list(range(6, 16)) and int(history[-1]["step"]) == 30
     assert result.best_epoch >= 6 and load_checkpoint(tmp_path / "run" / "last.pt").epoch == 15
     assert ("schedule: 1 epoch of 2 steps = 2 steps, below the default schedule's floor: training 30 steps (15 epochs, "
-            "validated every 15 epochs and in each of the last 10, about as often as 1 epoch); --epochs or --iterations "
+            "validated every 15 epochs and in each of the last 10, about as often as --epochs 1 would be); --epochs or --iterations "
             "set the schedule exactly") in reporter.lines
     assert any(line.startswith("epoch 1/15  loss") and line.endswith("(validated every 15 epochs)") for line in reporter.lines)
     # a schedule given in steps is exact, and validated the same way: 50 steps are 25 epochs of 2, validated
@@ -280,7 +280,7 @@ def test_the_default_schedule_has_a_floor_on_steps_and_given_epochs_do_not(tiny_
     history = rows(tmp_path / "steps" / "results.csv")
     assert [int(r["epoch"]) for r in history] == [9, *range(16, 26)] and int(history[-1]["step"]) == 50
     assert ("schedule: 50 steps = 25 epochs of 2 steps, validated every 9 epochs and in each of the last 10, about as "
-            "often as 3 epochs") in reporter.lines
+            "often as --epochs 3 would be") in reporter.lines
 
 
 def test_ddp_two_cpu_processes(tiny_cards, tmp_path):
