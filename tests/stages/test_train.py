@@ -207,9 +207,10 @@ def test_kill_9_then_resume_finishes_the_same_run(tiny_cards, tmp_path):
     assert [r["epoch"] for r in again] == ["1", "2", "3"]
     # training seconds so far: epoch 2's row holds epoch 1's time plus its own; a clock restarted at the resume
     # would put it near epoch 1's (same setup, one epoch) instead of about one epoch above it (epoch 3's step
-    # also pays the resumed process's first results.png, matplotlib's import included, so compare loosely)
+    # also pays the resumed process's first results.png, matplotlib's import included, so compare loosely: on a CPU
+    # shared with a benchmark epoch 3 once took 5x epoch 2)
     times = [float(r["time"]) for r in again]
-    assert 0 < times[0] < times[1] < times[2] and times[1] - times[0] > 0.25 * (times[2] - times[1])
+    assert 0 < times[0] < times[1] < times[2] and times[1] - times[0] > 0.1 * (times[2] - times[1])
     for a, b in zip(whole, again, strict=True):  # same data order, same RNG: the same numbers
         assert abs(float(a["loss"]) - float(b["loss"])) < 1e-4 and a["machine_images"] == b["machine_images"]
 
