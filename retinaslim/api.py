@@ -151,10 +151,11 @@ def _train(role: str, labeled: PathLike | None, val: PathLike | None, out: PathL
            **options) -> TrainResult:
     from retinaslim.stages.train import TrainConfig, train
 
-    machine = {k: options.pop(k) for k in ("device", "workers")}  # None: auto and 2, or a resumed run's own
+    # the machine's settings, where given (None: auto and 2 for a new run, a resumed run's own)
+    machine = {k: v for k in ("device", "workers") if (v := options.pop(k)) is not None}
     if resume is not None:
-        return train(None, reporter, resume=Path(resume), machine={k: v for k, v in machine.items() if v is not None})
-    options.update({k: v for k, v in machine.items() if v is not None})
+        return train(None, reporter, resume=Path(resume), machine=machine)
+    options.update(machine)
     missing = [f"`{name}`" for name, value in (("labeled", labeled), ("val", val), ("out", out)) if value is None]
     if missing:
         raise UserError(f"missing {', '.join(missing)}: pass the labelled and validation COCO files and the run "

@@ -6,7 +6,6 @@ typed it (--score-thresh, or PSEUDO for a command's argument) and exits 1 withou
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -81,7 +80,9 @@ def user_errors(*arguments: str, resume_hint: Callable[[], str | None] | None = 
         raise typer.Exit(1) from None
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun the first process speaks for all
+        from retinaslim.engine import ddp  # loads torch: not at the top, where --help would load it too
+
+        if ddp.is_main_process():  # under torchrun rank 0 speaks for all
             hint = resume_hint() if resume_hint is not None else None
             console.error(("terminated (SIGTERM)" if terminated else "interrupted") + (f"; {hint}" if hint else ""))
         raise typer.Exit(143 if terminated else 130) from None
