@@ -373,7 +373,7 @@ def test_ctrl_c_says_how_to_resume(tiny_cards, tmp_path, monkeypatch):
         assert result.exit_code == 130 and "Traceback" not in result.stdout + result.stderr
         said = [line for line in result.stderr.splitlines() if line.strip()]
         expected = (f"continue with `retinaslim train-student --resume {out / 'last.pt'}`" if saved
-                    else f"no epoch had finished, so there is no {out / 'last.pt'} to resume from")
+                    else f"no checkpoint was saved yet, so there is no {out / 'last.pt'} to resume from")
         assert said == [f"error: interrupted; {expected}"], said
 
     target = tmp_path / "pseudo.json"

@@ -21,7 +21,7 @@ def _resume_hint(role: str, out: Path | None, resume: Path | None, machine: str 
         return None
     if Path(last).is_file():
         return f"continue with `retinaslim train-{role} --resume {last}{machine}`"
-    return f"no epoch had finished, so there is no {last} to resume from"
+    return f"no checkpoint was saved yet, so there is no {last} to resume from"
 
 
 def _given(context: typer.Context) -> list[str]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import albumentations as A
-import numpy as np
+import os
 
-from retinaslim.errors import UserError
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # else importing it asks PyPI for a newer version (2 s timeout)
+import albumentations as A  # noqa: E402
+import numpy as np  # noqa: E402
+
+from retinaslim.errors import UserError  # noqa: E402
 
 AUGMENT_PRESETS = ("none", "light", "strong", "mosaic")
 

@@ -55,8 +55,9 @@ class EpochStats:
 
 
 def train_one_epoch(model, ema: ModelEMA, loader, optimizer, scheduler, scaler, device, reporter: Reporter,
-                    epoch: int, max_steps: int) -> EpochStats:
-    """Up to ``max_steps`` optimiser steps over ``loader``."""
+                    epoch: int, max_steps: int, saved_epoch: int) -> EpochStats:
+    """Up to ``max_steps`` optimiser steps over ``loader``; ``saved_epoch``: the epoch last.pt holds (0: none yet),
+    named when the loss diverges."""
     model.train()
     totals: dict[str, float] = {}
     stats = EpochStats({}, 0, 0, 0, 0, 0, 0.0)
@@ -81,8 +82,7 @@ def train_one_epoch(model, ema: ModelEMA, loader, optimizer, scheduler, scaler, 
             losses = model(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
-            kept = (f"last.pt keeps the end of epoch {epoch - 1}" if epoch > 1
-                    else "no epoch had finished, so no checkpoint was saved")
+            kept = f"last.pt keeps the end of epoch {saved_epoch}" if saved_epoch else "no checkpoint was saved yet"
             raise UserError(f"training loss became non-finite in epoch {epoch} ({ {k: v.item() for k, v in losses.items()} }); "
                             f"lower `lr`; {kept}")
         optimizer.zero_grad(set_to_none=True)

@@ -32,9 +32,6 @@ class ModelEMA:
             else:
                 ema_value.copy_(value)
 
-    def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "updates": self.updates}
-
     def load_state_dict(self, state: dict) -> None:
         self.module.load_state_dict(state["module"])
         self.updates = state["updates"]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from retinaslim.config import CLOSE_MOSAIC_EPOCHS, STUDENT_MIN_ITERATIONS, TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
+from retinaslim.config import CHECKPOINT_INTERVAL_S, CLOSE_MOSAIC_EPOCHS, STUDENT_MIN_ITERATIONS, TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
 from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import (ClassMap, has_boxes, load_coco, match_classes, relative_boxes, require_image_files, require_scores,
                                   machine_class_mask, trained_classes)
@@ -303,7 +303,7 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
     if previous is not None:
         state = previous.training_state
         model.load_state_dict(state["raw_model"])
-        ema.load_state_dict(state["ema"])
+        ema.load_state_dict({"module": previous.model, **state["ema"]})  # an older last.pt's own "module": the same
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if state["scaler"] and scaler.is_enabled():  # empty from a CPU run; unused when continuing on the CPU
@@ -322,10 +322,11 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
         save_run_config(out / "config.yaml", asdict(config))
     earlier_seconds = history[-1].get("time", 0.0) if history else 0.0  # seconds of the invocations before a resume
     train_model = distributed.wrap(model)
+    last_saved, saved_epoch = time.perf_counter(), previous.epoch if previous else 0
     for epoch in range(start_epoch, num_epochs + 1):
         sampler.set_epoch(epoch)
         stats = train_one_epoch(train_model, ema, loader, optimizer, scheduler, scaler, device, reporter, epoch,
-                                total_iters - step)
+                                total_iters - step, saved_epoch)
         step += stats.steps
         num_skipped += stats.num_skipped
         validated = epoch % validate_every == 0 or epoch > num_epochs - CLOSE_MOSAIC_EPOCHS
@@ -353,13 +354,15 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
             )
             if improved:
                 save_checkpoint(out / "best.pt", checkpoint)
-            checkpoint.training_state = {
-                "raw_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng_state(), "history": history, "step": step,
-                "best_ap": best_ap, "best_epoch": best_epoch,
-            }
-            save_checkpoint(out / "last.pt", checkpoint)
+            if validated or time.perf_counter() - last_saved >= CHECKPOINT_INTERVAL_S:
+                checkpoint.training_state = {  # the EMA weights are the checkpoint's model: kept once
+                    "raw_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "ema": {"updates": ema.updates}, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                    "history": history, "step": step, "best_ap": best_ap, "best_epoch": best_epoch,
+                }
+                save_checkpoint(out / "last.pt", checkpoint)
+                last_saved, saved_epoch = time.perf_counter(), epoch
             loss = f"epoch {epoch}/{num_epochs}  loss {stats.losses.get('loss', float('nan')):.3f}  "
             if validated:
                 write_history(out / "results.csv", history)

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -38,3 +42,20 @@ def test_none_and_unknown():
     assert build_augment("none") is None
     with pytest.raises(UserError, match="`augment` .extreme.: choose none, light, strong, mosaic"):
         build_augment("extreme")
+
+
+def test_importing_the_augmentations_goes_online_nowhere():
+    """albumentations asks PyPI for a newer version when imported (a 2 s timeout offline or behind a firewall);
+    retinaslim turns that off: no command makes a network call."""
+    probe = ("import socket\n"
+             "asked = []\n"
+             "def refuse(*args, **kwargs):\n"
+             "    asked.append(args[:2])\n"
+             "    raise OSError('no network in this test')\n"
+             "socket.getaddrinfo = socket.create_connection = refuse\n"
+             "import retinaslim.data.augment\n"
+             "print(asked)\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]" and "version" not in done.stderr.lower()

@@ -245,8 +245,13 @@ def test_iterations_replace_epochs(tiny_cards, tmp_path):
     assert [int(r["step"]) for r in history] == [2, 4, 5]  # 2 steps per epoch, stopped at 5
 
 
-def test_the_default_schedule_has_a_floor_on_steps_and_given_epochs_do_not(tiny_cards, tmp_path):
+def test_the_default_schedule_has_a_floor_on_steps_and_given_epochs_do_not(tiny_cards, tmp_path, monkeypatch):
     from retinaslim.config import STUDENT_MIN_ITERATIONS
+    from retinaslim.stages import train as stage
+
+    saved = []  # (file, epoch) of every checkpoint written
+    write = stage.save_checkpoint
+    monkeypatch.setattr(stage, "save_checkpoint", lambda path, c: (saved.append((path.name, c.epoch)), write(path, c)))
 
     data = tiny_cards.files
     paths = dict(labeled=data["labeled"], val=data["val"], out=tmp_path / "x")
@@ -263,6 +268,7 @@ def test_the_default_schedule_has_a_floor_on_steps_and_given_epochs_do_not(tiny_
     # a floor above the epochs' steps lengthens the run to it, in whole epochs, says so, and validates about as often
     # as the epochs asked for (here once), and in each of the last 10 (whole-image) epochs
     reporter = LogLines()
+    monkeypatch.setattr(stage, "CHECKPOINT_INTERVAL_S", 0)  # last.pt after every epoch, validated or not
     config = TrainConfig(role="student", epochs=1, min_iterations=30, image_size=64, batch_size=4, workers=0,
                          device="cpu", **{**paths, "out": tmp_path / "run"})
     result = train(config, reporter)
@@ -273,6 +279,10 @@ def test_the_default_schedule_has_a_floor_on_steps_and_given_epochs_do_not(tiny_
             "validated every 15 epochs and in each of the last 10, about as often as --epochs 1 would be); --epochs or --iterations "
             "set the schedule exactly") in reporter.lines
     assert any(line.startswith("epoch 1/15  loss") and line.endswith("(validated every 15 epochs)") for line in reporter.lines)
+    assert [epoch for name, epoch in saved if name == "last.pt"] == list(range(1, 16))
+    assert set(load_checkpoint(tmp_path / "run" / "last.pt").training_state["ema"]) == {"updates"}  # EMA weights: once
+    monkeypatch.setattr(stage, "CHECKPOINT_INTERVAL_S", 600)
+    saved.clear()
     # a schedule given in steps is exact, and validated the same way: 50 steps are 25 epochs of 2, validated
     # about as often as the 3 epochs asked for (every 9th) and in each of the last 10
     reporter = LogLines()
@@ -280,6 +290,8 @@ def test_the_default_schedule_has_a_floor_on_steps_and_given_epochs_do_not(tiny_
                       **{**paths, "out": tmp_path / "steps"}), reporter)
     history = rows(tmp_path / "steps" / "results.csv")
     assert [int(r["epoch"]) for r in history] == [9, *range(16, 26)] and int(history[-1]["step"]) == 50
+    # last.pt with each validation, not after the epochs between (a teacher's is 0.4 GB): under 600 s apart here
+    assert [epoch for name, epoch in saved if name == "last.pt"] == [9, *range(16, 26)]
     assert ("schedule: 50 steps = 25 epochs of 2 steps, validated every 9 epochs and in each of the last 10, about as "
             "often as --epochs 3 would be") in reporter.lines
 
