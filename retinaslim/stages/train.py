@@ -355,7 +355,7 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
             if improved:
                 save_checkpoint(out / "best.pt", checkpoint)
             if validated or time.perf_counter() - last_saved >= CHECKPOINT_INTERVAL_S:
-                checkpoint.training_state = {  # the EMA weights are the checkpoint's model: kept once
+                checkpoint.training_state = {  # the EMA weights are the checkpoint's model: not stored again
                     "raw_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "ema": {"updates": ema.updates}, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
