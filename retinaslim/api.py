@@ -241,9 +241,10 @@ def train_student(
     """Train the slim student on human labels, and on machine labels when ``pseudo`` is given.
 
     Each batch holds ``pseudo_ratio`` machine-labelled images and human-labelled ones for the rest; an
-    epoch is one pass over the human-labelled images. After each epoch last.pt is written; the EMA weights are
-    scored on ``val`` (COCO AP with pycocotools) after each epoch, or every k-th epoch and each of the last 10 when the
-    schedule is in steps (the default's floor, ``iterations``), and best.pt is written when AP improved.
+    epoch is one pass over the human-labelled images. The EMA weights are scored on ``val`` (COCO AP with
+    pycocotools) after each epoch, or every k-th epoch and each of the last 10 when the schedule is in steps (the
+    default's floor, ``iterations``); last.pt is written then, and otherwise at least every
+    ``config.CHECKPOINT_INTERVAL_S`` seconds; best.pt when AP improved.
 
     Args:
         labeled, val: human-labelled training and validation COCO JSON files.

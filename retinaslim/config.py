@@ -48,7 +48,8 @@ STUDENT_MIN_ITERATIONS = 2000
 # last.pt (everything --resume needs; a teacher's is about 0.5 GB) is written with each validation (the results.csv rows)
 # and otherwise at least this often. Written after every epoch, a 280-step teacher run on 50 images (40 epochs of 7
 # steps, 64 px, this CPU) took 276 s against 210 s (docs/results.md, "Session 36: the teacher on a lent GPU, and
-# last.pt"); where steps are faster (a GPU) the write weighs more. A kill loses at most this much work.
+# last.pt"); where steps are faster (a GPU) the write weighs more. A kill loses at most about this much work and an
+# epoch.
 CHECKPOINT_INTERVAL_S = 600
 # `--augment mosaic` trains its last epochs on whole images, as Ultralytics' close_mosaic (default 10) does:
 # the model ends on the images it will see. On the cards the student's validation AP rose 3.3 points in the

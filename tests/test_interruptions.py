@@ -165,7 +165,7 @@ def assert_same_run(whole, resumed):
     for x, y in zip(a, b, strict=True):
         assert abs(float(x["loss"]) - float(y["loss"])) < 1e-4 and abs(float(x["ap"]) - float(y["ap"])) < 1e-3
     w, r = load_checkpoint(whole / "last.pt"), load_checkpoint(resumed / "last.pt")
-    assert w.epoch == r.epoch
+    assert w.epoch == r.epoch and w.training_state["ema"] == r.training_state["ema"]  # the EMA's update count
     for k in w.model:
         assert torch.allclose(w.model[k].float(), r.model[k].float(), atol=1e-4), k
 

@@ -4,8 +4,9 @@ Human labels (``labeled``) and optionally machine labels (``pseudo``) are mixed 
 machine images in every batch; machine images' losses can be scaled down; ignore regions and empty
 (background) images from the filter stage are honoured. Per epoch: train (``engine.loop.train_one_epoch``),
 measure val AP of the EMA weights with pycocotools (every k-th epoch and each of the last 10 when a schedule in
-steps makes more epochs than ``epochs``), write ``last.pt`` (with everything ``resume`` needs, random state
-included: ``engine.rng``) and, when AP improved, ``best.pt``; on a validated epoch append a row to
+steps makes more epochs than ``epochs``), write ``last.pt`` when it validated and otherwise at least every
+``config.CHECKPOINT_INTERVAL_S`` (with everything ``resume`` needs, random state included: ``engine.rng``) and,
+when AP improved, ``best.pt``; on a validated epoch append a row to
 ``results.csv`` and redraw ``results.png`` (``engine.history``). The resolved configuration is saved as ``config.yaml``
 first. Under torchrun each process trains on its share of the batches (DDP, ``engine.ddp``); only rank 0
 validates and writes. Anchors (students' and the teacher's) are fitted to the human boxes first (``models.anchors``).
@@ -300,6 +301,7 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
 
     history: list[dict[str, float]] = []
     best_ap, best_epoch, best_metrics, num_skipped, step, start_epoch = -1.0, 0, {}, 0, 0, 1
+    earlier_seconds = 0.0  # seconds trained by the invocations before a resume
     if previous is not None:
         state = previous.training_state
         model.load_state_dict(state["raw_model"])
@@ -312,6 +314,7 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
         history, step, start_epoch = state["history"], state["step"], previous.epoch + 1
         best_ap, best_epoch = state["best_ap"], state["best_epoch"]
         best_metrics = next((h for h in history if h["epoch"] == best_epoch), {})
+        earlier_seconds = state.get("seconds", history[-1].get("time", 0.0) if history else 0.0)  # older last.pt: its last row's
         reporter.log(f"resuming {out} after epoch {previous.epoch} (device {config.device}, "
                      f"{_count(config.workers, 'worker')})")
     elif distributed.main:
@@ -320,7 +323,6 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
         except OSError as e:
             raise UserError(f"`out` {out}: cannot create the run folder ({e.strerror or e})") from None
         save_run_config(out / "config.yaml", asdict(config))
-    earlier_seconds = history[-1].get("time", 0.0) if history else 0.0  # seconds of the invocations before a resume
     train_model = distributed.wrap(model)
     last_saved, saved_epoch = time.perf_counter(), previous.epoch if previous else 0
     for epoch in range(start_epoch, num_epochs + 1):
@@ -330,6 +332,7 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
         step += stats.steps
         num_skipped += stats.num_skipped
         validated = epoch % validate_every == 0 or epoch > num_epochs - CLOSE_MOSAIC_EPOCHS
+        save_last = validated or time.perf_counter() - last_saved >= CHECKPOINT_INTERVAL_S  # decided on every rank
         if distributed.main:
             metrics, improved = {}, False
             if validated:
@@ -354,15 +357,15 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
             )
             if improved:
                 save_checkpoint(out / "best.pt", checkpoint)
-            if validated or time.perf_counter() - last_saved >= CHECKPOINT_INTERVAL_S:
+            if save_last:
                 checkpoint.training_state = {  # the EMA weights are the checkpoint's model: not stored again
                     "raw_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "ema": {"updates": ema.updates}, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                     "history": history, "step": step, "best_ap": best_ap, "best_epoch": best_epoch,
+                    "seconds": earlier_seconds + time.perf_counter() - started,
                 }
                 save_checkpoint(out / "last.pt", checkpoint)
-                last_saved, saved_epoch = time.perf_counter(), epoch
             loss = f"epoch {epoch}/{num_epochs}  loss {stats.losses.get('loss', float('nan')):.3f}  "
             if validated:
                 write_history(out / "results.csv", history)
@@ -372,6 +375,8 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
                              + ("  (best)" if improved else ""))
             else:
                 reporter.log(loss + f"machine boxes {stats.machine_boxes}  (validated every {validate_every} epochs)")
+        if save_last:
+            last_saved, saved_epoch = time.perf_counter(), epoch
         distributed.barrier()
     return TrainResult(out, out / "best.pt", best_epoch, best_metrics, history, num_images, num_skipped,
                        time.perf_counter() - started, resumed_from_epoch=previous.epoch if previous else 0)

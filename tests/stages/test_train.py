@@ -296,6 +296,45 @@ def test_the_default_schedule_has_a_floor_on_steps_and_given_epochs_do_not(tiny_
             "often as --epochs 3 would be") in reporter.lines
 
 
+def test_a_last_pt_written_between_validations_resumes_to_the_same_run(tiny_cards, tmp_path, monkeypatch):
+    """The 10-minute interval writes last.pt at an epoch that was not validated: --resume from it ends as the
+    uninterrupted run did (losses, AP, the EMA's update count) and its clock counts the seconds before the stop."""
+    from retinaslim.stages import train as stage
+
+    data = tiny_cards.files
+
+    def config(name):  # 24 steps = 12 epochs of 2, validated in each of the last 10 (3-12)
+        return TrainConfig(role="student", epochs=1, iterations=24, image_size=64, batch_size=4, workers=0,
+                           device="cpu", labeled=data["labeled"], val=data["val"], out=tmp_path / name)
+
+    train(config("whole"), LogLines())
+    write = stage.save_checkpoint
+
+    def stop_after_epoch_2(path, checkpoint):
+        write(path, checkpoint)
+        if path.name == "last.pt" and checkpoint.epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "CHECKPOINT_INTERVAL_S", 0)
+    monkeypatch.setattr(stage, "save_checkpoint", stop_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config("run"), LogLines())
+    stopped = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert stopped.epoch == 2 and stopped.metrics == {} and not (tmp_path / "run" / "results.csv").exists()
+    assert stopped.training_state["seconds"] > 0
+    stopped.training_state["seconds"] = 1000.0  # the resumed run's clock goes on from the seconds last.pt keeps
+    write(tmp_path / "run" / "last.pt", stopped)
+    monkeypatch.setattr(stage, "save_checkpoint", write)
+    resumed = train(None, LogLines(), resume=tmp_path / "run" / "last.pt")
+    whole, run = rows(tmp_path / "whole" / "results.csv"), rows(tmp_path / "run" / "results.csv")
+    assert [r["epoch"] for r in whole] == [r["epoch"] for r in run] == [str(e) for e in range(3, 13)]
+    for a, b in zip(whole, run, strict=True):
+        assert abs(float(a["loss"]) - float(b["loss"])) < 1e-4 and abs(float(a["ap"]) - float(b["ap"])) < 1e-3
+    assert 1000 < float(run[0]["time"]) < float(run[-1]["time"]) <= 1000 + resumed.seconds
+    ema = [load_checkpoint(tmp_path / name / "last.pt").training_state["ema"] for name in ("whole", "run")]
+    assert ema[0] == ema[1] == {"updates": 24}
+
+
 def test_ddp_two_cpu_processes(tiny_cards, tmp_path):
     data = tiny_cards.files
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518",
