@@ -174,7 +174,7 @@ def train_teacher(
     *, labeled: PathLike | None = None, val: PathLike | None = None, images: PathLike | None = None,
     out: PathLike | None = None, arch: str = _TEACHER["arch"], pretrained: bool = False, init: str | None = None,
     image_size: int = _TEACHER["image_size"], batch_size: int = _TEACHER["batch_size"],
-    epochs: int = _TEACHER["epochs"], iterations: int | None = None, optimizer: str = _TEACHER["optimizer"],
+    epochs: int | None = None, iterations: int | None = None, optimizer: str = _TEACHER["optimizer"],
     lr: float = _TEACHER["lr"], weight_decay: float = _TEACHER["weight_decay"], augment: str = _TEACHER["augment"],
     assign: str = _TEACHER["assign"], keep_empty_classes: bool = False, resume: PathLike | None = None,
     device: str | None = None, workers: int | None = None, seed: int = 0, reporter: Reporter | None = None,
@@ -192,7 +192,9 @@ def train_teacher(
             torchvision's COCO weights of ``arch`` in the local torch cache. Tensors that do not fit keep
             their initialisation.
         image_size: images are resized so that their longer side is this many pixels.
-        batch_size: images per optimiser step; epochs: passes over the human-labelled images;
+        batch_size: images per optimiser step; epochs: passes over the human-labelled images (None: the default
+            schedule, ``TRAIN_DEFAULTS["teacher"]["epochs"]`` (12) epochs but at least ``config.TEACHER_MIN_ITERATIONS``
+            (1,000) optimiser steps; a number: exactly that many epochs);
             iterations: total optimiser steps, replacing ``epochs`` when given (validated about as often as
                 ``epochs`` epochs, every k-th epoch, and in each of the last 10).
         optimizer: sgd or adamw; lr: peak learning rate (linear warm-up, cosine decay); weight_decay.

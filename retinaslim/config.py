@@ -45,6 +45,11 @@ WARMUP_ITERS = 100  # linear learning-rate warm-up (shortened for runs with fewe
 # (docs/results.md, "Session 34: a floor on the student's steps"); 2,000 beat 1,000 on validation on both BCCD
 # splits, human-only and distilled ("Session 35: the floor at 2,000 steps"). --epochs or --iterations set it exactly.
 STUDENT_MIN_ITERATIONS = 2000
+# The teacher's likewise: its 12 epochs are 84 steps of 8 on 50 labelled images. On BCCD 50 / 155 (256 px, validation
+# AP): 300 steps 0.205, 420 (60 epochs) 0.270, 1,000 steps 0.323 (docs/results.md, "Session 36"); 1,000
+# labelled cards reach 1,500 in 12 epochs anyway. A ResNet50 step costs about 20x the student's: on 2 CPU cores
+# 1,000 steps at 256 px took 50 minutes.
+TEACHER_MIN_ITERATIONS = 1000
 # last.pt (everything --resume needs; a teacher's is about 0.5 GB) is written with each validation (the results.csv rows)
 # and otherwise at least this often. Written after every epoch, a 280-step teacher run on 50 images (40 epochs of 7
 # steps, 64 px, this CPU) took 276 s against 210 s (docs/results.md, "Session 36: the teacher on a lent GPU, and

@@ -10,7 +10,7 @@ import typer
 from retinaslim import api, console
 from retinaslim.cli.common import DeviceOpt, ImagesOpt, SeedOpt, WorkersOpt, app, user_errors
 from retinaslim.cli.workspace import pick
-from retinaslim.config import STUDENT_MIN_ITERATIONS, TRAIN_DEFAULTS, Workspace
+from retinaslim.config import STUDENT_MIN_ITERATIONS, TEACHER_MIN_ITERATIONS, TRAIN_DEFAULTS, Workspace
 
 
 def _resume_hint(role: str, out: Path | None, resume: Path | None, machine: str = "") -> str | None:
@@ -85,7 +85,7 @@ AugOpt = Annotated[Optional[str], typer.Option(help="Augmentation preset: none; 
 def _teacher_help() -> str:
     t = TRAIN_DEFAULTS["teacher"]
     return (f"Train the teacher, torchvision's ResNet50 RetinaNet, on human labels. Defaults: {t['arch']}, "
-            f"{t['image_size']} px, batch {t['batch_size']}, {t['epochs']} epochs, {t['optimizer']} lr {t['lr']}, augment {t['augment']}, assign {t['assign']}.")
+            f"{t['image_size']} px, batch {t['batch_size']}, {t['epochs']} epochs but at least {TEACHER_MIN_ITERATIONS:,} steps, {t['optimizer']} lr {t['lr']}, augment {t['augment']}, assign {t['assign']}.")
 
 
 def _student_help() -> str:

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from retinaslim.config import CHECKPOINT_INTERVAL_S, CLOSE_MOSAIC_EPOCHS, STUDENT_MIN_ITERATIONS, TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config
+from retinaslim.config import (CHECKPOINT_INTERVAL_S, CLOSE_MOSAIC_EPOCHS, STUDENT_MIN_ITERATIONS, TEACHER_MIN_ITERATIONS,
+                               TRAIN_DEFAULTS, WARMUP_ITERS, save_run_config)
 from retinaslim.core.progress import Reporter
 from retinaslim.data.coco import (ClassMap, has_boxes, load_coco, match_classes, relative_boxes, require_image_files, require_scores,
                                   machine_class_mask, trained_classes)
@@ -78,7 +79,8 @@ class TrainConfig:
     fit_anchors: bool = True  # fit anchor sizes and ratios to the human-labelled boxes (`--anchors fit`)
     keep_empty_classes: bool = False  # train categories with no boxes in ``labeled`` too (see ``trained_classes``)
     iterations: int | None = None  # total optimiser steps; replaces epochs when set
-    # the default schedule's floor on optimiser steps (STUDENT_MIN_ITERATIONS); 0 when epochs or iterations are given
+    # the default schedule's floor on optimiser steps (STUDENT_ or TEACHER_MIN_ITERATIONS); 0 when epochs or iterations
+    # are given
     min_iterations: int | None = None
     ema_decay: float = 0.9998
     device: str = "auto"
@@ -90,7 +92,8 @@ class TrainConfig:
             raise UserError(f"`role` {self.role!r}: choose {' or '.join(TRAIN_DEFAULTS)}")
         if self.min_iterations is None:
             given = self.epochs is not None or self.iterations is not None
-            self.min_iterations = STUDENT_MIN_ITERATIONS if self.role == "student" and not given else 0
+            floor = STUDENT_MIN_ITERATIONS if self.role == "student" else TEACHER_MIN_ITERATIONS
+            self.min_iterations = 0 if given else floor
         for name, value in TRAIN_DEFAULTS[self.role].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)

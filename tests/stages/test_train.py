@@ -246,7 +246,7 @@ def test_iterations_replace_epochs(tiny_cards, tmp_path):
 
 
 def test_the_default_schedule_has_a_floor_on_steps_and_given_epochs_do_not(tiny_cards, tmp_path, monkeypatch):
-    from retinaslim.config import STUDENT_MIN_ITERATIONS
+    from retinaslim.config import STUDENT_MIN_ITERATIONS, TEACHER_MIN_ITERATIONS
     from retinaslim.stages import train as stage
 
     saved = []  # (file, epoch) of every checkpoint written
@@ -259,7 +259,8 @@ def test_the_default_schedule_has_a_floor_on_steps_and_given_epochs_do_not(tiny_
     assert TrainConfig(role="student", **paths).epochs == TRAIN_DEFAULTS["student"]["epochs"]
     assert TrainConfig(role="student", epochs=60, **paths).min_iterations == 0  # a schedule the user chose
     assert TrainConfig(role="student", iterations=60, **paths).min_iterations == 0
-    assert TrainConfig(role="teacher", **paths).min_iterations == 0
+    assert TrainConfig(role="teacher", **paths).min_iterations == TEACHER_MIN_ITERATIONS == 1000
+    assert TrainConfig(role="teacher", epochs=12, **paths).min_iterations == 0
     with pytest.raises(UserError, match="`min_iterations` -1"):
         TrainConfig(role="student", min_iterations=-1, **paths)
     # a run saved before the floor existed resumes with the schedule it started with
