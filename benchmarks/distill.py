@@ -67,7 +67,8 @@ THRESH = config.FILTER_SCORE_THRESH  # filter's fixed threshold when it has no v
 SECTIONS = {"synthetic": "distill", "bccd": "distill-bccd"}  # results key -> markdown marker name
 
 # Size presets: `full` is what docs/results.md reports; `quick` proves the script works end to end.
-# student_epochs None: train-student's default schedule (60 epochs, at least config.STUDENT_MIN_ITERATIONS steps).
+# teacher_epochs / student_epochs None: the command's default schedule (12 / 60 epochs, at least
+# config.TEACHER_MIN_ITERATIONS / STUDENT_MIN_ITERATIONS steps).
 PRESETS = {
     # 1,000 labelled images: a ResNet50 from scratch needs a labelled set of this order to beat the student
     # (docs/results.md, "With a labelled set the ResNet50 can use"); 20 teacher epochs are 2,500 steps of 8.
@@ -78,7 +79,7 @@ PRESETS = {
               "student_epochs": 2, "latency_runs": 3, "workers": 0},
     # BCCD: `labeled` of the 205 train-split images keep their labels, the rest are the unlabelled pool;
     # val, test and calibration images are the dataset's own splits, so those knobs do not apply.
-    "bccd": {"size": 256, "labeled": 100, "teacher_epochs": 60,
+    "bccd": {"size": 256, "labeled": 100, "teacher_epochs": None,
              "student_epochs": None, "latency_runs": 50, "workers": 2},
     "bccd_quick": {"size": 96, "labeled": 8, "teacher_epochs": 1, "student_epochs": 1, "latency_runs": 3, "workers": 0},
 }
@@ -367,15 +368,15 @@ def markdown(result: dict, invocation: str) -> str:
         data = (f"Data: `retinaslim synth` seed {s['seed']}, {s['labeled']} human-labelled, {s['unlabeled']} unlabelled, "
                 f"{s['val']} validation (+{s['calib']} calibration) images of {s['size']} px; the table is on "
                 f"{s['val']} test images of another seed ({s.get('test_seed', 'n/a')}).")
-    default_schedule = (f"the default schedule ({config.TRAIN_DEFAULTS['student']['epochs']} epochs, at least "
-                        f"{config.STUDENT_MIN_ITERATIONS} steps)")
+    default_schedule = {role: f"the default schedule ({config.TRAIN_DEFAULTS[role]['epochs']} epochs, at least {floor:,} steps)"
+                        for role, floor in (("teacher", config.TEACHER_MIN_ITERATIONS), ("student", config.STUDENT_MIN_ITERATIONS))}
     lines = [
         title, "",
         (f"Command: `{invocation}` ({result['seconds'] / 60:.0f} min of steps, summed over steps run side by side). "
          f"Machine: {s['machine']}, {s['cpu_count']} CPUs{', ' + s['gpu'] if s.get('gpu') else ''}, torch {s['torch']}; "
          f"training on {s['device']}, the table (AP and latency) on {s.get('eval_device', s['device'])}"
          f"{' with ' + str(s['threads']) + ' torch threads' if s.get('eval_device', s['device']) == 'cpu' else ''}. Date: {s['date']}."), "",
-        (f"{data} Epochs: teacher {s['teacher_epochs']}, students {s['student_epochs'] or default_schedule}; every other setting is the "
+        (f"{data} Epochs: teacher {s['teacher_epochs'] or default_schedule['teacher']}, students {s['student_epochs'] or default_schedule['student']}; every other setting is the "
          f"commands' default. Latency: batch 1, median of {s['latency_runs']} runs after 3 warm-up runs; img/s at batch {batch}."), "",
         f"| model | AP | AP50 | AP75 | ms (p50) | ms (p90) | FPS | img/s b{batch} | params | GMACs | MB | train min |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

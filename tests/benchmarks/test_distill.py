@@ -61,6 +61,18 @@ def test_the_default_label_set_compares_with_the_human_only_student(tmp_path):
     assert order.index("student_human") < order.index("filter_default")
 
 
+def test_the_bccd_preset_trains_with_the_commands_default_schedules(tmp_path):
+    """On BCCD the teacher and the students get train-teacher's and train-student's default schedules (12 / 60
+    epochs, at least 1,000 / 2,000 steps): no --epochs, so the table shows what the defaults give."""
+    data = distill.Dataset(labeled=tmp_path / "labeled.json", val=tmp_path / "val.json", test=tmp_path / "test.json",
+                           unlabeled=tmp_path / "unlabeled", unlabeled_truth=tmp_path / "truth.json",
+                           calib=tmp_path / "calib.json")
+    waves = distill.comparison_steps(data, tmp_path, distill.PRESETS["bccd"], ["default"], "cpu", "cpu", 0)
+    trainings = {step.name: step.args for wave in waves for step in wave if step.args[0].startswith("train-")}
+    assert set(trainings) == {"teacher", "student_human", "student_default"}
+    assert all("--epochs" not in args and "--iterations" not in args for args in trainings.values())
+
+
 def test_with_student_labels_with_the_teacher_and_the_human_only_student_in_the_first_round(tmp_path):
     waves = planned_steps(tmp_path, ["default", "with_student"])
     wave_of = {step.name: i for i, wave in enumerate(waves) for step in wave}
