@@ -352,15 +352,15 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
                 improved = metrics["ap"] > best_ap
                 if improved:
                     best_ap, best_epoch, best_metrics = metrics["ap"], epoch, metrics
-            checkpoint = Checkpoint(
-                arch=config.arch, arch_options=dict(config.arch_options), classes=classes.categories(),
-                image_size=config.image_size, epoch=epoch, metrics=metrics,  # {}: an epoch not validated
-                train_args={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-                model={k: v.detach().cpu() for k, v in ema.module.state_dict().items()},
-            )
-            if improved:
-                save_checkpoint(out / "best.pt", checkpoint)
-            if save_last:
+            if save_last:  # every validated epoch (so every improved one) is saved: no weights copied between
+                checkpoint = Checkpoint(
+                    arch=config.arch, arch_options=dict(config.arch_options), classes=classes.categories(),
+                    image_size=config.image_size, epoch=epoch, metrics=metrics,  # {}: an epoch not validated
+                    train_args={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+                    model={k: v.detach().cpu() for k, v in ema.module.state_dict().items()},
+                )
+                if improved:
+                    save_checkpoint(out / "best.pt", checkpoint)
                 checkpoint.training_state = {  # the EMA weights are the checkpoint's model: not stored again
                     "raw_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "ema": {"updates": ema.updates}, "optimizer": optimizer.state_dict(),
