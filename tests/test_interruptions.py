@@ -150,7 +150,7 @@ def check_run_folder(folder):
     """Every file of a run folder is complete (checkpoints load, the CSV parses, the config is YAML); last.pt's epoch."""
     assert yaml.safe_load((folder / "config.yaml").read_text())["out"] == str(folder)
     last = load_checkpoint(folder / "last.pt")
-    assert load_checkpoint(folder / "best.pt").epoch <= last.epoch + 1  # best.pt is saved just before last.pt
+    assert load_checkpoint(folder / "best.pt").epoch <= last.epoch  # best.pt is written just after last.pt
     epochs = [int(r["epoch"]) for r in rows(folder / "results.csv")]
     assert epochs == list(range(1, len(epochs) + 1)) and last.epoch - 1 <= len(epochs) <= last.epoch
     if (folder / "results.png").exists():  # drawn last: a kill can come before its first version

@@ -320,6 +320,9 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
         earlier_seconds = state.get("seconds", history[-1].get("time", 0.0) if history else 0.0)  # older last.pt: its last row's
         reporter.log(f"resuming {out} after epoch {previous.epoch} (device {config.device}, "
                      f"{_count(config.workers, 'worker')})")
+        if best_epoch == previous.epoch and distributed.main:  # best.pt is this epoch's weights, which last.pt
+            save_checkpoint(out / "best.pt", replace(previous, training_state=None))  # holds: written again in case
+            # the run was killed between the two writes
     elif distributed.main:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -359,16 +362,18 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
                     train_args={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
                     model={k: v.detach().cpu() for k, v in ema.module.state_dict().items()},
                 )
-                if improved:
-                    save_checkpoint(out / "best.pt", checkpoint)
-                checkpoint.training_state = {  # the EMA weights are the checkpoint's model: not stored again
-                    "raw_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                # last.pt first, then best.pt: a kill between the two leaves a run that resumes, and the resume writes
+                # best.pt again from last.pt (below); written the other way round, a kill at a run's first validation
+                # left a best.pt without a last.pt, a folder that could be neither resumed nor started again
+                save_checkpoint(out / "last.pt", replace(checkpoint, training_state={  # the EMA weights are the
+                    "raw_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},  # model: stored once
                     "ema": {"updates": ema.updates}, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                     "history": history, "step": step, "best_ap": best_ap, "best_epoch": best_epoch,
                     "seconds": earlier_seconds + time.perf_counter() - started,
-                }
-                save_checkpoint(out / "last.pt", checkpoint)
+                }))
+                if improved:
+                    save_checkpoint(out / "best.pt", checkpoint)
             loss = f"epoch {epoch}/{num_epochs}  loss {stats.losses.get('loss', float('nan')):.3f}  "
             if validated:
                 write_history(out / "results.csv", history)

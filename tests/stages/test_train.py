@@ -336,6 +336,48 @@ def test_a_last_pt_written_between_validations_resumes_to_the_same_run(tiny_card
     assert ema[0] == ema[1] == {"updates": 24}
 
 
+def test_a_kill_between_last_pt_and_best_pt_resumes_and_writes_best_pt(tiny_cards, tmp_path, monkeypatch):
+    """last.pt is written before best.pt, so a kill between the two (here at the run's first validation, where
+    best.pt did not exist yet) leaves a run that resumes; the resume writes best.pt from last.pt before it trains,
+    and the run ends with the uninterrupted run's best.pt."""
+    from retinaslim.stages import train as stage
+
+    data = tiny_cards.files
+
+    def config(name):  # 24 steps = 12 epochs of 2, validated in each of the last 10 (3-12)
+        return TrainConfig(role="student", epochs=1, iterations=24, image_size=64, batch_size=4, workers=0,
+                           device="cpu", labeled=data["labeled"], val=data["val"], out=tmp_path / name)
+
+    whole = train(config("whole"), LogLines())
+    write = stage.save_checkpoint
+
+    def stop(after_epoch, before_epoch):
+        def save(path, checkpoint):
+            if path.name == "last.pt" and checkpoint.epoch == before_epoch:
+                raise KeyboardInterrupt
+            write(path, checkpoint)
+            if path.name == "last.pt" and checkpoint.epoch == after_epoch:
+                raise KeyboardInterrupt
+        return save
+
+    monkeypatch.setattr(stage, "save_checkpoint", stop(after_epoch=3, before_epoch=None))
+    with pytest.raises(KeyboardInterrupt):
+        train(config("run"), LogLines())
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last.epoch == last.training_state["best_epoch"] == 3 and not (tmp_path / "run" / "best.pt").exists()
+    monkeypatch.setattr(stage, "save_checkpoint", stop(after_epoch=None, before_epoch=4))
+    with pytest.raises(KeyboardInterrupt):
+        train(None, LogLines(), resume=tmp_path / "run" / "last.pt")
+    best = load_checkpoint(tmp_path / "run" / "best.pt")  # written by the resume, from last.pt
+    assert best.epoch == 3 and best.training_state is None and best.metrics == last.metrics and best.metrics["ap"] >= 0
+    assert all(torch.equal(best.model[k], last.model[k]) for k in last.model)
+    monkeypatch.setattr(stage, "save_checkpoint", write)
+    resumed = train(None, LogLines(), resume=tmp_path / "run" / "last.pt")
+    best = [load_checkpoint(tmp_path / name / "best.pt") for name in ("whole", "run")]
+    assert resumed.best_epoch == whole.best_epoch == best[0].epoch == best[1].epoch and best[0].metrics == best[1].metrics
+    assert all(torch.equal(best[0].model[k], best[1].model[k]) for k in best[0].model)
+
+
 def test_ddp_two_cpu_processes(tiny_cards, tmp_path):
     data = tiny_cards.files
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518",
