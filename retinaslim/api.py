@@ -401,7 +401,7 @@ def filter(  # noqa: A001 - the command's name
             ``pseudo`` names).
         target_precision: precision (0..1) that auto_thresh='precision' aims for.
         student: for 'f1' and 'precision', a student checkpoint trained on the human labels only; it is run
-            once per ``calib`` image and each class's AP at IoU 0.5 there compared with the teacher's labels':
+            once per ``calib`` image and each class's AP (IoU 0.5:0.95) there compared with the teacher's labels':
             a class the student finds better is unreliable, as above. ``retinaslim filter`` in a workspace
             passes the newest runs/student-human*/best.pt (docs/filter.md: +3.2 AP on BCCD).
         min_agreement: keep boxes found by at least this many transforms.

@@ -127,7 +127,8 @@ class TrainResult:
 
     ``best``: best.pt, the EMA weights of the epoch with the highest validation AP (``best_epoch``,
     ``best_metrics``: ap, ap50, ap75, ap_small, ap_medium, ap_large, ar100, all 0..1). ``history``: one row
-    per validated epoch (epoch, step, losses, the same metrics, lr, seconds), as in results.csv. ``num_images``: human
+    per validated epoch (epoch, step, losses, the same metrics, lr, human and machine images, machine boxes,
+    data_wait, time: training seconds so far), as in results.csv. ``num_images``: human
     ("labeled") and machine ("pseudo") training images. ``seconds``: wall time of this invocation.
     """
 
@@ -320,9 +321,12 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
         earlier_seconds = state.get("seconds", history[-1].get("time", 0.0) if history else 0.0)  # older last.pt: its last row's
         reporter.log(f"resuming {out} after epoch {previous.epoch} (device {config.device}, "
                      f"{_count(config.workers, 'worker')})")
-        if best_epoch == previous.epoch and distributed.main:  # best.pt is this epoch's weights, which last.pt
-            save_checkpoint(out / "best.pt", replace(previous, training_state=None))  # holds: written again in case
-            # the run was killed between the two writes
+        if distributed.main:  # a kill after last.pt's write may have come before best.pt's or results.csv's
+            best = out / "best.pt"
+            if best_epoch == previous.epoch and (not best.exists() or load_checkpoint(best).epoch != best_epoch):
+                save_checkpoint(best, replace(previous, training_state=None))  # that epoch's weights: last.pt's
+            if history:
+                write_history(out / "results.csv", history)
     elif distributed.main:
         try:
             out.mkdir(parents=True, exist_ok=True)

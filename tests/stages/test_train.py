@@ -339,7 +339,7 @@ def test_a_last_pt_written_between_validations_resumes_to_the_same_run(tiny_card
 def test_a_kill_between_last_pt_and_best_pt_resumes_and_writes_best_pt(tiny_cards, tmp_path, monkeypatch):
     """last.pt is written before best.pt, so a kill between the two (here at the run's first validation, where
     best.pt did not exist yet) leaves a run that resumes; the resume writes best.pt from last.pt before it trains,
-    and the run ends with the uninterrupted run's best.pt."""
+    and the run ends with the uninterrupted run's best.pt. A kill before results.csv's write: the resume writes it."""
     from retinaslim.stages import train as stage
 
     data = tiny_cards.files
@@ -376,6 +376,15 @@ def test_a_kill_between_last_pt_and_best_pt_resumes_and_writes_best_pt(tiny_card
     best = [load_checkpoint(tmp_path / name / "best.pt") for name in ("whole", "run")]
     assert resumed.best_epoch == whole.best_epoch == best[0].epoch == best[1].epoch and best[0].metrics == best[1].metrics
     assert all(torch.equal(best[0].model[k], best[1].model[k]) for k in best[0].model)
+    # killed after the last epoch's last.pt: the resume trains nothing and writes results.csv's last row
+    monkeypatch.setattr(stage, "save_checkpoint", stop(after_epoch=12, before_epoch=None))
+    with pytest.raises(KeyboardInterrupt):
+        train(config("final"), LogLines())
+    assert [r["epoch"] for r in rows(tmp_path / "final" / "results.csv")] == [str(e) for e in range(3, 12)]
+    monkeypatch.setattr(stage, "save_checkpoint", write)
+    train(None, LogLines(), resume=tmp_path / "final" / "last.pt")
+    for a, b in zip(rows(tmp_path / "whole" / "results.csv"), rows(tmp_path / "final" / "results.csv"), strict=True):
+        assert (a["epoch"], a["loss"], a["ap"]) == (b["epoch"], b["loss"], b["ap"])  # epochs 3-12
 
 
 def test_ddp_two_cpu_processes(tiny_cards, tmp_path):
