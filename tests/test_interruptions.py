@@ -178,12 +178,13 @@ def test_train_student_killed_three_times_resumes_to_the_same_run(tiny_cards, tm
     assert run_cli("train-student", *common, "--out", whole).exit_code == 0
     marker = tmp_path / "paused"
     # 1: as soon as epoch 1 is saved; 2 (resumed after epoch 1): epoch 2's last.pt written, not renamed;
-    # 3 (resumed after epoch 1 again): epoch 2's results.csv written, not renamed (its checkpoints are in place).
+    # 3 (resumed after epoch 1 again): epoch 2's results.csv written, not renamed (its checkpoints are in place;
+    # the resume's own first write of results.csv, the history last.pt keeps, comes before it).
     kill_when(start(["train-student", *common, "--out", run]), lambda: (run / "results.csv").exists())
     assert check_run_folder(run) == 1
-    for name, epoch in [("last.pt", 1), ("results.csv", 2)]:
+    for name, nth, epoch in [("last.pt", 1, 1), ("results.csv", 2, 2)]:
         marker.unlink(missing_ok=True)
-        kill_when(start(["train-student", "--resume", run / "last.pt"], pause=(name, 1, marker)), marker.exists)
+        kill_when(start(["train-student", "--resume", run / "last.pt"], pause=(name, nth, marker)), marker.exists)
         assert check_run_folder(run) == epoch
         assert temporary_files(run)
     result = run_cli("train-student", "--resume", run / "last.pt")
