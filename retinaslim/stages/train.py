@@ -366,9 +366,9 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
                     train_args={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
                     model={k: v.detach().cpu() for k, v in ema.module.state_dict().items()},
                 )
-                # last.pt first, then best.pt: a kill between the two leaves a run that resumes, and the resume writes
-                # best.pt again from last.pt (below); written the other way round, a kill at a run's first validation
-                # left a best.pt without a last.pt, a folder that could be neither resumed nor started again
+                # last.pt first, then best.pt: a kill between the two leaves a run that resumes, and the resume (above)
+                # writes best.pt again from last.pt; the other way round, a kill at a run's first validation left a
+                # best.pt without a last.pt, a folder that could be neither resumed nor started again
                 save_checkpoint(out / "last.pt", replace(checkpoint, training_state={  # the EMA weights are the
                     "raw_model": {k: v.detach().cpu() for k, v in model.state_dict().items()},  # model: stored once
                     "ema": {"updates": ema.updates}, "optimizer": optimizer.state_dict(),
