@@ -413,6 +413,7 @@ OPTION_CASES = [
     ("target_precision_above_1", lambda i, t: ["filter", i["labels"], "--out", "f.json", "--auto-thresh", "precision", "--calib", i["labels"], "--target-precision", 1.2], ["--target-precision 1.2", "[0, 1]"]),
     ("target_precision_without_its_rule", lambda i, t: ["filter", i["labels"], "--out", "f.json", "--score-thresh", 0.2, "--target-precision", 0.5], ["--target-precision 0.5", "no effect with --score-thresh"]),
     ("target_precision_default_value_given", lambda i, t: ["filter", i["labels"], "--out", "f.json", "--score-thresh", 0.2, "--target-precision", 0.95], ["--target-precision 0.95", "no effect with --score-thresh"]),
+    ("target_precision_without_validation_set", lambda i, t: ["filter", i["labels"], "--out", "f.json", "--target-precision", 0.9], ["--target-precision 0.9", "give one with --calib"]),
     ("target_precision_under_f1", lambda i, t: ["filter", i["labels"], "--out", "f.json", "--auto-thresh", "f1", "--calib", i["labels"], "--target-precision", 0.5], ["no effect with --auto-thresh f1"]),
     ("max_size_frac_negative", lambda i, t: ["filter", i["labels"], "--out", "f.json", "--max-size-frac", -1], ["--max-size-frac", "[0, 1]"]),
     ("score_floor_above_1", lambda i, t: ["pseudo-label", i["folder"], "--teacher", t, "--out", "p.json", "--score-floor", 1.5], ["--score-floor 1.5", "[0, 1]"]),

@@ -75,6 +75,9 @@ def filter_(
         if ws:
             ws.refuse_overwriting_labels([("--out", out), ("--report", report), ("--review-out", review_out)])
         if auto_thresh is None and score_thresh is None and calib is None:
+            if target_precision is not None:
+                raise UserError(f"--target-precision {target_precision:g} is the precision rule's target, chosen on the "
+                                "validation set: give one with --calib (or run in a workspace with a val set)")
             console.info(f"no validation set (--calib, or the workspace's val): the fixed threshold {FILTER_SCORE_THRESH} "
                          "for every class; with one, each class's threshold is chosen on it")
         elif on_validation and student is None and ws:

@@ -28,7 +28,7 @@ def pseudo_label(
     score_floor: Annotated[float, typer.Option(help="Keep fused boxes scoring at least this (filter later).")] = PSEUDO_SCORE_FLOOR,
     image_size: Annotated[Optional[int], typer.Option(min=32, help="Longer side in pixels at scale 1 (default: the teacher's training size).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass (also the unit of the resume journal).")] = 8,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its journal (OUT.journal) instead of refusing to start.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its journal (OUT.journal; a shard's OUT.shardI-of-N.journal) instead of refusing to start.")] = False,
     shard: Annotated[Optional[str], typer.Option(help="I/N: label only shard I of N (0-based), for schedulers without torchrun; the last shard to finish writes OUT.")] = None,
     device: DeviceOpt = "auto", workers: WorkersOpt = 2,
 ) -> None:

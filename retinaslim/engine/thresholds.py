@@ -35,9 +35,8 @@ COCO_IOUS = [0.5 + 0.05 * i for i in range(10)]  # the IoU thresholds COCO's AP 
 VALIDATION_RULES = ("f1", "precision")
 # Under the f1 rule, below this best F1 on the validation images a class's machine labels teach more mistakes
 # than objects (at least ~3 of 4 kept boxes wrong, or ~3 of 4 objects missed): filter trains on none of them.
-# A safety net for a teacher that has not learnt a class, not a tuned value: the F1s the benchmarks' teachers
-# reached were 0.40-0.99 (docs/filter.md). Under the precision rule a class is unreliable when no threshold
-# reaches the target.
+# A safety net for a teacher that has not learnt a class, not a tuned value. Under the precision rule a class
+# is unreliable when no threshold reaches the target.
 RELIABLE_F1 = 0.25
 
 

@@ -177,8 +177,10 @@ def _validate(config: FilterConfig) -> None:
                         "rule (`calib`, and no `score_thresh`)")
     if config.ambiguous not in AMBIGUOUS_ACTIONS:
         raise UserError(f"`ambiguous` {config.ambiguous!r}: choose {', '.join(AMBIGUOUS_ACTIONS)}")
-    if config.review_count < 1:
-        raise UserError(f"`review_count` {config.review_count} must be at least 1")
+    for name, count in [("`review_count`", config.review_count), ("`min_agreement`", config.min_agreement),
+                        ("`max_per_image`", config.max_per_image)]:
+        if count is not None and count < 1:
+            raise UserError(f"{name} {count} must be at least 1")
     for name, value in [("`target_precision`", config.target_precision), ("`ambiguous_low`", config.ambiguous_low),
                         ("`max_size_frac`", config.max_size_frac)]:
         if not 0 <= value <= 1:
@@ -225,7 +227,7 @@ def _machine_images(streams: list[CocoStream], classes: ClassMap, owner: list[in
                     ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]], Detections]]:
     """Each image with its machine boxes. One stream: its boxes as they are. Several (pseudo-label outputs of the
     same images, which it writes in the same order): the image as the first names it, with class k's boxes from
-    stream ``owner[k]``, numbered anew (each file numbers its own)."""
+    stream ``owner[k]``, numbered anew and given the first's image and category ids (each file numbers its own)."""
     def scored(stream: CocoStream, anns: list[dict[str, Any]]) -> list[dict[str, Any]]:
         unscored = [a["id"] for a in anns if "score" not in a]
         if unscored:
@@ -248,7 +250,10 @@ def _machine_images(streams: list[CocoStream], classes: ClassMap, owner: list[in
             if s and os.path.normpath(stream.image_path(other).absolute()) != where:
                 raise UserError(f"{stream.path}: image {other['file_name']} where {first.path} has "
                                 f"{image['file_name']}: the pseudo-label outputs must label the same images{_AGAIN}")
-            anns += [a for a in scored(stream, found) if owner[classes.label(a["category_id"])] == s]
+            for a in scored(stream, found):
+                label = stream.classes.label(a["category_id"])  # the same names in the same order, ids maybe not
+                if owner[label] == s:
+                    anns.append({**a, "image_id": image["id"], "category_id": classes.category_ids[label]})
         anns = [{**a, "id": next_id + i} for i, a in enumerate(anns)]
         next_id += len(anns)
         yield image, anns, _as_detections(anns, classes)
@@ -398,11 +403,11 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
             confident = dets.scores >= image_thresh
             doubtful = (dets.scores >= config.ambiguous_low) & ~confident
             untrusted = doubtful & unreliable[dets.labels]
-            if config.review_out is not None and (dets.scores >= config.ambiguous_low).any():
+            if config.review_out is not None and doubtful.any():
                 item = (doubt(dets.scores, image_thresh), -seq, image, dets)
                 if len(review) < config.review_count:
                     heapq.heappush(review, item)
-                elif config.review_count:
+                else:
                     heapq.heappushpop(review, item)
             kept = apply("threshold", confident, dets)
             if drop_all:

@@ -10,7 +10,7 @@ chosen later (``retinaslim filter``) without running the teacher again.
 Work is never lost: each finished batch is appended to a journal beside the output (one JSON line per
 batch, flushed and fsynced), and ``resume=True`` skips the batches already there (and an output already
 finished with the same settings, ``settings_sha256`` in its info, is not made again). Batches are fixed
-slices of the sorted image list, and a batch's detections depend only on its own images, so a resumed
+slices of the image list (a folder's files sorted, a text file's in its order), and a batch's detections depend only on its own images, so a resumed
 run writes exactly what an uninterrupted one would. The images can be split into shards (torchrun
 ranks, or ``shard=(i, n)`` for other schedulers): shard i takes batches i, i+n, ...; once every shard has
 finished, one process merges the journals into the output, written atomically.
@@ -227,6 +227,8 @@ def _validate(config: PseudoLabelConfig) -> None:
         raise UserError(f"`short_sides` {config.short_sides} must be pixel counts of at least 1, e.g. 400,600,800")
     if not scales and not config.short_sides:
         raise UserError("`scales` and `short_sides` are both empty: give at least one size")
+    if config.batch_size < 1:
+        raise UserError(f"`batch_size` {config.batch_size} must be at least 1")
     if Path(config.out).suffix.lower() != ".json":
         raise UserError(f"`out` {config.out}: expected a .json file name")
     refuse_overwriting_inputs([("`out`", config.out)], [("`source`", config.source),
@@ -341,14 +343,18 @@ def pseudo_label(config: PseudoLabelConfig, reporter: Reporter | None = None) ->
         if shard[0] != 0:
             partial.seconds = time.perf_counter() - started
             return partial
-    elif shard[1] > 1 and not _claim_merge(out, journals):
+    elif shard[1] > 1 and not _claim_merge(out, journals, reporter):
         partial.seconds = time.perf_counter() - started
         return partial  # the last shard to finish writes the output
 
-    result = _write_output(out, journals, info, classes.categories())
+    try:
+        result = _write_output(out, journals, info, classes.categories())
+    except BaseException:  # a merge that failed or was stopped (a full disk, Ctrl-C): the next --resume merges
+        _merge_lock(out).unlink(missing_ok=True)
+        raise
     for j in journals:
         j.unlink()
-    _merge_lock(out).unlink(missing_ok=True)
+    _merge_lock(out).unlink(missing_ok=True)  # after the journals: a shard finishing now finds them gone
     result.shard, result.transforms, result.timings = shard, info["transforms"], timings
     result.num_images_this_run, result.num_images_resumed = partial.num_images_this_run, num_resumed
     result.seconds = time.perf_counter() - started
@@ -376,12 +382,20 @@ def _merge_lock(out: Path) -> Path:
     return out.with_name(f"{out.name}.merging")
 
 
-def _claim_merge(out: Path, journals: list[Path]) -> bool:
-    """True for exactly one shard once every shard's journal is complete."""
-    if not all(j.exists() and _read_journal(j)[2] for j in journals):
+def _claim_merge(out: Path, journals: list[Path], reporter: Reporter) -> bool:
+    """True for exactly one shard once every shard's journal is complete. Reads the other shards' journals
+    without changing them: one may be writing a line now."""
+    def done(path: Path) -> bool:
+        with open(path, "rb") as f:
+            return any(record.get("done") for record, _ in _journal_records(f))
+
+    if not all(j.exists() and done(j) for j in journals):
         return False
+    lock = _merge_lock(out)
     try:
-        os.close(os.open(_merge_lock(out), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
+        reporter.log(f"every shard has finished and {lock} exists: another shard is writing {out} now; if none is "
+                     f"running, a merge was killed: delete {lock} and run any shard again with --resume")
         return False
     return True

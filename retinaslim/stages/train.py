@@ -335,6 +335,10 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
         save_run_config(out / "config.yaml", asdict(config))
     train_model = distributed.wrap(model)
     last_saved, saved_epoch = time.perf_counter(), previous.epoch if previous else 0
+
+    def trained_seconds() -> float:  # this invocation's and those before its resume
+        return earlier_seconds + time.perf_counter() - started
+
     for epoch in range(start_epoch, num_epochs + 1):
         sampler.set_epoch(epoch)
         stats = train_one_epoch(train_model, ema, loader, optimizer, scheduler, scaler, device, reporter, epoch,
@@ -355,7 +359,7 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
                 history.append({"epoch": epoch, "step": step, **stats.losses, **metrics, "lr": scheduler.get_last_lr()[0],
                                 "human_images": stats.human_images, "machine_images": stats.machine_images,
                                 "machine_boxes": stats.machine_boxes, "data_wait": stats.data_wait_fraction,
-                                "time": earlier_seconds + time.perf_counter() - started})
+                                "time": trained_seconds()})
                 improved = metrics["ap"] > best_ap
                 if improved:
                     best_ap, best_epoch, best_metrics = metrics["ap"], epoch, metrics
@@ -374,7 +378,7 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
                     "ema": {"updates": ema.updates}, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                     "history": history, "step": step, "best_ap": best_ap, "best_epoch": best_epoch,
-                    "seconds": earlier_seconds + time.perf_counter() - started,
+                    "seconds": trained_seconds(),
                 }))
                 if improved:
                     save_checkpoint(out / "best.pt", checkpoint)

@@ -112,8 +112,14 @@ def test_truth_metrics_and_review_file(pseudo, tmp_path):
     assert after["per_class"] == {"id_card": {"boxes": 5, "precision": pytest.approx(1 / 5), "recall": 0.5},
                                   "passport": {"boxes": 1, "precision": 0.0, "recall": None}}
     tasks = json.loads((tmp_path / "review.json").read_text())
-    assert len(tasks) == 2 and [t["meta"]["rank"] for t in tasks] == [1, 2]
-    assert tasks[0]["meta"]["doubt"] >= tasks[1]["meta"]["doubt"]
+    assert [t["meta"]["rank"] for t in tasks] == [1]  # room for 2, but only image 1 holds a box in [0.2, 0.5)
+    assert tasks[0]["data"]["image"].endswith("img1.jpg")
+    # at 0.85 images 1-3 hold doubtful boxes (doubt 2.0, 1.76, 1.53); image 4's 0.1 is below `ambiguous_low`
+    filter_labels(FilterConfig(pseudo, tmp_path / "g.json", score_thresh=0.85, review_out=tmp_path / "review.json",
+                               review_count=2))
+    tasks = json.loads((tmp_path / "review.json").read_text())
+    assert [t["meta"]["rank"] for t in tasks] == [1, 2] and [t["meta"]["doubt"] for t in tasks] == pytest.approx(
+        [3 - 0.85 / 0.85, 2 - 0.2 / 0.85], abs=1e-3)
     first = tasks[0]["predictions"][0]["result"][0]
     assert first["type"] == "rectanglelabels" and 0 <= first["value"]["x"] <= 100 and first["value"]["rectanglelabels"]
     assert (tmp_path / "review.coco.json").is_file()
@@ -130,6 +136,10 @@ def test_bad_options(pseudo, tmp_path):
         parse_class_thresholds("id_card:0.5")
     with pytest.raises(UserError, match="`review_count` 0 must be at least 1"):
         filter_labels(FilterConfig(pseudo, tmp_path / "f.json", review_out=tmp_path / "r.json", review_count=0))
+    with pytest.raises(UserError, match="`max_per_image` -1 must be at least 1"):
+        filter_labels(FilterConfig(pseudo, tmp_path / "f.json", max_per_image=-1))
+    with pytest.raises(UserError, match="`min_agreement` 0 must be at least 1"):
+        filter_labels(FilterConfig(pseudo, tmp_path / "f.json", min_agreement=0))
 
 
 def test_ignore_regions_of_the_input_pass_through_uncounted(pseudo, tmp_path):
@@ -412,6 +422,18 @@ def test_several_pseudo_label_outputs_give_each_class_the_labels_with_the_higher
     assert written["info"]["filter"]["labels_from"] == {"id_card": str(pseudo), "passport": str(own)}
     assert result.source_ap == {str(pseudo): aps["t.pt"], str(own): aps["s.pt"]}
     assert [im["file_name"] for im in written["images"]] == [f"img{i}.jpg" for i in (1, 2, 3, 4)]
+    # a file that numbers its classes and images otherwise (import-teacher numbers classes 1..K): the same boxes,
+    # under the first file's ids
+    renumbered = tmp_path / "own" / "renumbered.json"
+    cat_ids = {1: 7, 2: 9}
+    renumbered.write_text(json.dumps({
+        **data, "categories": [{"id": 7, "name": "id_card"}, {"id": 9, "name": "passport"}],
+        "images": [{**im, "id": im["id"] + 100} for im in data["images"]],
+        "annotations": [{**a, "image_id": a["image_id"] + 100, "category_id": cat_ids[a["category_id"]]}
+                        for a in data["annotations"]]}))
+    filter_labels(FilterConfig([pseudo, renumbered], tmp_path / "r.json", calib=pseudo))
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert sorted((a["image_id"], a["category_id"], tuple(a["bbox"])) for a in written["annotations"]) == boxes
     # the order of the files does not change the choice; a tie goes to the first
     again = filter_labels(FilterConfig([own, pseudo], tmp_path / "g.json", calib=pseudo))
     assert [c.source for c in again.calibration] == [str(pseudo), str(own)]

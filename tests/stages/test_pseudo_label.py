@@ -10,6 +10,8 @@ import time
 import pytest
 import torch
 
+import retinaslim.stages.pseudo_label as pseudo_label_module
+from retinaslim.core.progress import Reporter
 from retinaslim.errors import UserError
 from retinaslim.stages.pseudo_label import PseudoLabelConfig, pseudo_label
 from retinaslim.stages.synth import SynthConfig, synth
@@ -49,6 +51,8 @@ def test_sizes_are_factors_of_the_longer_side_or_shorter_sides_in_pixels(unlabel
         pseudo_label(config(listing, labeller, tmp_path / "r.json", scales=(800.0,)))
     with pytest.raises(UserError, match="both empty"):
         pseudo_label(config(listing, labeller, tmp_path / "r.json", scales=()))
+    with pytest.raises(UserError, match="`batch_size` 0 must be at least 1"):
+        pseudo_label(PseudoLabelConfig(listing, labeller, tmp_path / "r.json", batch_size=0))
 
 
 def test_unreadable_files_are_skipped_counted_and_listed(unlabeled, labeller, tmp_path):
@@ -130,6 +134,53 @@ def test_shards_merge_into_the_single_process_output(unlabeled, labeller, tmp_pa
     assert not list(tmp_path.glob("*.journal")) and not list(tmp_path.glob("*.merging"))
     with pytest.raises(UserError, match="`shard` 3/3"):
         pseudo_label(config(unlabeled, labeller, tmp_path / "x.json", shard=(3, 3)))
+
+
+class Lines(Reporter):
+    def __init__(self):
+        self.lines = []
+
+    def log(self, message):
+        self.lines.append(message)
+
+
+def test_a_stopped_merge_leaves_no_lock_and_the_next_resume_merges(unlabeled, labeller, tmp_path, monkeypatch):
+    out = tmp_path / "sharded.json"
+    assert not pseudo_label(config(unlabeled, labeller, out, shard=(0, 2))).merged
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(pseudo_label_module, "_write_output", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            pseudo_label(config(unlabeled, labeller, out, shard=(1, 2)))
+    assert not out.exists() and not list(tmp_path.glob("*.merging")) and len(list(tmp_path.glob("*.journal"))) == 2
+    again = pseudo_label(config(unlabeled, labeller, out, shard=(1, 2), resume=True))
+    assert again.merged and again.num_images == 40 and again.num_images_this_run == 0
+    assert not list(tmp_path.glob("*.journal")) and not list(tmp_path.glob("*.merging"))
+
+
+def test_a_finished_shard_leaves_another_shards_journal_as_it_is(unlabeled, labeller, tmp_path):
+    out = tmp_path / "sharded.json"
+    pseudo_label(config(unlabeled, labeller, out, shard=(0, 2)))
+    other = tmp_path / "sharded.json.shard1-of-2.journal"  # shard 1 part-way through writing a batch's line
+    header = (tmp_path / "sharded.json.shard0-of-2.journal").read_bytes().split(b"\n")[0]
+    other.write_bytes(header + b'\n{"batch": 1, "images": [{"ind')
+    before = other.read_bytes()
+    assert not pseudo_label(config(unlabeled, labeller, out, shard=(0, 2), resume=True)).merged
+    assert other.read_bytes() == before
+
+
+def test_a_lock_left_by_a_killed_merge_is_named_with_what_to_do(unlabeled, labeller, tmp_path):
+    out = tmp_path / "sharded.json"
+    pseudo_label(config(unlabeled, labeller, out, shard=(0, 2)))
+    (tmp_path / "sharded.json.merging").touch()  # what a kill -9 during the merge leaves
+    reporter = Lines()
+    assert not pseudo_label(config(unlabeled, labeller, out, shard=(1, 2)), reporter).merged
+    assert any("sharded.json.merging exists" in line and "delete" in line for line in reporter.lines)
+    (tmp_path / "sharded.json.merging").unlink()
+    assert pseudo_label(config(unlabeled, labeller, out, shard=(1, 2), resume=True)).merged and out.is_file()
 
 
 def test_torchrun_two_cpu_processes(unlabeled, labeller, tmp_path):
