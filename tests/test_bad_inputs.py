@@ -540,6 +540,9 @@ def test_a_library_config_out_of_range_is_a_user_error_naming_the_field(tiny_car
     for field, value in [("batch_size", 0), ("epochs", 0), ("image_size", 16), ("lr", -0.1)]:
         with pytest.raises(UserError, match=f"`{field}`"):
             TrainConfig(role="student", labeled=data["labeled"], val=data["val"], out=tmp_path, **{field: value})
+    with pytest.raises(UserError, match="`norm` bn: retinanet_resnet18_fpn has no choice of normalisation layer"):
+        TrainConfig(role="student", labeled=data["labeled"], val=data["val"], out=tmp_path, arch="retinanet_resnet18_fpn",
+                    arch_options={"norm": "bn"})
 
 
 @pytest.mark.parametrize("name, content", [("labels.json", b'{"images": []}'), ("photo.jpg.pt", b"\xff\xd8\xff\xe0 jpeg")])

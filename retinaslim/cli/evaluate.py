@@ -67,7 +67,8 @@ def render_eval(result) -> None:
     )
     # A row per class (as Ultralytics and spaCy print them): any number of classes fits the terminal.
     console.table("AP per class (IoU 0.50:0.95)", ["class", *(_short(r.weights) for r in reports)],
-                  [(name, *(r.per_class_ap[name] for r in reports)) for name in r0.per_class_ap])  # None: no truth
+                  [(name, *(r.per_class_ap.get(name) for r in reports))  # None: no truth, or not the model's class
+                   for name in dict.fromkeys(name for r in reports for name in r.per_class_ap)])
     for r in reports:
         if r.num_skipped_images:
             console.info(f"{_short(r.weights)}: {r.num_skipped_images} image(s) could not be decoded; "

@@ -41,7 +41,6 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.classes = classes
         self.resize = Transform(scale=1.0)
         self.image_size = image_size
-        self.augment_name = augment
         self.augment = build_augment(augment)
         self.mosaic_until = mosaic_until if augment == "mosaic" else None  # epochs up to this one are mosaics
         self.weight = weight  # scales this image's loss (machine labels: --pseudo-weight)
@@ -183,11 +182,11 @@ class MixedBatchSampler(torch.utils.data.Sampler):
     """Batches of (index, epoch) keys into MixedDataset([human, machine]) with a fixed share of machine images.
 
     Each batch holds ``round(pseudo_ratio * batch_size)`` machine images (at least one when the ratio is
-    above 0) and human images for the rest; an epoch is one shuffled pass over the human images, machine
+    above 0, at most ``batch_size - 1``) and human images for the rest; an epoch is one shuffled pass over the human images, machine
     images are drawn without replacement, reshuffled when used up. With no machine images it is a plain
     shuffled batching. Images carry an orientation group (``portrait_human``/``portrait_machine``: height
     > width) and a batch holds one orientation only, so letterboxed images are not padded to a square.
-    ``rank``/``world_size`` keep every world_size-th batch for DDP. The order depends only on (seed,
+    ``rank``/``world_size`` keep every world_size-th batch for DDP, the same number on every rank. The order depends only on (seed,
     epoch), so a resumed run sees the batches an uninterrupted one would.
     """
 
@@ -196,8 +195,8 @@ class MixedBatchSampler(torch.utils.data.Sampler):
                  portrait_machine: list[bool] | None = None):
         self.num_human, self.num_machine = num_human, num_machine
         machine = round(pseudo_ratio * batch_size) if num_machine else 0
-        self.machine_per_batch = max(machine, 1 if num_machine and pseudo_ratio > 0 else 0)
-        self.human_per_batch = max(batch_size - self.machine_per_batch, 1)
+        self.machine_per_batch = min(max(machine, 1 if num_machine and pseudo_ratio > 0 else 0), batch_size - 1)
+        self.human_per_batch = batch_size - self.machine_per_batch
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
         self.human_group = [int(p) for p in portrait_human] if portrait_human else [0] * num_human
         machine_group = [int(p) for p in portrait_machine] if portrait_machine else [0] * num_machine
@@ -238,8 +237,12 @@ class MixedBatchSampler(torch.utils.data.Sampler):
         return batches
 
     def __iter__(self):
+        batches = self._batches()
+        # Every rank takes as many batches (DDP's all-reduce needs each step on each): the first ones again pad the
+        # list to a multiple of world_size, as torch's DistributedSampler pads with the first samples
+        batches = (batches * self.world_size)[:len(self) * self.world_size]
         # The epoch travels with each index, so persistent workers augment for the right epoch.
-        return iter([[(i, self.epoch) for i in batch] for batch in self._batches()[self.rank::self.world_size]])
+        return iter([[(i, self.epoch) for i in batch] for batch in batches[self.rank::self.world_size]])
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.num_batches, self.world_size))
+        return -(-self.num_batches // self.world_size)

@@ -186,20 +186,24 @@ def evaluate_on_coco(
     reporter: Reporter | None = None,
     predictions_out: Path | None = None,
     evaluator: CocoEvaluator | None = None,
+    written_ids: dict[int, int] | None = None,
 ) -> tuple[CocoEvaluation, list[str]]:
     """Single-pass predictions on every image of ``coco`` scored by pycocotools -> (evaluation, decoding errors).
 
     Scored a chunk of images at a time (``data.coco.CocoEvaluator``), and the predictions written to
     ``predictions_out`` (a COCO results file) as they come, so that memory does not grow with the images.
     ``evaluator``: the truth already indexed (``CocoEvaluator(coco)``, nothing added), for a caller that has
-    let go of ``coco``'s annotations; default: built here from ``coco``.
+    let go of ``coco``'s annotations; default: built here from ``coco``. ``written_ids``: category id as scored ->
+    as written to ``predictions_out`` (the dataset file's own ids, where ``match_classes`` gave the truth the
+    model's).
     """
     evaluator = evaluator if evaluator is not None else CocoEvaluator(coco)
     with results_writer(predictions_out) if predictions_out is not None else contextlib.nullcontext() as write:
         def on_chunk(image_ids: list[int], results: list[dict[str, Any]]) -> None:
             evaluator.add(image_ids, results)
             if write is not None:
-                write(results)
+                write([{**r, "category_id": written_ids.get(r["category_id"], r["category_id"])} for r in results]
+                      if written_ids else results)
 
         skipped = predict_on_coco(model, coco, classes, image_size, device, on_chunk, batch_size, workers, reporter)
     return evaluator.evaluation(), skipped

@@ -9,8 +9,9 @@ file from a stranger cannot run code:
     image_size    input size (longer side, px) the model was trained at
     train_args    the resolved training configuration;  epoch; metrics (val AP etc.)
     model         state dict (the EMA weights when training kept an EMA)
-    training_state  last.pt only: what --resume needs (raw weights, optimiser, scheduler, the EMA's update count,
-                    RNG, history, seconds trained); the EMA weights are ``model``
+    training_state  last.pt only: what --resume needs (raw weights, optimiser, scheduler, AMP scaler, the EMA's
+                    update count, RNG, history, step, best AP and its epoch, seconds trained); the EMA weights
+                    are ``model``
 """
 
 from __future__ import annotations

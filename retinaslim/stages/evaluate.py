@@ -210,6 +210,7 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
     measured, plots = [], []  # per model: its report's fields except speed
     calls: dict[tuple[int, int], Callable[[], object]] = {}  # (model, batch size) -> one timed forward
     models = []
+    file_ids = {c["name"]: c["id"] for c in data.categories}  # --predictions-out writes the file's own ids
     for weights in config.weights:
         arch, model, detector, classes, default_size = _load(Path(weights))
         note = match_classes(classes, weights, data)
@@ -227,8 +228,9 @@ def evaluate(config: EvalConfig, reporter: Reporter | None = None) -> EvalResult
         runs_on = torch.device("cpu") if isinstance(loaded.detector, OnnxDetector) else device
         detector = loaded.detector.to(runs_on)
         predictions = prediction_files[index] if prediction_files else None
+        written_ids = {i: file_ids[n] for i, n in zip(loaded.classes.category_ids, loaded.classes.names) if n in file_ids}
         evaluation, skipped = evaluate_on_coco(detector, data, loaded.classes, image_size, runs_on, config.batch_size,
-                                               config.workers, reporter, predictions, loaded.evaluator)
+                                               config.workers, reporter, predictions, loaded.evaluator, written_ids)
         pr_plot = None
         if config.plots_dir is not None:
             path = Path(config.plots_dir) / f"pr_{index + 1}_{weights.parent.name or 'model'}.png"

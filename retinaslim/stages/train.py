@@ -109,6 +109,9 @@ class TrainConfig:
             raise UserError(f"`assign` {self.assign!r}: choose {' or '.join(ASSIGNERS)}")
         if self.pseudo_box_weight not in PSEUDO_BOX_WEIGHTS:
             raise UserError(f"`pseudo_box_weight` {self.pseudo_box_weight!r}: choose {' or '.join(PSEUDO_BOX_WEIGHTS)}")
+        if "norm" in self.arch_options and self.arch in list_archs() and not takes_option(self.arch, "norm"):
+            raise UserError(f"`norm` {self.arch_options['norm']}: {self.arch} has no choice of normalisation layer; "
+                            "the slim students have (gn or bn)")
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, path: Path) -> TrainConfig:
@@ -140,7 +143,6 @@ class TrainResult:
     num_images: dict[str, int]
     num_skipped_images: int
     seconds: float
-    resumed_from_epoch: int = 0
 
 
 def _count(n: int, noun: str) -> str:
@@ -186,19 +188,22 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
     if previous is not None:
         if previous.training_state is None:
             raise UserError(f"{resume}: holds no training state; resume from the run's last.pt")
-        config = replace(TrainConfig.from_checkpoint(previous, resume), **(machine or {}))
+        # the run continues in the folder that holds last.pt, wherever it was first written (a copied run, another
+        # working folder): not in the `out` recorded in it, which may be another run's now
+        config = replace(TrainConfig.from_checkpoint(previous, resume), out=Path(resume).parent, **(machine or {}))
     distributed = Distributed(resolve_device(config.device))
     device = distributed.device
     reporter = (reporter or Reporter()) if distributed.main else Reporter()
     seed_everything(config.seed)
-    if config.image_size < 32:
-        raise UserError(f"`image_size` {config.image_size} is too small; use at least 32 px")
     if config.init is not None and config.pretrained:
         raise UserError(f"`init` {config.init} and `pretrained` both choose the starting weights; pass one of them")
     # read before the data are read and the anchors fitted; a resumed run's weights are in last.pt
     init_weights = read_init(config.init, config.arch) if config.init is not None and previous is None else None
     if not 0 <= config.pseudo_ratio < 1:
         raise UserError(f"`pseudo_ratio` {config.pseudo_ratio} must be in [0, 1)")
+    if config.pseudo is not None and config.pseudo_ratio > 0 and config.batch_size < 2:
+        raise UserError(f"`batch_size` {config.batch_size} leaves no room for machine images beside a human one: "
+                        "use at least 2 with `pseudo`")
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"`out` {out}: is a file; the run folder must be a folder")
@@ -327,6 +332,7 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
                 save_checkpoint(best, replace(previous, training_state=None))  # that epoch's weights: last.pt's
             if history:
                 write_history(out / "results.csv", history)
+                plot_history(out / "results.png", history)
     elif distributed.main:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -395,5 +401,5 @@ def train(config: TrainConfig | None, reporter: Reporter | None = None, resume: 
             last_saved, saved_epoch = time.perf_counter(), epoch
         distributed.barrier()
     return TrainResult(out, out / "best.pt", best_epoch, best_metrics, history, num_images, num_skipped,
-                       time.perf_counter() - started, resumed_from_epoch=previous.epoch if previous else 0)
+                       time.perf_counter() - started)
 

@@ -192,10 +192,15 @@ def test_each_model_is_scored_with_its_own_class_ids_after_the_truth_dicts_are_r
     reports = []
     for data, json_out in ((truth, tmp_path / "a.json"), (renumbered, tmp_path / "b.json")):
         result = run_cli("eval", "--weights", labeller, "--weights", twin, "--data", data, "--images", truth.parent,
-                         "--latency-runs", 1, "--warmup-runs", 0, "--workers", 0, "--device", "cpu", "--json", json_out)
+                         "--latency-runs", 1, "--warmup-runs", 0, "--workers", 0, "--device", "cpu", "--json", json_out,
+                         "--predictions-out", tmp_path / f"{json_out.stem}_preds.json")
         assert result.exit_code == 0, result.stdout + result.stderr
         reports += json.loads(json_out.read_text())
     assert "ids renumbered" in result.stdout
+    for k, report in ((1, reports[2]), (2, reports[3])):  # written in the file's own ids: pycocotools scores them alike
+        predictions = json.loads((tmp_path / f"b_preds.{k}.json").read_text())
+        assert {r["category_id"] for r in predictions} <= {i + 40 for i in names}
+        assert _pycocotools(renumbered, predictions)[1].stats[0] == pytest.approx(report["ap"], abs=1e-12)
     assert released == [True] * 4
     assert reports[0]["ap"] > 0.3
     for key in ("ap", "ap50", "ap75", "per_class_ap"):

@@ -38,8 +38,20 @@ def test_mixed_batches_hold_the_requested_share_of_machine_images():
     assert {epoch for batch in sampler for _, epoch in batch} == {2}
     sampler.set_epoch(0)
     assert [[i for i, _ in b] for b in sampler] == batches  # ... that depends only on (seed, epoch)
-    ranks = [[[i for i, _ in b] for b in MixedBatchSampler(30, 100, 10, 0.4, seed=1, rank=r, world_size=2)] for r in (0, 1)]
-    assert ranks[0] + ranks[1] != [] and sorted(map(tuple, ranks[0] + ranks[1])) == sorted(map(tuple, batches))
+    # DDP: 5 batches over 2 ranks, 3 each (every rank steps as often), the first batch again as the padding
+    samplers = [MixedBatchSampler(30, 100, 10, 0.4, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    ranks = [[[i for i, _ in b] for b in sampler] for sampler in samplers]
+    assert [len(r) for r in ranks] == [len(sampler) for sampler in samplers] == [3, 3]
+    assert sorted(map(tuple, ranks[0] + ranks[1])) == sorted(map(tuple, batches + batches[:1]))
+    # fewer batches than ranks: each rank still gets one
+    assert [len(list(MixedBatchSampler(4, 0, 10, 0.4, rank=r, world_size=3))) for r in (0, 1, 2)] == [1, 1, 1]
+
+
+def test_a_batch_holds_batch_size_images_whatever_the_ratio():
+    for batch_size, ratio, machine in [(2, 0.8, 1), (16, 0.99, 15), (16, 0.4, 6), (3, 0.1, 1)]:
+        batches = [[i for i, _ in b] for b in MixedBatchSampler(30, 50, batch_size, ratio, seed=0)]
+        assert {len(b) for b in batches[:-1]} == {batch_size}
+        assert all(sum(i >= 30 for i in b) == machine for b in batches)
 
 
 def test_batches_hold_one_orientation():
@@ -382,8 +394,14 @@ def test_a_kill_between_last_pt_and_best_pt_resumes_and_writes_best_pt(tiny_card
         train(config("final"), LogLines())
     assert [r["epoch"] for r in rows(tmp_path / "final" / "results.csv")] == [str(e) for e in range(3, 12)]
     monkeypatch.setattr(stage, "save_checkpoint", write)
-    train(None, LogLines(), resume=tmp_path / "final" / "last.pt")
-    for a, b in zip(rows(tmp_path / "whole" / "results.csv"), rows(tmp_path / "final" / "results.csv"), strict=True):
+    # ... in the folder that holds last.pt: the run was moved, and its recorded `out` now holds another run
+    (tmp_path / "final").rename(tmp_path / "moved")
+    (tmp_path / "final").mkdir()
+    plotted = (tmp_path / "moved" / "results.png").stat().st_mtime_ns
+    train(None, LogLines(), resume=tmp_path / "moved" / "last.pt")
+    assert not any((tmp_path / "final").iterdir())
+    assert (tmp_path / "moved" / "results.png").stat().st_mtime_ns != plotted  # drawn again with the last row
+    for a, b in zip(rows(tmp_path / "whole" / "results.csv"), rows(tmp_path / "moved" / "results.csv"), strict=True):
         assert (a["epoch"], a["loss"], a["ap"]) == (b["epoch"], b["loss"], b["ap"])  # epochs 3-12
 
 
@@ -518,6 +536,9 @@ def test_score_weighted_machine_boxes_carry_their_scores_through_augmentation(ti
                           workers=0))
     with pytest.raises(UserError, match=r"`pseudo_box_weight` 'soft': choose none or score"):
         TrainConfig(role="student", labeled=path, val=path, out=tmp_path, pseudo_box_weight="soft")
+    with pytest.raises(UserError, match=r"`batch_size` 1 leaves no room for machine images"):
+        train(TrainConfig(role="student", labeled=tiny_cards.files["labeled"], val=tiny_cards.files["val"],
+                          out=tmp_path / "run", pseudo=path, batch_size=1, image_size=64, epochs=1, workers=0))
 
 
 def test_student_logs_each_classs_anchor_coverage_under_its_own_name(tiny_cards, tmp_path):
