@@ -726,3 +726,54 @@ def test_yolo_class_written_as_a_whole_float_is_that_class(tmp_path):
     assert [(a["category_id"], a["bbox"]) for a in data["annotations"]] == [  # "0.0" was skipped as "not numbers"
         (1, pytest.approx([80, 40, 40, 20])), (2, pytest.approx([40, 40, 20, 20]))]
     assert [s.reason for s in result.skipped] == ["class 0.5 is not a whole number"]
+
+
+# --- file names and folders that meet each other ---
+
+def two_image_coco(folder: Path, names: tuple[str, str]) -> Path:
+    """COCO labels of two 40 x 30 images with one box each."""
+    for name in names:
+        image(folder / name, 40, 30)
+    return write_json(folder / "labels.json", {
+        "images": [{"id": i, "file_name": n, "width": 40, "height": 30} for i, n in enumerate(names, start=1)],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [2.0 * i, 3.0, 10.0, 8.0], "area": 80.0,
+                         "iscrowd": 0} for i in (1, 2)],
+        "categories": [{"id": 1, "name": "card"}]})
+
+
+def test_yolo_refuses_two_images_that_would_share_a_label_file(tmp_path):
+    labels = two_image_coco(tmp_path, ("a.jpg", "a.png"))
+    with pytest.raises(UserError, match=r"images a.jpg and a.png would share the label file labels/a.txt"):
+        convert(ConvertConfig(labels, "coco", "yolo", tmp_path / "yolo"))
+    assert not (tmp_path / "yolo" / "labels").exists()
+
+
+def test_labelstudio_round_trip_of_names_holding_url_characters(tmp_path):
+    labels = two_image_coco(tmp_path, ("img#1.png", "a%20b?.png"))
+    convert(ConvertConfig(labels, "coco", "labelstudio", tmp_path / "ls.json"))
+    back = convert(ConvertConfig(tmp_path / "ls.json", "labelstudio", "coco", tmp_path / "back.json"))
+    data = json.loads((tmp_path / "back.json").read_text())
+    assert back.skipped == [] and sorted(Path(im["file_name"]).name for im in data["images"]) == ["a%20b?.png", "img#1.png"]
+    assert sorted(a["bbox"] for a in data["annotations"]) == [pytest.approx([2, 3, 10, 8]), pytest.approx([4, 3, 10, 8])]
+
+
+def test_labelstudio_rotation_that_is_not_a_number_skips_the_box_saying_why(tmp_path):
+    image(tmp_path / "photo.jpg", 200, 100)
+    task = labelstudio_task("photo.jpg", {"x": 10, "y": 10, "width": 20, "height": 20}, (200, 100))
+    task["annotations"][0]["result"][0]["value"]["rotation"] = "n/a"
+    write_json(tmp_path / "ls.json", [task])
+    result = convert(ConvertConfig(tmp_path / "ls.json", "labelstudio", "coco", tmp_path / "o.json"))
+    assert [s.reason for s in result.skipped] == [
+        "needs value.x, y, width, height (and rotation, if any) as numbers and rectanglelabels"]
+
+
+def test_predict_refuses_to_draw_over_its_own_images_and_convert_over_its_input_through_dot_dot(odd_images, tmp_path):
+    folder, weights = odd_images
+    before = (folder / "p.jpg").read_bytes()
+    with pytest.raises(UserError, match="the images' own folder; the drawn copies would replace them"):
+        predict(PredictConfig(weights, [folder], tmp_path / "preds.json", draw=folder / ".", device="cpu"))
+    assert (folder / "p.jpg").read_bytes() == before
+    labels = two_image_coco(tmp_path, ("a.jpg", "b.jpg"))
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(UserError, match="the output would overwrite the input"):
+        convert(ConvertConfig(labels, "coco", "coco", tmp_path / "sub" / ".." / "labels.json"))

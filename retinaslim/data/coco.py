@@ -149,7 +149,7 @@ def validate_annotation(path: Path, a: dict[str, Any], image: dict[str, Any], ca
     not wholly outside the image, a score in [0, 1], an ``area`` >= 0 and an ``iscrowd`` of 0 or 1 if any
     (pycocotools reads ``iscrowd`` both as a truth value and as an integer: other values score wrongly)."""
     where = f"annotation {a['id']}"
-    if a.get("category_id") not in category_ids:
+    if not _id(a.get("category_id")) or a["category_id"] not in category_ids:
         raise _fail(path, f"{where} has category id {a.get('category_id')!r}, which is not in 'categories'")
     bbox = a.get("bbox")
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite_number(v) for v in bbox)):
@@ -217,7 +217,7 @@ def load_coco(path: Path, images_dir: Path | None = None, require_annotations: b
         if annotation_id(path, a) in annotation_ids:
             raise _fail(path, f"duplicate annotation id {a['id']}")
         annotation_ids.add(a["id"])
-        if a.get("image_id") not in annotations_per_image:
+        if not _id(a.get("image_id")) or a["image_id"] not in annotations_per_image:
             raise _fail(path, f"annotation {a['id']} points at image id {a.get('image_id')!r}, which is not in 'images'")
         validate_annotation(path, a, images_by_id[a["image_id"]], category_ids)
         annotations_per_image[a["image_id"]].append(a)

@@ -66,7 +66,7 @@ def _validate(config: ConvertConfig) -> None:
         raise UserError(f"`out` {out}: expected a .json file name for {config.to_format}")
     if config.split and config.from_format != "voc":
         raise UserError(f"`split` {config.split}: only Pascal VOC sources have split lists (ImageSets/Main/*.txt)")
-    if out.absolute() == Path(config.src).absolute():
+    if out.resolve() == Path(config.src).resolve():  # resolved: ./sub/../labels.json is labels.json
         raise UserError(f"`out` {out}: the output would overwrite the input; choose another `out`")
 
 

@@ -197,6 +197,9 @@ def _check(config: ExportConfig) -> Path:
         raise UserError(f"`out` {out}: expected a .onnx file name")
     if config.image_size is not None and config.image_size < SIZE_DIVISIBLE:
         raise UserError(f"`image_size` {config.image_size}: must be at least {SIZE_DIVISIBLE}")
+    for name in ("num_parity_images", "num_calibration"):
+        if getattr(config, name) < 1:
+            raise UserError(f"`{name}` {getattr(config, name)} must be at least 1")
     if config.int8 and config.calibration is None:
         raise UserError("`int8` needs calibration images: pass `calibration` FOLDER (or an image list or COCO JSON)")
     if config.val is not None and not config.int8:

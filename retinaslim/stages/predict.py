@@ -25,7 +25,7 @@ from retinaslim.data.coco import ClassMap, detections_to_annotations
 from retinaslim.data.draw import draw_boxes, save_image
 from retinaslim.data.images import ImageError, list_images, read_rgb
 from retinaslim.engine.inference import ImageResult, chunks, predict_batches, resolve_device
-from retinaslim.errors import UserError, not_a_file
+from retinaslim.errors import UserError
 from retinaslim.models.checkpoint import load_checkpoint
 from retinaslim.models.onnx import OnnxDetector
 
@@ -74,12 +74,7 @@ def load_detector(weights: Path) -> tuple[nn.Module, ClassMap, int]:
         detector = OnnxDetector(weights)
         metadata = detector.metadata
         return detector, ClassMap.from_categories(metadata["classes"]), metadata["image_size"]
-    if weights.suffix.lower() != ".pt":
-        if not weights.is_file():
-            raise not_a_file(weights, "a retinaslim checkpoint (.pt) or an ONNX export (.onnx)")
-        raise UserError(f"{weights}: expected a retinaslim checkpoint (.pt, from train-teacher or train-student) "
-                        "or an ONNX export (.onnx, from retinaslim export)")
-    checkpoint = load_checkpoint(weights)
+    checkpoint = load_checkpoint(weights)  # any other name: import-teacher's --out may be teacher.pth
     return checkpoint.build(), ClassMap.from_categories(checkpoint.classes), checkpoint.image_size
 
 
@@ -102,6 +97,10 @@ def predict(config: PredictConfig, reporter: Reporter | None = None) -> PredictR
     if not config.sources:
         raise UserError("no images given: pass image files or folders")
     paths = gather_images(config.sources)
+    common = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
+    if config.draw is not None and Path(config.draw).resolve() == common.resolve():
+        raise UserError(f"`draw` {config.draw}: the images' own folder; the drawn copies would replace them "
+                        "(choose another folder)")
     model, classes, trained_size = load_detector(config.weights)
     image_size = config.image_size or trained_size
     transforms = make_transforms(PSEUDO_SCALES, True, False, False) if config.tta else [Transform()]
@@ -109,7 +108,6 @@ def predict(config: PredictConfig, reporter: Reporter | None = None) -> PredictR
     model = model.to(device)
     out = Path(config.out)
     base = out.parent.absolute()
-    common = Path(os.path.commonpath([p.parent for p in paths]))
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []

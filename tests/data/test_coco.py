@@ -48,6 +48,8 @@ def broken(change):
     (broken(lambda d: d["images"].append(dict(d["images"][0]))), "duplicate image id 10"),
     (broken(lambda d: d["annotations"][0].update(category_id=99)), "category id 99"),
     (broken(lambda d: d["annotations"][0].update(image_id=5)), "image id 5"),
+    (broken(lambda d: d["annotations"][0].update(category_id=[1])), "category id [1]"),
+    (broken(lambda d: d["annotations"][0].update(image_id=[10])), "image id [10]"),
     (broken(lambda d: d["annotations"][0].update(bbox=[1, 1, 0, 5])), "width or height <= 0"),
     (broken(lambda d: d["annotations"][0].update(bbox=[1, 1, float("nan"), 5])), "four finite numbers"),
     (broken(lambda d: d["annotations"][0].update(score=1.5)), "score"),

@@ -88,8 +88,13 @@ def test_tta_fuses_the_transforms_and_bad_requests_are_refused(labeller, one_car
     assert not same_class or box_iou(_xyxy([best]), _xyxy(same_class)).max().item() < 0.55  # WBF's threshold
     assert len(fused) < len(single)  # six transforms' boxes fused: fewer, not six times more
 
-    with pytest.raises(UserError, match="expected a retinaslim checkpoint"):
+    with pytest.raises(UserError, match=r"model\.h5: not found \(expected a checkpoint\)"):
         predict(PredictConfig(tmp_path / "model.h5", [path], tmp_path / "p.json"))
+    (tmp_path / "model.h5").write_bytes(b"HDF")
+    with pytest.raises(UserError, match=r"model\.h5: not a PyTorch checkpoint"):
+        predict(PredictConfig(tmp_path / "model.h5", [path], tmp_path / "p.json"))
+    (tmp_path / "teacher.pth").write_bytes(labeller.read_bytes())  # a checkpoint by another name (import-teacher --out)
+    assert predict(PredictConfig(tmp_path / "teacher.pth", [path], tmp_path / "q.json", device="cpu")).num_images == 1
     assert_user_error(run_cli("predict", tmp_path / "nowhere", "--weights", labeller, "--out", tmp_path / "p.json"),
                       "nowhere", "no such folder")
     assert_user_error(run_cli("predict", path, "--weights", labeller, "--out", tmp_path / "p.txt"), "expected a .json")

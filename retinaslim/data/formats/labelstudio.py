@@ -92,7 +92,8 @@ def _resolve(ref: str, json_dir: Path, images_dir: Path | None) -> Path | None:
     parsed = urlparse(ref)
     local = parse_qs(parsed.query).get("d", [None])[0] if parsed.path.endswith("/data/local-files/") else None
     path = Path(unquote(local or parsed.path))
-    candidates = [path, json_dir / path]
+    # the reference as a plain path first: a file name may hold '#', '?' or '%20' (retinaslim writes names as they are)
+    candidates = [Path(ref), json_dir / ref, path, json_dir / path]
     if images_dir is not None:
         candidates += [images_dir / path, images_dir / path.name, images_dir / UPLOAD_PREFIX.sub("", path.name)]
     return next((c for c in candidates if str(c) and c.is_file()), None)
@@ -183,10 +184,12 @@ def read_labelstudio(src: Path, images_dir: Path | None = None) -> LabelSet:
                     x, y, w, h = (float(value[key]) for key in ("x", "y", "width", "height"))
                     name = str(value["rectanglelabels"][0])
                     score = None if r.get("score") is None else float(r["score"])
+                    rotation = float(value.get("rotation") or 0)
                 except (KeyError, IndexError, TypeError, ValueError):
-                    labels.skip("box", box_where, "needs value.x, y, width, height and rectanglelabels")
+                    labels.skip("box", box_where, "needs value.x, y, width, height (and rotation, if any) as numbers "
+                                "and rectanglelabels")
                     continue
-                if float(value.get("rotation") or 0) != 0:
+                if rotation != 0:
                     labels.skip("box", box_where, "rotated rectangle")
                     continue
                 # A rectangle dragged past its opposite corner has a negative width/height (label-studio#1141).

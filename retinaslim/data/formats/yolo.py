@@ -137,6 +137,12 @@ def write_yolo(labels: LabelSet, out: Path) -> None:
     paths = [Path(image["file_name"]) for image in labels.images]
     common = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
     rels = [path.relative_to(common) for path in paths]
+    label_files: dict[Path, Path] = {}
+    for rel in rels:  # YOLO names a label file after its image less the extension: a.jpg and a.png would share one
+        other = label_files.setdefault(rel.with_suffix(".txt"), rel)
+        if other != rel:
+            raise UserError(f"`out` {out}: images {other} and {rel} would share the label file "
+                            f"labels/{rel.with_suffix('.txt')}; rename one of them")
     _refuse_leftovers(out, rels, paths)
     per_image = labels.annotations_per_image()
     for image, path, rel in zip(labels.images, paths, rels):
