@@ -308,6 +308,10 @@ def test_demo_copies_the_human_only_student_when_the_filter_keeps_nothing(tmp_pa
     rows = json.loads((tmp_path / "demo/metrics.json").read_text())
     assert [r["weights"].split("/")[-2] for r in rows] == ["teacher", "student-human", "student"]
     assert rows[1]["ap"] == rows[2]["ap"]
+    # the demo replaces its own runs only: a workspace's runs/ is refused before any work
+    (tmp_path / "work" / "runs" / "teacher").mkdir(parents=True)
+    assert_user_error(run_cli("demo", "--out", tmp_path / "work"), "holds runs/ that the demo did not make")
+    assert (tmp_path / "work" / "runs" / "teacher").is_dir() and not (tmp_path / "work" / "data").exists()
 
 
 def test_profile_json(tmp_path, labeller):

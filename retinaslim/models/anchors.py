@@ -120,8 +120,9 @@ def class_coverage(boxes: torch.Tensor, labels: torch.Tensor, names: Sequence[st
     line saying so; the line starts with "warning:" when a class is below ``LOW_COVERAGE``, as its boxes then
     get few or no positive anchors and the class is learnt poorly or not at all. boxes: (M, 4) xyxy as
     fractions of the image side (``data.coco.relative_boxes``); labels: (M,) 0-based indices into
-    ``names``; at most ``MAX_FIT_BOXES`` boxes in all are looked at, shared among the classes (a seeded sample of
-    at least 100 per class), so the check stays seconds at any dataset size."""
+    ``names``; a seeded sample per class of ``MAX_FIT_BOXES`` shared among the classes but at least 100 is looked
+    at (about ``MAX_FIT_BOXES`` in all up to 20 classes, 100 per class beyond), so the check stays seconds at any
+    dataset size."""
     shares = {}
     per_class = max(100, MAX_FIT_BOXES // max(len(names), 1))
     for k, name in enumerate(names):

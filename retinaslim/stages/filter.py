@@ -386,7 +386,6 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
     truth_images: list[dict[str, Any]] = []  # with truth only: every image and box, for the scoring
     truth_before: list[dict[str, Any]] = []
     truth_after: list[dict[str, Any]] = []
-    truth_kept: list[dict[str, Any]] = []
     num_in = num_out = num_ignore = num_empty = num_dropped_ambiguous = num_dropped_empty = num_dropped_unreliable = 0
     with coco_writer(out, {**pseudo.info, "filter": rules}, pseudo.categories) as write:
         for seq, (image, source, all_dets) in enumerate(_machine_images(streams, classes, owner)):
@@ -438,8 +437,7 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
             out_image = {**image, "file_name": os.path.normpath(os.path.join(rebase, image["file_name"]))}
             write(out_image, annotations)
             if config.truth is not None:
-                truth_kept.append(out_image)
-                truth_after += annotations
+                truth_after += annotations  # the image's own id: scored below on the input's images
 
     result = FilterResult(
         out=out, thresholds=rules["thresholds"], num_images_in=num_in, num_images_out=num_out,
@@ -459,9 +457,8 @@ def filter_labels(config: FilterConfig, reporter: Reporter | None = None) -> Fil
     if config.truth is not None:
         result.truth_metrics = {
             "before": truth_metrics(config.truth, classes, pseudo.path, truth_images, pseudo.image_root, truth_before),
-            # no image kept: score the empty labels over every image (recall 0) rather than over none
-            "after": truth_metrics(config.truth, classes, pseudo.path, truth_kept or truth_images,
-                                   out.parent if truth_kept else pseudo.image_root, truth_after),
+            # over every input image, as AP is: a dropped image's objects count as missed
+            "after": truth_metrics(config.truth, classes, pseudo.path, truth_images, pseudo.image_root, truth_after),
         }
     if config.review_out is not None:
         ranked = [(d, image, dets) for d, _, image, dets in sorted(review, key=lambda r: (-r[0], -r[1]))]

@@ -250,12 +250,16 @@ def show(config: ShowConfig) -> ShowResult:
     stream = open_stream(config.labels, config.images)  # read image by image: two passes, flat memory
     signals = _Signals.read(stream)
     num_images = len(signals.lowest)
+    if not num_images:
+        raise UserError(f"{config.labels}: holds no images to show")
     transforms = stream.info.get("transforms")
     any_agreement = bool((~np.isnan(signals.most_agreement)).any())
     most = float(np.nanmax(signals.most_agreement)) if any_agreement else 1.0
     teachers = stream.info.get("teacher")
     num_teachers = len(teachers) if isinstance(teachers, list) and teachers else 1  # agreement counts teacher x transform
-    num_transforms = len(transforms) * num_teachers if isinstance(transforms, list) and transforms else max(most, 1)
+    num_transforms = len(transforms) * num_teachers if isinstance(transforms, list) and transforms else int(max(most, 1))
+    # filter writes its first file's info: a class it took from the fused file counts both models' passes
+    num_transforms = max(num_transforms, int(most))
     has_scores = bool((signals.num_machine > 0).any())
     sort = config.sort or ("score" if has_scores else "file")
     if sort == "score" and not has_scores:
@@ -265,6 +269,10 @@ def show(config: ShowConfig) -> ShowResult:
         raise UserError(f"{config.labels}: `sort` disagreement needs each box's 'agreement' (written by "
                         "pseudo-label with several transforms); use `sort` score")
 
+    # an existing `out` may be one of the images (a pass over the file only then)
+    if out.resolve() == Path(config.labels).resolve() or out.resolve().exists() and any(
+            stream.image_path(image).resolve() == out.resolve() for image, _ in stream):
+        raise UserError(f"`out` {out}: the output would overwrite its input; choose another `out`")
     result = ShowResult(out, sort, num_images)
     shown: list[tuple[Image.Image, ImageRow]] = []
     order = signals.order(sort, num_transforms).tolist()

@@ -111,6 +111,10 @@ def test_truth_metrics_and_review_file(pseudo, tmp_path):
                                    "passport": {"boxes": 1, "precision": 0.0, "recall": None}}
     assert after["per_class"] == {"id_card": {"boxes": 5, "precision": pytest.approx(1 / 5), "recall": 0.5},
                                   "passport": {"boxes": 1, "precision": 0.0, "recall": None}}
+    # image 4 (its truth box, and only a 0.1 machine box) dropped as empty: its object still counts as missed,
+    # over the same images as AP
+    dropped = filter_labels(FilterConfig(pseudo, tmp_path / "g.json", score_thresh=0.5, truth=truth, keep_empty=False))
+    assert dropped.num_images_out == 3 and dropped.truth_metrics["after"]["recall"] == 0.5
     tasks = json.loads((tmp_path / "review.json").read_text())
     assert [t["meta"]["rank"] for t in tasks] == [1]  # room for 2, but only image 1 holds a box in [0.2, 0.5)
     assert tasks[0]["data"]["image"].endswith("img1.jpg")

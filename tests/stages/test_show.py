@@ -103,3 +103,19 @@ def test_without_info_transforms_the_most_agreeing_box_counts_them(labels, tmp_p
     result = show(ShowConfig(labels, tmp_path / "sheet.png", sort="disagreement"))
     assert [r.file_name[0] for r in result.rows] == ["c", "b", "a"]
     assert result.rows[0].disagreement == pytest.approx(1 - 2 / 6)
+
+
+def test_an_agreement_above_the_recorded_passes_is_counted_and_bad_outputs_refused(labels, tmp_path):
+    """filter writes its first file's info: a class taken from the fused file (two models) agrees up to 12 of
+    the 6 recorded passes; disagreement stays in [0, 1]. An empty file, or an `out` that is an input, is refused."""
+    data = json.loads(labels.read_text())
+    data["annotations"][0]["agreement"] = 12
+    labels.write_text(json.dumps(data))
+    result = show(ShowConfig(labels, tmp_path / "sheet.png", sort="disagreement"))
+    assert all(0 <= r.disagreement <= 1 for r in result.rows) and result.rows[0].disagreement == pytest.approx(1 - 2 / 12)
+    with pytest.raises(UserError, match="the output would overwrite its input"):
+        show(ShowConfig(labels, tmp_path / "sub" / ".." / "a.png"))
+    assert Image.open(tmp_path / "a.png").size == (64, 48)
+    (tmp_path / "empty.json").write_text(json.dumps({**data, "images": [], "annotations": []}))
+    with pytest.raises(UserError, match="empty.json: holds no images to show"):
+        show(ShowConfig(tmp_path / "empty.json", tmp_path / "s.png"))
