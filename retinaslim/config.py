@@ -189,6 +189,12 @@ def write_workspace(path: Path, values: dict[str, Any]) -> None:
         tmp.write_text("# retinaslim workspace (see `retinaslim init` for every key)\n" + yaml.safe_dump(values, sort_keys=False))
 
 
+def write_workspace_template(path: Path) -> None:
+    """``WORKSPACE_TEMPLATE`` (every key commented) at ``path``, atomically: a kill leaves an edited file as it was."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(WORKSPACE_TEMPLATE)
+
+
 def save_run_config(path: Path, values: dict[str, Any]) -> None:
     """The resolved configuration of a run, so it can be reproduced."""
     plain = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}

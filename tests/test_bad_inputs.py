@@ -442,7 +442,7 @@ OPTION_CASES = [
     ("filter_out_is_a_folder", lambda i, t: ["filter", i["labels"], "--out", i["folder"]], ["--out", "a folder, expected a file name"]),
     ("import_teacher_out_is_a_folder", lambda i, t: ["import-teacher", t, "--arch", "retinanet_resnet50_fpn", "--classes", "id_card", "--out", i["folder"]], ["--out", "a folder, expected a file name"]),
     ("predict_draw_is_a_file", lambda i, t: ["predict", i["folder"], "--weights", t, "--out", "p.json", "--draw", i["labels"]], ["--draw", "a file, expected a folder"]),
-    ("predict_weights_is_a_folder", lambda i, t: ["predict", i["folder"], "--weights", i["folder"], "--out", "p.json"], ["a folder, expected a retinaslim checkpoint"]),
+    ("predict_weights_is_a_folder", lambda i, t: ["predict", i["folder"], "--weights", i["folder"], "--out", "p.json"], ["a folder, expected a checkpoint"]),
     ("predict_weights_not_found", lambda i, t: ["predict", i["folder"], "--weights", "nope", "--out", "p.json"], ["nope: not found"]),
 ]
 

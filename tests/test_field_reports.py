@@ -184,8 +184,9 @@ def test_every_writer_output_is_read_by_every_reader(odd_images, edge_detections
     pseudo_label(PseudoLabelConfig(folder, weights, tmp_path / "pseudo.json", scales=(1.0,), hflip=False, score_floor=0.0,
                                    device="cpu"))
     written.append(tmp_path / "pseudo.json")
-    filter_labels(FilterConfig(written[-1], tmp_path / "filtered.json", score_thresh=0.0,
-                               review_out=tmp_path / "review.json"))
+    filter_labels(FilterConfig(written[-1], tmp_path / "filtered.json", score_thresh=0.0))
+    # the review lists images holding a box below its threshold: at 0.95, every box, two per image
+    filter_labels(FilterConfig(written[-1], tmp_path / "strict.json", score_thresh=0.95, review_out=tmp_path / "review.json"))
     written += [tmp_path / "filtered.json", tmp_path / "review.coco.json"]
     labels = Path(synth(SynthConfig(tmp_path / "synth", num_labeled=2, num_unlabeled=0, num_val=1, size=64)).files["labeled"])
     written.append(labels)

@@ -10,8 +10,7 @@ import typer
 
 from retinaslim import console
 from retinaslim.cli.common import app, user_errors
-from retinaslim.config import WORKSPACE_FILE, WORKSPACE_TEMPLATE
-from retinaslim.core.atomic import atomic_path
+from retinaslim.config import WORKSPACE_FILE, write_workspace_template
 from retinaslim.errors import UserError
 
 
@@ -42,6 +41,5 @@ def init(
         path = Path(WORKSPACE_FILE)
         if path.exists() and not force:
             raise UserError(f"{path}: already exists; pass --force to overwrite it")
-        with atomic_path(path) as tmp:  # a kill while writing leaves the edited file as it was
-            tmp.write_text(WORKSPACE_TEMPLATE)
+        write_workspace_template(path)
         console.info(f"wrote {path}: uncomment and edit the keys, then run commands from this folder")
