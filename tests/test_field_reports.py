@@ -773,7 +773,9 @@ def test_predict_refuses_to_draw_over_its_own_images_and_convert_over_its_input_
     before = (folder / "p.jpg").read_bytes()
     with pytest.raises(UserError, match="the images' own folder; the drawn copies would replace them"):
         predict(PredictConfig(weights, [folder], tmp_path / "preds.json", draw=folder / ".", device="cpu"))
-    assert (folder / "p.jpg").read_bytes() == before
+    with pytest.raises(UserError, match="which is searched for images: a rerun would take the drawn copies as inputs"):
+        predict(PredictConfig(weights, [folder.parent], tmp_path / "preds.json", draw=folder / "drawn", device="cpu"))
+    assert (folder / "p.jpg").read_bytes() == before and not (folder / "drawn").exists()
     labels = two_image_coco(tmp_path, ("a.jpg", "b.jpg"))
     (tmp_path / "sub").mkdir()
     with pytest.raises(UserError, match="the output would overwrite the input"):

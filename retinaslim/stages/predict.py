@@ -98,9 +98,15 @@ def predict(config: PredictConfig, reporter: Reporter | None = None) -> PredictR
         raise UserError("no images given: pass image files or folders")
     paths = gather_images(config.sources)
     common = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
-    if config.draw is not None and Path(config.draw).resolve() == common.resolve():
-        raise UserError(f"`draw` {config.draw}: the images' own folder; the drawn copies would replace them "
-                        "(choose another folder)")
+    if config.draw is not None:
+        draw = Path(config.draw).resolve()
+        if draw == common.resolve():
+            raise UserError(f"`draw` {config.draw}: the images' own folder; the drawn copies would replace them "
+                            "(choose another folder)")
+        searched = next((s for s in config.sources if Path(s).is_dir() and draw.is_relative_to(Path(s).resolve())), None)
+        if searched is not None:
+            raise UserError(f"`draw` {config.draw}: inside {searched}, which is searched for images: a rerun would "
+                            "take the drawn copies as inputs (choose a folder outside it)")
     model, classes, trained_size = load_detector(config.weights)
     image_size = config.image_size or trained_size
     transforms = make_transforms(PSEUDO_SCALES, True, False, False) if config.tta else [Transform()]
