@@ -269,10 +269,9 @@ def show(config: ShowConfig) -> ShowResult:
         raise UserError(f"{config.labels}: `sort` disagreement needs each box's 'agreement' (written by "
                         "pseudo-label with several transforms); use `sort` score")
 
-    # an existing `out` may be one of the images (a pass over the file only then)
-    if out.resolve() == Path(config.labels).resolve() or out.resolve().exists() and any(
-            stream.image_path(image).resolve() == out.resolve() for image, _ in stream):
-        raise UserError(f"`out` {out}: the output would overwrite its input; choose another `out`")
+    # `out` (a .png, .jpg or .html, never the .json labels) may be one of the images: a pass over the file if it exists
+    if out.resolve().exists() and any(stream.image_path(image).resolve() == out.resolve() for image, _ in stream):
+        raise UserError(f"`out` {out}: the output would overwrite one of its images; choose another `out`")
     result = ShowResult(out, sort, num_images)
     shown: list[tuple[Image.Image, ImageRow]] = []
     order = signals.order(sort, num_transforms).tolist()

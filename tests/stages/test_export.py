@@ -130,6 +130,9 @@ def test_bad_requests_give_one_line_errors(labeller, tmp_path):
     assert_user_error(run_cli("export", "--weights", labeller, "--int8"), "--int8 needs calibration images")
     assert_user_error(run_cli("export", "--weights", labeller, "--format", "tflite"), "only onnx")
     assert_user_error(run_cli("export", "--weights", labeller, "--val", tmp_path / "v.json"), "use it with --int8")
+    for name in ("num_parity_images", "num_calibration"):  # set from Python only: 0 divided by zero in the sampling
+        with pytest.raises(UserError, match=f"`{name}` 0 must be at least 1"):
+            export(ExportConfig(labeller, out=tmp_path / "m.onnx", **{name: 0}))
 
     image = tmp_path / "image.png"
     Image.new("RGB", (96, 96)).save(image)

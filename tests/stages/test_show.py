@@ -113,7 +113,7 @@ def test_an_agreement_above_the_recorded_passes_is_counted_and_bad_outputs_refus
     labels.write_text(json.dumps(data))
     result = show(ShowConfig(labels, tmp_path / "sheet.png", sort="disagreement"))
     assert all(0 <= r.disagreement <= 1 for r in result.rows) and result.rows[0].disagreement == pytest.approx(1 - 2 / 12)
-    with pytest.raises(UserError, match="the output would overwrite its input"):
+    with pytest.raises(UserError, match="the output would overwrite one of its images"):
         show(ShowConfig(labels, tmp_path / "sub" / ".." / "a.png"))
     assert Image.open(tmp_path / "a.png").size == (64, 48)
     (tmp_path / "empty.json").write_text(json.dumps({**data, "images": [], "annotations": []}))
